@@ -1,0 +1,15 @@
+"""Typed keys for what the application and each request hold (no module globals)."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from .accounting import Exchange
+from .config import Config
+from .context import RepositoryContext
+
+config_key = web.AppKey("config", Config)
+session_key = web.AppKey("session", aiohttp.ClientSession)
+context_key = web.AppKey("context", RepositoryContext)
+exchange_key = web.RequestKey("exchange", Exchange)

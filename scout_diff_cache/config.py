@@ -1,0 +1,281 @@
+"""The INI file, parsed once into frozen, typed values the rest of the code can trust.
+
+Each option is an attrs field whose metadata carries its INI parser, so the field list *is* the
+set of allowed keys: there is no second table to keep in step.
+"""
+
+from __future__ import annotations
+
+import configparser
+import re
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import attrs
+import pygit2
+
+from .errors import ConfigError
+from .patterns import PatternError, compile_patterns
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+DEFAULT_EXCLUDE = (
+    "*.lock",
+    "package-lock.json",
+    "pnpm-lock.yaml",
+    "go.sum",
+    "node_modules/",
+    "dist/",
+    "build/",
+    "vendor/",
+    "*.min.js",
+    "*.min.css",
+    "*.map",
+)
+
+
+def _size(raw: str) -> int:
+    match = re.fullmatch(r"(\d+)\s*(B|KiB|MiB|GiB)?", raw.strip(), re.IGNORECASE)
+    if not match:
+        raise ValueError("expected a size in bytes, optionally with a KiB, MiB or GiB suffix (e.g. 512KiB)")
+    unit = (match[2] or "b").lower()
+    return int(match[1]) * {"b": 1, "kib": KiB, "mib": MiB, "gib": GiB}[unit]
+
+
+def _positive_size(raw: str) -> int:
+    value = _size(raw)
+    if value < 1:
+        raise ValueError("expected a size of at least 1 byte")
+    return value
+
+
+def _duration(raw: str) -> float:
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(ms|s|m)?", raw.strip())
+    if not match or float(match[1]) <= 0:
+        raise ValueError("expected a positive duration in seconds, or with an ms, s or m suffix (e.g. 600, 1500ms, 10m)")
+    return float(match[1]) * {"ms": 0.001, "s": 1.0, "m": 60.0}[match[2] or "s"]
+
+
+def _port(raw: str) -> int:
+    if not raw.strip().isdigit() or not 1 <= int(raw) <= 65535:
+        raise ValueError("expected a TCP port from 1 to 65535")
+    return int(raw)
+
+
+def _count(raw: str) -> int:
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ValueError("expected a whole number of at least 1")
+    return int(raw)
+
+
+def _text(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("expected a non-empty value")
+    return raw.strip()
+
+
+def _bool(raw: str) -> bool:
+    states = configparser.ConfigParser.BOOLEAN_STATES
+    if raw.strip().lower() not in states:
+        raise ValueError("expected true or false (also yes/no, on/off, 1/0)")
+    return states[raw.strip().lower()]
+
+
+def _log_level(raw: str) -> str:
+    level = raw.strip().lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ValueError("expected one of debug, info, warning, error")
+    return level
+
+
+def _url(raw: str) -> str:
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError("expected an http:// or https:// base URL such as http://127.0.0.1:8000/v1")
+    return raw.strip().rstrip("/")
+
+
+def _path(raw: str) -> Path:
+    return Path(_text(raw)).expanduser()
+
+
+def _patterns(raw: str) -> tuple[str, ...]:
+    lines = tuple(line.strip() for line in raw.splitlines() if line.strip())
+    try:
+        compile_patterns(lines)
+    except PatternError as error:
+        raise ValueError(f"expected gitignore-style patterns, one per line: {error}") from None
+    return lines
+
+
+def option(default: Any, parse: Callable[[str], Any], *, secret: bool = False) -> Any:
+    return attrs.field(default=default, metadata={"parse": parse, "secret": secret})
+
+
+@attrs.frozen
+class ServerConfig:
+    host: str = option("127.0.0.1", _text)
+    port: int = option(8787, _port)
+    max_body_bytes: int = option(32 * MiB, _positive_size)
+    log_level: str = option("info", _log_level)
+    #: SSE comment pings while a streaming request waits for the upstream's first byte.
+    sse_keepalive_interval: float = option(15.0, _duration)
+    #: How long in-flight requests may run on after SIGTERM before the process exits.
+    shutdown_grace: float = option(30.0, _duration)
+
+
+@attrs.frozen
+class UpstreamConfig:
+    url: str = option("http://127.0.0.1:8000/v1", _url)
+    api_key: str | None = option(None, _text, secret=True)
+    api_key_file: Path | None = option(None, _path)
+    model: str = option("llama-4-scout", _text)
+    connect_timeout: float = option(10.0, _duration)
+    first_byte_timeout: float = option(600.0, _duration)
+    idle_timeout: float = option(120.0, _duration)
+    max_connections: int = option(100, _count)
+
+
+@attrs.frozen
+class RepositoryConfig:
+    path: Path = option(Path("."), _path)
+    exclude: tuple[str, ...] = option(DEFAULT_EXCLUDE, _patterns)
+    max_file_bytes: int = option(512 * KiB, _positive_size)
+    max_snapshot_bytes: int = option(64 * MiB, _positive_size)
+
+
+@attrs.frozen
+class ContextConfig:
+    inject: bool = option(True, _bool)
+
+
+@attrs.frozen
+class Config:
+    source: Path | None = None
+    server: ServerConfig = ServerConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
+    repository: RepositoryConfig = RepositoryConfig()
+    context: ContextConfig = ContextConfig()
+
+
+SECTIONS: dict[str, type] = {
+    "server": ServerConfig,
+    "upstream": UpstreamConfig,
+    "repository": RepositoryConfig,
+    "context": ContextConfig,
+}
+
+
+def default_locations(cwd: Path, home: Path, xdg_config_home: str | None) -> list[Path]:
+    """Where a config file is looked for when none is named, first match wins."""
+    xdg = Path(xdg_config_home) if xdg_config_home else home / ".config"
+    return [
+        cwd / "scout.ini",
+        xdg / "scout-diff-cache" / "scout.ini",
+        Path("/etc/scout-diff-cache/scout.ini"),
+    ]
+
+
+def find_config(explicit: Path | None, candidates: list[Path]) -> Path | None:
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"{explicit}: config file not found")
+        return explicit
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def load_config(source: Path | None) -> Config:
+    """Parse and check the INI file (or the built-in defaults when source is None)."""
+    where = str(source) if source else "(built-in defaults)"
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    parser.optionxform = str  # type: ignore[assignment, method-assign]
+    if source is not None:
+        try:
+            parser.read_string(source.read_text(encoding="utf-8"), source=str(source))
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{where}: cannot read the config file: {error}") from None
+        except configparser.Error as error:
+            raise ConfigError(f"{where}: not a valid INI file: {' '.join(str(error).split())}") from None
+    if parser.defaults():
+        raise ConfigError(f"{where}: [DEFAULT] is not used here; allowed sections: {', '.join(SECTIONS)}")
+    unknown = [name for name in parser.sections() if name not in SECTIONS]
+    if unknown:
+        raise ConfigError(f"{where}: [{unknown[0]}] unknown section; allowed sections: {', '.join(SECTIONS)}")
+
+    base = source.parent if source else Path.cwd()
+    sections = {name: _parse_section(where, name, cls, parser) for name, cls in SECTIONS.items()}
+    sections["upstream"] = _read_api_key(where, base, sections["upstream"])
+    sections["repository"] = _check_repository(where, base, sections["repository"])
+    return Config(source=source, **sections)
+
+
+def _parse_section(where: str, name: str, cls: type, parser: configparser.ConfigParser) -> Any:
+    fields = {field.name: field for field in attrs.fields(cls)}
+    values: dict[str, Any] = {}
+    if parser.has_section(name):
+        for key, raw in parser.items(name):
+            if key not in fields:
+                raise ConfigError(f"{where}: [{name}] {key} = {raw!r}: unknown key; allowed keys: {', '.join(fields)}")
+            try:
+                values[key] = fields[key].metadata["parse"](raw)
+            except ValueError as error:
+                shown = "********" if fields[key].metadata["secret"] else raw
+                raise ConfigError(f"{where}: [{name}] {key} = {shown!r}: {error}") from None
+    return cls(**values)
+
+
+def _read_api_key(where: str, base: Path, upstream: UpstreamConfig) -> UpstreamConfig:
+    if upstream.api_key_file is None:
+        return upstream
+    if upstream.api_key is not None:
+        raise ConfigError(
+            f"{where}: [upstream] api_key_file = '{upstream.api_key_file}': set api_key or api_key_file, not both"
+        )
+    path = base / upstream.api_key_file
+    try:
+        key = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{where}: [upstream] api_key_file = '{path}': cannot read it ({error.__class__.__name__})") from None
+    if not key:
+        raise ConfigError(f"{where}: [upstream] api_key_file = '{path}': the file is empty; expected the key on one line")
+    return attrs.evolve(upstream, api_key=key, api_key_file=path)
+
+
+def _check_repository(where: str, base: Path, repository: RepositoryConfig) -> RepositoryConfig:
+    path = (base / repository.path).resolve()
+    found = pygit2.discover_repository(str(path)) if path.is_dir() else None
+    if found is None:
+        raise ConfigError(f"{where}: [repository] path = '{path}': not a git repository (expected a git work tree)")
+    repo = pygit2.Repository(found)
+    if repo.is_bare or repo.workdir is None:
+        raise ConfigError(f"{where}: [repository] path = '{path}': a bare repository; expected one with a work tree")
+    return attrs.evolve(repository, path=Path(repo.workdir).resolve())
+
+
+def render_config(config: Config) -> str:
+    """The effective configuration as INI text, secrets masked (for check-config)."""
+    lines = [f"# loaded from: {config.source or '(built-in defaults)'}"]
+    for name in SECTIONS:
+        section = getattr(config, name)
+        lines.append(f"\n[{name}]")
+        for field in attrs.fields(type(section)):
+            shown = _show(getattr(section, field.name), field.metadata["secret"])
+            lines.append(f"{field.name} =" + (shown if shown.startswith("\n") or not shown else f" {shown}"))
+    return "\n".join(lines) + "\n"
+
+
+def _show(value: Any, secret: bool) -> str:
+    if value is None:
+        return ""
+    if secret:
+        return "********"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}s"
+    if isinstance(value, tuple):
+        return "".join(f"\n    {item}" for item in value)
+    return str(value)

@@ -1,0 +1,111 @@
+"""Gitignore-style path patterns for `[repository] exclude`.
+
+Rules, as in gitignore: a pattern without a slash matches a name at any depth; one with a slash
+(not only at the end) is anchored at the repository root; a trailing slash matches directories
+only; `*` and `?` stay within one path component, `**` crosses them; `!` re-includes; the last
+matching pattern wins; nothing below an excluded directory can be re-included.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+import attrs
+
+
+class PatternError(ValueError):
+    pass
+
+
+@attrs.frozen
+class _Rule:
+    regex: re.Pattern[str]
+    negated: bool
+    directory_only: bool
+    anchored: bool
+
+
+def _translate(glob: str) -> str:
+    out = []
+    i = 0
+    while i < len(glob):
+        char = glob[i]
+        if glob.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif glob.startswith("/**", i) and i + 3 == len(glob):
+            out.append("/.*")
+            i += 3
+        elif glob.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif char == "*":
+            out.append("[^/]*")
+            i += 1
+        elif char == "?":
+            out.append("[^/]")
+            i += 1
+        elif char == "[":
+            end = glob.find("]", i + 2)
+            if end == -1:
+                raise PatternError(f"unclosed '[' in {glob!r}")
+            body = glob[i + 1 : end]
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            out.append(f"[{body}]")
+            i = end + 1
+        elif char == "\\" and i + 1 < len(glob):
+            out.append(re.escape(glob[i + 1]))
+            i += 2
+        else:
+            out.append(re.escape(char))
+            i += 1
+    return "".join(out)
+
+
+def _compile(pattern: str) -> _Rule | None:
+    if not pattern or pattern.startswith("#"):
+        return None
+    negated = pattern.startswith("!")
+    if negated:
+        pattern = pattern[1:]
+    directory_only = pattern.endswith("/")
+    pattern = pattern.rstrip("/")
+    anchored = "/" in pattern
+    pattern = pattern.lstrip("/")
+    if not pattern:
+        raise PatternError("a pattern needs more than slashes and '!'")
+    try:
+        regex = re.compile(_translate(pattern) + r"\Z")
+    except re.error as error:
+        raise PatternError(f"{pattern!r}: {error}") from None
+    return _Rule(regex, negated, directory_only, anchored)
+
+
+@attrs.frozen
+class PathMatcher:
+    rules: tuple[_Rule, ...]
+
+    def excludes(self, path: str) -> bool:
+        """True when `path` (a file path relative to the root, with `/`) is excluded."""
+        parts = path.split("/")
+        for depth in range(1, len(parts)):
+            if self._verdict(parts[:depth], is_dir=True):
+                return True
+        return self._verdict(parts, is_dir=False)
+
+    def _verdict(self, parts: list[str], is_dir: bool) -> bool:
+        verdict = False
+        for rule in self.rules:
+            if rule.directory_only and not is_dir:
+                continue
+            subject = "/".join(parts) if rule.anchored else parts[-1]
+            if rule.regex.match(subject):
+                verdict = not rule.negated
+        return verdict
+
+
+def compile_patterns(patterns: Iterable[str]) -> PathMatcher:
+    rules = (_compile(pattern.strip()) for pattern in patterns)
+    return PathMatcher(tuple(rule for rule in rules if rule is not None))

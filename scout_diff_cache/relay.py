@@ -1,0 +1,123 @@
+"""Carrying the upstream's answer back to the client: JSON whole, SSE chunk by chunk.
+
+A streaming client gets its response headers only once the upstream has answered, or once the
+first keep-alive interval has passed with no answer: quick upstream errors thus keep their real
+HTTP status, and a long prefill still gets `: keep-alive` comments so nobody times out. After the
+headers are out, an error can only be told as an SSE error event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Mapping
+
+import aiohttp
+from aiohttp import web
+
+from .accounting import Exchange, SseUsageTap, usage_of
+from .config import UpstreamConfig
+from .errors import ProxyError, UpstreamBadResponse, UpstreamTimeout, error_body
+from .prompt import Body
+from .upstream import check_status, next_chunk, read_all, send_chat
+
+KEEPALIVE = b": keep-alive\n\n"
+
+
+def _first_byte_timeout(config: UpstreamConfig) -> UpstreamTimeout:
+    return UpstreamTimeout(f"the upstream sent no answer within first_byte_timeout ({config.first_byte_timeout:g}s)")
+
+
+async def relay_json(
+    session: aiohttp.ClientSession, config: UpstreamConfig, body: Body, headers: Mapping[str, str], exchange: Exchange
+) -> web.Response:
+    try:
+        response = await asyncio.wait_for(send_chat(session, config, body), config.first_byte_timeout)
+    except asyncio.TimeoutError:
+        raise _first_byte_timeout(config) from None
+    try:
+        await check_status(response, config.idle_timeout)
+        data = await read_all(response, config.idle_timeout)
+    finally:
+        response.close()
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        raise UpstreamBadResponse("the upstream answered with a body that is not JSON") from None
+    exchange.usage = usage_of(payload)
+    return web.Response(body=data, content_type="application/json", headers=headers)
+
+
+async def _open_stream(
+    session: aiohttp.ClientSession, config: UpstreamConfig, body: Body
+) -> tuple[aiohttp.ClientResponse, bytes]:
+    response = await send_chat(session, config, body)
+    try:
+        await check_status(response, config.idle_timeout)
+        return response, await next_chunk(response, config.idle_timeout)
+    except BaseException:
+        response.close()
+        raise
+
+
+async def relay_stream(
+    request: web.Request,
+    session: aiohttp.ClientSession,
+    config: UpstreamConfig,
+    keepalive_interval: float,
+    body: Body,
+    headers: Mapping[str, str],
+    exchange: Exchange,
+) -> web.StreamResponse:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + config.first_byte_timeout
+    opening = asyncio.ensure_future(_open_stream(session, config, body))
+    client: web.StreamResponse | None = None
+    upstream: aiohttp.ClientResponse | None = None
+    try:
+        while not opening.done():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise _first_byte_timeout(config)
+            await asyncio.wait([opening], timeout=min(remaining, keepalive_interval))
+            if not opening.done() and loop.time() < deadline:
+                client = client or await _start_sse(request, headers)
+                await client.write(KEEPALIVE)
+        upstream, chunk = opening.result()
+        client = client or await _start_sse(request, headers)
+        tap = SseUsageTap()
+        while chunk:
+            tap.feed(chunk)
+            await client.write(chunk)
+            chunk = await next_chunk(upstream, config.idle_timeout)
+        exchange.usage = tap.usage
+        await client.write_eof()
+        return client
+    except ProxyError as error:
+        if client is None:
+            raise
+        exchange.outcome = error.code
+        await client.write(b"data: " + error_body(error) + b"\n\n")
+        await client.write_eof()
+        return client
+    except ConnectionResetError:
+        exchange.outcome = "client_closed"
+        return client or web.StreamResponse()
+    finally:
+        if not opening.done():
+            opening.cancel()
+        if upstream is not None:
+            upstream.close()
+
+
+async def _start_sse(request: web.Request, headers: Mapping[str, str]) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+            **headers,
+        }
+    )
+    await response.prepare(request)
+    return response

@@ -1,0 +1,55 @@
+"""Opening the repository and choosing the commit the snapshot is rendered from.
+
+Every call opens its own `pygit2.Repository`: libgit2 objects must not be shared between the
+threads these calls run on, opening costs well under a millisecond, and a fresh handle sees a
+repository that was repaired or replaced since the last call.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import pygit2
+
+from .errors import RepositoryError
+from .patterns import PathMatcher
+
+#: libgit2 knows the empty tree without it being in the object database.
+EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
+
+
+@attrs.frozen
+class ContentRules:
+    """Which files are sent with their contents; shared by the snapshot and the diff."""
+
+    exclude: PathMatcher
+    max_file_bytes: int
+
+
+def open_repository(path: Path) -> pygit2.Repository:
+    try:
+        repo = pygit2.Repository(str(path))
+    except (pygit2.GitError, OSError) as error:
+        raise RepositoryError(f"cannot open the git repository at {path}: {error}") from None
+    if repo.workdir is None:
+        raise RepositoryError(f"the repository at {path} has no work tree")
+    return repo
+
+
+def head_commit(repo: pygit2.Repository) -> pygit2.Commit | None:
+    """The commit HEAD points at (detached or not), or None in a repository with no commits."""
+    try:
+        if repo.head_is_unborn:
+            return None
+        return repo.head.peel(pygit2.Commit)
+    except (pygit2.GitError, KeyError) as error:
+        raise RepositoryError(f"cannot resolve HEAD in {repo.workdir}: {error}") from None
+
+
+def base_tree(repo: pygit2.Repository, base: pygit2.Commit | None) -> pygit2.Tree:
+    return base.tree if base is not None else repo[EMPTY_TREE]
+
+
+def short(commit_id: str | None) -> str:
+    return commit_id[:12] if commit_id else "none"

@@ -1,0 +1,136 @@
+"""The snapshot: the committed tree of one commit, rendered as one deterministic text.
+
+Layout (the contract the model reads, and the bytes the upstream caches):
+
+    # Repository snapshot
+    <fixed explanation naming the commit>
+
+    === file: PATH ===
+    <text of the file, ending in a newline>
+    === symlink: PATH -> TARGET ===
+    ...
+    === not included ===
+    binary: PATH (N bytes)
+    too large: PATH (N bytes)
+    over the snapshot cap: PATH (N bytes)
+    submodule: PATH at COMMIT
+
+Paths are in byte order. Nothing in it depends on time, host, absolute paths or dict order, so the
+same commit under the same rules gives the same bytes on any machine. Excluded paths are left out
+silently. The cap (`max_snapshot_bytes`) is first-fit in path order: a file is inlined when its
+bytes plus its delimiter line still fit, otherwise it is listed as over the cap.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import attrs
+import pygit2
+from pygit2.enums import FileMode
+
+from .errors import RepositoryError
+from .prompt import system_message
+from .repository import ContentRules, open_repository
+
+HEADER = """\
+# Repository snapshot
+
+This message holds the committed source of the repository at commit {commit}: the text of every \
+file, in path order. Each file starts with a line of its own, "=== file: PATH ===", followed by \
+its text. A symbolic link is shown as "=== symlink: PATH -> TARGET ===". Files whose contents are \
+not included are listed at the end under "=== not included ===". The next message is the working \
+diff against this commit: where the two differ, the diff is the current state.
+
+"""
+
+UNBORN = """\
+# Repository snapshot
+
+The repository has no commits yet, so there is no committed source to show. All of its files are \
+in the working diff that follows.
+"""
+
+
+@attrs.frozen
+class LeftOut:
+    path: str
+    reason: str  # "binary", "too large", "over the snapshot cap", "submodule"
+    detail: str
+
+    def render(self) -> str:
+        return f"{self.reason}: {self.path} ({self.detail})"
+
+
+@attrs.frozen
+class Snapshot:
+    commit: str | None
+    files: int
+    text_bytes: int
+    left_out: tuple[LeftOut, ...]
+    #: The system message, JSON-encoded once, spliced into every request's body.
+    message: bytes = attrs.field(repr=False)
+
+
+def build_snapshot(path: Path, commit: str | None, rules: ContentRules, max_snapshot_bytes: int) -> Snapshot:
+    """Render the snapshot of `commit` (None: no commits yet). Blocking: run it in a thread."""
+    if commit is None:
+        return _finish(None, UNBORN, 0, ())
+    repo = open_repository(path)
+    try:
+        tree = repo[commit].peel(pygit2.Tree)
+        entries = sorted(_walk(repo, tree, b""), key=lambda entry: entry[0])
+        parts = [HEADER.format(commit=commit)]
+        left_out: list[LeftOut] = []
+        budget = max_snapshot_bytes
+        files = 0
+        for raw_path, mode, oid in entries:
+            path_text = raw_path.decode("utf-8", "replace")
+            if rules.exclude.excludes(path_text):
+                continue
+            if mode == FileMode.COMMIT:
+                left_out.append(LeftOut(path_text, "submodule", f"at {oid}"))
+                continue
+            blob = repo[oid]
+            data = blob.data
+            if mode == FileMode.LINK:
+                section = f"=== symlink: {path_text} -> {data.decode('utf-8', 'replace')} ===\n"
+            elif blob.is_binary:
+                left_out.append(LeftOut(path_text, "binary", f"{len(data)} bytes"))
+                continue
+            elif len(data) > rules.max_file_bytes:
+                left_out.append(LeftOut(path_text, "too large", f"{len(data)} bytes"))
+                continue
+            else:
+                text = data.decode("utf-8", "replace")
+                newline = "" if text.endswith("\n") or not text else "\n"
+                section = f"=== file: {path_text} ===\n{text}{newline}"
+            cost = len(data) + len(path_text) + 20
+            if cost > budget:
+                left_out.append(LeftOut(path_text, "over the snapshot cap", f"{len(data)} bytes"))
+                continue
+            budget -= cost
+            files += 1
+            parts.append(section)
+        if left_out:
+            parts.append("=== not included ===\n")
+            parts.extend(item.render() + "\n" for item in left_out)
+        return _finish(commit, "".join(parts), files, tuple(left_out))
+    except (pygit2.GitError, KeyError, ValueError) as error:
+        raise RepositoryError(f"cannot read commit {commit} in {path}: {error}") from None
+
+
+def _walk(repo: pygit2.Repository, tree: pygit2.Tree, prefix: bytes) -> Iterator[tuple[bytes, int, pygit2.Oid]]:
+    """(raw path, file mode, object id) for every blob, link and submodule below `tree`."""
+    for entry in tree:
+        raw_path = prefix + (entry.raw_name or entry.name.encode())
+        if entry.filemode == FileMode.TREE:
+            yield from _walk(repo, repo[entry.id], raw_path + b"/")
+        else:
+            yield raw_path, entry.filemode, entry.id
+
+
+def _finish(commit: str | None, text: str, files: int, left_out: tuple[LeftOut, ...]) -> Snapshot:
+    encoded = text.encode("utf-8")
+    return Snapshot(commit, files, len(encoded), left_out, system_message(text))

@@ -1,0 +1,124 @@
+"""Talking to the model server: the one session, sending a spliced body, reading with limits.
+
+There is no total timeout (a cold prefill of a 10M-token snapshot takes many minutes); instead
+connect, first byte and the gap between chunks each have their own limit from the config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import AsyncIterator
+
+import aiohttp
+
+from .config import UpstreamConfig
+from .errors import ProxyError, UpstreamBadResponse, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
+from .prompt import Body
+
+#: An error body longer than this is cut before it is read whole.
+MAX_ERROR_BODY = 64 * 1024
+
+
+def open_session(config: UpstreamConfig) -> aiohttp.ClientSession:
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout)
+    return aiohttp.ClientSession(
+        timeout=timeout,
+        connector=aiohttp.TCPConnector(limit=config.max_connections),
+        auto_decompress=False,
+    )
+
+
+def _headers(config: UpstreamConfig) -> dict[str, str]:
+    headers = {"Accept-Encoding": "identity"}
+    if config.api_key:
+        headers["Authorization"] = f"Bearer {config.api_key}"
+    return headers
+
+
+async def send_chat(session: aiohttp.ClientSession, config: UpstreamConfig, body: Body) -> aiohttp.ClientResponse:
+    """POST the body (written chunk by chunk, with its length) and return once headers arrive."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for chunk in body.chunks:
+            yield chunk
+
+    headers = _headers(config) | {"Content-Type": "application/json", "Content-Length": str(body.length)}
+    try:
+        return await session.post(f"{config.url}/chat/completions", data=chunks(), headers=headers)
+    except (aiohttp.ClientConnectorError, aiohttp.ServerTimeoutError) as error:
+        raise UpstreamUnavailable(f"cannot reach the upstream at {config.url}: {error}") from None
+    except aiohttp.ClientError as error:
+        raise UpstreamBadResponse(f"the upstream at {config.url} failed before answering: {error}") from None
+
+
+async def next_chunk(response: aiohttp.ClientResponse, idle_timeout: float) -> bytes:
+    """The next bytes of the answer (b"" at its end), or an error if the upstream stalls or breaks."""
+    try:
+        return await asyncio.wait_for(response.content.readany(), idle_timeout)
+    except asyncio.TimeoutError:
+        raise UpstreamTimeout(f"the upstream sent nothing for {idle_timeout:g}s in the middle of its answer") from None
+    except aiohttp.ClientError as error:
+        raise UpstreamBadResponse(f"the upstream connection broke in the middle of its answer: {error}") from None
+
+
+async def read_all(response: aiohttp.ClientResponse, idle_timeout: float, limit: int | None = None) -> bytes:
+    parts = []
+    size = 0
+    while chunk := await next_chunk(response, idle_timeout):
+        parts.append(chunk)
+        size += len(chunk)
+        if limit is not None and size >= limit:
+            break
+    return b"".join(parts)
+
+
+async def check_status(response: aiohttp.ClientResponse, idle_timeout: float) -> None:
+    """Turn a non-2xx answer into the error the client should see."""
+    if response.status < 400:
+        return
+    data = await read_all(response, idle_timeout, MAX_ERROR_BODY)
+    raise failure(response.status, data)
+
+
+def failure(status: int, data: bytes) -> ProxyError:
+    error: object = None
+    message = data[:500].decode("utf-8", "replace").strip() or f"HTTP {status}"
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        found = error.get("message") if isinstance(error, dict) else payload.get("message") or payload.get("detail")
+        if isinstance(found, str) and found:
+            message = found
+        elif isinstance(error, str) and error:
+            message = error
+    if status >= 500:
+        return UpstreamBadResponse(f"the upstream answered HTTP {status}: {message}")
+    type_ = error.get("type") if isinstance(error, dict) else None
+    return UpstreamRejected(status, message, type_ if isinstance(type_, str) else None)
+
+
+async def fetch_models(session: aiohttp.ClientSession, config: UpstreamConfig) -> bytes:
+    """The upstream's model list, bounded by the connect timeout (a probe, not a generation)."""
+    try:
+        async with session.get(
+            f"{config.url}/models",
+            headers=_headers(config),
+            timeout=aiohttp.ClientTimeout(total=config.connect_timeout),
+        ) as response:
+            await check_status(response, config.connect_timeout)
+            data = await response.read()
+    except asyncio.TimeoutError:
+        raise UpstreamTimeout(f"the upstream at {config.url} did not answer within {config.connect_timeout:g}s") from None
+    except aiohttp.ClientError as error:
+        raise UpstreamUnavailable(f"cannot reach the upstream at {config.url}: {error}") from None
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        payload = None
+    if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
+        raise UpstreamBadResponse("the upstream's /models answer is not a model list")
+    return data
