@@ -112,7 +112,7 @@ def _patterns(raw: str) -> tuple[str, ...]:
 
 
 def option(default: Any, parse: Callable[[str], Any], *, secret: bool = False) -> Any:
-    return attrs.field(default=default, metadata={"parse": parse, "secret": secret})
+    return attrs.field(default=default, repr=not secret, metadata={"parse": parse, "secret": secret})
 
 
 @attrs.frozen
