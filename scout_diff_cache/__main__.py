@@ -58,7 +58,10 @@ def serve(config: Config) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     log.info("scout-diff-cache %s; config: %s", __version__, config.source or "none found, using built-in defaults")
-    log.info("repository %s -> upstream %s", config.repository.path, config.upstream.url)
+    log.info(
+        "listening on http://%s:%d; repository %s; upstream %s",
+        config.server.host, config.server.port, config.repository.path, config.upstream.url,
+    )
     web.run_app(
         make_app(config),
         host=config.server.host,
@@ -66,7 +69,7 @@ def serve(config: Config) -> None:
         shutdown_timeout=config.server.shutdown_grace,
         handler_cancellation=True,
         access_log=None,
-        print=lambda message: log.info("%s", message.strip()),
+        print=None,
     )
 
 

@@ -1,0 +1,169 @@
+"""The real `python -m scout_diff_cache` process: CLI, startup, logs, restarts and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from conftest import FakeUpstream, GitRepo, answer_stream, chat, write_config
+from test_proxy import free_port
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "scout_diff_cache", *args], capture_output=True, text=True, timeout=60, cwd=cwd
+    )
+
+
+def test_check_config_prints_the_effective_config_with_secrets_masked(tmp_path: Path, git_repo: GitRepo) -> None:
+    path = write_config(tmp_path, {"upstream": {"api_key": "sk-do-not-print"}, "repository": {"path": "repo"}})
+    result = run_cli("check-config", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert f"# loaded from: {path}" in result.stdout
+    assert "api_key = ********" in result.stdout
+    assert "sk-do-not-print" not in result.stdout + result.stderr
+
+
+def test_a_bad_config_exits_2_with_one_line(tmp_path: Path, git_repo: GitRepo) -> None:
+    path = write_config(tmp_path, {"server": {"port": "http"}, "repository": {"path": "repo"}})
+    for command in ("check-config", "serve"):
+        result = run_cli(command, "--config", str(path))
+        assert result.returncode == 2
+        assert result.stderr.strip() == f"scout-diff-cache: {path}: [server] port = 'http': expected a TCP port from 1 to 65535"
+        assert result.stdout == ""
+
+
+def test_no_config_file_runs_on_defaults_in_the_current_directory(git_repo: GitRepo) -> None:
+    result = run_cli("check-config", cwd=git_repo.path)
+    assert result.returncode == 0, result.stderr
+    assert "# loaded from: (built-in defaults)" in result.stdout
+    assert f"path = {git_repo.path.resolve()}" in result.stdout
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.startswith("scout-diff-cache ")
+
+
+class Proxy:
+    """A proxy process on a free loopback port, its log in a file."""
+
+    def __init__(self, config: Path, log: Path, port: int) -> None:
+        self.config, self.log, self.port = config, log, port
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self, session: aiohttp.ClientSession) -> None:
+        with self.log.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "scout_diff_cache", "serve", "--config", str(self.config),
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+            )
+        for _ in range(300):
+            try:
+                async with session.get(f"{self.url}/health") as response:
+                    if (await response.json())["snapshot"]["state"] == "ready":
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            assert self.process.returncode is None, self.log.read_text()
+            await asyncio.sleep(0.05)
+        raise AssertionError("the proxy did not become ready")
+
+    async def stop(self) -> int:
+        assert self.process is not None
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.process.wait(), 30)
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+def proxy_factory(tmp_path: Path, git_repo: GitRepo, upstream: FakeUpstream):  # type: ignore[no-untyped-def]
+    started: list[Proxy] = []
+
+    def make(**server: str) -> Proxy:
+        port = free_port()
+        config = write_config(
+            tmp_path,
+            {
+                "server": {"port": str(port), **server},
+                "upstream": {"url": upstream.url, "api_key": "sk-never-logged"},
+                "repository": {"path": "repo"},
+            },
+        )
+        proxy = Proxy(config, tmp_path / f"proxy-{port}.log", port)
+        started.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in started:
+        if proxy.process is not None and proxy.process.returncode is None:
+            proxy.process.kill()
+
+
+async def test_two_separately_started_processes_send_byte_identical_snapshots(
+    proxy_factory, session: aiohttp.ClientSession, upstream: FakeUpstream  # type: ignore[no-untyped-def]
+) -> None:
+    for _ in range(2):
+        proxy = proxy_factory()
+        await proxy.start(session)
+        async with session.post(f"{proxy.url}/v1/chat/completions", json=chat()) as response:
+            assert response.status == 200
+        assert await proxy.stop() == 0
+    first, second = (seen.raw.split(b',{"role":"system"', 1)[0] for seen in upstream.seen)
+    assert first == second and b"=== file: src/app.py ===" in first
+
+
+async def test_logs_say_what_was_loaded_and_never_contents_or_keys(
+    proxy_factory, session: aiohttp.ClientSession, upstream: FakeUpstream  # type: ignore[no-untyped-def]
+) -> None:
+    proxy = proxy_factory()
+    await proxy.start(session)
+    body = chat({"role": "user", "content": "PRIVATE-QUESTION-TEXT"})
+    async with session.post(f"{proxy.url}/v1/chat/completions", json=body, headers={"Authorization": "Bearer sk-client"}) as response:
+        assert response.status == 200
+    await proxy.stop()
+    log = proxy.log.read_text()
+    assert f"config: {proxy.config}" in log
+    assert "POST /v1/chat/completions 200" in log and "cached_tokens=90" in log
+    for secret in ("PRIVATE-QUESTION-TEXT", "sk-never-logged", "sk-client", "return 'hello'"):
+        assert secret not in log
+
+
+async def test_sigterm_lets_an_in_flight_stream_finish_then_exits_0(
+    proxy_factory, session: aiohttp.ClientSession, upstream: FakeUpstream  # type: ignore[no-untyped-def]
+) -> None:
+    async def slow(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
+        await asyncio.sleep(1.0)
+        return await answer_stream(request, fake)
+
+    upstream.behaviour = slow
+    proxy = proxy_factory(shutdown_grace="20s")
+    await proxy.start(session)
+    async with session.post(f"{proxy.url}/v1/chat/completions", json=chat(stream=True)) as response:
+        await asyncio.sleep(0.3)
+        assert proxy.process is not None
+        proxy.process.send_signal(signal.SIGTERM)
+        text = await response.text()
+    assert text.endswith("data: [DONE]\n\n")
+    assert await proxy.stop() == 0
+    with pytest.raises(aiohttp.ClientConnectionError):
+        async with session.get(f"{proxy.url}/health"):
+            pass
