@@ -1,0 +1,61 @@
+"""The official OpenAI Python SDK as the client, unmodified, with `base_url` at the proxy.
+
+The SDK is not a dependency of the project: this module runs where it is installed (CI installs it
+in a scratch environment, as a new user would) and is skipped elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from aiohttp import web
+
+from conftest import FakeUpstream, ProxyFactory, sse_chunk
+
+openai = pytest.importorskip("openai")
+
+
+async def sdk_client(make_proxy: ProxyFactory):  # type: ignore[no-untyped-def]
+    proxy = await make_proxy()
+    return openai.AsyncOpenAI(base_url=str(proxy.make_url("/v1")), api_key="unused", max_retries=0)
+
+
+async def test_sdk_non_streaming(make_proxy: ProxyFactory, upstream: FakeUpstream) -> None:
+    client = await sdk_client(make_proxy)
+    answer = await client.chat.completions.create(
+        model="scout", messages=[{"role": "user", "content": "Where is main?"}]
+    )
+    assert answer.choices[0].message.content == "ok"
+    assert answer.usage.prompt_tokens_details.cached_tokens == 90
+    assert upstream.seen[0].json["messages"][2] == {"role": "user", "content": "Where is main?"}
+
+
+async def test_sdk_streaming_with_include_usage(make_proxy: ProxyFactory, upstream: FakeUpstream) -> None:
+    async def behaviour(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for word in ("Hel", "lo"):
+            await response.write(sse_chunk(word))
+        usage = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
+                 "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12,
+                           "prompt_tokens_details": {"cached_tokens": 8}}}
+        await response.write(b"data: " + json.dumps(usage).encode() + b"\n\ndata: [DONE]\n\n")
+        return response
+
+    upstream.behaviour = behaviour
+    client = await sdk_client(make_proxy)
+    stream = await client.chat.completions.create(
+        model="scout", messages=[{"role": "user", "content": "hi"}], stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].delta.content for c in chunks if c.choices) == "Hello"
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens == 8
+
+
+async def test_sdk_sees_errors_with_status_and_message(make_proxy: ProxyFactory, upstream: FakeUpstream) -> None:
+    client = await sdk_client(make_proxy)
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.chat.completions.create(model="scout", messages=[])
+    assert "'messages' must be a non-empty array" in caught.value.message
