@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import attrs
 import pygit2
 import pytest
 
 from conftest import GitRepo, write_config
 from scout_diff_cache.config import (
     DEFAULT_EXCLUDE,
+    SECTIONS,
     default_locations,
     find_config,
     load_config,
@@ -163,3 +165,26 @@ def test_rendered_config_masks_secrets(tmp_path: Path, git_repo: GitRepo) -> Non
     assert "api_key = ********" in text
     assert f"path = {git_repo.path.resolve()}" in text
     assert os.linesep.join(["exclude =", "    *.lock"]) in text
+
+
+def test_the_example_file_lists_every_option_with_its_default(tmp_path: Path, git_repo: GitRepo, monkeypatch: pytest.MonkeyPatch) -> None:
+    example = (Path(__file__).parent.parent / "scout.ini.example").read_text()
+    uncommented = []
+    for line in example.splitlines():
+        if line.startswith("# ") and ("=" in line[:40] and line[2:3].isalpha() or line.startswith("#     ")):
+            uncommented.append(line[2:])
+        elif line.startswith("["):
+            uncommented.append(line)
+    text = "\n".join(uncommented)
+    path = tmp_path / "example.ini"
+    text = text.replace("api_key =\n", "").replace("api_key_file =\n", "")
+    path.write_text(text.replace("path = /home/me/src/project", f"path = {git_repo.path}"))
+    monkeypatch.chdir(git_repo.path)
+    from_example = load_config(path)
+    defaults = load_config(None)
+    for section in ("server", "upstream", "repository", "context"):
+        assert getattr(from_example, section) == getattr(defaults, section), section
+    for name, cls in SECTIONS.items():
+        section_text = example.split(f"[{name}]")[1].split("\n[")[0]
+        for field in attrs.fields(cls):
+            assert f"\n# {field.name} =" in section_text, (name, field.name)
