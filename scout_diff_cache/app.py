@@ -6,17 +6,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import AsyncIterator
+from typing import AsyncContextManager, AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from .accounting import Exchange
-from .app_keys import config_key, context_key, exchange_key, session_key
+from .accounting import Exchange, Totals, Usage
+from .app_keys import config_key, context_key, exchange_key, session_key, totals_key
 from .config import Config
 from .context import RepositoryContext
 from .errors import BodyTooLarge, MethodNotAllowed, NotFound, ProxyError, error_body
+from .diff import WorkingDiff
 from .routes import add_routes
-from .upstream import open_session
+from .snapshot import Snapshot
+from .upstream import open_session, warm_up
 
 log = logging.getLogger("scout_diff_cache")
 
@@ -35,6 +37,7 @@ async def log_requests(request: web.Request, handler: web.Handler) -> web.Stream
         status, exchange.outcome = "-", "client_closed"
         raise
     finally:
+        request.app[totals_key].add(exchange)
         log.info(
             "%s %s %s %.3fs %s",
             request.method, request.path, status, time.monotonic() - started, exchange.describe(),
@@ -72,10 +75,18 @@ def _from_http(error: web.HTTPException, request: web.Request) -> ProxyError | N
 def make_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[log_requests, errors_to_envelope])
     app[config_key] = config
-    app[context_key] = RepositoryContext(config.repository)
+    app[totals_key] = Totals()
+
+    async def warm(snapshot: Snapshot, diff: WorkingDiff) -> Usage | None:
+        return await warm_up(app[session_key], config.upstream, snapshot.message, diff.message)
+
+    app[context_key] = RepositoryContext(config.repository, config.context, warm)
     add_routes(app)
     app.cleanup_ctx.append(_upstream_session)
-    app.cleanup_ctx.append(_first_snapshot)
+    if config.context.inject:
+        app.cleanup_ctx.append(_background(_first_epoch))
+        if config.context.keepalive_interval:
+            app.cleanup_ctx.append(_background(_keep_warm))
     return app
 
 
@@ -85,18 +96,39 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-async def _first_snapshot(app: web.Application) -> AsyncIterator[None]:
-    """Build the snapshot at startup so the first request does not pay for it."""
-    if not app[config_key].context.inject:
+def _background(
+    job: Callable[[web.Application], Awaitable[None]],
+) -> Callable[[web.Application], AsyncContextManager[None]]:
+    """A task that runs for the application's life and is cancelled at shutdown."""
+
+    @contextlib.asynccontextmanager
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(job(app))
         yield
-        return
-    warm = asyncio.create_task(_build_current(app[context_key]))
-    yield
-    warm.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await warm
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return context
 
 
-async def _build_current(context: RepositoryContext) -> None:
+async def _first_epoch(app: web.Application) -> None:
+    """Build the snapshot at startup, so the first question does not wait for it."""
     with contextlib.suppress(ProxyError):  # logged where it failed; requests will retry
-        await context.snapshot_for(await context.head())
+        await app[context_key].start()
+
+
+async def _keep_warm(app: web.Application) -> None:
+    """Re-send the prefix while requests still arrive, so an LRU cache under other load keeps it."""
+    context = app[context_key]
+    interval = app[config_key].context.keepalive_interval
+    while True:
+        await asyncio.sleep(interval)
+        if time.monotonic() - context.last_request > interval:
+            continue
+        try:
+            usage = await context.warm_now()
+        except ProxyError as error:
+            log.warning("keep-alive ping failed: %s", error.message)
+        else:
+            log.debug("keep-alive ping: %s", usage)

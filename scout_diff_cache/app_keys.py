@@ -5,11 +5,12 @@ from __future__ import annotations
 import aiohttp
 from aiohttp import web
 
-from .accounting import Exchange
+from .accounting import Exchange, Totals
 from .config import Config
 from .context import RepositoryContext
 
 config_key = web.AppKey("config", Config)
 session_key = web.AppKey("session", aiohttp.ClientSession)
 context_key = web.AppKey("context", RepositoryContext)
+totals_key = web.AppKey("totals", Totals)
 exchange_key = web.RequestKey("exchange", Exchange)

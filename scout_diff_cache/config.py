@@ -7,6 +7,7 @@ set of allowed keys: there is no second table to keep in step.
 from __future__ import annotations
 
 import configparser
+import os
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -147,9 +148,39 @@ class RepositoryConfig:
     max_snapshot_bytes: int = option(64 * MiB, _positive_size)
 
 
+def _rebase(raw: str) -> str:
+    if raw.strip() not in ("auto", "every-commit", "manual"):
+        raise ValueError("expected auto, every-commit or manual")
+    return raw.strip()
+
+
+def _share(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 100:
+        raise ValueError("expected a share of the snapshot's size above 0, such as 0.1 for 10%")
+    return value
+
+
+def _interval(raw: str) -> float:
+    return 0.0 if raw.strip().lower() == "off" else _duration(raw)
+
+
+def _state_home() -> Path:
+    xdg = os.environ.get("XDG_STATE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "state") / "scout-diff-cache"
+
+
 @attrs.frozen
 class ContextConfig:
     inject: bool = option(True, _bool)
+    rebase: str = option("auto", _rebase)
+    rebase_diff_share: float = option(0.1, _share)
+    rebase_min_diff_bytes: int = option(256 * KiB, _size)
+    keepalive_interval: float = option(0.0, _interval)
+    state_dir: Path = option(attrs.Factory(_state_home), _path)
 
 
 @attrs.frozen
@@ -209,6 +240,7 @@ def load_config(source: Path | None) -> Config:
     sections = {name: _parse_section(where, name, cls, parser) for name, cls in SECTIONS.items()}
     sections["upstream"] = _read_api_key(where, base, sections["upstream"])
     sections["repository"] = _check_repository(where, base, sections["repository"])
+    sections["context"] = attrs.evolve(sections["context"], state_dir=(base / sections["context"].state_dir).resolve())
     return Config(source=source, **sections)
 
 
@@ -262,20 +294,20 @@ def render_config(config: Config) -> str:
         section = getattr(config, name)
         lines.append(f"\n[{name}]")
         for field in attrs.fields(type(section)):
-            shown = _show(getattr(section, field.name), field.metadata["secret"])
+            shown = _show(getattr(section, field.name), field)
             lines.append(f"{field.name} =" + (shown if shown.startswith("\n") or not shown else f" {shown}"))
     return "\n".join(lines) + "\n"
 
 
-def _show(value: Any, secret: bool) -> str:
+def _show(value: Any, field: attrs.Attribute) -> str:  # type: ignore[type-arg]
     if value is None:
         return ""
-    if secret:
+    if field.metadata["secret"]:
         return "********"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:g}s"
+    if field.metadata["parse"] in (_duration, _interval):
+        return f"{value:g}s" if value else "off"
     if isinstance(value, tuple):
         return "".join(f"\n    {item}" for item in value)
     return str(value)

@@ -1,9 +1,19 @@
-"""The repository context of a request: the cached snapshot and a fresh working diff.
+"""The repository context of a request: the current epoch's snapshot and a fresh working diff.
 
-Blocking libgit2 work runs in threads. Snapshots are built once per base commit, and requests that
-arrive during a build wait for that build. The working diff is computed per request, but callers
-that ask while one computation is queued share it; a computation never started before its caller
-asked, so no caller gets a diff older than its own request.
+An epoch is a base commit with its snapshot. It outlives commits: after a commit the same snapshot
+is served and the working diff (base → working tree) carries what was committed, so the upstream's
+cache of the snapshot stays valid. The epoch moves to HEAD (a rebase) when keeping it stops paying,
+per `[context] rebase`:
+
+- `auto`: when HEAD has moved and the diff outgrows `rebase_diff_share` of the snapshot (and
+  `rebase_min_diff_bytes`). The new snapshot is built and warmed upstream in the background while
+  the old epoch keeps serving; then the switch is atomic.
+- `every-commit`: on every new HEAD, before answering (the original design, for comparison).
+- `manual`: only when asked (`POST /admin/rebase`, `scout-diff-cache rebase`).
+
+In every mode a base that is gone or no longer an ancestor of HEAD (gc, history rewrite, another
+branch) is replaced at once. Blocking libgit2 work runs in threads; callers that ask while a
+computation is queued share it, and a computation never started before its caller asked.
 """
 
 from __future__ import annotations
@@ -11,12 +21,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable, Generic, TypeVar
+from typing import Awaitable, Callable, Generic, TypeVar
 
 import attrs
+import pygit2
 
-from .config import RepositoryConfig
-from .diff import WorkingDiff, working_diff
+from .accounting import Usage
+from .config import ContextConfig, RepositoryConfig
+from .diff import WorkingDiff, committed_since, working_diff
+from .epoch import Epoch, load_epoch, save_epoch, state_file
+from .errors import ProxyError, RepositoryError
 from .patterns import compile_patterns
 from .repository import ContentRules, head_commit, open_repository, short
 from .snapshot import Snapshot, build_snapshot
@@ -24,6 +38,8 @@ from .snapshot import Snapshot, build_snapshot
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+WarmUp = Callable[[Snapshot, WorkingDiff], Awaitable["Usage | None"]]
 
 
 class Coalesced(Generic[T]):
@@ -47,7 +63,7 @@ class Coalesced(Generic[T]):
         return await asyncio.to_thread(self._fn)
 
 
-def _consume(task: asyncio.Task[object]) -> None:
+def _consume(task: asyncio.Future[object]) -> None:
     """Mark a failure as seen: the callers who awaited it have already had it raised."""
     if not task.cancelled():
         task.exception()
@@ -59,71 +75,194 @@ class Context:
     diff: WorkingDiff
 
 
+@attrs.frozen
+class _State:
+    """The repository as one thread read it, against the base it was given."""
+
+    base: str | None
+    head: str | None
+    base_valid: bool
+    diff: WorkingDiff | None
+
+
+@attrs.frozen
+class Rebase:
+    previous: str | None
+    base: str | None
+    warmup: Usage | None
+    seconds: float
+
+
 class RepositoryContext:
-    def __init__(self, config: RepositoryConfig) -> None:
-        self._config = config
-        self._rules = ContentRules(compile_patterns(config.exclude), config.max_file_bytes)
-        self._diff = Coalesced(self._read_working_diff)
-        self._head = Coalesced(self._read_head)
+    def __init__(self, repository: RepositoryConfig, context: ContextConfig, warm: WarmUp | None = None) -> None:
+        self._repository = repository
+        self._policy = context
+        self._rules = ContentRules(compile_patterns(repository.exclude), repository.max_file_bytes)
+        self._state_file = state_file(context.state_dir, repository.path)
+        self._warm = warm
+        self._read = Coalesced(self._read_state)
+        self._committed: tuple[tuple[str | None, str | None], dict[str, int], bool] | None = None
+        self._switching: dict[str | None, asyncio.Task[Rebase]] = {}
+        self._starting: asyncio.Task[Snapshot] | None = None
         self.snapshot: Snapshot | None = None
-        self._builds: dict[str | None, asyncio.Task[Snapshot]] = {}
+        self.last: Context | None = None
+        self.last_request = 0.0
         self.builds_started = 0
+        self.rebases = 0
+        self.last_rebase: Rebase | None = None
         self.last_error: str | None = None
-
-    async def current(self) -> Context:
-        diff = await self._diff()
-        return Context(await self.snapshot_for(diff.base), diff)
-
-    async def head(self) -> str | None:
-        return await self._head()
 
     @property
     def state(self) -> str:
-        if self._builds:
+        if self._switching or self._starting is not None and not self._starting.done():
             return "building"
         if self.last_error is not None:
             return "failed"
         return "ready" if self.snapshot is not None else "not built"
 
-    async def snapshot_for(self, commit: str | None) -> Snapshot:
-        if self.snapshot is not None and self.snapshot.commit == commit:
-            return self.snapshot
-        return await asyncio.shield(self.build_in_background(commit))
+    async def current(self) -> Context:
+        """The snapshot and a diff read after this call began, consistent with each other."""
+        self.last_request = time.monotonic()
+        for _ in range(4):
+            snapshot = self.snapshot or await self.start()
+            state = await self._read()
+            if state.base != snapshot.commit:
+                continue  # the epoch switched while the diff was read against the old one
+            if not state.base_valid or (self._policy.rebase == "every-commit" and state.head != state.base):
+                await self._switch_to(state.head, warm=False)
+                continue
+            assert state.diff is not None
+            if self._policy.rebase == "auto" and self._outgrown(snapshot, state):
+                self._switch_in_background(state.head)
+            self.last = Context(snapshot, state.diff)
+            return self.last
+        raise RepositoryError("the repository kept changing while its state was read; try again")
 
-    def build_in_background(self, commit: str | None) -> asyncio.Task[Snapshot]:
-        """Start the build of `commit`'s snapshot, or return the one already under way."""
-        task = self._builds.get(commit)
+    async def start(self) -> Snapshot:
+        """The first epoch: the saved one if it is still valid (same bytes as before a restart)."""
+        if self._starting is None or (self._starting.done() and self.snapshot is None):
+            self._starting = asyncio.create_task(self._start())
+            self._starting.add_done_callback(_consume)
+        return await asyncio.shield(self._starting)
+
+    async def rebase(self) -> Rebase:
+        """A manual rebase to HEAD, warmed upstream before the switch."""
+        state = await self._read()
+        if self.snapshot is not None and state.head == self.snapshot.commit:
+            return Rebase(state.head, state.head, None, 0.0)
+        return await self._switch_to(state.head, warm=True)
+
+    async def warm_now(self) -> Usage | None:
+        """Send the current prefix upstream once (startup, keep-alive pings); None without a warmer."""
+        snapshot = self.snapshot or await self.start()
+        if self._warm is None:
+            return None
+        return await self._warm(snapshot, await asyncio.to_thread(self._diff_against, snapshot.commit))
+
+    async def _start(self) -> Snapshot:
+        saved = await asyncio.to_thread(load_epoch, self._state_file, self._repository.path)
+        head = await asyncio.to_thread(self._head)
+        base = head
+        if saved is not None and self._policy.rebase != "every-commit" and await asyncio.to_thread(self._valid, saved.base):
+            base = saved.base
+        snapshot = await self._build(base, saved)
+        if self.snapshot is None:
+            self.snapshot = snapshot
+        await asyncio.to_thread(save_epoch, self._state_file, self._repository.path, snapshot.epoch)
+        return self.snapshot
+
+    def _outgrown(self, snapshot: Snapshot, state: _State) -> bool:
+        assert state.diff is not None
+        limit = max(self._policy.rebase_min_diff_bytes, self._policy.rebase_diff_share * snapshot.text_bytes)
+        return state.head != state.base and state.diff.text_bytes > limit
+
+    def _switch_in_background(self, head: str | None) -> None:
+        if not self._switching:
+            asyncio.ensure_future(self._switch_to(head, warm=True)).add_done_callback(_consume)
+
+    async def _switch_to(self, head: str | None, warm: bool) -> Rebase:
+        task = self._switching.get(head)
         if task is None:
-            task = asyncio.create_task(self._build(commit))
-            self._builds[commit] = task
+            task = asyncio.create_task(self._switch(head, warm))
+            self._switching[head] = task
+            task.add_done_callback(lambda _: self._switching.pop(head, None))
             task.add_done_callback(_consume)
-        return task
+        return await asyncio.shield(task)
 
-    async def _build(self, commit: str | None) -> Snapshot:
+    async def _switch(self, head: str | None, warm: bool) -> Rebase:
+        started = time.monotonic()
+        previous = self.snapshot
+        snapshot = await self._build(head, previous.epoch if previous else None)
+        usage = None
+        if warm and self._warm is not None:
+            diff = await asyncio.to_thread(self._diff_against, snapshot.commit)
+            try:
+                usage = await self._warm(snapshot, diff)
+            except ProxyError as error:
+                log.warning("warm-up of snapshot %s failed, switching anyway: %s", short(head), error.message)
+        self.snapshot = snapshot
+        self.rebases += 1
+        await asyncio.to_thread(save_epoch, self._state_file, self._repository.path, snapshot.epoch)
+        self.last_rebase = Rebase(previous.commit if previous else None, head, usage, time.monotonic() - started)
+        log.info(
+            "rebased the snapshot from %s to %s in %.2fs%s",
+            short(self.last_rebase.previous), short(head), self.last_rebase.seconds,
+            f"; warm-up cached {usage.cached_tokens} of {usage.prompt_tokens} tokens" if usage else "",
+        )
+        return self.last_rebase
+
+    async def _build(self, commit: str | None, previous: Epoch | None) -> Snapshot:
         self.builds_started += 1
         started = time.monotonic()
-        config = self._config
+        config = self._repository
         try:
             snapshot = await asyncio.to_thread(
-                build_snapshot, config.path, commit, self._rules, config.max_snapshot_bytes
+                build_snapshot, config.path, commit, self._rules, config.max_snapshot_bytes, previous
             )
-        except Exception as error:
-            self.last_error = str(error)
-            log.error("snapshot build for %s failed: %s", short(commit), error)
+        except ProxyError as error:
+            self.last_error = error.message
+            log.error("snapshot build for %s failed: %s", short(commit), error.message)
             raise
-        finally:
-            del self._builds[commit]
-        self.snapshot, self.last_error = snapshot, None
+        self.last_error = None
         log.info(
             "snapshot %s built in %.2fs: %d files inlined, %d bytes, %d left out",
             short(commit), time.monotonic() - started, snapshot.files, snapshot.text_bytes, len(snapshot.left_out),
         )
         return snapshot
 
-    def _read_working_diff(self) -> WorkingDiff:
-        repo = open_repository(self._config.path)
-        return working_diff(repo, head_commit(repo), self._rules)
+    # The functions below run in threads, each with its own repository handle.
 
-    def _read_head(self) -> str | None:
-        commit = head_commit(open_repository(self._config.path))
+    def _head(self) -> str | None:
+        commit = head_commit(open_repository(self._repository.path))
         return str(commit.id) if commit is not None else None
+
+    def _valid(self, base: str | None) -> bool:
+        return self._read_with(open_repository(self._repository.path), base, with_diff=False).base_valid
+
+    def _read_state(self) -> _State:
+        base = self.snapshot.commit if self.snapshot is not None else None
+        return self._read_with(open_repository(self._repository.path), base, with_diff=True)
+
+    def _diff_against(self, base: str | None) -> WorkingDiff:
+        state = self._read_with(open_repository(self._repository.path), base, with_diff=True)
+        if state.diff is None:
+            raise RepositoryError(f"commit {base} is no longer in the repository")
+        return state.diff
+
+    def _read_with(self, repo: pygit2.Repository, base_id: str | None, with_diff: bool) -> _State:
+        head = head_commit(repo)
+        head_id = str(head.id) if head is not None else None
+        base = repo.get(base_id) if base_id is not None else None
+        if base_id is not None and not isinstance(base, pygit2.Commit):
+            return _State(base_id, head_id, False, None)
+        key = (base_id, head_id)
+        cached = self._committed  # shared by threads: read once, replace whole
+        if cached is None or cached[0] != key:
+            valid = base_id is None if head is None else base is not None and (
+                base.id == head.id or repo.descendant_of(head.id, base.id)
+            )
+            cached = self._committed = (key, committed_since(repo, base, head) if valid else {}, valid)
+        _, committed, valid = cached
+        if not valid or not with_diff:
+            return _State(base_id, head_id, valid, None)
+        return _State(base_id, head_id, True, working_diff(repo, base, head, self._rules, committed))

@@ -27,6 +27,12 @@ class InvalidRequest(ProxyError):
     code = "invalid_request"
 
 
+class Forbidden(ProxyError):
+    status = 403
+    type = "invalid_request_error"
+    code = "forbidden"
+
+
 class NotFound(ProxyError):
     status = 404
     type = "invalid_request_error"

@@ -9,41 +9,24 @@ headers are out, an error can only be told as an SSE error event.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Mapping
 
 import aiohttp
 from aiohttp import web
 
-from .accounting import Exchange, SseUsageTap, usage_of
+from .accounting import Exchange, SseUsageFilter, usage_of
 from .config import UpstreamConfig
-from .errors import ProxyError, UpstreamBadResponse, UpstreamTimeout, error_body
+from .errors import ProxyError, error_body
 from .prompt import Body
-from .upstream import check_status, next_chunk, read_all, send_chat
+from .upstream import check_status, complete, next_chunk, no_first_byte, send_chat
 
 KEEPALIVE = b": keep-alive\n\n"
-
-
-def _first_byte_timeout(config: UpstreamConfig) -> UpstreamTimeout:
-    return UpstreamTimeout(f"the upstream sent no answer within first_byte_timeout ({config.first_byte_timeout:g}s)")
 
 
 async def relay_json(
     session: aiohttp.ClientSession, config: UpstreamConfig, body: Body, headers: Mapping[str, str], exchange: Exchange
 ) -> web.Response:
-    try:
-        response = await asyncio.wait_for(send_chat(session, config, body), config.first_byte_timeout)
-    except asyncio.TimeoutError:
-        raise _first_byte_timeout(config) from None
-    try:
-        await check_status(response, config.idle_timeout)
-        data = await read_all(response, config.idle_timeout)
-    finally:
-        response.close()
-    try:
-        payload = json.loads(data)
-    except ValueError:
-        raise UpstreamBadResponse("the upstream answered with a body that is not JSON") from None
+    data, payload = await complete(session, config, body)
     exchange.usage = usage_of(payload)
     return web.Response(body=data, content_type="application/json", headers=headers)
 
@@ -66,6 +49,7 @@ async def relay_stream(
     config: UpstreamConfig,
     keepalive_interval: float,
     body: Body,
+    strip_usage: bool,
     headers: Mapping[str, str],
     exchange: Exchange,
 ) -> web.StreamResponse:
@@ -78,19 +62,21 @@ async def relay_stream(
         while not opening.done():
             remaining = deadline - loop.time()
             if remaining <= 0:
-                raise _first_byte_timeout(config)
+                raise no_first_byte(config)
             await asyncio.wait([opening], timeout=min(remaining, keepalive_interval))
             if not opening.done() and loop.time() < deadline:
                 client = client or await _start_sse(request, headers)
                 await client.write(KEEPALIVE)
         upstream, chunk = opening.result()
         client = client or await _start_sse(request, headers)
-        tap = SseUsageTap()
+        usage = SseUsageFilter(strip=strip_usage)
         while chunk:
-            tap.feed(chunk)
-            await client.write(chunk)
+            if relayed := usage.feed(chunk):
+                await client.write(relayed)
             chunk = await next_chunk(upstream, config.idle_timeout)
-        exchange.usage = tap.usage
+        if rest := usage.flush():
+            await client.write(rest)
+        exchange.usage = usage.usage
         await client.write_eof()
         return client
     except ProxyError as error:

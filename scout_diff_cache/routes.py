@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
+
+import attrs
+
 from aiohttp import web
 
 from .accounting import Exchange
-from .app_keys import config_key, context_key, exchange_key, session_key
+from .app_keys import config_key, context_key, exchange_key, session_key, totals_key
 from .context import Context
-from .errors import ProxyError
+from .errors import Forbidden, InvalidRequest, ProxyError
 from .prompt import Body, assemble
 from .relay import relay_json, relay_stream
 from .upstream import fetch_models
@@ -36,11 +40,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         body = assemble(chat, context.snapshot.message, context.diff.message)
         headers = context_headers(context)
         exchange.snapshot_commit = context.snapshot.commit
-        exchange.injected_bytes = context.snapshot.text_bytes + context.diff.text_bytes
+        exchange.snapshot_bytes = context.snapshot.text_bytes
+        exchange.diff_bytes = context.diff.text_bytes
+        exchange.client_bytes = len(chat.messages)
     session = request.app[session_key]
     if chat.stream:
+        strip = not chat.wants_usage and config.context.inject
         return await relay_stream(
-            request, session, config.upstream, config.server.sse_keepalive_interval, body, headers, exchange
+            request, session, config.upstream, config.server.sse_keepalive_interval, body, strip, headers, exchange
         )
     return await relay_json(session, config.upstream, body, headers, exchange)
 
@@ -57,6 +64,8 @@ async def models(request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     context = request.app[context_key]
     snapshot = context.snapshot
+    rebase = context.last_rebase
+    totals = request.app[totals_key]
     return web.json_response(
         {
             "status": "ok",
@@ -67,31 +76,43 @@ async def health(request: web.Request) -> web.Response:
                 "bytes": snapshot.text_bytes if snapshot else 0,
                 "files": snapshot.files if snapshot else 0,
                 "builds": context.builds_started,
+                "rebases": context.rebases,
                 "error": context.last_error,
             },
+            "last_rebase": attrs.asdict(rebase) if rebase else None,
+            "totals": attrs.asdict(totals),
         }
     )
 
 
 async def ready(request: web.Request) -> web.Response:
-    """200 only when a request now would neither wait for a snapshot build nor fail upstream."""
+    """200 only when a request now would neither wait for the snapshot nor fail upstream."""
     reasons = []
-    if request.app[config_key].context.inject:
-        context = request.app[context_key]
-        try:
-            head = await context.head()
-        except ProxyError as error:
-            reasons.append(error.message)
-        else:
-            if context.snapshot is None or context.snapshot.commit != head:
-                context.build_in_background(head)
-                reasons.append(f"the snapshot of {head or 'the empty repository'} is being built")
+    context = request.app[context_key]
+    if request.app[config_key].context.inject and context.snapshot is None:
+        reasons.append(f"the snapshot is {context.state}" + (f": {context.last_error}" if context.last_error else ""))
     try:
         await fetch_models(request.app[session_key], request.app[config_key].upstream)
     except ProxyError as error:
         reasons.append(error.message)
-    body = {"ready": not reasons, "reasons": reasons}
-    return web.json_response(body, status=503 if reasons else 200)
+    return web.json_response({"ready": not reasons, "reasons": reasons}, status=503 if reasons else 200)
+
+
+async def rebase(request: web.Request) -> web.Response:
+    """Move the snapshot to HEAD now (warmed upstream first); loopback clients only."""
+    if not is_loopback(request.remote):
+        raise Forbidden("admin routes accept only loopback clients")
+    if not request.app[config_key].context.inject:
+        raise InvalidRequest("context injection is off ([context] inject = false): there is no snapshot to rebase")
+    done = await request.app[context_key].rebase()
+    return web.json_response(attrs.asdict(done))
+
+
+def is_loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def add_routes(app: web.Application) -> None:
@@ -99,3 +120,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
+    app.router.add_post("/admin/rebase", rebase)

@@ -1,9 +1,9 @@
-"""The snapshot: the committed tree of one commit, rendered as one deterministic text.
+"""The snapshot: the committed tree of one base commit, rendered as one deterministic text.
 
 Layout (the contract the model reads, and the bytes the upstream caches):
 
     # Repository snapshot
-    <fixed explanation naming the commit>
+    <a fixed explanation: nothing in it changes between commits>
 
     === file: PATH ===
     <text of the file, ending in a newline>
@@ -13,35 +13,41 @@ Layout (the contract the model reads, and the bytes the upstream caches):
     binary: PATH (N bytes)
     too large: PATH (N bytes)
     over the snapshot cap: PATH (N bytes)
-    submodule: PATH at COMMIT
+    submodule: PATH (at COMMIT)
+    === end of snapshot: commit COMMIT ===
 
-Paths are in byte order. Nothing in it depends on time, host, absolute paths or dict order, so the
-same commit under the same rules gives the same bytes on any machine. Excluded paths are left out
-silently. The cap (`max_snapshot_bytes`) is first-fit in path order: a file is inlined when its
-bytes plus its delimiter line still fit, otherwise it is listed as over the cap.
+Everything that differs between epochs sits as late as it can: files in the stable order of
+`order.py`, the list of files left out after them, the commit id on the last line. Nothing depends
+on time, host, absolute paths or dict order, so the same commit, order and rules give the same bytes
+on any machine. Excluded paths are left out silently. The cap (`max_snapshot_bytes`) is first-fit
+in snapshot order: a file is inlined when its bytes plus its delimiter line still fit, otherwise it
+is listed as over the cap.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import attrs
 import pygit2
 from pygit2.enums import FileMode
 
+from .epoch import Epoch
 from .errors import RepositoryError
+from .order import carry_order, changed_paths, initial_order
 from .prompt import system_message
 from .repository import ContentRules, open_repository
 
 HEADER = """\
 # Repository snapshot
 
-This message holds the committed source of the repository at commit {commit}: the text of every \
-file, in path order. Each file starts with a line of its own, "=== file: PATH ===", followed by \
-its text. A symbolic link is shown as "=== symlink: PATH -> TARGET ===". Files whose contents are \
-not included are listed at the end under "=== not included ===". The next message is the working \
-diff against this commit: where the two differ, the diff is the current state.
+This message holds the committed source of the repository at one commit, named on its last line: \
+the text of every file, one after another, the least often changed first. Each file starts with a \
+line of its own, "=== file: PATH ===", followed by its text. A symbolic link is shown as \
+"=== symlink: PATH -> TARGET ===". Files whose contents are not included are listed near the end \
+under "=== not included ===". The next message is the working diff from that commit to the \
+working tree as it is now: where the two differ, the diff is the current state.
 
 """
 
@@ -69,24 +75,34 @@ class Snapshot:
     files: int
     text_bytes: int
     left_out: tuple[LeftOut, ...]
+    #: Every path of the base tree, in snapshot order: what the next epoch's order starts from.
+    order: tuple[str, ...] = attrs.field(repr=False)
     #: The system message, JSON-encoded once, spliced into every request's body.
     message: bytes = attrs.field(repr=False)
 
+    @property
+    def epoch(self) -> Epoch:
+        return Epoch(self.commit, self.order)
 
-def build_snapshot(path: Path, commit: str | None, rules: ContentRules, max_snapshot_bytes: int) -> Snapshot:
-    """Render the snapshot of `commit` (None: no commits yet). Blocking: run it in a thread."""
+
+def build_snapshot(
+    path: Path, commit: str | None, rules: ContentRules, max_snapshot_bytes: int, previous: Epoch | None
+) -> Snapshot:
+    """Render `commit` (None: no commits yet), ordered from the `previous` epoch. Blocking."""
     if commit is None:
-        return _finish(None, UNBORN, 0, ())
+        return _finish(None, UNBORN, 0, (), ())
     repo = open_repository(path)
     try:
-        tree = repo[commit].peel(pygit2.Tree)
-        entries = sorted(_walk(repo, tree, b""), key=lambda entry: entry[0])
-        parts = [HEADER.format(commit=commit)]
+        target = repo[commit].peel(pygit2.Commit)
+        entries = {raw.decode("utf-8", "surrogateescape"): (mode, oid) for raw, mode, oid in _walk(repo, target.tree, b"")}
+        order = _order(repo, target, previous, entries)
+        parts = [HEADER]
         left_out: list[LeftOut] = []
         budget = max_snapshot_bytes
         files = 0
-        for raw_path, mode, oid in entries:
-            path_text = raw_path.decode("utf-8", "replace")
+        for key in order:
+            mode, oid = entries[key]
+            path_text = key.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
             if rules.exclude.excludes(path_text):
                 continue
             if mode == FileMode.COMMIT:
@@ -116,9 +132,19 @@ def build_snapshot(path: Path, commit: str | None, rules: ContentRules, max_snap
         if left_out:
             parts.append("=== not included ===\n")
             parts.extend(item.render() + "\n" for item in left_out)
-        return _finish(commit, "".join(parts), files, tuple(left_out))
+        parts.append(f"=== end of snapshot: commit {commit} ===\n")
+        return _finish(commit, "".join(parts), files, tuple(left_out), tuple(order))
     except (pygit2.GitError, KeyError, ValueError) as error:
         raise RepositoryError(f"cannot read commit {commit} in {path}: {error}") from None
+
+
+def _order(repo: pygit2.Repository, target: pygit2.Commit, previous: Epoch | None, paths: Iterable[str]) -> list[str]:
+    if previous is not None and previous.base is not None and previous.order:
+        old = repo.get(previous.base)
+        if old is not None:
+            changed = changed_paths(repo, old.peel(pygit2.Tree), target.tree)
+            return carry_order(previous.order, changed, paths)
+    return initial_order(repo, target, paths)
 
 
 def _walk(repo: pygit2.Repository, tree: pygit2.Tree, prefix: bytes) -> Iterator[tuple[bytes, int, pygit2.Oid]]:
@@ -131,6 +157,7 @@ def _walk(repo: pygit2.Repository, tree: pygit2.Tree, prefix: bytes) -> Iterator
             yield raw_path, entry.filemode, entry.id
 
 
-def _finish(commit: str | None, text: str, files: int, left_out: tuple[LeftOut, ...]) -> Snapshot:
-    encoded = text.encode("utf-8")
-    return Snapshot(commit, files, len(encoded), left_out, system_message(text))
+def _finish(
+    commit: str | None, text: str, files: int, left_out: tuple[LeftOut, ...], order: tuple[str, ...]
+) -> Snapshot:
+    return Snapshot(commit, files, len(text.encode("utf-8")), left_out, order, system_message(text))

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
 import aiohttp
 
 from .config import UpstreamConfig
 from .errors import ProxyError, UpstreamBadResponse, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
-from .prompt import Body
+from .accounting import Usage, usage_of
+from .prompt import Body, assemble, encode_json
+from .validation import ChatRequest
 
 #: An error body longer than this is cut before it is read whole.
 MAX_ERROR_BODY = 64 * 1024
@@ -99,6 +101,41 @@ def failure(status: int, data: bytes) -> ProxyError:
         return UpstreamBadResponse(f"the upstream answered HTTP {status}: {message}")
     type_ = error.get("type") if isinstance(error, dict) else None
     return UpstreamRejected(status, message, type_ if isinstance(type_, str) else None)
+
+
+def no_first_byte(config: UpstreamConfig) -> UpstreamTimeout:
+    return UpstreamTimeout(f"the upstream sent no answer within first_byte_timeout ({config.first_byte_timeout:g}s)")
+
+
+async def complete(session: aiohttp.ClientSession, config: UpstreamConfig, body: Body) -> tuple[bytes, Any]:
+    """A non-streaming exchange: the answer's bytes, untouched, and their parsed JSON."""
+    try:
+        response = await asyncio.wait_for(send_chat(session, config, body), config.first_byte_timeout)
+    except asyncio.TimeoutError:
+        raise no_first_byte(config) from None
+    try:
+        await check_status(response, config.idle_timeout)
+        data = await read_all(response, config.idle_timeout)
+    finally:
+        response.close()
+    try:
+        return data, json.loads(data)
+    except ValueError:
+        raise UpstreamBadResponse("the upstream answered with a body that is not JSON") from None
+
+
+async def warm_up(
+    session: aiohttp.ClientSession, config: UpstreamConfig, snapshot_message: bytes, diff_message: bytes
+) -> Usage | None:
+    """Have the upstream process (and so cache) the prefix, generating a single token."""
+    chat = ChatRequest(
+        stream=False,
+        wants_usage=True,
+        messages=encode_json([{"role": "user", "content": "Reply with OK."}])[1:-1],
+        fields=encode_json({"model": config.model, "max_tokens": 1, "temperature": 0})[1:-1],
+    )
+    _, payload = await complete(session, config, assemble(chat, snapshot_message, diff_message))
+    return usage_of(payload)
 
 
 async def fetch_models(session: aiohttp.ClientSession, config: UpstreamConfig) -> bytes:

@@ -16,6 +16,8 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function
 @attrs.frozen
 class ChatRequest:
     stream: bool
+    #: Whether the client asked for the usage chunk; streams always ask upstream, for accounting.
+    wants_usage: bool
     #: The client's messages, JSON-encoded, without the enclosing brackets.
     messages: bytes
     #: Every other field of the client's body (model defaulted), JSON-encoded, without braces.
@@ -42,10 +44,14 @@ def parse_chat_request(raw: bytes, default_model: str) -> ChatRequest:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise InvalidRequest("'stream' must be true or false")
-    if body.get("stream_options") is not None and not isinstance(body["stream_options"], dict):
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
         raise InvalidRequest("'stream_options' must be an object")
+    wants_usage = bool(options and options.get("include_usage") is True)
+    if stream:
+        body["stream_options"] = {**(options or {}), "include_usage": True}
     try:
-        return ChatRequest(stream, encode_json(messages)[1:-1], encode_json(body)[1:-1])
+        return ChatRequest(stream, wants_usage, encode_json(messages)[1:-1], encode_json(body)[1:-1])
     except UnicodeEncodeError:
         raise InvalidRequest("the request holds a lone UTF-16 surrogate escape, which is not valid text") from None
 

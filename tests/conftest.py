@@ -174,6 +174,7 @@ def proxy_config(tmp_path: Path, repo: GitRepo, upstream_url: str, **sections: d
     merged: dict[str, dict[str, str]] = {
         "repository": {"path": str(repo.path)},
         "upstream": {"url": upstream_url, "connect_timeout": "2s", "first_byte_timeout": "10s", "idle_timeout": "10s"},
+        "context": {"state_dir": str(tmp_path / "state")},
     }
     for name, values in sections.items():
         merged.setdefault(name, {}).update(values)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import attrs
@@ -169,10 +170,16 @@ def test_rendered_config_masks_secrets(tmp_path: Path, git_repo: GitRepo) -> Non
 
 def test_the_example_file_lists_every_option_with_its_default(tmp_path: Path, git_repo: GitRepo, monkeypatch: pytest.MonkeyPatch) -> None:
     example = (Path(__file__).parent.parent / "scout.ini.example").read_text()
-    uncommented = []
+    uncommented: list[str] = []
+    in_list = False
     for line in example.splitlines():
-        if line.startswith("# ") and ("=" in line[:40] and line[2:3].isalpha() or line.startswith("#     ")):
+        if in_list and re.fullmatch(r"#     \S+", line):
             uncommented.append(line[2:])
+            continue
+        in_list = False
+        if re.fullmatch(r"# [a-z_]+ =( .*)?", line):
+            uncommented.append(line[2:])
+            in_list = line.endswith("=")
         elif line.startswith("["):
             uncommented.append(line)
     text = "\n".join(uncommented)

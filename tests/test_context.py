@@ -38,7 +38,7 @@ async def test_snapshot_is_byte_identical_across_requests(make_proxy: ProxyFacto
     assert b"=== file: src/app.py ===" in first[0]
 
 
-async def test_snapshot_names_the_commit_and_holds_files_in_byte_order(
+async def test_snapshot_names_its_commit_last_and_puts_stable_files_first(
     make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
 ) -> None:
     git_repo.write("a.b", "dot\n")
@@ -46,9 +46,11 @@ async def test_snapshot_names_the_commit_and_holds_files_in_byte_order(
     git_repo.write("B.txt", "upper\n")
     git_repo.commit("more files")
     snapshot, _ = await injected(await make_proxy(), upstream)
-    assert git_repo.head() in snapshot.split("=== file:")[0]
+    assert git_repo.head() not in snapshot.split("=== file:")[0]
+    assert snapshot.endswith(f"=== end of snapshot: commit {git_repo.head()} ===\n")
     order = [line[len("=== file: ") : -len(" ===")] for line in snapshot.splitlines() if line.startswith("=== file: ")]
-    assert order == ["B.txt", "README.md", "a.b", "a/z.txt", "src/app.py", "src/util.py"]
+    # unchanged since the first commit, in byte order; then the newer files, in byte order
+    assert order == ["README.md", "src/app.py", "src/util.py", "B.txt", "a.b", "a/z.txt"]
 
 
 async def test_edits_staged_and_untracked_files_change_the_diff_not_the_snapshot(
@@ -94,17 +96,33 @@ async def test_ignored_files_never_appear(make_proxy: ProxyFactory, upstream: Fa
     assert "hunter3" not in snapshot + diff
 
 
-async def test_a_commit_moves_the_snapshot(make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo) -> None:
+async def test_a_commit_keeps_the_snapshot_and_the_diff_carries_it(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
     client = await make_proxy()
+    before, _ = await injected(client, upstream)
+    base = git_repo.head()
+    git_repo.write("src/app.py", "def main():\n    return 'committed'\n")
+    commit = git_repo.commit("edit app")
+    after, diff = await injected(client, upstream)
+    assert after == before
+    assert "+    return 'committed'" in diff
+    assert diff.endswith(f"=== snapshot commit {base}; HEAD is {commit} ===\n")
+    response = await client.post("/v1/chat/completions", json=chat())
+    assert response.headers["X-Scout-Snapshot-Commit"] == base
+
+
+async def test_every_commit_mode_moves_the_snapshot_on_each_commit(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    client = await make_proxy(context={"rebase": "every-commit"})
     before, _ = await injected(client, upstream)
     git_repo.write("src/app.py", "def main():\n    return 'committed'\n")
     commit = git_repo.commit("edit app")
     after, diff = await injected(client, upstream)
     assert after != before
-    assert commit in after and "return 'committed'" in after
+    assert after.endswith(f"commit {commit} ===\n") and "return 'committed'" in after
     assert "No changes" in diff
-    response = await client.post("/v1/chat/completions", json=chat())
-    assert response.headers["X-Scout-Snapshot-Commit"] == commit
 
 
 async def test_symlinks_show_their_target_and_are_never_followed(
@@ -210,7 +228,7 @@ async def test_submodules_are_listed_not_read(make_proxy: ProxyFactory, upstream
 async def test_concurrent_cold_requests_build_the_snapshot_once(
     make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
 ) -> None:
-    client = await make_proxy()
+    client = await make_proxy(context={"rebase": "every-commit"})
     await snapshot_ready(client)
     git_repo.write("src/app.py", "new commit, so the startup build is stale\n")
     git_repo.commit("cold")

@@ -106,6 +106,7 @@ def proxy_factory(tmp_path: Path, git_repo: GitRepo, upstream: FakeUpstream):  #
                 "server": {"port": str(port), **server},
                 "upstream": {"url": upstream.url, "api_key": "sk-never-logged"},
                 "repository": {"path": "repo"},
+                "context": {"state_dir": "state"},
             },
         )
         proxy = Proxy(config, tmp_path / f"proxy-{port}.log", port)

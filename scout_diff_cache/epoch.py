@@ -1,0 +1,64 @@
+"""A snapshot epoch: the base commit and file order, kept on disk so a restart renders the same bytes.
+
+The upstream's prefix cache outlives this process, so a restarted proxy must pick the same base
+and order as before. They are kept in one small JSON file per repository under
+`[context] state_dir` (default `$XDG_STATE_HOME/scout-diff-cache`, i.e.
+`~/.local/state/scout-diff-cache`), named by a hash of the repository's path, and written
+atomically (temporary file, then rename). A missing or unreadable file just means a fresh epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import attrs
+
+log = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class Epoch:
+    base: str | None
+    order: tuple[str, ...]
+
+
+def state_file(state_dir: Path, repository: Path) -> Path:
+    digest = hashlib.sha256(str(repository).encode()).hexdigest()[:16]
+    return state_dir / f"epoch-{digest}.json"
+
+
+def load_epoch(path: Path, repository: Path) -> Epoch | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        log.warning("ignoring the unreadable state file %s: %s", path, error)
+        return None
+    if (
+        not isinstance(data, dict)
+        or data.get("repository") != str(repository)
+        or not isinstance(data.get("base"), (str, type(None)))
+        or not isinstance(data.get("order"), list)
+        or not all(isinstance(item, str) for item in data["order"])
+    ):
+        log.warning("ignoring the state file %s: not one this version wrote for %s", path, repository)
+        return None
+    return Epoch(data["base"], tuple(data["order"]))
+
+
+def save_epoch(path: Path, repository: Path, epoch: Epoch) -> None:
+    """Best effort: a state directory we cannot write costs a cold cache after restart, not service."""
+    payload = {"repository": str(repository), "base": epoch.base, "order": list(epoch.order)}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".epoch-", delete=False, encoding="utf-8") as out:
+            json.dump(payload, out)
+        os.replace(out.name, path)
+    except OSError as error:
+        log.warning("cannot save the snapshot epoch to %s: %s", path, error)
