@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from aiohttp import web
@@ -30,6 +33,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("serve", parents=[config], help="run the proxy (the default)")
     commands.add_parser("check-config", parents=[config], help="validate the configuration and print it, secrets masked")
+    commands.add_parser("rebase", parents=[config], help="ask the running proxy to move its snapshot to HEAD now")
     return parser.parse_args(argv)
 
 
@@ -48,7 +52,35 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         print(render_config(config), end="")
         return 0
+    if args.command == "rebase":
+        return request_rebase(config)
     serve(config)
+    return 0
+
+
+def request_rebase(config: Config) -> int:
+    """POST /admin/rebase to the proxy this configuration describes, and say what it did."""
+    host = config.server.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{config.server.port}/admin/rebase"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=3600) as response:
+            done = json.load(response)
+    except urllib.error.HTTPError as error:
+        print(f"scout-diff-cache: {url}: HTTP {error.code}: {error.read().decode(errors='replace')}", file=sys.stderr)
+        return 1
+    except (urllib.error.URLError, OSError) as error:
+        print(f"scout-diff-cache: cannot reach the proxy at {url}: {error}", file=sys.stderr)
+        return 1
+    if done["previous"] == done["base"]:
+        print(f"the snapshot is already at HEAD ({done['base']})")
+        return 0
+    warmup = done["warmup"] or {}
+    print(
+        f"rebased the snapshot from {done['previous']} to {done['base']} in {done['seconds']:.2f}s; "
+        f"warm-up cached {warmup.get('cached_tokens', 'unknown')} of {warmup.get('prompt_tokens', 'unknown')} prompt tokens"
+    )
     return 0
 
 

@@ -1,0 +1,344 @@
+"""Snapshot epochs: the base survives commits and restarts, rebases keep the prefix, warm-ups."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from conftest import SIGNATURE, FakeUpstream, GitRepo, ProxyFactory, chat, completion, sse_chunk, write_config
+from scout_diff_cache.order import carry_order, initial_order
+from scout_diff_cache.routes import is_loopback
+from test_context import injected
+from test_process import Proxy
+from test_proxy import free_port, until
+
+
+def is_warmup(seen_json: dict) -> bool:  # type: ignore[type-arg]
+    return seen_json.get("max_tokens") == 1 and seen_json["messages"][-1]["content"] == "Reply with OK."
+
+
+def questions(upstream: FakeUpstream) -> list[dict]:  # type: ignore[type-arg]
+    return [seen.json for seen in upstream.seen if not is_warmup(seen.json)]
+
+
+def warmups(upstream: FakeUpstream) -> list[dict]:  # type: ignore[type-arg]
+    return [seen.json for seen in upstream.seen if is_warmup(seen.json)]
+
+
+def file_order(snapshot: str) -> list[str]:
+    return [line[len("=== file: ") : -len(" ===")] for line in snapshot.splitlines() if line.startswith("=== file: ")]
+
+
+def five_files(repo: GitRepo) -> None:
+    for name in "abcde":
+        repo.write(f"{name}.txt", f"file {name}\n" * 20)
+    repo.commit("five files")
+
+
+async def test_auto_rebase_warms_the_new_snapshot_before_switching(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    async def behaviour(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
+        if is_warmup(await request.json()):
+            await asyncio.wait_for(fake.release.wait(), 5)
+        return web.json_response(completion())
+
+    upstream.behaviour = behaviour
+    client = await make_proxy(context={"rebase_min_diff_bytes": "200", "rebase_diff_share": "0.01"})
+    old_snapshot, _ = await injected(client, upstream)
+    old_base = git_repo.head()
+    git_repo.write("src/app.py", "def main():\n    return 'a change big enough to rebase for'\n" * 5)
+    new_base = git_repo.commit("grow the diff")
+
+    snapshot, diff = await injected(client, upstream)  # sees the big diff, starts the rebase
+    assert snapshot == old_snapshot and "a change big enough" in diff
+    await until(lambda: len(warmups(upstream)) == 1)
+    warm = warmups(upstream)[0]
+    assert warm["messages"][0]["content"].endswith(f"commit {new_base} ===\n")
+    assert "No changes" in warm["messages"][1]["content"]
+
+    snapshot, _ = await injected(client, upstream)  # the warm-up is still running: old epoch
+    assert snapshot == old_snapshot and old_base in snapshot
+
+    upstream.release.set()
+    for _ in range(100):
+        snapshot, diff = await injected(client, upstream)
+        if new_base in snapshot:
+            break
+        await asyncio.sleep(0.02)
+    assert snapshot.endswith(f"commit {new_base} ===\n") and "No changes" in diff
+    health = await (await client.get("/health")).json()
+    assert health["snapshot"]["rebases"] == 1
+    assert health["last_rebase"]["previous"] == old_base and health["last_rebase"]["base"] == new_base
+    assert health["last_rebase"]["warmup"]["cached_tokens"] == 90
+
+
+async def test_a_failed_warm_up_does_not_block_the_switch(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    async def behaviour(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
+        if is_warmup(await request.json()):
+            return web.json_response({"error": {"message": "warm-up refused"}}, status=500)
+        return web.json_response(completion())
+
+    upstream.behaviour = behaviour
+    client = await make_proxy(context={"rebase_min_diff_bytes": "200", "rebase_diff_share": "0.01"})
+    await injected(client, upstream)
+    git_repo.write("src/app.py", "x = 'a large enough change to outgrow the limits'\n" * 10)
+    new_base = git_repo.commit("grow")
+    await injected(client, upstream)
+    for _ in range(100):
+        snapshot, _ = await injected(client, upstream)
+        if new_base in snapshot:
+            break
+        await asyncio.sleep(0.02)
+    assert snapshot.endswith(f"commit {new_base} ===\n")
+    assert (await (await client.get("/health")).json())["last_rebase"]["warmup"] is None
+
+
+async def test_a_small_diff_keeps_the_epoch_across_several_commits(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    client = await make_proxy()
+    base = git_repo.head()
+    first, _ = await injected(client, upstream)
+    for number in range(3):
+        git_repo.write(f"src/mod{number}.py", f"VALUE = {number}\n")
+        git_repo.commit(f"commit {number}")
+        snapshot, diff = await injected(client, upstream)
+        assert snapshot == first
+        assert f"+VALUE = {number}" in diff
+    assert diff.endswith(f"=== snapshot commit {base}; HEAD is {git_repo.head()} ===\n")
+    assert warmups(upstream) == []
+
+
+async def test_a_rebase_keeps_every_file_before_the_first_changed_one(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    five_files(git_repo)
+    client = await make_proxy(context={"rebase": "manual"})
+    before, _ = await injected(client, upstream)
+    order = file_order(before)
+    changed = order[len(order) // 2]
+    git_repo.write(changed, "changed\n")
+    git_repo.commit("change one file in the middle")
+    response = await client.post("/admin/rebase")
+    assert response.status == 200
+    after, _ = await injected(client, upstream)
+    cut = before.index(f"=== file: {changed} ===")
+    assert after[:cut] == before[:cut]
+    assert file_order(after) == [path for path in order if path != changed] + [changed]
+
+
+async def test_manual_mode_rebases_only_when_asked(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    client = await make_proxy(context={"rebase": "manual", "rebase_min_diff_bytes": "1", "rebase_diff_share": "0.0001"})
+    old_base = git_repo.head()
+    first, _ = await injected(client, upstream)
+    git_repo.write("src/app.py", "big change\n" * 100)
+    new_base = git_repo.commit("big")
+    for _ in range(3):
+        snapshot, _ = await injected(client, upstream)
+        assert snapshot == first
+    response = await client.post("/admin/rebase")
+    done = await response.json()
+    assert (done["previous"], done["base"]) == (old_base, new_base)
+    assert done["warmup"] == {"prompt_tokens": 100, "cached_tokens": 90, "processed_tokens": None}
+    snapshot, _ = await injected(client, upstream)
+    assert snapshot.endswith(f"commit {new_base} ===\n")
+    again = await (await client.post("/admin/rebase")).json()
+    assert again["previous"] == again["base"] == new_base and again["warmup"] is None
+
+
+async def test_a_base_that_is_no_longer_an_ancestor_is_replaced_at_once(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    client = await make_proxy(context={"rebase": "manual"})
+    old_base = git_repo.head()
+    await injected(client, upstream)
+    repo = git_repo.repo
+    git_repo.write("src/app.py", "rewritten history\n")
+    repo.index.add_all()
+    repo.index.write()
+    parent = repo[old_base].parents[0] if repo[old_base].parents else None
+    rewritten = repo.create_commit(
+        None, SIGNATURE, SIGNATURE, "amended", repo.index.write_tree(), [parent.id] if parent else []
+    )
+    repo.head.set_target(rewritten)
+    snapshot, diff = await injected(client, upstream)
+    assert snapshot.endswith(f"commit {rewritten} ===\n")
+    assert "No changes" in diff
+
+
+async def test_the_base_and_order_survive_a_restart(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    five_files(git_repo)
+    first = await make_proxy(context={"rebase": "manual"})
+    before, _ = await injected(first, upstream)
+    git_repo.write("c.txt", "changed\n")
+    git_repo.commit("change c")
+    await first.post("/admin/rebase")
+    rebased, _ = await injected(first, upstream)
+    git_repo.write("a.txt", "committed after the rebase\n")
+    git_repo.commit("change a")
+    await first.close()
+
+    second = await make_proxy(context={"rebase": "manual"})
+    restarted, diff = await injected(second, upstream)
+    assert restarted == rebased  # same base, same order: the upstream's cache still matches
+    assert "+committed after the rebase" in diff
+    assert file_order(restarted)[-1] == "c.txt"
+
+
+async def test_an_unusable_state_file_means_a_fresh_epoch(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    first = await make_proxy()
+    await injected(first, upstream)
+    await first.close()
+    (saved,) = state.glob("epoch-*.json")
+    data = json.loads(saved.read_text())
+    assert data["base"] == git_repo.head()
+    saved.write_text(json.dumps({**data, "base": "0" * 40}))
+    second = await make_proxy()
+    snapshot, _ = await injected(second, upstream)
+    assert snapshot.endswith(f"commit {git_repo.head()} ===\n")
+    saved.write_text("{not json")
+    third = await make_proxy()
+    snapshot, _ = await injected(third, upstream)
+    assert snapshot.endswith(f"commit {git_repo.head()} ===\n")
+
+
+async def test_diff_lists_committed_changes_first_then_working_changes_by_age(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    five_files(git_repo)
+    client = await make_proxy(context={"rebase": "manual"})
+    await injected(client, upstream)
+    git_repo.write("e.txt", "committed change\n")
+    git_repo.commit("commit e")
+    for name, age in (("a.txt", 300), ("b.txt", 100), ("d.txt", 200)):
+        path = git_repo.write(name, f"working change to {name}\n")
+        os.utime(path, ns=(1_800_000_000_000_000_000 - age * 10**9,) * 2)
+    _, diff = await injected(client, upstream)
+    order = [line.split(" b/")[1] for line in diff.splitlines() if line.startswith("diff --git")]
+    assert order == ["e.txt", "a.txt", "d.txt", "b.txt"]
+
+    path = git_repo.write("a.txt", "edited again, now the newest\n")
+    os.utime(path, ns=(1_800_000_000_000_000_000,) * 2)
+    _, again = await injected(client, upstream)
+    assert [line.split(" b/")[1] for line in again.splitlines() if line.startswith("diff --git")][-1] == "a.txt"
+    cut = diff.index("diff --git a/a.txt")
+    assert again.index("diff --git a/d.txt") == cut  # everything before the edited file stays put
+    assert again[:cut] == diff[:cut]
+
+
+async def test_streams_ask_upstream_for_usage_but_strip_it_unless_the_client_asked(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    async def behaviour(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(sse_chunk("hi"))
+        usage = {"choices": [], "usage": {"prompt_tokens": 1000, "prompt_tokens_details": {"cached_tokens": 900}}}
+        event = b"data: " + json.dumps(usage).encode() + b"\n\n"
+        await response.write(event[:20])  # split mid-event, as networks do
+        await response.write(event[20:] + b"data: [DONE]\n\n")
+        return response
+
+    upstream.behaviour = behaviour
+    client = await make_proxy()
+    plain = await (await client.post("/v1/chat/completions", json=chat(stream=True))).text()
+    assert upstream.seen[-1].json["stream_options"] == {"include_usage": True}
+    assert "usage" not in plain and plain.endswith("data: [DONE]\n\n") and '"hi"' in plain
+    asked = await (
+        await client.post("/v1/chat/completions", json=chat(stream=True, stream_options={"include_usage": True}))
+    ).text()
+    assert '"cached_tokens": 900' in asked
+    totals = (await (await client.get("/health")).json())["totals"]
+    assert totals["prompt_tokens"] == 2000 and totals["cached_tokens"] == 1800
+    assert 0 < totals["snapshot_tokens_cached"] <= totals["snapshot_tokens"]
+
+
+async def test_keepalive_pings_resend_the_prefix_while_requests_arrive(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    client = await make_proxy(context={"keepalive_interval": "200ms"})
+    await injected(client, upstream)
+    await until(lambda: len(warmups(upstream)) >= 1)
+    ping = warmups(upstream)[0]
+    assert ping["messages"][0] == questions(upstream)[0]["messages"][0]
+    await asyncio.sleep(1.0)  # no more requests: pings stop after one interval
+    settled = len(warmups(upstream))
+    await asyncio.sleep(0.6)
+    assert len(warmups(upstream)) == settled <= 3
+
+
+def test_admin_routes_are_for_loopback_clients() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("127.8.9.10")
+    assert not is_loopback("192.168.1.20") and not is_loopback(None) and not is_loopback("not an address")
+
+
+def test_initial_order_puts_files_unchanged_in_the_window_first(git_repo: GitRepo) -> None:
+    git_repo.write("z_old.txt", "old\n")
+    git_repo.commit("old file")
+    git_repo.write("src/app.py", "changed once\n")
+    git_repo.commit("app")
+    git_repo.write("README.md", "changed last\n")
+    git_repo.commit("readme")
+    repo = git_repo.repo
+    paths = ["README.md", "src/app.py", "src/util.py", "z_old.txt"]
+    head = repo[repo.head.target]
+    assert initial_order(repo, head, paths) == ["src/util.py", "z_old.txt", "src/app.py", "README.md"]
+
+
+def test_carry_order_moves_changed_and_new_files_to_the_end() -> None:
+    previous = ["a", "b", "c", "d"]
+    assert carry_order(previous, {"b", "new"}, ["a", "b", "c", "d", "new"]) == ["a", "c", "d", "b", "new"]
+    assert carry_order(previous, {"c"}, ["a", "b", "d"]) == ["a", "b", "d"]  # c deleted
+
+
+async def test_rebase_command_talks_to_the_running_proxy(tmp_path: Path, git_repo: GitRepo, upstream: FakeUpstream) -> None:
+    port = free_port()
+    config = write_config(
+        tmp_path,
+        {
+            "server": {"port": str(port)},
+            "upstream": {"url": upstream.url},
+            "repository": {"path": "repo"},
+            "context": {"state_dir": "state", "rebase": "manual"},
+        },
+    )
+    proxy = Proxy(config, tmp_path / "proxy.log", port)
+    async with aiohttp.ClientSession() as session:
+        await proxy.start(session)
+        try:
+            old = git_repo.head()
+            git_repo.write("src/app.py", "new\n")
+            new = git_repo.commit("new")
+            command = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "scout_diff_cache", "rebase", "--config", str(config),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )
+            out, err = await asyncio.wait_for(command.communicate(), 60)
+            assert command.returncode == 0, err
+            assert f"rebased the snapshot from {old} to {new}" in out.decode()
+            assert "warm-up cached 90 of 100 prompt tokens" in out.decode()
+        finally:
+            assert await proxy.stop() == 0
+    command = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "scout_diff_cache", "rebase", "--config", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(command.communicate(), 60)
+    assert command.returncode == 1 and b"cannot reach the proxy" in err
