@@ -124,9 +124,10 @@ class RepositoryContext:
         """The snapshot and a diff read after this call began, consistent with each other."""
         self.last_request = time.monotonic()
         for _ in range(4):
-            snapshot = self.snapshot or await self.start()
+            await self.start()
             state = await self._read()
-            if state.base != snapshot.commit:
+            snapshot = self.snapshot
+            if snapshot is None or state.base != snapshot.commit:
                 continue  # the epoch switched while the diff was read against the old one
             if not state.base_valid or (self._policy.rebase == "every-commit" and state.head != state.base):
                 await self._switch_to(state.head, warm=False)
@@ -192,6 +193,8 @@ class RepositoryContext:
     async def _switch(self, head: str | None, warm: bool) -> Rebase:
         started = time.monotonic()
         previous = self.snapshot
+        if previous is not None and previous.commit == head:
+            return Rebase(head, head, None, 0.0)  # a switch that finished while this one was asked for
         snapshot = await self._build(head, previous.epoch if previous else None)
         usage = None
         if warm and self._warm is not None:
@@ -200,10 +203,10 @@ class RepositoryContext:
                 usage = await self._warm(snapshot, diff)
             except ProxyError as error:
                 log.warning("warm-up of snapshot %s failed, switching anyway: %s", short(head), error.message)
+        self.last_rebase = Rebase(previous.commit if previous else None, head, usage, time.monotonic() - started)
         self.snapshot = snapshot
         self.rebases += 1
         await asyncio.to_thread(save_epoch, self._state_file, self._repository.path, snapshot.epoch)
-        self.last_rebase = Rebase(previous.commit if previous else None, head, usage, time.monotonic() - started)
         log.info(
             "rebased the snapshot from %s to %s in %.2fs%s",
             short(self.last_rebase.previous), short(head), self.last_rebase.seconds,

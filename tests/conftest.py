@@ -193,5 +193,9 @@ def make_proxy(tmp_path: Path, git_repo: GitRepo, upstream: FakeUpstream, aiohtt
     return factory
 
 
+def is_warmup(body: dict[str, Any]) -> bool:
+    return body.get("max_tokens") == 1 and body["messages"][-1]["content"] == "Reply with OK."
+
+
 def chat(*messages: dict[str, Any], **fields: Any) -> dict[str, Any]:
     return {"model": "scout", "messages": list(messages) or [{"role": "user", "content": "Where is main?"}], **fields}

@@ -10,13 +10,13 @@ import pygit2
 from aiohttp.test_utils import TestClient
 from pygit2.enums import FileMode
 
-from conftest import SIGNATURE, FakeUpstream, GitRepo, ProxyFactory, chat
+from conftest import SIGNATURE, FakeUpstream, GitRepo, ProxyFactory, chat, is_warmup
 
 
 async def injected(client: TestClient, upstream: FakeUpstream) -> tuple[str, str]:
     response = await client.post("/v1/chat/completions", json=chat())
     assert response.status == 200, await response.text()
-    messages = upstream.seen[-1].json["messages"]
+    messages = [seen.json for seen in upstream.seen if not is_warmup(seen.json)][-1]["messages"]
     return messages[0]["content"], messages[1]["content"]
 
 

@@ -11,16 +11,22 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from conftest import SIGNATURE, FakeUpstream, GitRepo, ProxyFactory, chat, completion, sse_chunk, write_config
+from conftest import (
+    SIGNATURE,
+    FakeUpstream,
+    GitRepo,
+    ProxyFactory,
+    chat,
+    completion,
+    is_warmup,
+    sse_chunk,
+    write_config,
+)
 from scout_diff_cache.order import carry_order, initial_order
 from scout_diff_cache.routes import is_loopback
 from test_context import injected
 from test_process import Proxy
 from test_proxy import free_port, until
-
-
-def is_warmup(seen_json: dict) -> bool:  # type: ignore[type-arg]
-    return seen_json.get("max_tokens") == 1 and seen_json["messages"][-1]["content"] == "Reply with OK."
 
 
 def questions(upstream: FakeUpstream) -> list[dict]:  # type: ignore[type-arg]
