@@ -28,7 +28,7 @@ import pygit2
 
 from .accounting import Usage
 from .config import ContextConfig, RepositoryConfig
-from .diff import WorkingDiff, committed_since, working_diff
+from .diff import History, WorkingDiff, committed_history, working_diff
 from .epoch import Epoch, load_epoch, save_epoch, state_file
 from .errors import ProxyError, RepositoryError
 from .patterns import compile_patterns
@@ -101,7 +101,7 @@ class RepositoryContext:
         self._state_file = state_file(context.state_dir, repository.path)
         self._warm = warm
         self._read = Coalesced(self._read_state)
-        self._committed: tuple[tuple[str | None, str | None], dict[str, int], bool] | None = None
+        self._history: tuple[tuple[str | None, str | None], History, bool] | None = None
         self._switching: dict[str | None, asyncio.Task[Rebase]] = {}
         self._starting: asyncio.Task[Snapshot] | None = None
         self.snapshot: Snapshot | None = None
@@ -259,13 +259,14 @@ class RepositoryContext:
         if base_id is not None and not isinstance(base, pygit2.Commit):
             return _State(base_id, head_id, False, None)
         key = (base_id, head_id)
-        cached = self._committed  # shared by threads: read once, replace whole
+        cached = self._history  # shared by threads: read once, replace whole
         if cached is None or cached[0] != key:
             valid = base_id is None if head is None else base is not None and (
                 base.id == head.id or repo.descendant_of(head.id, base.id)
             )
-            cached = self._committed = (key, committed_since(repo, base, head) if valid else {}, valid)
-        _, committed, valid = cached
+            history = committed_history(repo, base, head, self._rules) if valid else History("", 0)
+            cached = self._history = (key, history, valid)
+        _, history, valid = cached
         if not valid or not with_diff:
             return _State(base_id, head_id, valid, None)
-        return _State(base_id, head_id, True, working_diff(repo, base, head, self._rules, committed))
+        return _State(base_id, head_id, True, working_diff(repo, base, head, self._rules, history))

@@ -1,14 +1,22 @@
-"""The working diff: base tree → index → working tree, as unified-diff text.
+"""The working diff: everything between the snapshot's base commit and the working tree.
 
-libgit2 computes it in two index-assisted steps (base tree → index, then index → working tree with
-the index's stat cache) merged into one diff: everything committed since the base, staged and
-unstaged changes, and the full contents of untracked, not-ignored files. A tree → working-tree
-walk would hash every file on every request; this touches only what the stat cache says changed.
+It is laid out so that it only ever grows at its end while work goes on, because a prefix cache
+keeps everything before the first byte that changes:
 
-Files are ordered oldest change first, so the diff's own prefix stays cached while one file is
-being edited: changes committed since the base come first, by the time of the last commit that
-touched them; then working-tree changes (staged, unstaged, untracked) by modification time. What
-changes between commits (the ids) is on the last line.
+    # Working diff
+    <fixed explanation>
+    === commit C1: summary ===        one section per commit since the base, oldest first,
+    <unified diffs, path order>       each written once and never changed afterwards
+    === commit C2: summary ===
+    ...
+    === not committed yet ===         staged, unstaged and untracked changes against HEAD,
+    <unified diffs, oldest edit first> ordered by modification time: the file being edited is last
+    === snapshot commit B; HEAD is H ===
+
+A commit appends a section; an edit changes only the tail of the last one. Committed sections come
+from tree-to-tree diffs, computed once per HEAD. The uncommitted part uses libgit2's index-assisted
+diff (HEAD tree → index, then index → working tree with the index's stat cache), so each request
+touches only what the stat cache says changed, never hashing the whole working tree.
 """
 
 from __future__ import annotations
@@ -16,11 +24,10 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Mapping
 
 import attrs
 import pygit2
-from pygit2.enums import DeltaStatus, DiffOption, SortMode
+from pygit2.enums import DeltaStatus, DiffOption
 
 from .errors import RepositoryError
 from .prompt import system_message
@@ -33,15 +40,16 @@ FLAGS = (
     | DiffOption.INCLUDE_TYPECHANGE
 )
 
-#: Commits walked to date the changes committed since the base; older ones sort first.
-COMMIT_WALK_LIMIT = 1000
+#: Commits since the base shown one by one; older ones are folded into one section.
+COMMIT_SECTIONS = 200
 
 HEADER = """\
 # Working diff
 
-These are the changes from the snapshot's commit to the working tree as it is now: commits made \
-since the snapshot, staged and unstaged changes, and new untracked files, as unified diffs, the \
-oldest change first. Where this differs from the snapshot, this is the current state.
+These are the changes from the snapshot's commit to the working tree as it is now, as unified \
+diffs in the order they happened: one section for each commit made since the snapshot, then what \
+is not committed yet (staged, unstaged and new untracked files). A later diff of a file applies on \
+top of the earlier ones. Where this differs from the snapshot, this is the current state.
 
 """
 
@@ -61,21 +69,47 @@ class WorkingDiff:
     message: bytes = attrs.field(repr=False)
 
 
-def committed_since(repo: pygit2.Repository, base: pygit2.Commit | None, head: pygit2.Commit | None) -> dict[str, int]:
-    """Path → time of the newest commit between base and HEAD that touched it."""
+@attrs.frozen
+class History:
+    """The committed sections between a base and HEAD: fixed text, rendered once per HEAD."""
+
+    text: str
+    files: int
+
+
+def committed_history(
+    repo: pygit2.Repository, base: pygit2.Commit | None, head: pygit2.Commit | None, rules: ContentRules
+) -> History:
+    """One section per first-parent commit from base (excluded) to HEAD, oldest first."""
     if head is None or base is None or base.id == head.id:
-        return {}
-    walker = repo.walk(head.id, SortMode.TOPOLOGICAL | SortMode.TIME)
-    walker.hide(base.id)
-    times: dict[str, int] = {}
-    for count, commit in enumerate(walker):
-        if count >= COMMIT_WALK_LIMIT:
-            break
-        before = commit.parents[0].tree if commit.parents else base_tree(repo, None)
-        for delta in before.diff_to_tree(commit.tree).deltas:
-            times.setdefault(delta.new_file.path, commit.commit_time)
-            times.setdefault(delta.old_file.path, commit.commit_time)
-    return times
+        return History("", 0)
+    chain: list[pygit2.Commit] = []
+    current = head
+    while current.id != base.id:
+        if not current.parents or len(chain) > 10 * COMMIT_SECTIONS:  # base off HEAD's first-parent line
+            return _history([(f"changes since {base.id}", base.tree, head.tree)], repo, rules)
+        chain.append(current)
+        current = current.parents[0]
+    chain.reverse()
+    sections = []
+    if len(chain) > COMMIT_SECTIONS:
+        folded, chain = chain[:-COMMIT_SECTIONS], chain[-COMMIT_SECTIONS:]
+        sections.append((f"{len(folded)} older commits up to {folded[-1].id}", base.tree, folded[-1].tree))
+    for commit in chain:
+        summary = commit.message.strip().splitlines()[0] if commit.message.strip() else ""
+        sections.append((f"commit {commit.id}: {summary}", commit.parents[0].tree, commit.tree))
+    return _history(sections, repo, rules)
+
+
+def _history(sections: list[tuple[str, pygit2.Tree, pygit2.Tree]], repo: pygit2.Repository, rules: ContentRules) -> History:
+    parts = []
+    files = 0
+    for title, old, new in sections:
+        diff = old.diff_to_tree(new)
+        patches = [text for i, delta in enumerate(diff.deltas) if (text := _patch(diff, delta, i, rules))]
+        files += len(patches)
+        parts.append(f"=== {title} ===\n" + "".join(patches))
+    return History("".join(parts), files)
 
 
 def working_diff(
@@ -83,37 +117,37 @@ def working_diff(
     base: pygit2.Commit | None,
     head: pygit2.Commit | None,
     rules: ContentRules,
-    committed: Mapping[str, int],
+    history: History,
 ) -> WorkingDiff:
-    """Everything the working tree holds that the base commit does not. Blocking."""
+    """The committed history plus what is not committed yet, as one system message. Blocking."""
     try:
         index = repo.index
-        to_workdir = index.diff_to_workdir(FLAGS)
-        staged = base_tree(repo, head).diff_to_index(index, FLAGS)
-        working = {_path(delta) for delta in to_workdir.deltas} | {_path(delta) for delta in staged.deltas}
-        same_commit = (base.id if base else None) == (head.id if head else None)
-        diff = staged if same_commit else base_tree(repo, base).diff_to_index(index, FLAGS)
-        diff.merge(to_workdir)
+        diff = base_tree(repo, head).diff_to_index(index, FLAGS)
+        diff.merge(index.diff_to_workdir(FLAGS))
         root = Path(repo.workdir)
         deltas = list(diff.deltas)
-        ordered = sorted(range(len(deltas)), key=lambda i: _age(deltas[i], root, working, committed))
+        ordered = sorted(range(len(deltas)), key=lambda i: _edited(deltas[i], root))
         patches = [text for i in ordered if (text := _patch(diff, deltas[i], i, rules))]
     except (pygit2.GitError, OSError) as error:
         raise RepositoryError(f"cannot compute the working diff in {repo.workdir}: {error}") from None
     base_id = str(base.id) if base is not None else None
     head_id = str(head.id) if head is not None else None
-    text = (HEADER + "".join(patches) if patches else CLEAN) + _footer(base_id, head_id)
-    return WorkingDiff(base_id, head_id, len(patches), len(text.encode("utf-8")), system_message(text))
+    if history.text or patches:
+        uncommitted = "=== not committed yet ===\n" + "".join(patches) if patches else "=== not committed yet: nothing ===\n"
+        text = HEADER + history.text + uncommitted
+    else:
+        text = CLEAN
+    text += _footer(base_id, head_id)
+    return WorkingDiff(base_id, head_id, history.files + len(patches), len(text.encode("utf-8")), system_message(text))
 
 
-def _age(delta: pygit2.DiffDelta, root: Path, working: set[str], committed: Mapping[str, int]) -> tuple[int, int, str]:
+def _edited(delta: pygit2.DiffDelta, root: Path) -> tuple[int, str]:
+    """Oldest edit first: the file someone is working on right now sorts last."""
     path = _path(delta)
-    if path not in working:
-        return (0, committed.get(path, 0), path)
     try:
-        return (1, os.lstat(root / path).st_mtime_ns, path)
+        return (os.lstat(root / path).st_mtime_ns, path)
     except OSError:  # deleted from the working tree
-        return (1, sys.maxsize, path)
+        return (sys.maxsize, path)
 
 
 def _path(delta: pygit2.DiffDelta) -> str:

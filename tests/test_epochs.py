@@ -249,6 +249,28 @@ async def test_diff_lists_committed_changes_first_then_working_changes_by_age(
     assert again[:cut] == diff[:cut]
 
 
+async def test_the_diff_only_grows_at_its_end_across_commits(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    five_files(git_repo)
+    client = await make_proxy(context={"rebase": "manual"})
+    await injected(client, upstream)
+    texts = []
+    for number, name in enumerate("abcab"):
+        git_repo.write(f"{name}.txt", f"edit {number}\n")
+        git_repo.commit(f"edit {number} of {name}")
+        git_repo.write("scratch.txt", f"work in progress {number}\n")
+        _, diff = await injected(client, upstream)
+        texts.append(diff)
+    for earlier, later in zip(texts, texts[1:]):
+        committed = earlier[: earlier.index("=== not committed yet ===")]
+        assert later.startswith(committed)  # earlier commits' sections never change
+    last = texts[-1]
+    assert last.count("=== commit ") == 5
+    assert last.index("+edit 3") < last.index("+edit 4")
+    assert last.index("=== not committed yet ===") > last.index("+edit 4")
+
+
 async def test_streams_ask_upstream_for_usage_but_strip_it_unless_the_client_asked(
     make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
 ) -> None:

@@ -1,0 +1,306 @@
+"""`make bench-replay`: replay real history through the proxy and count what a prefix cache recomputes.
+
+    python -m tests.replay REPOSITORY [--commits 30]
+    python -m tests.replay --pypi pygments [--commits 30]
+
+For each of the last N commits of a repository (or of a history made from N+1 consecutive wheel
+releases of a PyPI package, one release per commit), the commit's changes are applied to a scratch
+work tree as uncommitted edits, file by file (at most `--steps` edits per commit: larger commits
+are applied in that many groups), with a question asked through the real proxy after each edit;
+then the commit is made. Three designs are compared on the same sequence of questions:
+
+  original   the snapshot rebuilt at every commit, commit id first, files in path order, then the
+             diff against HEAD (rendered with this project's own renderer, rearranged that way);
+  ours       the real proxy, `rebase = auto`: what the upstream received, warm-ups included;
+  lower      only the bytes that are new since the previous request (the edit's added lines and
+             the question).
+
+Cache model: an ideal prefix cache over the prompts' text (message contents joined), with an
+approximate tokenizer of 4 bytes per token and 16-token blocks (64 bytes, as vLLM's block hashing);
+a prompt reuses its longest block-aligned common prefix with any of the last 16 prompts sent, and
+every other token is recomputed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import attrs
+import pygit2
+from aiohttp import web
+
+from scout_diff_cache.app import make_app
+from scout_diff_cache.config import load_config
+from scout_diff_cache.diff import History, working_diff
+from scout_diff_cache.epoch import Epoch
+from scout_diff_cache.repository import open_repository
+from scout_diff_cache.snapshot import build_snapshot
+
+BYTES_PER_TOKEN = 4
+BLOCK = 16 * BYTES_PER_TOKEN
+REMEMBERED = 16
+VERBOSE = False
+QUESTION = "What does the change I am making do, and is anything broken by it?"
+START = 1_700_000_000
+
+
+class PrefixCache:
+    """Counts recomputed tokens for a sequence of prompts under the cache model above."""
+
+    def __init__(self) -> None:
+        self.recent: list[bytes] = []
+        self.recomputed = 0
+        self.total = 0
+
+    def send(self, prompt: bytes) -> None:
+        reused = max((_common_prefix(prompt, seen) for seen in self.recent), default=0) // BLOCK * BLOCK
+        self.recomputed += (len(prompt) - reused) // BYTES_PER_TOKEN
+        self.total += len(prompt) // BYTES_PER_TOKEN
+        self.recent = [prompt, *self.recent[: REMEMBERED - 1]]
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    low, high = 0, min(len(a), len(b))
+    while low < high:  # binary search on slice equality: memcmp speed
+        middle = (low + high + 1) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def prompt_text(body: dict[str, Any]) -> bytes:
+    return "\n".join(message["content"] for message in body["messages"]).encode()
+
+
+@attrs.define
+class Recorder:
+    """The upstream: records every prompt in arrival order, answers a tiny completion."""
+
+    prompts: list[bytes] = attrs.Factory(list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.prompts.append(prompt_text(await request.json()))
+        return web.json_response({"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}]})
+
+
+def history_from_pypi(package: str, releases: int, workdir: Path) -> Path:
+    """A git repository with one commit per wheel release (a pure-Python wheel is its source)."""
+    listing = subprocess.run(
+        [sys.executable, "-m", "pip", "index", "versions", package], capture_output=True, text=True, check=True
+    ).stdout
+    found = re.search(r"Available versions: (.*)", listing)
+    if found is None:
+        raise SystemExit(f"pip index versions {package} listed no versions")
+    versions = [v for v in found[1].split(", ") if re.fullmatch(r"[\d.]+", v)][:releases][::-1]
+    wheels = workdir / "wheels"
+    repo_path = workdir / f"{package}-releases"
+    repo = pygit2.init_repository(str(repo_path), initial_head="main")
+    for version in versions:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
+             "-d", str(wheels), f"{package}=={version}"],
+            check=True, stderr=subprocess.DEVNULL,
+        )
+        (wheel,) = [w for w in wheels.glob(f"*-{version}-*.whl") if w.name.lower().startswith(package.lower() + "-")]
+        for old in list(repo_path.iterdir()):
+            if old.name != ".git":
+                subprocess.run(["rm", "-rf", str(old)], check=True)
+        with zipfile.ZipFile(wheel) as archive:
+            archive.extractall(repo_path)
+        _commit_all(repo, f"{package} {version}")
+    print(f"made a history of {len(versions)} releases of {package}: {versions[0]} .. {versions[-1]}")
+    return repo_path
+
+
+def _commit_all(repo: pygit2.Repository, message: str) -> str:
+    index = repo.index
+    index.add_all()
+    for entry in list(index):
+        if not (Path(repo.workdir) / entry.path).exists():
+            index.remove(entry.path)
+    index.write()
+    parents = [] if repo.head_is_unborn else [repo.head.target]
+    when = START + 3600 * (0 if repo.head_is_unborn else repo[repo.head.target].commit_time - START + 1)
+    author = pygit2.Signature("replay", "replay@example.com", when, 0)  # an hour apart, as people commit
+    return str(repo.create_commit("HEAD", author, author, message, index.write_tree(), parents))
+
+
+def _write_tree(repo: pygit2.Repository, tree: pygit2.Tree, root: Path, prefix: str = "") -> None:
+    for entry in tree:
+        path = root / prefix / entry.name
+        if entry.type_str == "tree":
+            _write_tree(repo, repo[entry.id], root, f"{prefix}{entry.name}/")
+        elif entry.type_str == "blob":
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(repo[entry.id].data)
+
+
+def _added_bytes(old: bytes, new: bytes) -> int:
+    patch = pygit2.Patch.create_from(old, new)
+    return sum(len(line.content) for hunk in patch.hunks for line in hunk.lines if line.origin == "+")
+
+
+@functools.lru_cache(maxsize=1)
+def original_snapshot(workdir: Path, commit: str, rules: Any, cap: int) -> str:
+    """The original design's snapshot: commit id first, files in path order."""
+    repo = open_repository(workdir)
+    paths = tuple(sorted(_paths(repo, repo[commit].peel(pygit2.Tree))))
+    snapshot = build_snapshot(workdir, commit, rules, cap, Epoch(commit, paths))
+    return f"Commit {commit}\n" + json.loads(snapshot.message)["content"]
+
+
+def original_prompt(workdir: Path, rules: Any, cap: int) -> bytes:
+    """The original design's prompt: its snapshot of HEAD, then the diff against HEAD."""
+    repo = open_repository(workdir)
+    head = repo.head.peel(pygit2.Commit)
+    diff = working_diff(repo, head, head, rules, History('', 0))
+    snapshot = original_snapshot(workdir, str(head.id), rules, cap)
+    return "\n".join([snapshot, json.loads(diff.message)["content"], QUESTION]).encode()
+
+
+def _paths(repo: pygit2.Repository, tree: pygit2.Tree, prefix: str = "") -> list[str]:
+    found = []
+    for entry in tree:
+        if entry.type_str == "tree":
+            found += _paths(repo, repo[entry.id], f"{prefix}{entry.name}/")
+        else:
+            found.append(prefix + entry.name)
+    return found
+
+
+async def replay(source: Path, commits: int, steps: int, workdir: Path, context: list[str]) -> None:
+    history = pygit2.Repository(str(source))
+    chain = []
+    walker = history.walk(history.head.target)
+    walker.simplify_first_parent()
+    for commit in walker:
+        chain.append(commit)
+        if len(chain) > commits:
+            break
+    chain.reverse()
+    scratch_path = workdir / "replay"
+    scratch = pygit2.init_repository(str(scratch_path), initial_head="main")
+    _write_tree(history, chain[0].tree, scratch_path)
+    _commit_all(scratch, "start")
+
+    recorder = Recorder()
+    upstream = web.Application(client_max_size=2**31)
+    upstream.router.add_post("/v1/chat/completions", recorder.handle)
+    upstream_runner = web.AppRunner(upstream)
+    await upstream_runner.setup()
+    upstream_site = web.TCPSite(upstream_runner, "127.0.0.1", 0)
+    await upstream_site.start()
+    upstream_port = upstream_runner.addresses[0][1]
+    config_path = workdir / "replay.ini"
+    config_path.write_text(
+        f"[server]\nlog_level = warning\n[upstream]\nurl = http://127.0.0.1:{upstream_port}/v1\n"
+        f"[repository]\npath = {scratch_path}\nmax_snapshot_bytes = 1GiB\n[context]\nstate_dir = {workdir / 'state'}\n"
+        + "".join(f"{setting.replace('=', ' = ', 1)}\n" for setting in context)
+    )
+    config = load_config(config_path)
+    proxy_runner = web.AppRunner(make_app(config))
+    await proxy_runner.setup()
+    proxy_site = web.TCPSite(proxy_runner, "127.0.0.1", 0)
+    await proxy_site.start()
+    proxy_url = f"http://127.0.0.1:{proxy_runner.addresses[0][1]}/v1/chat/completions"
+
+    from scout_diff_cache.patterns import compile_patterns
+    from scout_diff_cache.repository import ContentRules
+
+    rules = ContentRules(compile_patterns(config.repository.exclude), config.repository.max_file_bytes)
+    original, ours, lower = PrefixCache(), PrefixCache(), 0
+    questions = 0
+    try:
+        async with aiohttp.ClientSession() as session:
+            for previous, commit in zip(chain, chain[1:]):
+                deltas = list(previous.tree.diff_to_tree(commit.tree).deltas)
+                size = max(1, -(-len(deltas) // steps))
+                for start in range(0, len(deltas), size):
+                    for delta in deltas[start : start + size]:
+                        lower += _apply(history, delta, scratch_path) // BYTES_PER_TOKEN
+                    async with session.post(proxy_url, json={"messages": [{"role": "user", "content": QUESTION}]}) as response:
+                        assert response.status == 200, await response.text()
+                    questions += 1
+                    lower += len(QUESTION) // BYTES_PER_TOKEN
+                    original.send(original_prompt(scratch_path, rules, config.repository.max_snapshot_bytes))
+                _commit_all(scratch, commit.message)
+            await asyncio.sleep(0.5)  # let a last background warm-up arrive
+    finally:
+        await proxy_runner.cleanup()
+        await upstream_runner.cleanup()
+    for prompt in recorder.prompts:
+        before = ours.recomputed
+        ours.send(prompt)
+        if VERBOSE:
+            print(f"ours: {len(prompt):>9} bytes, recomputed {ours.recomputed - before:>7} tokens")
+    start_bytes = sum(len(history[e.id].data) for e in _blobs(history, chain[0].tree))
+    print(f"replayed {len(chain) - 1} commits of {source.name}: {questions} questions "
+          f"({len(recorder.prompts) - questions} warm-ups), start tree {start_bytes / 1e6:.2f} MB")
+    print(f"{'design':52}{'recomputed tokens':>20}{'vs original':>14}")
+    for label, value in (
+        ("original (every commit, id first, path order)", original.recomputed),
+        ("ours (auto epochs, stable order, warm-ups)", ours.recomputed),
+        ("lower bound (only new bytes)", lower),
+    ):
+        print(f"{label:52}{value:>20,}{value / max(original.recomputed, 1):>13.1%}")
+    print(f"ours / lower bound: {ours.recomputed / max(lower, 1):.2f}x; prompt tokens sent: original "
+          f"{original.total:,}, ours {ours.total:,}")
+
+
+def _blobs(repo: pygit2.Repository, tree: pygit2.Tree) -> list[pygit2.Object]:
+    found = []
+    for entry in tree:
+        if entry.type_str == "tree":
+            found += _blobs(repo, repo[entry.id])
+        elif entry.type_str == "blob":
+            found.append(entry)
+    return found
+
+
+def _apply(history: pygit2.Repository, delta: pygit2.DiffDelta, root: Path) -> int:
+    """Make one file as the commit has it; return the bytes its added lines bring."""
+    old_path, new_path = root / delta.old_file.path, root / delta.new_file.path
+    old = history[delta.old_file.id].data if delta.old_file.id != pygit2.Oid(hex="0" * 40) else b""
+    if delta.status == pygit2.enums.DeltaStatus.DELETED:
+        old_path.unlink(missing_ok=True)
+        return 0
+    new = history[delta.new_file.id].data
+    if old_path != new_path:
+        old_path.unlink(missing_ok=True)
+    new_path.parent.mkdir(parents=True, exist_ok=True)
+    new_path.write_bytes(new)
+    return _added_bytes(old, new)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.replay", description=__doc__.split("\n\n")[0])
+    parser.add_argument("repository", nargs="?", type=Path, help="a git repository whose history to replay")
+    parser.add_argument("--pypi", metavar="PACKAGE", help="replay consecutive wheel releases of this package instead")
+    parser.add_argument("--commits", type=int, default=30, help="commits to replay (default 30)")
+    parser.add_argument("--steps", type=int, default=12, help="most edits (questions) per commit (default 12)")
+    parser.add_argument("--context", action="append", default=[], metavar="KEY=VALUE",
+                        help="a [context] setting for the proxy, e.g. rebase_diff_share=0.05 (repeatable)")
+    args = parser.parse_args()
+    if (args.repository is None) == (args.pypi is None):
+        parser.error("name a REPOSITORY or --pypi PACKAGE")
+    with tempfile.TemporaryDirectory(prefix="scout-replay-") as scratch:
+        workdir = Path(scratch)
+        source = args.repository or history_from_pypi(args.pypi, args.commits + 1, workdir)
+        asyncio.run(replay(source.resolve(), args.commits, args.steps, workdir, args.context))
+
+
+if __name__ == "__main__":
+    main()
