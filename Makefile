@@ -43,5 +43,15 @@ e2e: $(VENV)/.installed-e2e
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m tests.benchmark $(BENCH_ARGS)
 
+# This project's own history, then 30 releases of pygments (4 MB of source) from PyPI.
+REPLAY_ARGS ?=
+bench-replay: $(VENV)/.installed-test
+ifeq ($(REPLAY_ARGS),)
+	$(BIN)/python -m tests.replay . --commits 30
+	$(BIN)/python -m tests.replay --pypi pygments --commits 30
+else
+	$(BIN)/python -m tests.replay $(REPLAY_ARGS)
+endif
+
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
