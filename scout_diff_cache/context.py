@@ -105,7 +105,6 @@ class RepositoryContext:
         self._switching: dict[str | None, asyncio.Task[Rebase]] = {}
         self._starting: asyncio.Task[Snapshot] | None = None
         self.snapshot: Snapshot | None = None
-        self.last: Context | None = None
         self.last_request = 0.0
         self.builds_started = 0
         self.rebases = 0
@@ -135,8 +134,7 @@ class RepositoryContext:
             assert state.diff is not None
             if self._policy.rebase == "auto" and self._outgrown(snapshot, state):
                 self._switch_in_background(state.head)
-            self.last = Context(snapshot, state.diff)
-            return self.last
+            return Context(snapshot, state.diff)
         raise RepositoryError("the repository kept changing while its state was read; try again")
 
     async def start(self) -> Snapshot:
@@ -154,7 +152,7 @@ class RepositoryContext:
         return await self._switch_to(state.head, warm=True)
 
     async def warm_now(self) -> Usage | None:
-        """Send the current prefix upstream once (startup, keep-alive pings); None without a warmer."""
+        """Send the current prefix upstream once (keep-alive pings); None without a warmer."""
         snapshot = self.snapshot or await self.start()
         if self._warm is None:
             return None
