@@ -148,6 +148,12 @@ async def answer_stream(request: web.Request, upstream: FakeUpstream) -> web.Str
     return response
 
 
+async def hang(request: web.Request, upstream: FakeUpstream) -> web.StreamResponse:
+    """Never answer: the proxy must give up (timeout) or hang up (client gone)."""
+    await asyncio.sleep(30)
+    raise AssertionError("the proxy should have hung up")
+
+
 @pytest.fixture
 async def upstream(aiohttp_server: Any) -> FakeUpstream:
     fake = FakeUpstream()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from aiohttp.test_utils import TestClient
 
 from conftest import (
     SIGNATURE,
@@ -45,6 +46,14 @@ def five_files(repo: GitRepo) -> None:
     for name in "abcde":
         repo.write(f"{name}.txt", f"file {name}\n" * 20)
     repo.commit("five files")
+
+
+async def five_files_manual(make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo) -> TestClient:
+    """A proxy in manual mode whose first epoch holds five small files."""
+    five_files(git_repo)
+    client = await make_proxy(context={"rebase": "manual"})
+    await injected(client, upstream)
+    return client
 
 
 async def test_auto_rebase_warms_the_new_snapshot_before_switching(
@@ -188,7 +197,7 @@ async def test_the_base_and_order_survive_a_restart(
 ) -> None:
     five_files(git_repo)
     first = await make_proxy(context={"rebase": "manual"})
-    before, _ = await injected(first, upstream)
+    await injected(first, upstream)  # the first epoch is at the five files
     git_repo.write("c.txt", "changed\n")
     git_repo.commit("change c")
     await first.post("/admin/rebase")
@@ -228,9 +237,7 @@ async def test_an_unusable_state_file_means_a_fresh_epoch(
 async def test_diff_lists_committed_changes_first_then_working_changes_by_age(
     make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
 ) -> None:
-    five_files(git_repo)
-    client = await make_proxy(context={"rebase": "manual"})
-    await injected(client, upstream)
+    client = await five_files_manual(make_proxy, upstream, git_repo)
     git_repo.write("e.txt", "committed change\n")
     git_repo.commit("commit e")
     for name, age in (("a.txt", 300), ("b.txt", 100), ("d.txt", 200)):
@@ -252,9 +259,7 @@ async def test_diff_lists_committed_changes_first_then_working_changes_by_age(
 async def test_the_diff_only_grows_at_its_end_across_commits(
     make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
 ) -> None:
-    five_files(git_repo)
-    client = await make_proxy(context={"rebase": "manual"})
-    await injected(client, upstream)
+    client = await five_files_manual(make_proxy, upstream, git_repo)
     texts = []
     for number, name in enumerate("abcab"):
         git_repo.write(f"{name}.txt", f"edit {number}\n")

@@ -8,7 +8,7 @@ import socket
 
 from aiohttp import web
 
-from conftest import FakeUpstream, GitRepo, ProxyFactory, answer_stream, chat, completion, sse_chunk
+from conftest import FakeUpstream, GitRepo, ProxyFactory, answer_stream, chat, completion, hang, sse_chunk
 
 
 def free_port() -> int:
@@ -159,11 +159,7 @@ async def test_keepalive_comments_are_sent_while_the_first_byte_is_slow(
 async def test_client_disconnect_while_waiting_closes_the_upstream_request(
     make_proxy: ProxyFactory, upstream: FakeUpstream
 ) -> None:
-    async def behaviour(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
-        await asyncio.sleep(30)
-        raise AssertionError("the proxy should have hung up")
-
-    upstream.behaviour = behaviour
+    upstream.behaviour = hang
     client = await make_proxy()
     for stream in (False, True):
         upstream.cancelled = 0
@@ -258,11 +254,7 @@ async def test_upstream_unreachable_is_a_503(make_proxy: ProxyFactory) -> None:
 
 
 async def test_no_first_byte_in_time_is_a_504(make_proxy: ProxyFactory, upstream: FakeUpstream) -> None:
-    async def behaviour(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
-        await asyncio.sleep(30)
-        raise AssertionError("the proxy should have hung up")
-
-    upstream.behaviour = behaviour
+    upstream.behaviour = hang
     client = await make_proxy(upstream={"first_byte_timeout": "300ms"})
     response = await client.post("/v1/chat/completions", json=chat())
     assert response.status == 504
@@ -273,11 +265,7 @@ async def test_no_first_byte_in_time_is_a_504(make_proxy: ProxyFactory, upstream
 async def test_no_first_byte_after_keepalives_ends_the_stream_with_an_error_event(
     make_proxy: ProxyFactory, upstream: FakeUpstream
 ) -> None:
-    async def behaviour(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
-        await asyncio.sleep(30)
-        raise AssertionError("the proxy should have hung up")
-
-    upstream.behaviour = behaviour
+    upstream.behaviour = hang
     client = await make_proxy(upstream={"first_byte_timeout": "500ms"}, server={"sse_keepalive_interval": "100ms"})
     response = await client.post("/v1/chat/completions", json=chat(stream=True))
     text = await response.text()
