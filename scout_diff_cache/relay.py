@@ -57,7 +57,6 @@ async def relay_stream(
     deadline = loop.time() + config.first_byte_timeout
     opening = asyncio.ensure_future(_open_stream(session, config, body))
     client: web.StreamResponse | None = None
-    upstream: aiohttp.ClientResponse | None = None
     try:
         while not opening.done():
             remaining = deadline - loop.time()
@@ -89,11 +88,11 @@ async def relay_stream(
     except ConnectionResetError:
         exchange.outcome = "client_closed"
         return client or web.StreamResponse()
-    finally:
+    finally:  # whatever happened, the upstream request ends here (vLLM and llama.cpp then stop)
         if not opening.done():
             opening.cancel()
-        if upstream is not None:
-            upstream.close()
+        elif not opening.cancelled() and opening.exception() is None:
+            opening.result()[0].close()
 
 
 async def _start_sse(request: web.Request, headers: Mapping[str, str]) -> web.StreamResponse:
