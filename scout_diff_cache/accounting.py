@@ -134,7 +134,7 @@ class Exchange:
         return self.usage.prompt_tokens * self.snapshot_bytes / total
 
     def describe(self) -> str:
-        parts = [f"outcome={self.outcome}"]
+        parts = [f"outcome={self.outcome}"] + (["stream"] if self.stream else [])
         if self.snapshot_bytes:
             injected = self.snapshot_bytes + self.diff_bytes
             parts.append(f"snapshot={(self.snapshot_commit or 'none')[:12]} injected={injected}")
