@@ -90,7 +90,7 @@ def build_snapshot(
 ) -> Snapshot:
     """Render `commit` (None: no commits yet), ordered from the `previous` epoch. Blocking."""
     if commit is None:
-        return _finish(None, UNBORN, 0, (), ())
+        return _finish(None, [UNBORN], 0, (), ())
     repo = open_repository(path)
     try:
         target = repo[commit].peel(pygit2.Commit)
@@ -133,7 +133,7 @@ def build_snapshot(
             parts.append("=== not included ===\n")
             parts.extend(item.render() + "\n" for item in left_out)
         parts.append(f"=== end of snapshot: commit {commit} ===\n")
-        return _finish(commit, "".join(parts), files, tuple(left_out), tuple(order))
+        return _finish(commit, parts, files, tuple(left_out), tuple(order))
     except (pygit2.GitError, KeyError, ValueError) as error:
         raise RepositoryError(f"cannot read commit {commit} in {path}: {error}") from None
 
@@ -158,6 +158,7 @@ def _walk(repo: pygit2.Repository, tree: pygit2.Tree, prefix: bytes) -> Iterator
 
 
 def _finish(
-    commit: str | None, text: str, files: int, left_out: tuple[LeftOut, ...], order: tuple[str, ...]
+    commit: str | None, parts: list[str], files: int, left_out: tuple[LeftOut, ...], order: tuple[str, ...]
 ) -> Snapshot:
-    return Snapshot(commit, files, len(text.encode("utf-8")), left_out, order, system_message(text))
+    size = sum(len(part.encode("utf-8")) for part in parts)
+    return Snapshot(commit, files, size, left_out, order, system_message(*parts))

@@ -1,0 +1,31 @@
+"""Splicing the upstream body from encoded parts gives exactly what encoding the whole would."""
+
+from __future__ import annotations
+
+import json
+
+from scout_diff_cache.prompt import assemble, encode_json, system_message
+from scout_diff_cache.validation import parse_chat_request
+
+
+def test_a_message_encoded_in_parts_equals_the_whole_encoded_at_once() -> None:
+    parts = ['quote " backslash \\ ', "ümlaut\n", "\u2028 line separator", "", "\x00 control", "😀"]
+    assert system_message(*parts) == encode_json({"role": "system", "content": "".join(parts)})
+
+
+def test_the_spliced_body_is_the_json_a_client_would_expect() -> None:
+    raw = json.dumps({"model": "m", "temperature": 0.5, "messages": [{"role": "user", "content": "hi ü"}]}).encode()
+    chat = parse_chat_request(raw, "default")
+    body = assemble(chat, system_message("snapshot"), system_message("diff"))
+    spliced = b"".join(body.chunks)
+    assert len(spliced) == body.length
+    assert json.loads(spliced) == {
+        "messages": [
+            {"role": "system", "content": "snapshot"},
+            {"role": "system", "content": "diff"},
+            {"role": "user", "content": "hi ü"},
+        ],
+        "model": "m",
+        "temperature": 0.5,
+    }
+    assert body.chunks[1] is not None and spliced.startswith(b'{"messages":[{"role":"system","content":"snapshot"}')
