@@ -28,7 +28,7 @@ import pygit2
 
 from .accounting import Usage
 from .config import ContextConfig, RepositoryConfig
-from .diff import History, WorkingDiff, committed_history, working_diff
+from .diff import Group, WorkingDiff, committed_groups, working_diff
 from .epoch import Epoch, load_epoch, save_epoch, state_file
 from .errors import ProxyError, RepositoryError
 from .patterns import compile_patterns
@@ -101,7 +101,8 @@ class RepositoryContext:
         self._state_file = state_file(context.state_dir, repository.path)
         self._warm = warm
         self._read = Coalesced(self._read_state)
-        self._history: tuple[tuple[str | None, str | None], History, bool] | None = None
+        self._history: tuple[tuple[str | None, str | None], list[Group], bool] | None = None
+        self._rendered: dict[str, Group] = {}
         self._switching: dict[str | None, asyncio.Task[Rebase]] = {}
         self._starting: asyncio.Task[Snapshot] | None = None
         self.snapshot: Snapshot | None = None
@@ -203,6 +204,7 @@ class RepositoryContext:
                 log.warning("warm-up of snapshot %s failed, switching anyway: %s", short(head), error.message)
         self.last_rebase = Rebase(previous.commit if previous else None, head, usage, time.monotonic() - started)
         self.snapshot = snapshot
+        self._rendered.clear()  # the groups of commits the new base already holds
         self.rebases += 1
         await asyncio.to_thread(save_epoch, self._state_file, self._repository.path, snapshot.epoch)
         log.info(
@@ -262,8 +264,8 @@ class RepositoryContext:
             valid = base_id is None if head is None else base is not None and (
                 base.id == head.id or repo.descendant_of(head.id, base.id)
             )
-            history = committed_history(repo, base, head, self._rules) if valid else History("", 0)
-            cached = self._history = (key, history, valid)
+            groups = committed_groups(repo, base, head, self._rules, self._rendered) if valid else []
+            cached = self._history = (key, groups, valid)
         _, history, valid = cached
         if not valid or not with_diff:
             return _State(base_id, head_id, valid, None)

@@ -1,22 +1,25 @@
 """The working diff: everything between the snapshot's base commit and the working tree.
 
-It is laid out so that it only ever grows at its end while work goes on, because a prefix cache
-keeps everything before the first byte that changes:
+It is laid out so that it only ever changes at its end while work goes on, because a prefix cache
+keeps everything before the first byte that differs:
 
     # Working diff
     <fixed explanation>
-    === commit C1: summary ===        one section per commit since the base, oldest first,
-    <unified diffs, path order>       each written once and never changed afterwards
-    === commit C2: summary ===
-    ...
-    === not committed yet ===         staged, unstaged and untracked changes against HEAD,
-    <unified diffs, oldest edit first> ordered by modification time: the file being edited is last
+    <unified diffs>                                        one group per commit since the base,
+    === the changes above were committed as C1: summary ===   oldest first
+    <unified diffs>
+    === the changes above were committed as C2: summary ===
+    <unified diffs>                                        staged, unstaged and untracked changes
+    === the changes above are not committed yet ===        against HEAD
     === snapshot commit B; HEAD is H ===
 
-A commit appends a section; an edit changes only the tail of the last one. Committed sections come
-from tree-to-tree diffs, computed once per HEAD. The uncommitted part uses libgit2's index-assisted
-diff (HEAD tree → index, then index → working tree with the index's stat cache), so each request
-touches only what the stat cache says changed, never hashing the whole working tree.
+Within a group, files are ordered by modification time in the working tree (the file being edited
+is last), then path; deleted files last. Labels follow their group, so when the uncommitted changes
+are committed the bytes stay the same up to the new label: a commit costs a few tokens, an edit
+costs only what follows the edited file. Each commit's group is rendered once and kept, so later
+edits never reorder it (a restarted process orders it by the mtimes it then finds). The uncommitted
+group uses libgit2's index-assisted diff (HEAD tree → index, then index → working tree with the
+index's stat cache): each request touches only what the stat cache says changed.
 """
 
 from __future__ import annotations
@@ -47,9 +50,10 @@ HEADER = """\
 # Working diff
 
 These are the changes from the snapshot's commit to the working tree as it is now, as unified \
-diffs in the order they happened: one section for each commit made since the snapshot, then what \
-is not committed yet (staged, unstaged and new untracked files). A later diff of a file applies on \
-top of the earlier ones. Where this differs from the snapshot, this is the current state.
+diffs in the order they happened: a group for each commit made since the snapshot, then what is \
+not committed yet (staged, unstaged and new untracked files). Each group is followed by a line \
+saying where it comes from. A later diff of a file applies on top of the earlier ones. Where this \
+differs from the snapshot, this is the current state.
 
 """
 
@@ -70,46 +74,48 @@ class WorkingDiff:
 
 
 @attrs.frozen
-class History:
-    """The committed sections between a base and HEAD: fixed text, rendered once per HEAD."""
+class Group:
+    """Rendered diffs of one commit (or of the uncommitted changes), with their label."""
 
     text: str
     files: int
 
 
-def committed_history(
-    repo: pygit2.Repository, base: pygit2.Commit | None, head: pygit2.Commit | None, rules: ContentRules
-) -> History:
-    """One section per first-parent commit from base (excluded) to HEAD, oldest first."""
+def committed_groups(
+    repo: pygit2.Repository,
+    base: pygit2.Commit | None,
+    head: pygit2.Commit | None,
+    rules: ContentRules,
+    rendered: dict[str, Group],
+) -> list[Group]:
+    """One group per first-parent commit from base (excluded) to HEAD, oldest first.
+
+    `rendered` keeps each commit's group once made, so it never changes while this process runs.
+    """
     if head is None or base is None or base.id == head.id:
-        return History("", 0)
+        return []
+    root = Path(repo.workdir)
     chain: list[pygit2.Commit] = []
     current = head
     while current.id != base.id:
         if not current.parents or len(chain) > 10 * COMMIT_SECTIONS:  # base off HEAD's first-parent line
-            return _history([(f"changes since {base.id}", base.tree, head.tree)], repo, rules)
+            return [_group(base.tree.diff_to_tree(head.tree), rules, root, f"were made since {base.id}")]
         chain.append(current)
         current = current.parents[0]
     chain.reverse()
-    sections = []
+    groups = []
     if len(chain) > COMMIT_SECTIONS:
         folded, chain = chain[:-COMMIT_SECTIONS], chain[-COMMIT_SECTIONS:]
-        sections.append((f"{len(folded)} older commits up to {folded[-1].id}", base.tree, folded[-1].tree))
+        label = f"were made in {len(folded)} commits up to {folded[-1].id}"
+        groups.append(_group(base.tree.diff_to_tree(folded[-1].tree), rules, root, label))
     for commit in chain:
-        summary = commit.message.strip().splitlines()[0] if commit.message.strip() else ""
-        sections.append((f"commit {commit.id}: {summary}", commit.parents[0].tree, commit.tree))
-    return _history(sections, repo, rules)
-
-
-def _history(sections: list[tuple[str, pygit2.Tree, pygit2.Tree]], repo: pygit2.Repository, rules: ContentRules) -> History:
-    parts = []
-    files = 0
-    for title, old, new in sections:
-        diff = old.diff_to_tree(new)
-        patches = [text for i, delta in enumerate(diff.deltas) if (text := _patch(diff, delta, i, rules))]
-        files += len(patches)
-        parts.append(f"=== {title} ===\n" + "".join(patches))
-    return History("".join(parts), files)
+        key = str(commit.id)
+        if key not in rendered:
+            summary = commit.message.strip().splitlines()[0] if commit.message.strip() else ""
+            diff = commit.parents[0].tree.diff_to_tree(commit.tree)
+            rendered[key] = _group(diff, rules, root, f"were committed as {commit.id}: {summary}")
+        groups.append(rendered[key])
+    return groups
 
 
 def working_diff(
@@ -117,28 +123,35 @@ def working_diff(
     base: pygit2.Commit | None,
     head: pygit2.Commit | None,
     rules: ContentRules,
-    history: History,
+    committed: list[Group],
 ) -> WorkingDiff:
-    """The committed history plus what is not committed yet, as one system message. Blocking."""
+    """The committed groups plus what is not committed yet, as one system message. Blocking."""
     try:
         index = repo.index
         diff = base_tree(repo, head).diff_to_index(index, FLAGS)
         diff.merge(index.diff_to_workdir(FLAGS))
-        root = Path(repo.workdir)
-        deltas = list(diff.deltas)
-        ordered = sorted(range(len(deltas)), key=lambda i: _edited(deltas[i], root))
-        patches = [text for i in ordered if (text := _patch(diff, deltas[i], i, rules))]
+        uncommitted = _group(diff, rules, Path(repo.workdir), "are not committed yet")
     except (pygit2.GitError, OSError) as error:
         raise RepositoryError(f"cannot compute the working diff in {repo.workdir}: {error}") from None
     base_id = str(base.id) if base is not None else None
     head_id = str(head.id) if head is not None else None
-    if history.text or patches:
-        uncommitted = "=== not committed yet ===\n" + "".join(patches) if patches else "=== not committed yet: nothing ===\n"
-        text = HEADER + history.text + uncommitted
+    files = sum(group.files for group in committed) + uncommitted.files
+    if files:
+        text = HEADER + "".join(group.text for group in committed) + uncommitted.text
     else:
         text = CLEAN
     text += _footer(base_id, head_id)
-    return WorkingDiff(base_id, head_id, history.files + len(patches), len(text.encode("utf-8")), system_message(text))
+    return WorkingDiff(base_id, head_id, files, len(text.encode("utf-8")), system_message(text))
+
+
+def _group(diff: pygit2.Diff, rules: ContentRules, root: Path, origin: str) -> Group:
+    """The diffs, oldest edit first, then the label saying where they come from."""
+    deltas = list(diff.deltas)
+    ordered = sorted(range(len(deltas)), key=lambda i: _edited(deltas[i], root))
+    patches = [text for i in ordered if (text := _patch(diff, deltas[i], i, rules))]
+    if not patches:
+        return Group("", 0)
+    return Group("".join(patches) + f"=== the changes above {origin} ===\n", len(patches))
 
 
 def _edited(delta: pygit2.DiffDelta, root: Path) -> tuple[int, str]:

@@ -29,7 +29,7 @@ import aiohttp
 import pygit2
 from aiohttp import web
 
-from scout_diff_cache.diff import History, working_diff
+from scout_diff_cache.diff import working_diff
 from scout_diff_cache.patterns import compile_patterns
 from scout_diff_cache.prompt import assemble
 from scout_diff_cache.repository import ContentRules, head_commit, open_repository
@@ -119,7 +119,7 @@ async def measure(repository: Path, count: int, workdir: Path) -> None:
     snapshot = build_snapshot(config.repository.path, str(base.id) if base else None, rules, config.repository.max_snapshot_bytes)
     build_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    diff = working_diff(repo, base, base, rules, History('', 0))
+    diff = working_diff(repo, base, base, rules, [])
     diff_seconds = time.perf_counter() - started
     print(f"snapshot build: {build_seconds:.2f} s for {snapshot.text_bytes / 1e6:.1f} MB, {snapshot.files} files inlined")
     print(f"working diff: {diff_seconds * 1000:.1f} ms ({diff.files} changed files)")
@@ -130,7 +130,7 @@ async def measure(repository: Path, count: int, workdir: Path) -> None:
     for _ in range(min(count, 20)):  # what the proxy itself does per request, minus the network
         started = time.perf_counter()
         chat = parse_chat_request(json.dumps(QUESTION).encode(), "bench")
-        assemble(chat, snapshot.message, working_diff(open_repository(repository), base, base, rules, History('', 0)).message)
+        assemble(chat, snapshot.message, working_diff(open_repository(repository), base, base, rules, []).message)
         own.append(time.perf_counter() - started)
 
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))

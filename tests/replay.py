@@ -42,7 +42,7 @@ from aiohttp import web
 
 from scout_diff_cache.app import make_app
 from scout_diff_cache.config import load_config
-from scout_diff_cache.diff import History, working_diff
+from scout_diff_cache.diff import working_diff
 from scout_diff_cache.epoch import Epoch
 from scout_diff_cache.repository import open_repository
 from scout_diff_cache.snapshot import build_snapshot
@@ -170,7 +170,7 @@ def original_prompt(workdir: Path, rules: Any, cap: int) -> bytes:
     """The original design's prompt: its snapshot of HEAD, then the diff against HEAD."""
     repo = open_repository(workdir)
     head = repo.head.peel(pygit2.Commit)
-    diff = working_diff(repo, head, head, rules, History('', 0))
+    diff = working_diff(repo, head, head, rules, [])
     snapshot = original_snapshot(workdir, str(head.id), rules, cap)
     return "\n".join([snapshot, json.loads(diff.message)["content"], QUESTION]).encode()
 

@@ -268,12 +268,27 @@ async def test_the_diff_only_grows_at_its_end_across_commits(
         _, diff = await injected(client, upstream)
         texts.append(diff)
     for earlier, later in zip(texts, texts[1:]):
-        committed = earlier[: earlier.index("=== not committed yet ===")]
-        assert later.startswith(committed)  # earlier commits' sections never change
+        committed = earlier[: earlier.rindex("were committed as")]
+        assert later.startswith(committed)  # earlier commits' groups never change
     last = texts[-1]
-    assert last.count("=== commit ") == 5
-    assert last.index("+edit 3") < last.index("+edit 4")
-    assert last.index("=== not committed yet ===") > last.index("+edit 4")
+    assert last.count("=== the changes above were committed as ") == 5
+    assert last.index("+edit 3") < last.index("+edit 4") < last.index("+work in progress 4")
+    assert last.index("=== the changes above are not committed yet ===") > last.index("+work in progress 4")
+
+
+async def test_committing_keeps_the_diff_bytes_up_to_the_new_label(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    client = await five_files_manual(make_proxy, upstream, git_repo)
+    for name, when in (("d.txt", 100), ("b.txt", 200), ("new.txt", 300)):
+        path = git_repo.write(name, f"work on {name}\n")
+        os.utime(path, ns=(1_800_000_000_000_000_000 + when * 10**9,) * 2)
+    _, working = await injected(client, upstream)
+    commit = git_repo.commit("commit the work")
+    _, committed = await injected(client, upstream)
+    label = working.index("=== the changes above are not committed yet ===")
+    assert committed[:label] == working[:label]
+    assert committed[label:].startswith(f"=== the changes above were committed as {commit}: commit the work ===")
 
 
 async def test_streams_ask_upstream_for_usage_but_strip_it_unless_the_client_asked(
