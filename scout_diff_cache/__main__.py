@@ -1,8 +1,9 @@
-"""Command line: `python -m scout_diff_cache [serve|check-config] [--config PATH]`."""
+"""Command line: `python -m scout_diff_cache [serve|check-config|rebase|systemd-unit] [--config PATH]`."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import os
@@ -11,30 +12,43 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from aiohttp import web
-
 from . import __version__
-from .app import make_app
 from .config import Config, default_locations, find_config, load_config, render_config
 from .errors import ConfigError
+from .logs import configure_logging
+from .server import serve
+from .systemd import Notifier, inherited_sockets, render_socket, render_unit
 
 log = logging.getLogger("scout_diff_cache")
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
-    config = argparse.ArgumentParser(add_help=False)
-    config.add_argument("--config", type=Path, metavar="PATH", help="the INI file (default: first of ./scout.ini, "
-                        "$XDG_CONFIG_HOME/scout-diff-cache/scout.ini, /etc/scout-diff-cache/scout.ini)")
     parser = argparse.ArgumentParser(
-        prog="scout-diff-cache", parents=[config],
+        prog="scout-diff-cache",
         description="OpenAI-compatible proxy that puts a stable git snapshot in front of every chat request.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--config", type=Path, metavar="PATH", help=CONFIG_HELP)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser("serve", parents=[config], help="run the proxy (the default)")
-    commands.add_parser("check-config", parents=[config], help="validate the configuration and print it, secrets masked")
-    commands.add_parser("rebase", parents=[config], help="ask the running proxy to move its snapshot to HEAD now")
+    subcommands = {
+        "serve": "run the proxy (the default)",
+        "check-config": "validate the configuration and print it, secrets masked",
+        "rebase": "ask the running proxy to move its snapshot to HEAD now",
+        "systemd-unit": "print a systemd service unit for this interpreter and config file",
+    }
+    for name, summary in subcommands.items():
+        command = commands.add_parser(name, help=summary, description=summary)
+        command.add_argument("--config", type=Path, metavar="PATH", help=CONFIG_HELP, default=argparse.SUPPRESS)
+        if name == "systemd-unit":
+            command.add_argument("--user", action="store_true", help="for `systemctl --user` (default: a system unit)")
+            command.add_argument("--socket", action="store_true", help="print a matching .socket unit too")
     return parser.parse_args(argv)
+
+
+CONFIG_HELP = (
+    "the INI file (default: the first of ./scout.ini, $XDG_CONFIG_HOME/scout-diff-cache/scout.ini, "
+    "/etc/scout-diff-cache/scout.ini; none: built-in defaults)"
+)
 
 
 def _load(explicit: Path | None) -> Config:
@@ -54,7 +68,28 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "rebase":
         return request_rebase(config)
-    serve(config)
+    if args.command == "systemd-unit":
+        return print_units(config, user=args.user, with_socket=args.socket)
+    configure_logging(config.server.log_level, config.server.log_format, os.environ)
+    log.info("scout-diff-cache %s; config: %s", __version__, config.source or "none found, using built-in defaults")
+    log.info("repository %s; upstream %s", config.repository.path, config.upstream.url)
+    try:
+        asyncio.run(serve(config, Notifier.from_environment(os.environ), inherited_sockets(os.environ)))
+    except OSError as error:
+        print(f"scout-diff-cache: cannot serve on {config.server.host}:{config.server.port}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def print_units(config: Config, *, user: bool, with_socket: bool) -> int:
+    if config.source is None:
+        print("scout-diff-cache: systemd-unit needs a config file (--config PATH) for ExecStart", file=sys.stderr)
+        return 2
+    source = config.source.resolve()
+    unit = render_unit(source, config.repository.path, config.context.state_dir, user=user, with_socket=with_socket)
+    print("# scout-diff-cache.service", unit, sep="\n")
+    if with_socket:
+        print("# scout-diff-cache.socket", render_socket(config.server.host, config.server.port), sep="\n")
     return 0
 
 
@@ -82,27 +117,6 @@ def request_rebase(config: Config) -> int:
         f"warm-up cached {warmup.get('cached_tokens', 'unknown')} of {warmup.get('prompt_tokens', 'unknown')} prompt tokens"
     )
     return 0
-
-
-def serve(config: Config) -> None:
-    logging.basicConfig(
-        level=config.server.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    log.info("scout-diff-cache %s; config: %s", __version__, config.source or "none found, using built-in defaults")
-    log.info(
-        "listening on http://%s:%d; repository %s; upstream %s",
-        config.server.host, config.server.port, config.repository.path, config.upstream.url,
-    )
-    web.run_app(
-        make_app(config),
-        host=config.server.host,
-        port=config.server.port,
-        shutdown_timeout=config.server.shutdown_grace,
-        handler_cancellation=True,
-        access_log=None,
-        print=None,
-    )
 
 
 if __name__ == "__main__":

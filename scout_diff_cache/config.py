@@ -78,6 +78,12 @@ def _text(raw: str) -> str:
     return raw.strip()
 
 
+def _log_format(raw: str) -> str:
+    if raw.strip() not in ("text", "json"):
+        raise ValueError("expected text or json")
+    return raw.strip()
+
+
 def _bool(raw: str) -> bool:
     states = configparser.ConfigParser.BOOLEAN_STATES
     if raw.strip().lower() not in states:
@@ -122,6 +128,7 @@ class ServerConfig:
     port: int = option(8787, _port)
     max_body_bytes: int = option(32 * MiB, _positive_size)
     log_level: str = option("info", _log_level)
+    log_format: str = option("text", _log_format)
     #: SSE comment pings while a streaming request waits for the upstream's first byte.
     sse_keepalive_interval: float = option(15.0, _duration)
     #: How long in-flight requests may run on after SIGTERM before the process exits.
