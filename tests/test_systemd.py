@@ -1,0 +1,223 @@
+"""The real process under (a stand-in for) systemd: notify sequence, watchdog, sockets, logs, units."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from conftest import FakeUpstream, GitRepo, write_config
+from test_process import run_cli
+from test_proxy import free_port
+
+
+class NotifySocket:
+    """The datagram socket systemd would own, recording what the service sends as it arrives."""
+
+    def __init__(self, address: str) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
+        self.sock.setblocking(False)
+        self.messages: list[tuple[float, str]] = []
+        asyncio.get_running_loop().add_reader(self.sock, self._receive)
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                self.messages.append((time.monotonic(), self.sock.recv(4096).decode()))
+            except BlockingIOError:
+                return
+
+    def close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.sock)
+        self.sock.close()
+
+    async def wait_for(self, field: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for _, message in self.messages:
+                if field in message.split("\n"):
+                    return message
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"{field} never came; got {self.messages}")
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, git_repo: GitRepo, upstream: FakeUpstream) -> Iterator[Path]:
+    yield write_config(
+        tmp_path,
+        {
+            "server": {"port": str(free_port())},
+            "upstream": {"url": upstream.url},
+            "repository": {"path": "repo"},
+            "context": {"state_dir": "state"},
+        },
+    )
+
+
+async def start(config: Path, env: dict[str, str], log: Path, **popen: object) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
+            [sys.executable, "-m", "scout_diff_cache", "serve", "--config", str(config)],
+            env={**os.environ, **env}, stdout=out, stderr=out, stdin=subprocess.DEVNULL, **popen,
+        )
+
+
+async def stopped(process: subprocess.Popen[bytes]) -> int:
+    for _ in range(600):
+        if process.poll() is not None:
+            return process.returncode
+        await asyncio.sleep(0.05)
+    process.kill()
+    raise AssertionError("the service did not stop")
+
+
+@pytest.mark.parametrize("abstract", [False, True])
+async def test_notify_sequence_ready_watchdog_stopping(config_file: Path, tmp_path: Path, abstract: bool) -> None:
+    address = f"@scout-test-{os.getpid()}-{time.monotonic_ns()}" if abstract else str(tmp_path / "notify")
+    notify = NotifySocket(address)
+    process = await start(
+        config_file, {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "400000"}, tmp_path / "service.log"
+    )
+    try:
+        ready = await notify.wait_for("READY=1")
+        assert "STATUS=serving " in ready
+        await asyncio.sleep(1.0)
+        pings = [at for at, message in notify.messages if "WATCHDOG=1" in message.split("\n")]
+        assert len(pings) >= 3  # every 0.2 s: half of WATCHDOG_USEC
+        gaps = [later - earlier for earlier, later in zip(pings, pings[1:])]
+        assert max(gaps) < 0.4
+        statuses = [m for _, m in notify.messages if "STATUS=" in m]
+        assert any("snapshot 65ae02a8b122, " in m for m in statuses)  # updated once the snapshot was built
+        process.send_signal(signal.SIGTERM)
+        await notify.wait_for("STOPPING=1")
+        assert await stopped(process) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        notify.close()
+
+
+async def test_serves_on_a_socket_it_inherits(config_file: Path, tmp_path: Path) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    fd = listener.fileno()
+    wrapper = ["/bin/sh", "-c", 'LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"', "sh"]
+    with (tmp_path / "service.log").open("ab") as out:
+        process = subprocess.Popen(
+            [*wrapper, sys.executable, "-m", "scout_diff_cache", "serve", "--config", str(config_file)],
+            stdout=out, stderr=out, stdin=subprocess.DEVNULL, pass_fds=(fd, 3) if fd != 3 else (3,),
+            preexec_fn=(lambda: os.dup2(fd, 3)) if fd != 3 else None,
+        )
+    listener.close()
+    try:
+        reader, writer = None, None
+        for _ in range(200):
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                answer = await asyncio.wait_for(reader.read(), 10)
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        assert b"200 OK" in answer and b'"status": "ok"' in answer
+        log = (tmp_path / "service.log").read_text()
+        assert f"127.0.0.1:{port}" in log
+        process.send_signal(signal.SIGTERM)
+        assert await stopped(process) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+async def test_journald_lines_have_priorities_and_no_timestamps(config_file: Path, tmp_path: Path) -> None:
+    log = tmp_path / "journal.log"
+    log.touch()
+    stat = log.stat()
+    process = await start(config_file, {"JOURNAL_STREAM": f"{stat.st_dev}:{stat.st_ino}"}, log)
+    await asyncio.sleep(1.5)
+    process.send_signal(signal.SIGTERM)
+    assert await stopped(process) == 0
+    lines = log.read_text().splitlines()
+    assert lines and all(line.startswith(("<6>", "<4>", "<3>", "<7>")) for line in lines), lines
+    assert any(line.startswith("<6>scout_diff_cache: scout-diff-cache ") for line in lines)
+    assert not any(line[3:7].isdigit() for line in lines)  # no timestamp: the journal adds its own
+
+
+async def test_json_log_format(tmp_path: Path, git_repo: GitRepo, upstream: FakeUpstream) -> None:
+    config = write_config(
+        tmp_path,
+        {
+            "server": {"port": str(free_port()), "log_format": "json"},
+            "upstream": {"url": upstream.url},
+            "repository": {"path": "repo"},
+            "context": {"state_dir": "state"},
+        },
+    )
+    log = tmp_path / "json.log"
+    process = await start(config, {}, log)
+    await asyncio.sleep(1.5)
+    process.send_signal(signal.SIGTERM)
+    assert await stopped(process) == 0
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {"time", "level", "logger", "message"} <= set(records[0])
+    assert any(record["message"].startswith("listening on") for record in records)
+
+
+async def test_a_port_in_use_exits_1_with_one_line(tmp_path: Path, git_repo: GitRepo, upstream: FakeUpstream) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = write_config(
+            tmp_path,
+            {"server": {"port": str(port)}, "upstream": {"url": upstream.url}, "repository": {"path": "repo"},
+             "context": {"state_dir": "state"}},
+        )
+        result = await asyncio.to_thread(run_cli, "serve", "--config", str(config))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(f"scout-diff-cache: cannot serve on 127.0.0.1:{port}: ")
+
+
+@pytest.mark.parametrize("user", [False, True])
+def test_the_printed_units_pass_systemd_analyze_verify(config_file: Path, tmp_path: Path, user: bool) -> None:
+    args = ["systemd-unit", "--config", str(config_file), "--socket"] + (["--user"] if user else [])
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    service, sock = result.stdout.split("# scout-diff-cache.socket\n")
+    service = service.removeprefix("# scout-diff-cache.service\n")
+    assert "Type=notify" in service and "ExecReload=/bin/kill -HUP $MAINPID" in service
+    assert f"ExecStart={sys.executable} -m scout_diff_cache serve --config {config_file.resolve()}" in service
+    assert "WatchdogSec=" in service and "Restart=on-failure" in service
+    assert ("User=" in service) is not user and ("ProtectSystem=strict" in service) is not user
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed here; the unit text was checked above")
+    units = tmp_path / "units"
+    units.mkdir()
+    (units / "scout-diff-cache.service").write_text(service)
+    (units / "scout-diff-cache.socket").write_text(sock)
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    verify = subprocess.run(
+        ["systemd-analyze", *(["--user"] if user else []), "verify",
+         str(units / "scout-diff-cache.service"), str(units / "scout-diff-cache.socket")],
+        capture_output=True, text=True, env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)}, timeout=60,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_systemd_unit_needs_a_config_file(git_repo: GitRepo) -> None:
+    result = run_cli("systemd-unit", cwd=git_repo.path)
+    assert result.returncode == 2 and "needs a config file" in result.stderr
