@@ -124,6 +124,7 @@ class Exchange:
     client_bytes: int = 0
     stream: bool = False
     usage: Usage | None = None
+    first_byte_seconds: float | None = None
     outcome: str = "ok"
 
     def expected_snapshot_tokens(self) -> float | None:

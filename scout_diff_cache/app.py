@@ -11,10 +11,11 @@ from typing import AsyncContextManager, AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from .accounting import Exchange, Totals, Usage
-from .app_keys import config_key, context_key, exchange_key, session_key, totals_key
+from .app_keys import config_key, context_key, exchange_key, metrics_key, session_key, totals_key
 from .config import Config
 from .context import RepositoryContext
 from .errors import BodyTooLarge, MethodNotAllowed, NotFound, ProxyError, error_body
+from .metrics import Metrics
 from .diff import WorkingDiff
 from .routes import add_routes
 from .snapshot import Snapshot
@@ -37,11 +38,23 @@ async def log_requests(request: web.Request, handler: web.Handler) -> web.Stream
         status, exchange.outcome = "-", "client_closed"
         raise
     finally:
+        elapsed = time.monotonic() - started
         request.app[totals_key].add(exchange)
+        _record(request, exchange, status, elapsed)
         log.info(
             "%s %s %s %.3fs %s",
-            request.method, request.path, status, time.monotonic() - started, exchange.describe(),
+            request.method, request.path, status, elapsed, exchange.describe(),
         )
+
+
+def _record(request: web.Request, exchange: Exchange, status: int | str, elapsed: float) -> None:
+    metrics = request.app[metrics_key]
+    resource = request.match_info.route.resource
+    route = (("route", resource.canonical if resource is not None else "unmatched"),)
+    metrics.requests.inc((*route, ("method", request.method), ("status", str(status))))
+    metrics.request_seconds.observe(elapsed, route)
+    if exchange.first_byte_seconds is not None:
+        metrics.first_byte_seconds.observe(exchange.first_byte_seconds)
 
 
 @web.middleware
@@ -76,11 +89,12 @@ def make_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[log_requests, errors_to_envelope])
     app[config_key] = config
     app[totals_key] = Totals()
+    app[metrics_key] = metrics = Metrics()
 
     async def warm(snapshot: Snapshot, diff: WorkingDiff) -> Usage | None:
         return await warm_up(app[session_key], config.upstream, snapshot.message, diff.message)
 
-    app[context_key] = RepositoryContext(config.repository, config.context, warm)
+    app[context_key] = RepositoryContext(config.repository, config.context, metrics, warm)
     add_routes(app)
     app.cleanup_ctx.append(_upstream_session)
     if config.context.inject:

@@ -31,6 +31,7 @@ from .config import ContextConfig, RepositoryConfig
 from .diff import Group, WorkingDiff, committed_groups, working_diff
 from .epoch import Epoch, load_epoch, save_epoch, state_file
 from .errors import ProxyError, RepositoryError
+from .metrics import Metrics
 from .patterns import compile_patterns
 from .repository import ContentRules, head_commit, open_repository, short
 from .snapshot import Snapshot, build_snapshot
@@ -94,8 +95,11 @@ class Rebase:
 
 
 class RepositoryContext:
-    def __init__(self, repository: RepositoryConfig, context: ContextConfig, warm: WarmUp | None = None) -> None:
+    def __init__(
+        self, repository: RepositoryConfig, context: ContextConfig, metrics: Metrics, warm: WarmUp | None = None
+    ) -> None:
         self._repository = repository
+        self._metrics = metrics
         self._policy = context
         self._rules = ContentRules(compile_patterns(repository.exclude), repository.max_file_bytes)
         self._state_file = state_file(context.state_dir, repository.path)
@@ -107,6 +111,7 @@ class RepositoryContext:
         self._starting: asyncio.Task[Snapshot] | None = None
         self.snapshot: Snapshot | None = None
         self.last_request = 0.0
+        self.last_diff_bytes = 0
         self.builds_started = 0
         self.rebases = 0
         self.last_rebase: Rebase | None = None
@@ -135,6 +140,7 @@ class RepositoryContext:
             assert state.diff is not None
             if self._policy.rebase == "auto" and self._outgrown(snapshot, state):
                 self._switch_in_background(state.head)
+            self.last_diff_bytes = state.diff.text_bytes
             return Context(snapshot, state.diff)
         raise RepositoryError("the repository kept changing while its state was read; try again")
 
@@ -201,7 +207,10 @@ class RepositoryContext:
             try:
                 usage = await self._warm(snapshot, diff)
             except ProxyError as error:
+                self._metrics.warmups.inc((("outcome", "failed"),))
                 log.warning("warm-up of snapshot %s failed, switching anyway: %s", short(head), error.message)
+            else:
+                self._metrics.warmups.inc((("outcome", "ok"),))
         self.last_rebase = Rebase(previous.commit if previous else None, head, usage, time.monotonic() - started)
         self.snapshot = snapshot
         self._rendered.clear()  # the groups of commits the new base already holds
@@ -227,6 +236,7 @@ class RepositoryContext:
             log.error("snapshot build for %s failed: %s", short(commit), error.message)
             raise
         self.last_error = None
+        self._metrics.build_seconds.observe(time.monotonic() - started)
         log.info(
             "snapshot %s built in %.2fs: %d files inlined, %d bytes, %d left out",
             short(commit), time.monotonic() - started, snapshot.files, snapshot.text_bytes, len(snapshot.left_out),

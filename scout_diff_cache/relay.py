@@ -9,12 +9,14 @@ headers are out, an error can only be told as an SSE error event.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Mapping
 
 import aiohttp
 from aiohttp import web
 
 from .accounting import Exchange, SseUsageFilter, usage_of
+from .app_keys import metrics_key
 from .config import UpstreamConfig
 from .errors import ProxyError, error_body
 from .prompt import Body
@@ -26,7 +28,9 @@ KEEPALIVE = b": keep-alive\n\n"
 async def relay_json(
     session: aiohttp.ClientSession, config: UpstreamConfig, body: Body, headers: Mapping[str, str], exchange: Exchange
 ) -> web.Response:
+    started = time.monotonic()
     data, payload = await complete(session, config, body)
+    exchange.first_byte_seconds = time.monotonic() - started  # a JSON answer comes in one piece
     exchange.usage = usage_of(payload)
     return web.Response(body=data, content_type="application/json", headers=headers)
 
@@ -54,9 +58,12 @@ async def relay_stream(
     exchange: Exchange,
 ) -> web.StreamResponse:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + config.first_byte_timeout
+    started = loop.time()
+    deadline = started + config.first_byte_timeout
     opening = asyncio.ensure_future(_open_stream(session, config, body))
     client: web.StreamResponse | None = None
+    metrics = request.app[metrics_key]
+    metrics.streams_in_flight += 1
     try:
         while not opening.done():
             remaining = deadline - loop.time()
@@ -67,6 +74,7 @@ async def relay_stream(
                 client = client or await _start_sse(request, headers)
                 await client.write(KEEPALIVE)
         upstream, chunk = opening.result()
+        exchange.first_byte_seconds = loop.time() - started
         client = client or await _start_sse(request, headers)
         usage = SseUsageFilter(strip=strip_usage)
         while chunk:
@@ -89,6 +97,7 @@ async def relay_stream(
         exchange.outcome = "client_closed"
         return client or web.StreamResponse()
     finally:  # whatever happened, the upstream request ends here (vLLM and llama.cpp then stop)
+        metrics.streams_in_flight -= 1
         if not opening.done():
             opening.cancel()
         elif not opening.cancelled() and opening.exception() is None:

@@ -9,9 +9,10 @@ import attrs
 from aiohttp import web
 
 from .accounting import Exchange
-from .app_keys import config_key, context_key, exchange_key, session_key, totals_key
+from .app_keys import config_key, context_key, exchange_key, metrics_key, session_key, totals_key
 from .context import Context
 from .errors import Forbidden, InvalidRequest, ProxyError
+from .metrics import render as render_metrics
 from .prompt import Body, assemble
 from .relay import relay_json, relay_stream
 from .upstream import fetch_models
@@ -115,9 +116,16 @@ def is_loopback(address: str | None) -> bool:
         return False
 
 
+async def metrics(request: web.Request) -> web.Response:
+    app = request.app
+    text = render_metrics(app[metrics_key], app[context_key], app[totals_key])
+    return web.Response(text=text, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
+    app.router.add_get("/metrics", metrics)
     app.router.add_post("/admin/rebase", rebase)

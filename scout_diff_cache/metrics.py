@@ -1,0 +1,128 @@
+"""`GET /metrics`: the Prometheus text exposition format (version 0.0.4), written by hand.
+
+Counters and histograms that only this module keeps live in `Metrics`; what the repository context
+and the usage totals already count is read from them at scrape time, so nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Iterable
+
+import attrs
+
+from .accounting import Totals
+
+if TYPE_CHECKING:
+    from .context import RepositoryContext
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+BUILD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+Labels = tuple[tuple[str, str], ...]
+
+
+@attrs.define
+class Counter:
+    values: dict[Labels, float] = attrs.Factory(dict)
+
+    def inc(self, labels: Labels = (), amount: float = 1.0) -> None:
+        self.values[labels] = self.values.get(labels, 0.0) + amount
+
+
+@attrs.define
+class Histogram:
+    buckets: tuple[float, ...]
+    counts: dict[Labels, list[int]] = attrs.Factory(dict)
+    sums: dict[Labels, float] = attrs.Factory(dict)
+
+    def observe(self, value: float, labels: Labels = ()) -> None:
+        counts = self.counts.setdefault(labels, [0] * (len(self.buckets) + 1))
+        for i, bound in enumerate(self.buckets):
+            if value <= bound:
+                counts[i] += 1
+        counts[-1] += 1  # +Inf: every observation
+        self.sums[labels] = self.sums.get(labels, 0.0) + value
+
+
+@attrs.define
+class Metrics:
+    requests: Counter = attrs.Factory(Counter)
+    request_seconds: Histogram = attrs.Factory(lambda: Histogram(LATENCY_BUCKETS))
+    first_byte_seconds: Histogram = attrs.Factory(lambda: Histogram(LATENCY_BUCKETS))
+    build_seconds: Histogram = attrs.Factory(lambda: Histogram(BUILD_BUCKETS))
+    warmups: Counter = attrs.Factory(Counter)
+    streams_in_flight: int = 0
+
+
+def escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _value(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if math.isnan(value):
+        return "NaN"
+    return str(int(value)) if value == int(value) else repr(value)
+
+
+def _sample(name: str, labels: Labels, value: float) -> str:
+    if not labels:
+        return f"{name} {_value(value)}"
+    inner = ",".join(f'{key}="{escape_label(val)}"' for key, val in labels)
+    return f"{name}{{{inner}}} {_value(value)}"
+
+
+def _family(name: str, kind: str, help_text: str, samples: Iterable[str]) -> list[str]:
+    help_line = help_text.replace("\\", "\\\\").replace("\n", "\\n")
+    return [f"# HELP {name} {help_line}", f"# TYPE {name} {kind}", *samples]
+
+
+def _histogram(name: str, help_text: str, histogram: Histogram) -> list[str]:
+    samples = []
+    for labels, counts in sorted(histogram.counts.items()):
+        for bound, count in zip((*histogram.buckets, math.inf), counts):
+            samples.append(_sample(f"{name}_bucket", (*labels, ("le", _value(bound))), count))
+        samples.append(_sample(f"{name}_sum", labels, histogram.sums[labels]))
+        samples.append(_sample(f"{name}_count", labels, counts[-1]))
+    return _family(name, "histogram", help_text, samples)
+
+
+def _counter(name: str, help_text: str, counter: Counter) -> list[str]:
+    return _family(name, "counter", help_text, (_sample(name, k, v) for k, v in sorted(counter.values.items())))
+
+
+def render(metrics: Metrics, context: RepositoryContext, totals: Totals) -> str:
+    snapshot = context.snapshot
+    share = totals.snapshot_tokens_cached / totals.snapshot_tokens if totals.snapshot_tokens else 0.0
+    lines = [
+        *_counter("scout_requests_total", "HTTP requests answered, by route, method and status.", metrics.requests),
+        *_histogram("scout_request_duration_seconds", "Time to answer a request, by route.", metrics.request_seconds),
+        *_histogram(
+            "scout_upstream_first_byte_seconds", "Time from sending a chat request upstream to its first byte.",
+            metrics.first_byte_seconds,
+        ),
+        *_family("scout_streams_in_flight", "gauge", "Streaming answers being relayed now.",
+                 [_sample("scout_streams_in_flight", (), metrics.streams_in_flight)]),
+        *_family("scout_snapshot_builds_total", "counter", "Snapshot builds started.",
+                 [_sample("scout_snapshot_builds_total", (), context.builds_started)]),
+        *_histogram("scout_snapshot_build_seconds", "Time to build a snapshot.", metrics.build_seconds),
+        *_family("scout_snapshot_bytes", "gauge", "Size of the snapshot being served, in bytes of text.",
+                 [_sample("scout_snapshot_bytes", (), snapshot.text_bytes if snapshot else 0)]),
+        *_family("scout_diff_bytes", "gauge", "Size of the last working diff sent, in bytes of text.",
+                 [_sample("scout_diff_bytes", (), context.last_diff_bytes)]),
+        *_family("scout_rebases_total", "counter", "Snapshot rebases (moves of the base commit).",
+                 [_sample("scout_rebases_total", (), context.rebases)]),
+        *_counter("scout_warmups_total", "Warm-up requests sent upstream, by outcome.", metrics.warmups),
+        *_family("scout_upstream_prompt_tokens_total", "counter", "Prompt tokens the upstream reported.",
+                 [_sample("scout_upstream_prompt_tokens_total", (), totals.prompt_tokens)]),
+        *_family("scout_upstream_cached_tokens_total", "counter", "Prompt tokens the upstream served from its cache.",
+                 [_sample("scout_upstream_cached_tokens_total", (), totals.cached_tokens)]),
+        *_family(
+            "scout_snapshot_cached_ratio", "gauge",
+            "Share of the snapshot's tokens served from the upstream's cache, over all requests that reported it.",
+            [_sample("scout_snapshot_cached_ratio", (), share)],
+        ),
+    ]
+    return "\n".join(lines) + "\n"
