@@ -1,4 +1,4 @@
-"""Command line: `python -m scout_diff_cache [serve|check-config|rebase|systemd-unit] [--config PATH]`."""
+"""Command line: `python -m scout_diff_cache [serve|check-config|inspect|rebase|systemd-unit]`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ from pathlib import Path
 
 from . import __version__
 from .config import Config, default_locations, find_config, load_config, render_config
-from .errors import ConfigError
+from .context import RepositoryContext
+from .errors import ConfigError, ProxyError
+from .metrics import Metrics
+from .report import render_report
 from .logs import configure_logging
 from .server import serve
 from .systemd import Notifier, inherited_sockets, render_socket, render_unit
@@ -35,10 +38,13 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         "check-config": "validate the configuration and print it, secrets masked",
         "rebase": "ask the running proxy to move its snapshot to HEAD now",
         "systemd-unit": "print a systemd service unit for this interpreter and config file",
+        "inspect": "show what would be sent upstream right now, without starting the server",
     }
     for name, summary in subcommands.items():
         command = commands.add_parser(name, help=summary, description=summary)
         command.add_argument("--config", type=Path, metavar="PATH", help=CONFIG_HELP, default=argparse.SUPPRESS)
+        if name == "inspect":
+            command.add_argument("--show", choices=("snapshot", "diff", "files"), help="print that exact text instead")
         if name == "systemd-unit":
             command.add_argument("--user", action="store_true", help="for `systemctl --user` (default: a system unit)")
             command.add_argument("--socket", action="store_true", help="print a matching .socket unit too")
@@ -70,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         return request_rebase(config)
     if args.command == "systemd-unit":
         return print_units(config, user=args.user, with_socket=args.socket)
+    if args.command == "inspect":
+        return inspect(config, args.show)
     configure_logging(config.server.log_level, config.server.log_format, os.environ)
     log.info("scout-diff-cache %s; config: %s", __version__, config.source or "none found, using built-in defaults")
     log.info("repository %s; upstream %s", config.repository.path, config.upstream.url)
@@ -78,6 +86,17 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         print(f"scout-diff-cache: cannot serve on {config.server.host}:{config.server.port}: {error}", file=sys.stderr)
         return 1
+    return 0
+
+
+def inspect(config: Config, show: str | None) -> int:
+    context = RepositoryContext(config.repository, config.context, Metrics())
+    try:
+        preview = asyncio.run(context.preview())
+    except ProxyError as error:
+        print(f"scout-diff-cache: {error.message}", file=sys.stderr)
+        return 1
+    sys.stdout.write(render_report(config, preview, show))
     return 0
 
 

@@ -165,12 +165,24 @@ class RepositoryContext:
             return None
         return await self._warm(snapshot, await asyncio.to_thread(self._diff_against, snapshot.commit))
 
-    async def _start(self) -> Snapshot:
+    async def preview(self) -> Context:
+        """What a server started now would send, without saving or switching anything."""
+        base, saved = await self._first_base()
+        snapshot = await asyncio.to_thread(
+            build_snapshot, self._repository.path, base, self._rules, self._repository.max_snapshot_bytes, saved
+        )
+        return Context(snapshot, await asyncio.to_thread(self._diff_against, base))
+
+    async def _first_base(self) -> tuple[str | None, Epoch | None]:
+        """The saved base if still valid (not with every-commit), else HEAD; and the saved epoch."""
         saved = await asyncio.to_thread(load_epoch, self._state_file, self._repository.path)
         head = await asyncio.to_thread(self._head)
-        base = head
         if saved is not None and self._policy.rebase != "every-commit" and await asyncio.to_thread(self._valid, saved.base):
-            base = saved.base
+            return saved.base, saved
+        return head, saved
+
+    async def _start(self) -> Snapshot:
+        base, saved = await self._first_base()
         snapshot = await self._build(base, saved)
         if self.snapshot is None:
             self.snapshot = snapshot

@@ -72,13 +72,21 @@ class LeftOut:
 @attrs.frozen
 class Snapshot:
     commit: str | None
-    files: int
+    #: (path, bytes) of every file whose text is in the snapshot, in snapshot order.
+    inlined: tuple[tuple[str, int], ...] = attrs.field(repr=False)
     text_bytes: int
+    #: Files listed without their text (binary, too large, over the cap, submodules).
     left_out: tuple[LeftOut, ...]
+    #: Paths the exclude patterns kept out, not mentioned in the text at all.
+    excluded: tuple[str, ...] = attrs.field(repr=False)
     #: Every path of the base tree, in snapshot order: what the next epoch's order starts from.
     order: tuple[str, ...] = attrs.field(repr=False)
     #: The system message, JSON-encoded once, spliced into every request's body.
     message: bytes = attrs.field(repr=False)
+
+    @property
+    def files(self) -> int:
+        return len(self.inlined)
 
     @property
     def epoch(self) -> Epoch:
@@ -90,7 +98,7 @@ def build_snapshot(
 ) -> Snapshot:
     """Render `commit` (None: no commits yet), ordered from the `previous` epoch. Blocking."""
     if commit is None:
-        return _finish(None, [UNBORN], 0, (), ())
+        return _finish(None, [UNBORN], [], [], [], ())
     repo = open_repository(path)
     try:
         target = repo[commit].peel(pygit2.Commit)
@@ -98,12 +106,14 @@ def build_snapshot(
         order = _order(repo, target, previous, entries)
         parts = [HEADER]
         left_out: list[LeftOut] = []
+        excluded: list[str] = []
+        inlined: list[tuple[str, int]] = []
         budget = max_snapshot_bytes
-        files = 0
         for key in order:
             mode, oid = entries[key]
             path_text = key.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
             if rules.exclude.excludes(path_text):
+                excluded.append(path_text)
                 continue
             if mode == FileMode.COMMIT:
                 left_out.append(LeftOut(path_text, "submodule", f"at {oid}"))
@@ -127,13 +137,13 @@ def build_snapshot(
                 left_out.append(LeftOut(path_text, "over the snapshot cap", f"{len(data)} bytes"))
                 continue
             budget -= cost
-            files += 1
+            inlined.append((path_text, len(data)))
             parts.append(section)
         if left_out:
             parts.append("=== not included ===\n")
             parts.extend(item.render() + "\n" for item in left_out)
         parts.append(f"=== end of snapshot: commit {commit} ===\n")
-        return _finish(commit, parts, files, tuple(left_out), tuple(order))
+        return _finish(commit, parts, inlined, left_out, excluded, tuple(order))
     except (pygit2.GitError, KeyError, ValueError) as error:
         raise RepositoryError(f"cannot read commit {commit} in {path}: {error}") from None
 
@@ -158,7 +168,12 @@ def _walk(repo: pygit2.Repository, tree: pygit2.Tree, prefix: bytes) -> Iterator
 
 
 def _finish(
-    commit: str | None, parts: list[str], files: int, left_out: tuple[LeftOut, ...], order: tuple[str, ...]
+    commit: str | None,
+    parts: list[str],
+    inlined: list[tuple[str, int]],
+    left_out: list[LeftOut],
+    excluded: list[str],
+    order: tuple[str, ...],
 ) -> Snapshot:
     size = sum(len(part.encode("utf-8")) for part in parts)
-    return Snapshot(commit, files, size, left_out, order, system_message(*parts))
+    return Snapshot(commit, tuple(inlined), size, tuple(left_out), tuple(excluded), order, system_message(*parts))

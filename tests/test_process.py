@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import subprocess
 import sys
@@ -168,3 +169,52 @@ async def test_sigterm_lets_an_in_flight_stream_finish_then_exits_0(
     with pytest.raises(aiohttp.ClientConnectionError):
         async with session.get(f"{proxy.url}/health"):
             pass
+
+
+def test_inspect_reports_what_would_leave_the_machine(tmp_path: Path, git_repo: GitRepo) -> None:
+    git_repo.write("logo.png", b"\x89PNG\r\n\x1a\n\x00binary")
+    git_repo.write("big.txt", "x" * 3000 + "\n")
+    git_repo.write("node_modules/dep.js", "dependency\n")
+    git_repo.write("filler.txt", "y" * 900 + "\n")
+    git_repo.commit("assets")
+    git_repo.write("src/app.py", "edited\n")
+    config = write_config(
+        tmp_path,
+        {"repository": {"path": "repo", "max_file_bytes": "2KiB", "max_snapshot_bytes": "1000"},
+         "context": {"state_dir": "state"}},
+    )
+    result = run_cli("inspect", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"base commit  {git_repo.head()}" in out and "(the base)" in out
+    assert re.search(r"snapshot     \d+ files inlined, [\d,]+ bytes, ~[\d,]+ tokens", out)
+    assert re.search(r"diff         1 file diffs", out)
+    assert "excluded               node_modules/dep.js" in out
+    assert "binary                 logo.png (15 bytes)" in out
+    assert "too large              big.txt (3001 bytes)" in out
+    assert "over the snapshot cap  filler.txt (901 bytes)" in out
+
+    shown = run_cli("inspect", "--config", str(config), "--show", "diff").stdout
+    assert shown.startswith("# Working diff") and "+edited" in shown
+    files = run_cli("inspect", "--config", str(config), "--show", "files").stdout
+    assert [line.split()[-1] for line in files.splitlines()] == ["README.md", "src/app.py", "src/util.py"]
+
+
+async def test_inspect_shows_exactly_the_snapshot_the_proxy_sends(
+    tmp_path: Path, git_repo: GitRepo, upstream: FakeUpstream, make_proxy  # type: ignore[no-untyped-def]
+) -> None:
+    client = await make_proxy()
+    async with client.post("/v1/chat/completions", json=chat()) as response:
+        assert response.status == 200
+    git_repo.write("src/app.py", "def main():\n    return 'committed later'\n")
+    git_repo.commit("a commit the epoch carries in its diff")
+    shown = await asyncio.to_thread(run_cli, "inspect", "--config", str(tmp_path / "scout.ini"), "--show", "snapshot")
+    assert shown.stdout == upstream.seen[0].json["messages"][0]["content"]
+
+
+def test_inspect_fails_with_1_when_the_repository_is_broken(tmp_path: Path, git_repo: GitRepo) -> None:
+    config = write_config(tmp_path, {"repository": {"path": "repo"}, "context": {"state_dir": "state"}})
+    (git_repo.path / ".git" / "HEAD").write_text("garbage\n")
+    result = run_cli("inspect", "--config", str(config))
+    assert result.returncode == 1
+    assert result.stderr.startswith("scout-diff-cache: ") and len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,46 @@
+"""`inspect`: what would be sent upstream right now, so its owner can audit what leaves the machine."""
+
+from __future__ import annotations
+
+import json
+
+from .config import Config
+from .context import Context
+
+#: A rough, model-independent estimate; real tokenizers give 3 to 5 bytes per token on code.
+BYTES_PER_TOKEN = 4
+LARGEST = 10
+
+
+def _content(message: bytes) -> str:
+    return str(json.loads(message)["content"])
+
+
+def render_report(config: Config, context: Context, show: str | None) -> str:
+    snapshot, diff = context.snapshot, context.diff
+    if show == "snapshot":
+        return _content(snapshot.message)
+    if show == "diff":
+        return _content(diff.message)
+    if show == "files":
+        return "".join(f"{size:>12,}  {path}\n" for path, size in snapshot.inlined)
+    head = diff.head or "none (no commits yet)"
+    lines = [
+        f"repository   {config.repository.path}",
+        f"config       {config.source or '(built-in defaults)'}",
+        f"base commit  {snapshot.commit or 'none (no commits yet)'}",
+        f"HEAD         {head}" + (" (the base)" if diff.head == snapshot.commit else ""),
+        f"snapshot     {snapshot.files:,} files inlined, {snapshot.text_bytes:,} bytes, "
+        f"~{snapshot.text_bytes // BYTES_PER_TOKEN:,} tokens",
+        f"diff         {diff.files:,} file diffs, {diff.text_bytes:,} bytes, ~{diff.text_bytes // BYTES_PER_TOKEN:,} tokens",
+        f"(tokens estimated at {BYTES_PER_TOKEN} bytes each; `--show snapshot` or `--show diff` prints the exact text)",
+        "",
+        "largest files inlined:",
+    ]
+    largest = sorted(snapshot.inlined, key=lambda item: (-item[1], item[0]))[:LARGEST]
+    lines += [f"  {size:>12,}  {path}" for path, size in largest] or ["  (none)"]
+    lines += ["", "left out:"]
+    left_out = [f"  excluded               {path}" for path in snapshot.excluded]
+    left_out += [f"  {item.reason:<22} {item.path} ({item.detail})" for item in snapshot.left_out]
+    lines += left_out or ["  (nothing)"]
+    return "\n".join(lines) + "\n"
