@@ -133,12 +133,16 @@ async def _first_epoch(app: web.Application) -> None:
 
 
 async def _keep_warm(app: web.Application) -> None:
-    """Re-send the prefix while requests still arrive, so an LRU cache under other load keeps it."""
+    """Re-send the prefix while requests still arrive, so an LRU cache under other load keeps it.
+
+    A ping goes out after each interval in which at least one request arrived.
+    """
     context = app[context_key]
     interval = app[config_key].context.keepalive_interval
     while True:
+        tick = time.monotonic()
         await asyncio.sleep(interval)
-        if time.monotonic() - context.last_request > interval:
+        if context.last_request < tick:
             continue
         try:
             usage = await context.warm_now()

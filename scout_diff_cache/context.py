@@ -29,6 +29,7 @@ import pygit2
 from .accounting import Usage
 from .config import ContextConfig, RepositoryConfig
 from .diff import Group, WorkingDiff, committed_groups, working_diff
+from .order import changed_paths
 from .epoch import Epoch, load_epoch, save_epoch, state_file
 from .errors import ProxyError, RepositoryError
 from .metrics import Metrics
@@ -64,6 +65,15 @@ class Coalesced(Generic[T]):
         return await asyncio.to_thread(self._fn)
 
 
+def _tail_bytes(snapshot: Snapshot, changed: frozenset[str]) -> int:
+    """Bytes of the snapshot from its first changed file to the end: what a rebase recomputes."""
+    sizes = [size for path, size in snapshot.inlined]
+    for index, (path, _) in enumerate(snapshot.inlined):
+        if path in changed:
+            return sum(sizes[index:])
+    return 0
+
+
 def _consume(task: asyncio.Future[object]) -> None:
     """Mark a failure as seen: the callers who awaited it have already had it raised."""
     if not task.cancelled():
@@ -84,6 +94,21 @@ class _State:
     head: str | None
     base_valid: bool
     diff: WorkingDiff | None
+    #: Paths whose committed content differs between base and HEAD.
+    changed: frozenset[str] = frozenset()
+
+
+_Key = tuple["str | None", "str | None"]
+
+
+@attrs.frozen
+class _Committed:
+    """Computed once per (base, HEAD) pair."""
+
+    key: _Key
+    valid: bool
+    groups: list[Group]
+    changed: frozenset[str]
 
 
 @attrs.frozen
@@ -105,7 +130,7 @@ class RepositoryContext:
         self._state_file = state_file(context.state_dir, repository.path)
         self._warm = warm
         self._read = Coalesced(self._read_state)
-        self._history: tuple[tuple[str | None, str | None], list[Group], bool] | None = None
+        self._history: _Committed | None = None
         self._rendered: dict[str, Group] = {}
         self._switching: dict[str | None, asyncio.Task[Rebase]] = {}
         self._starting: asyncio.Task[Snapshot] | None = None
@@ -190,9 +215,17 @@ class RepositoryContext:
         return self.snapshot
 
     def _outgrown(self, snapshot: Snapshot, state: _State) -> bool:
+        """Rebase when the diff outweighs what a rebase would recompute, or outgrows its share.
+
+        A rebase recomputes the snapshot from its first changed file on; files that change often
+        sit at the end, so that is often cheap, and then a diff larger than it is worth folding
+        in. The share bounds how far the prompt may grow beyond the snapshot either way.
+        """
         assert state.diff is not None
-        limit = max(self._policy.rebase_min_diff_bytes, self._policy.rebase_diff_share * snapshot.text_bytes)
-        return state.head != state.base and state.diff.text_bytes > limit
+        size = state.diff.text_bytes
+        if state.head == state.base or size <= self._policy.rebase_min_diff_bytes:
+            return False
+        return size > self._policy.rebase_diff_share * snapshot.text_bytes or size > _tail_bytes(snapshot, state.changed)
 
     def _switch_in_background(self, head: str | None) -> None:
         if not self._switching:
@@ -282,13 +315,20 @@ class RepositoryContext:
             return _State(base_id, head_id, False, None)
         key = (base_id, head_id)
         cached = self._history  # shared by threads: read once, replace whole
-        if cached is None or cached[0] != key:
-            valid = base_id is None if head is None else base is not None and (
-                base.id == head.id or repo.descendant_of(head.id, base.id)
-            )
-            groups = committed_groups(repo, base, head, self._rules, self._rendered) if valid else []
-            cached = self._history = (key, groups, valid)
-        _, history, valid = cached
-        if not valid or not with_diff:
-            return _State(base_id, head_id, valid, None)
-        return _State(base_id, head_id, True, working_diff(repo, base, head, self._rules, history))
+        if cached is None or cached.key != key:
+            cached = self._history = self._committed(repo, base, head, key)
+        if not cached.valid or not with_diff:
+            return _State(base_id, head_id, cached.valid, None)
+        diff = working_diff(repo, base, head, self._rules, cached.groups)
+        return _State(base_id, head_id, True, diff, cached.changed)
+
+    def _committed(
+        self, repo: pygit2.Repository, base: pygit2.Commit | None, head: pygit2.Commit | None, key: _Key
+    ) -> _Committed:
+        """What is fixed for one base and HEAD: validity, the commits' diff groups, changed paths."""
+        if head is None:
+            return _Committed(key, base is None, [], frozenset())
+        if base is None or not (base.id == head.id or repo.descendant_of(head.id, base.id)):
+            return _Committed(key, False, [], frozenset())
+        groups = committed_groups(repo, base, head, self._rules, self._rendered)
+        return _Committed(key, True, groups, frozenset(changed_paths(repo, base.tree, head.tree)))
