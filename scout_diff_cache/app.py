@@ -11,7 +11,7 @@ from typing import AsyncContextManager, AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from .accounting import Exchange, Totals, Usage
-from .app_keys import config_key, context_key, exchange_key, metrics_key, session_key, totals_key
+from .app_keys import Live, exchange_key, live_key, metrics_key, session_key, totals_key
 from .config import Config
 from .context import RepositoryContext
 from .errors import BodyTooLarge, MethodNotAllowed, NotFound, ProxyError, error_body
@@ -77,7 +77,7 @@ async def errors_to_envelope(request: web.Request, handler: web.Handler) -> web.
 
 def _from_http(error: web.HTTPException, request: web.Request) -> ProxyError | None:
     if isinstance(error, web.HTTPRequestEntityTooLarge):
-        return BodyTooLarge(f"the request body is larger than max_body_bytes ({request.app[config_key].server.max_body_bytes} bytes)")
+        return BodyTooLarge(f"the request body is larger than max_body_bytes ({request.app[live_key].config.server.max_body_bytes} bytes)")
     if isinstance(error, web.HTTPNotFound):
         return NotFound(f"no route {request.method} {request.path}")
     if isinstance(error, web.HTTPMethodNotAllowed):
@@ -87,25 +87,22 @@ def _from_http(error: web.HTTPException, request: web.Request) -> ProxyError | N
 
 def make_app(config: Config) -> web.Application:
     app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[log_requests, errors_to_envelope])
-    app[config_key] = config
     app[totals_key] = Totals()
     app[metrics_key] = metrics = Metrics()
 
     async def warm(snapshot: Snapshot, diff: WorkingDiff) -> Usage | None:
-        return await warm_up(app[session_key], config.upstream, snapshot.message, diff.message)
+        return await warm_up(app[session_key], app[live_key].config.upstream, snapshot.message, diff.message)
 
-    app[context_key] = RepositoryContext(config.repository, config.context, metrics, warm)
+    app[live_key] = Live(config, RepositoryContext(config.repository, config.context, metrics, warm))
     add_routes(app)
     app.cleanup_ctx.append(_upstream_session)
-    if config.context.inject:
-        app.cleanup_ctx.append(_background(_first_epoch))
-        if config.context.keepalive_interval:
-            app.cleanup_ctx.append(_background(_keep_warm))
+    app.cleanup_ctx.append(_background(_first_epoch))
+    app.cleanup_ctx.append(_background(_keep_warm))
     return app
 
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
-    async with open_session(app[config_key].upstream) as session:
+    async with open_session(app[live_key].config.upstream) as session:
         app[session_key] = session
         yield
 
@@ -128,24 +125,26 @@ def _background(
 
 async def _first_epoch(app: web.Application) -> None:
     """Build the snapshot at startup, so the first question does not wait for it."""
-    with contextlib.suppress(ProxyError):  # logged where it failed; requests will retry
-        await app[context_key].start()
+    if app[live_key].config.context.inject:
+        with contextlib.suppress(ProxyError):  # logged where it failed; requests will retry
+            await app[live_key].context.start()
 
 
 async def _keep_warm(app: web.Application) -> None:
     """Re-send the prefix while requests still arrive, so an LRU cache under other load keeps it.
 
-    A ping goes out after each interval in which at least one request arrived.
+    A ping goes out after each interval in which at least one request arrived. The interval is
+    read from the live configuration, so a reload can turn pings on or off.
     """
-    context = app[context_key]
-    interval = app[config_key].context.keepalive_interval
     while True:
+        live = app[live_key]
+        interval = live.config.context.keepalive_interval if live.config.context.inject else 0.0
         tick = time.monotonic()
-        await asyncio.sleep(interval)
-        if context.last_request < tick:
+        await asyncio.sleep(interval or 1.0)
+        if not interval or live.context.last_request < tick:
             continue
         try:
-            usage = await context.warm_now()
+            usage = await live.context.warm_now()
         except ProxyError as error:
             log.warning("keep-alive ping failed: %s", error.message)
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import aiohttp
+import attrs
 from aiohttp import web
 
 from .accounting import Exchange, Totals
@@ -10,9 +11,19 @@ from .config import Config
 from .context import RepositoryContext
 from .metrics import Metrics
 
-config_key = web.AppKey("config", Config)
+
+
+@attrs.define
+class Live:
+    """What a reload (SIGHUP) may replace while requests run: the configuration, and the
+    repository context when the repository settings changed. Handlers read it per request."""
+
+    config: Config
+    context: RepositoryContext
+
+
+live_key = web.AppKey("live", Live)
 session_key = web.AppKey("session", aiohttp.ClientSession)
-context_key = web.AppKey("context", RepositoryContext)
 totals_key = web.AppKey("totals", Totals)
 metrics_key = web.AppKey("metrics", Metrics)
 exchange_key = web.RequestKey("exchange", Exchange)

@@ -128,7 +128,7 @@ class RepositoryContext:
         self._policy = context
         self._rules = ContentRules(compile_patterns(repository.exclude), repository.max_file_bytes)
         self._state_file = state_file(context.state_dir, repository.path)
-        self._warm = warm
+        self.warm = warm
         self._read = Coalesced(self._read_state)
         self._history: _Committed | None = None
         self._rendered: dict[str, Group] = {}
@@ -141,6 +141,10 @@ class RepositoryContext:
         self.rebases = 0
         self.last_rebase: Rebase | None = None
         self.last_error: str | None = None
+
+    def configure(self, policy: ContextConfig) -> None:
+        """Take new context settings (a reload); the next request follows them."""
+        self._policy = policy
 
     @property
     def state(self) -> str:
@@ -186,9 +190,9 @@ class RepositoryContext:
     async def warm_now(self) -> Usage | None:
         """Send the current prefix upstream once (keep-alive pings); None without a warmer."""
         snapshot = self.snapshot or await self.start()
-        if self._warm is None:
+        if self.warm is None:
             return None
-        return await self._warm(snapshot, await asyncio.to_thread(self._diff_against, snapshot.commit))
+        return await self.warm(snapshot, await asyncio.to_thread(self._diff_against, snapshot.commit))
 
     async def preview(self) -> Context:
         """What a server started now would send, without saving or switching anything."""
@@ -247,10 +251,10 @@ class RepositoryContext:
             return Rebase(head, head, None, 0.0)  # a switch that finished while this one was asked for
         snapshot = await self._build(head, previous.epoch if previous else None)
         usage = None
-        if warm and self._warm is not None:
+        if warm and self.warm is not None:
             diff = await asyncio.to_thread(self._diff_against, snapshot.commit)
             try:
-                usage = await self._warm(snapshot, diff)
+                usage = await self.warm(snapshot, diff)
             except ProxyError as error:
                 self._metrics.warmups.inc((("outcome", "failed"),))
                 log.warning("warm-up of snapshot %s failed, switching anyway: %s", short(head), error.message)

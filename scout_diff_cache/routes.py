@@ -9,7 +9,7 @@ import attrs
 from aiohttp import web
 
 from .accounting import Exchange
-from .app_keys import config_key, context_key, exchange_key, metrics_key, session_key, totals_key
+from .app_keys import exchange_key, live_key, metrics_key, session_key, totals_key
 from .context import Context
 from .errors import Forbidden, InvalidRequest, ProxyError
 from .metrics import render as render_metrics
@@ -29,7 +29,7 @@ def context_headers(context: Context) -> dict[str, str]:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    config = request.app[config_key]
+    config = request.app[live_key].config
     raw = await request.read()
     chat = parse_chat_request(raw, config.upstream.model)
     exchange: Exchange = request[exchange_key]
@@ -37,7 +37,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     headers: dict[str, str] = {}
     body = Body((raw,))
     if config.context.inject:
-        context = await request.app[context_key].current()
+        context = await request.app[live_key].context.current()
         body = assemble(chat, context.snapshot.message, context.diff.message)
         headers = context_headers(context)
         exchange.snapshot_commit = context.snapshot.commit
@@ -54,7 +54,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 async def models(request: web.Request) -> web.Response:
-    config = request.app[config_key].upstream
+    config = request.app[live_key].config.upstream
     try:
         return web.Response(body=await fetch_models(request.app[session_key], config), content_type="application/json")
     except ProxyError:
@@ -63,14 +63,14 @@ async def models(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    context = request.app[context_key]
+    context = request.app[live_key].context
     snapshot = context.snapshot
     rebase = context.last_rebase
     totals = request.app[totals_key]
     return web.json_response(
         {
             "status": "ok",
-            "inject": request.app[config_key].context.inject,
+            "inject": request.app[live_key].config.context.inject,
             "snapshot": {
                 "state": context.state,
                 "commit": snapshot.commit if snapshot else None,
@@ -89,11 +89,11 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     """200 only when a request now would neither wait for the snapshot nor fail upstream."""
     reasons = []
-    context = request.app[context_key]
-    if request.app[config_key].context.inject and context.snapshot is None:
+    context = request.app[live_key].context
+    if request.app[live_key].config.context.inject and context.snapshot is None:
         reasons.append(f"the snapshot is {context.state}" + (f": {context.last_error}" if context.last_error else ""))
     try:
-        await fetch_models(request.app[session_key], request.app[config_key].upstream)
+        await fetch_models(request.app[session_key], request.app[live_key].config.upstream)
     except ProxyError as error:
         reasons.append(error.message)
     return web.json_response({"ready": not reasons, "reasons": reasons}, status=503 if reasons else 200)
@@ -103,9 +103,9 @@ async def rebase(request: web.Request) -> web.Response:
     """Move the snapshot to HEAD now (warmed upstream first); loopback clients only."""
     if not is_loopback(request.remote):
         raise Forbidden("admin routes accept only loopback clients")
-    if not request.app[config_key].context.inject:
+    if not request.app[live_key].config.context.inject:
         raise InvalidRequest("context injection is off ([context] inject = false): there is no snapshot to rebase")
-    done = await request.app[context_key].rebase()
+    done = await request.app[live_key].context.rebase()
     return web.json_response(attrs.asdict(done))
 
 
@@ -118,7 +118,7 @@ def is_loopback(address: str | None) -> bool:
 
 async def metrics(request: web.Request) -> web.Response:
     app = request.app
-    text = render_metrics(app[metrics_key], app[context_key], app[totals_key])
+    text = render_metrics(app[metrics_key], app[live_key].context, app[totals_key])
     return web.Response(text=text, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 

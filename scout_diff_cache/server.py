@@ -3,22 +3,26 @@
 Sockets inherited from systemd (socket activation) are served instead of binding. systemd hears
 READY=1 once the sockets listen, a STATUS= line saying what is served, WATCHDOG=1 from the event
 loop at half the watchdog interval (so a blocked loop is noticed), and STOPPING=1 on SIGTERM or
-SIGINT, after which in-flight requests get `shutdown_grace` to finish.
+SIGINT, after which in-flight requests get `shutdown_grace` to finish. SIGHUP reloads the
+configuration (RELOADING=1 with MONOTONIC_USEC=, then READY=1).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import os
 import signal
 import socket
 
 from aiohttp import web
 
 from .app import make_app
-from .app_keys import context_key
-from .config import Config
+from .app_keys import live_key, metrics_key
+from .config import Config, load_config
+from .context import RepositoryContext
+from .errors import ConfigError, ProxyError
+from .logs import configure_logging
 from .repository import short
 from .systemd import Notifier
 
@@ -26,7 +30,7 @@ log = logging.getLogger("scout_diff_cache")
 
 
 def status_line(app: web.Application, config: Config) -> str:
-    context = app[context_key]
+    context = app[live_key].context
     snapshot = context.snapshot
     if snapshot is None:
         served = f"snapshot {context.state}"
@@ -53,6 +57,14 @@ async def serve(config: Config, notifier: Notifier, inherited: list[socket.socke
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    def on_sighup() -> None:
+        task = asyncio.create_task(reload(app, notifier))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
     notifier.notify("READY=1", status_line(app, config))
     watchdog = asyncio.create_task(_watchdog(notifier, app, config))
     try:
@@ -60,11 +72,49 @@ async def serve(config: Config, notifier: Notifier, inherited: list[socket.socke
     finally:
         log.info("stopping: in-flight requests get up to %gs", config.server.shutdown_grace)
         notifier.notify("STOPPING=1")
-        watchdog.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watchdog
+        for task in (watchdog, *reloads):
+            task.cancel()
+        await asyncio.gather(watchdog, *reloads, return_exceptions=True)
         await runner.cleanup()
         log.info("stopped")
+
+
+async def reload(app: web.Application, notifier: Notifier) -> None:
+    """SIGHUP: re-read the INI file; a bad one is refused and the running configuration stays.
+
+    Upstream settings, timeouts, logging and context options apply to the next request; streams
+    in flight finish as they started. New repository settings get a new snapshot, built (and
+    warmed upstream) before it replaces the old one.
+    """
+    live = app[live_key]
+    old = live.config
+    notifier.reloading()
+    try:
+        if old.source is None:
+            raise ConfigError("no config file was loaded at startup, so there is nothing to re-read")
+        new = load_config(old.source)
+    except ConfigError as error:
+        log.error("reload refused, the running configuration stays in force: %s", error)
+        notifier.notify("READY=1", status_line(app, old))
+        return
+    for section, key in (("server", "host"), ("server", "port"), ("upstream", "max_connections")):
+        if getattr(getattr(new, section), key) != getattr(getattr(old, section), key):
+            log.warning("[%s] %s changed: it takes effect at the next restart", section, key)
+    configure_logging(new.server.log_level, new.server.log_format, os.environ)
+    live.config = new
+    live.context.configure(new.context)
+    if new.repository != old.repository or new.context.state_dir != old.context.state_dir:
+        log.info("repository settings changed: building the new snapshot before switching to it")
+        replacement = RepositoryContext(new.repository, new.context, app[metrics_key], live.context.warm)
+        if new.context.inject:
+            try:
+                await replacement.start()
+                await replacement.warm_now()
+            except ProxyError as error:
+                log.warning("preparing the new snapshot failed (%s); switching anyway", error.message)
+        live.context = replacement
+    log.info("reloaded %s", new.source)
+    notifier.notify("READY=1", status_line(app, new))
 
 
 async def _watchdog(notifier: Notifier, app: web.Application, config: Config) -> None:

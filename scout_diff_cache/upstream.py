@@ -23,12 +23,16 @@ MAX_ERROR_BODY = 64 * 1024
 
 
 def open_session(config: UpstreamConfig) -> aiohttp.ClientSession:
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout)
     return aiohttp.ClientSession(
-        timeout=timeout,
+        timeout=_connect_only(config),
         connector=aiohttp.TCPConnector(limit=config.max_connections),
         auto_decompress=False,
     )
+
+
+def _connect_only(config: UpstreamConfig) -> aiohttp.ClientTimeout:
+    """Per request, so a reloaded connect_timeout applies at once; reads have their own limits."""
+    return aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout)
 
 
 def _headers(config: UpstreamConfig) -> dict[str, str]:
@@ -47,7 +51,9 @@ async def send_chat(session: aiohttp.ClientSession, config: UpstreamConfig, body
 
     headers = _headers(config) | {"Content-Type": "application/json", "Content-Length": str(body.length)}
     try:
-        return await session.post(f"{config.url}/chat/completions", data=chunks(), headers=headers)
+        return await session.post(
+            f"{config.url}/chat/completions", data=chunks(), headers=headers, timeout=_connect_only(config)
+        )
     except (aiohttp.ClientConnectorError, aiohttp.ServerTimeoutError) as error:
         raise UpstreamUnavailable(f"cannot reach the upstream at {config.url}: {error}") from None
     except aiohttp.ClientError as error:

@@ -154,14 +154,18 @@ async def hang(request: web.Request, upstream: FakeUpstream) -> web.StreamRespon
     raise AssertionError("the proxy should have hung up")
 
 
-@pytest.fixture
-async def upstream(aiohttp_server: Any) -> FakeUpstream:
+async def start_upstream(aiohttp_server: Any) -> FakeUpstream:
     fake = FakeUpstream()
     app = web.Application()
     app.router.add_post("/v1/chat/completions", fake.handle_chat)
     app.router.add_get("/v1/models", fake.handle_models)
     fake.server = await aiohttp_server(app, host="127.0.0.1")
     return fake
+
+
+@pytest.fixture
+async def upstream(aiohttp_server: Any) -> FakeUpstream:
+    return await start_upstream(aiohttp_server)
 
 
 def write_config(directory: Path, sections: dict[str, dict[str, str]]) -> Path:

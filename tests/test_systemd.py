@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -15,8 +16,9 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from aiohttp import ClientSession, web
 
-from conftest import FakeUpstream, GitRepo, write_config
+from conftest import FakeUpstream, GitRepo, answer_stream, chat, start_upstream, write_config
 from test_process import run_cli
 from test_proxy import free_port
 
@@ -221,3 +223,116 @@ def test_the_printed_units_pass_systemd_analyze_verify(config_file: Path, tmp_pa
 def test_systemd_unit_needs_a_config_file(git_repo: GitRepo) -> None:
     result = run_cli("systemd-unit", cwd=git_repo.path)
     assert result.returncode == 2 and "needs a config file" in result.stderr
+
+
+class Service:
+    """The proxy process with a notify socket and an HTTP client, for the reload tests."""
+
+    def __init__(self, config: Path, tmp_path: Path, port: int) -> None:
+        self.config, self.tmp_path, self.port = config, tmp_path, port
+        self.notify = NotifySocket(str(tmp_path / "notify"))
+        self.log = tmp_path / "service.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def __aenter__(self) -> Service:
+        self.process = await start(self.config, {"NOTIFY_SOCKET": str(self.tmp_path / "notify")}, self.log)
+        await self.notify.wait_for("READY=1")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            await stopped(self.process)
+        self.notify.close()
+
+    async def reload(self) -> tuple[str, str]:
+        """SIGHUP, then the RELOADING=1 and the READY=1 that follows it."""
+        assert self.process is not None
+        seen = len(self.notify.messages)
+        self.process.send_signal(signal.SIGHUP)
+        for _ in range(600):
+            fresh = [message for _, message in self.notify.messages[seen:]]
+            reloading = [m for m in fresh if "RELOADING=1" in m.split("\n")]
+            if reloading:
+                after = fresh[fresh.index(reloading[0]) + 1 :]
+                ready = [m for m in after if "READY=1" in m.split("\n")]
+                if ready:
+                    return reloading[0], ready[0]
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no RELOADING/READY pair: {self.notify.messages[seen:]}")
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+
+def service_config(tmp_path: Path, port: int, upstream_url: str, repo: str = "repo", level: str = "info") -> Path:
+    return write_config(
+        tmp_path,
+        {
+            "server": {"port": str(port), "log_level": level},
+            "upstream": {"url": upstream_url},
+            "repository": {"path": repo},
+            "context": {"state_dir": "state"},
+        },
+    )
+
+
+async def test_sighup_applies_a_new_upstream_without_dropping_a_stream(
+    tmp_path: Path, git_repo: GitRepo, upstream: FakeUpstream, aiohttp_server: object
+) -> None:
+    async def slow(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
+        await asyncio.sleep(1.0)
+        return await answer_stream(request, fake)
+
+    upstream.behaviour = slow
+    second = await start_upstream(aiohttp_server)
+    port = free_port()
+    config = service_config(tmp_path, port, upstream.url)
+    async with Service(config, tmp_path, port) as service, ClientSession() as session:
+        streaming = asyncio.ensure_future(session.post(service.url("/v1/chat/completions"), json=chat(stream=True)))
+        while not upstream.seen:
+            await asyncio.sleep(0.02)
+        service_config(tmp_path, port, second.url, level="debug")
+        reloading, ready = await service.reload()
+        assert re.search(r"^MONOTONIC_USEC=\d+$", reloading, re.M)
+        assert "STATUS=serving " in ready
+        response = await streaming
+        assert (await response.text()).endswith("data: [DONE]\n\n")  # the stream in flight finished
+        async with session.post(service.url("/v1/chat/completions"), json=chat()) as answer:
+            assert answer.status == 200
+        assert len(second.seen) == 1 and len(upstream.seen) == 1
+    assert f"reloaded {config}" in service.log.read_text()
+
+
+async def test_sighup_with_a_bad_file_keeps_the_running_configuration(
+    tmp_path: Path, git_repo: GitRepo, upstream: FakeUpstream
+) -> None:
+    port = free_port()
+    config = service_config(tmp_path, port, upstream.url)
+    async with Service(config, tmp_path, port) as service, ClientSession() as session:
+        config.write_text(config.read_text().replace(f"port = {port}", "port = not-a-port"))
+        await service.reload()
+        async with session.post(service.url("/v1/chat/completions"), json=chat()) as answer:
+            assert answer.status == 200
+        assert len(upstream.seen) == 1
+    log = service.log.read_text()
+    assert "reload refused, the running configuration stays in force" in log and "[server] port = 'not-a-port'" in log
+
+
+async def test_sighup_with_a_new_repository_builds_its_snapshot_then_switches(
+    tmp_path: Path, git_repo: GitRepo, upstream: FakeUpstream
+) -> None:
+    other = GitRepo(tmp_path / "other")
+    other.write("other.py", "print('the other repository')\n")
+    other.commit("other")
+    port = free_port()
+    config = service_config(tmp_path, port, upstream.url)
+    async with Service(config, tmp_path, port) as service, ClientSession() as session:
+        service_config(tmp_path, port, upstream.url, repo="other")
+        await service.reload()
+        async with session.post(service.url("/v1/chat/completions"), json=chat()) as answer:
+            assert answer.headers["X-Scout-Snapshot-Commit"] == other.head()
+    snapshot = upstream.seen[-1].json["messages"][0]["content"]
+    assert "the other repository" in snapshot and "return 'hello'" not in snapshot
+    assert "changed: it takes effect at the next restart" not in service.log.read_text()
