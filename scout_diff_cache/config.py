@@ -184,8 +184,8 @@ def _state_home() -> Path:
 class ContextConfig:
     inject: bool = option(True, _bool)
     rebase: str = option("auto", _rebase)
-    rebase_diff_share: float = option(0.25, _share)
-    rebase_min_diff_bytes: int = option(64 * KiB, _size)
+    rebase_diff_share: float = option(0.5, _share)
+    rebase_min_diff_bytes: int = option(256 * KiB, _size)
     keepalive_interval: float = option(0.0, _interval)
     state_dir: Path = option(attrs.Factory(_state_home), _path)
 

@@ -29,7 +29,6 @@ import pygit2
 from .accounting import Usage
 from .config import ContextConfig, RepositoryConfig
 from .diff import Group, WorkingDiff, committed_groups, working_diff
-from .order import changed_paths
 from .epoch import Epoch, load_epoch, save_epoch, state_file
 from .errors import ProxyError, RepositoryError
 from .metrics import Metrics
@@ -65,15 +64,6 @@ class Coalesced(Generic[T]):
         return await asyncio.to_thread(self._fn)
 
 
-def _tail_bytes(snapshot: Snapshot, changed: frozenset[str]) -> int:
-    """Bytes of the snapshot from its first changed file to the end: what a rebase recomputes."""
-    sizes = [size for path, size in snapshot.inlined]
-    for index, (path, _) in enumerate(snapshot.inlined):
-        if path in changed:
-            return sum(sizes[index:])
-    return 0
-
-
 def _consume(task: asyncio.Future[object]) -> None:
     """Mark a failure as seen: the callers who awaited it have already had it raised."""
     if not task.cancelled():
@@ -94,8 +84,6 @@ class _State:
     head: str | None
     base_valid: bool
     diff: WorkingDiff | None
-    #: Paths whose committed content differs between base and HEAD.
-    changed: frozenset[str] = frozenset()
 
 
 _Key = tuple["str | None", "str | None"]
@@ -108,7 +96,6 @@ class _Committed:
     key: _Key
     valid: bool
     groups: list[Group]
-    changed: frozenset[str]
 
 
 @attrs.frozen
@@ -219,17 +206,15 @@ class RepositoryContext:
         return self.snapshot
 
     def _outgrown(self, snapshot: Snapshot, state: _State) -> bool:
-        """Rebase when the diff outweighs what a rebase would recompute, or outgrows its share.
+        """Whether the diff outgrew its budget: only then does a rebase pay.
 
-        A rebase recomputes the snapshot from its first changed file on; files that change often
-        sit at the end, so that is often cheap, and then a diff larger than it is worth folding
-        in. The share bounds how far the prompt may grow beyond the snapshot either way.
+        To a prefix cache, keeping the base costs nothing but prompt length (the diff only grows at
+        its end), while a rebase recomputes the snapshot from its first changed file on. So the
+        share is a budget for prompt growth, not a cache trade-off.
         """
         assert state.diff is not None
-        size = state.diff.text_bytes
-        if state.head == state.base or size <= self._policy.rebase_min_diff_bytes:
-            return False
-        return size > self._policy.rebase_diff_share * snapshot.text_bytes or size > _tail_bytes(snapshot, state.changed)
+        limit = max(self._policy.rebase_min_diff_bytes, self._policy.rebase_diff_share * snapshot.text_bytes)
+        return state.head != state.base and state.diff.text_bytes > limit
 
     def _switch_in_background(self, head: str | None) -> None:
         if not self._switching:
@@ -324,15 +309,14 @@ class RepositoryContext:
         if not cached.valid or not with_diff:
             return _State(base_id, head_id, cached.valid, None)
         diff = working_diff(repo, base, head, self._rules, cached.groups)
-        return _State(base_id, head_id, True, diff, cached.changed)
+        return _State(base_id, head_id, True, diff)
 
     def _committed(
         self, repo: pygit2.Repository, base: pygit2.Commit | None, head: pygit2.Commit | None, key: _Key
     ) -> _Committed:
-        """What is fixed for one base and HEAD: validity, the commits' diff groups, changed paths."""
+        """What is fixed for one base and HEAD: whether the base is still usable, the commits' groups."""
         if head is None:
-            return _Committed(key, base is None, [], frozenset())
+            return _Committed(key, base is None, [])
         if base is None or not (base.id == head.id or repo.descendant_of(head.id, base.id)):
-            return _Committed(key, False, [], frozenset())
-        groups = committed_groups(repo, base, head, self._rules, self._rendered)
-        return _Committed(key, True, groups, frozenset(changed_paths(repo, base.tree, head.tree)))
+            return _Committed(key, False, [])
+        return _Committed(key, True, committed_groups(repo, base, head, self._rules, self._rendered))

@@ -14,7 +14,7 @@ keeps everything before the first byte that differs:
     === snapshot commit B; HEAD is H ===
 
 Within a group, files are ordered by modification time in the working tree (the file being edited
-is last), then path; deleted files last. Labels follow their group, so when the uncommitted changes
+is last), then path; deleted files first. Labels follow their group, so when the uncommitted changes
 are committed the bytes stay the same up to the new label: a commit costs a few tokens, an edit
 costs only what follows the edited file. Each commit's group is rendered once and kept, so later
 edits never reorder it (a restarted process orders it by the mtimes it then finds). The uncommitted
@@ -25,7 +25,6 @@ index's stat cache): each request touches only what the stat cache says changed.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import attrs
@@ -155,12 +154,16 @@ def _group(diff: pygit2.Diff, rules: ContentRules, root: Path, origin: str) -> G
 
 
 def _edited(delta: pygit2.DiffDelta, root: Path) -> tuple[int, str]:
-    """Oldest edit first: the file someone is working on right now sorts last."""
+    """Oldest edit first: the file someone is working on right now sorts last.
+
+    A deleted file has no time of its own; it sorts first, so it is re-read once when deleted
+    rather than after every later edit.
+    """
     path = _path(delta)
     try:
         return (os.lstat(root / path).st_mtime_ns, path)
     except OSError:  # deleted from the working tree
-        return (sys.maxsize, path)
+        return (0, path)
 
 
 def _path(delta: pygit2.DiffDelta) -> str:

@@ -12,8 +12,8 @@ then the commit is made. Three designs are compared on the same sequence of ques
   original   the snapshot rebuilt at every commit, commit id first, files in path order, then the
              diff against HEAD (rendered with this project's own renderer, rearranged that way);
   ours       the real proxy, `rebase = auto`: what the upstream received, warm-ups included;
-  lower      only the bytes that are new since the previous request (the edit's added lines and
-             the question).
+  lower      only the bytes that are new since the previous request: the whole first prompt (a
+             cold start for every design), then each edit's added lines and the question.
 
 Cache model: an ideal prefix cache over the prompts' text (message contents joined), with an
 approximate tokenizer of 4 bytes per token and 16-token blocks (64 bytes, as vLLM's block hashing);
@@ -245,6 +245,7 @@ async def replay(source: Path, commits: int, steps: int, workdir: Path, context:
     finally:
         await proxy_runner.cleanup()
         await upstream_runner.cleanup()
+    lower += len(recorder.prompts[0]) // BYTES_PER_TOKEN  # the cold start
     for prompt in recorder.prompts:
         before = ours.recomputed
         ours.send(prompt)

@@ -94,45 +94,6 @@ async def test_auto_rebase_warms_the_new_snapshot_before_switching(
     assert health["last_rebase"]["warmup"]["cached_tokens"] == 90
 
 
-async def cost_aware_proxy(make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo) -> tuple[TestClient, list[str]]:
-    """Five 2 KB files; the share never triggers, so only the rebase-cost rule can."""
-    for name in "abcde":
-        git_repo.write(f"{name}.txt", "".join(f"line {i} of {name}\n" for i in range(180)))
-    git_repo.commit("five bigger files")
-    client = await make_proxy(context={"rebase_min_diff_bytes": "100", "rebase_diff_share": "100"})
-    snapshot, _ = await injected(client, upstream)
-    return client, file_order(snapshot)
-
-
-async def test_auto_rebases_when_the_diff_outweighs_the_snapshot_tail_a_rebase_would_recompute(
-    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
-) -> None:
-    client, order = await cost_aware_proxy(make_proxy, upstream, git_repo)
-    last = order[-1]
-    git_repo.write(last, "rewritten\n" * 300)  # a diff far larger than the file itself
-    head = git_repo.commit("rewrite the last file")
-    for _ in range(100):
-        snapshot, _ = await injected(client, upstream)
-        if head in snapshot:
-            break
-        await asyncio.sleep(0.02)
-    assert snapshot.endswith(f"commit {head} ===\n")
-    assert len(warmups(upstream)) == 1
-
-
-async def test_auto_keeps_the_epoch_while_a_rebase_would_recompute_more_than_the_diff(
-    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
-) -> None:
-    client, order = await cost_aware_proxy(make_proxy, upstream, git_repo)
-    first = order[0]
-    git_repo.write(first, (git_repo.path / first).read_text() + "one more line\n")
-    git_repo.commit("a small change to the first file")
-    before = [await injected(client, upstream) for _ in range(3)]
-    await asyncio.sleep(0.2)
-    assert warmups(upstream) == []
-    assert all(snapshot == before[0][0] for snapshot, _ in before)
-
-
 async def test_a_failed_warm_up_does_not_block_the_switch(
     make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
 ) -> None:
