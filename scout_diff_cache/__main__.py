@@ -37,7 +37,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         "serve": "run the proxy (the default)",
         "check-config": "validate the configuration and print it, secrets masked",
         "rebase": "ask the running proxy to move its snapshot to HEAD now",
-        "systemd-unit": "print a systemd service unit for this interpreter and config file",
+        "systemd-unit": "print a systemd service unit for this interpreter and config file (or its .socket unit)",
         "inspect": "show what would be sent upstream right now, without starting the server",
     }
     for name, summary in subcommands.items():
@@ -47,7 +47,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
             command.add_argument("--show", choices=("snapshot", "diff", "files"), help="print that exact text instead")
         if name == "systemd-unit":
             command.add_argument("--user", action="store_true", help="for `systemctl --user` (default: a system unit)")
-            command.add_argument("--socket", action="store_true", help="print a matching .socket unit too")
+            command.add_argument("--socket", action="store_true", help="print the matching .socket unit instead")
     return parser.parse_args(argv)
 
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "rebase":
         return request_rebase(config)
     if args.command == "systemd-unit":
-        return print_units(config, user=args.user, with_socket=args.socket)
+        return print_unit(config, user=args.user, socket_unit=args.socket)
     if args.command == "inspect":
         return inspect(config, args.show)
     configure_logging(config.server.log_level, config.server.log_format, os.environ)
@@ -100,15 +100,15 @@ def inspect(config: Config, show: str | None) -> int:
     return 0
 
 
-def print_units(config: Config, *, user: bool, with_socket: bool) -> int:
+def print_unit(config: Config, *, user: bool, socket_unit: bool) -> int:
+    if socket_unit:
+        print(render_socket(config.server.host, config.server.port), end="")
+        return 0
     if config.source is None:
         print("scout-diff-cache: systemd-unit needs a config file (--config PATH) for ExecStart", file=sys.stderr)
         return 2
-    source = config.source.resolve()
-    unit = render_unit(source, config.repository.path, config.context.state_dir, user=user, with_socket=with_socket)
-    print("# scout-diff-cache.service", unit, sep="\n")
-    if with_socket:
-        print("# scout-diff-cache.socket", render_socket(config.server.host, config.server.port), sep="\n")
+    unit = render_unit(config.source.resolve(), config.repository.path, config.context.state_dir, user=user)
+    print(unit, end="")
     return 0
 
 

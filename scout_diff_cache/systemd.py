@@ -66,17 +66,14 @@ def inherited_sockets(environ: MutableMapping[str, str]) -> list[socket.socket]:
     return sockets
 
 
-def render_unit(config: Path, repository: Path, state_dir: Path, *, user: bool, with_socket: bool) -> str:
+def render_unit(config: Path, repository: Path, state_dir: Path, *, user: bool) -> str:
     """A service unit for this interpreter and config file; `user` for `systemctl --user`."""
     lines = [
         "[Unit]",
         "Description=scout-diff-cache: git-aware prefix-caching proxy for a local model server",
-        "Documentation=https://pypi.org/project/scout-diff-cache/",
         "After=network-online.target",
         "Wants=network-online.target",
     ]
-    if with_socket:
-        lines.append("Requires=scout-diff-cache.socket")
     lines += [
         "",
         "[Service]",

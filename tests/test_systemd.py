@@ -195,11 +195,12 @@ async def test_a_port_in_use_exits_1_with_one_line(tmp_path: Path, git_repo: Git
 
 @pytest.mark.parametrize("user", [False, True])
 def test_the_printed_units_pass_systemd_analyze_verify(config_file: Path, tmp_path: Path, user: bool) -> None:
-    args = ["systemd-unit", "--config", str(config_file), "--socket"] + (["--user"] if user else [])
+    args = ["systemd-unit", "--config", str(config_file)] + (["--user"] if user else [])
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr
-    service, sock = result.stdout.split("# scout-diff-cache.socket\n")
-    service = service.removeprefix("# scout-diff-cache.service\n")
+    service = result.stdout
+    sock = run_cli(*args, "--socket").stdout
+    assert "[Socket]" in sock and "ListenStream=127.0.0.1:" in sock
     assert "Type=notify" in service and "ExecReload=/bin/kill -HUP $MAINPID" in service
     assert f"ExecStart={sys.executable} -m scout_diff_cache serve --config {config_file.resolve()}" in service
     assert "WatchdogSec=" in service and "Restart=on-failure" in service
