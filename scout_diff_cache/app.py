@@ -55,6 +55,8 @@ def _record(request: web.Request, exchange: Exchange, status: int | str, elapsed
     metrics.request_seconds.observe(elapsed, route)
     if exchange.first_byte_seconds is not None:
         metrics.first_byte_seconds.observe(exchange.first_byte_seconds)
+    if route[0][1] == "/v1/chat/completions" and exchange.outcome not in ("invalid_request", "client_closed"):
+        metrics.last_upstream_outcome = exchange.outcome
 
 
 @web.middleware

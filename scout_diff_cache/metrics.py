@@ -53,6 +53,8 @@ class Metrics:
     build_seconds: Histogram = attrs.Factory(lambda: Histogram(BUILD_BUCKETS))
     warmups: Counter = attrs.Factory(Counter)
     streams_in_flight: int = 0
+    #: How the last chat request to the upstream ended ("ok", "upstream_unavailable", ...).
+    last_upstream_outcome: str = "none yet"
 
 
 def escape_label(value: str) -> str:

@@ -36,7 +36,8 @@ def status_line(app: web.Application, config: Config) -> str:
         served = f"snapshot {context.state}"
     else:
         served = f"snapshot {short(snapshot.commit)}, {snapshot.text_bytes} bytes"
-    return f"STATUS=serving {config.repository.path} ({served}) to {config.upstream.url}"
+    upstream = app[metrics_key].last_upstream_outcome
+    return f"STATUS=serving {config.repository.path} ({served}) to {config.upstream.url} (last answer: {upstream})"
 
 
 async def serve(config: Config, notifier: Notifier, inherited: list[socket.socket]) -> None:

@@ -92,7 +92,7 @@ def render_unit(config: Path, repository: Path, state_dir: Path, *, user: bool) 
             f"User={owner}",
             "ProtectSystem=strict",
             "ProtectHome=read-only",
-            f"ReadWritePaths=-{state_dir}",
+            *_state_directory(state_dir),
             "PrivateTmp=yes",
             "PrivateDevices=yes",
             "ProtectKernelTunables=yes",
@@ -111,6 +111,13 @@ def render_unit(config: Path, repository: Path, state_dir: Path, *, user: bool) 
         "",
     ]
     return "\n".join(lines)
+
+
+def _state_directory(state_dir: Path) -> list[str]:
+    """Under /var/lib, systemd creates the state directory for the service's user; else allow it."""
+    if state_dir.is_relative_to("/var/lib") and state_dir != Path("/var/lib"):
+        return [f"StateDirectory={state_dir.relative_to('/var/lib')}"]
+    return [f"ReadWritePaths=-{state_dir}"]
 
 
 def render_socket(host: str, port: int) -> str:

@@ -101,6 +101,7 @@ async def test_notify_sequence_ready_watchdog_stopping(config_file: Path, tmp_pa
         assert max(gaps) < 0.4
         statuses = [m for _, m in notify.messages if "STATUS=" in m]
         assert any("snapshot 65ae02a8b122, " in m for m in statuses)  # updated once the snapshot was built
+        assert "(last answer: none yet)" in statuses[-1]
         process.send_signal(signal.SIGTERM)
         await notify.wait_for("STOPPING=1")
         assert await stopped(process) == 0
@@ -219,6 +220,20 @@ def test_the_printed_units_pass_systemd_analyze_verify(config_file: Path, tmp_pa
         capture_output=True, text=True, env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)}, timeout=60,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_a_system_unit_lets_systemd_make_a_state_directory_under_var_lib(tmp_path: Path, git_repo: GitRepo) -> None:
+    config = write_config(tmp_path, {"repository": {"path": "repo"}, "context": {"state_dir": "/var/lib/scout-diff-cache"}})
+    unit = run_cli("systemd-unit", "--config", str(config)).stdout
+    assert "StateDirectory=scout-diff-cache" in unit and "ReadWritePaths" not in unit
+
+
+def test_every_command_has_help_and_usage_errors_exit_2() -> None:
+    for command in ("serve", "check-config", "inspect", "rebase", "systemd-unit"):
+        result = run_cli(command, "--help")
+        assert result.returncode == 0 and f"usage: scout-diff-cache {command}" in result.stdout
+    wrong = run_cli("inspect", "--show", "everything")
+    assert wrong.returncode == 2 and "invalid choice" in wrong.stderr
 
 
 def test_systemd_unit_needs_a_config_file(git_repo: GitRepo) -> None:
