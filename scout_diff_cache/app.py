@@ -14,14 +14,17 @@ from .accounting import Exchange, Totals, Usage
 from .app_keys import Live, exchange_key, live_key, metrics_key, session_key, totals_key
 from .config import Config
 from .context import RepositoryContext
+from .diff import WorkingDiff
 from .errors import BodyTooLarge, MethodNotAllowed, NotFound, ProxyError, error_body
 from .metrics import Metrics
-from .diff import WorkingDiff
 from .routes import add_routes
 from .snapshot import Snapshot
 from .upstream import open_session, warm_up
 
 log = logging.getLogger("scout_diff_cache")
+
+#: Outcomes that tell how the upstream is doing (for systemd's STATUS line).
+UPSTREAM_OUTCOMES = frozenset({"ok", "bad_gateway", "upstream_unavailable", "upstream_timeout", "upstream_rejected"})
 
 
 @web.middleware
@@ -55,7 +58,7 @@ def _record(request: web.Request, exchange: Exchange, status: int | str, elapsed
     metrics.request_seconds.observe(elapsed, route)
     if exchange.first_byte_seconds is not None:
         metrics.first_byte_seconds.observe(exchange.first_byte_seconds)
-    if route[0][1] == "/v1/chat/completions" and exchange.outcome not in ("invalid_request", "client_closed"):
+    if exchange.outcome in UPSTREAM_OUTCOMES and route[0][1] == "/v1/chat/completions":
         metrics.last_upstream_outcome = exchange.outcome
 
 
