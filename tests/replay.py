@@ -15,6 +15,8 @@ then the commit is made. Three designs are compared on the same sequence of ques
   lower      only the bytes that are new since the previous request: the whole first prompt (a
              cold start for every design), then each edit's added lines and the question.
 
+Totals are given with and without the first request (the cold start every design pays alike).
+
 Cache model: an ideal prefix cache over the prompts' text (message contents joined), with an
 approximate tokenizer of 4 bytes per token and 16-token blocks (64 bytes, as vLLM's block hashing);
 a prompt reuses its longest block-aligned common prefix with any of the last 8 prompts sent, and
@@ -61,11 +63,13 @@ class PrefixCache:
     def __init__(self) -> None:
         self.recent: list[bytes] = []
         self.recomputed = 0
+        self.cold = 0
         self.total = 0
 
     def send(self, prompt: bytes) -> None:
         reused = max((_common_prefix(prompt, seen) for seen in self.recent), default=0) // BLOCK * BLOCK
         self.recomputed += (len(prompt) - reused) // BYTES_PER_TOKEN
+        self.cold = self.cold or self.recomputed  # the first prompt: a cold start for every design
         self.total += len(prompt) // BYTES_PER_TOKEN
         self.recent = [prompt, *self.recent[: REMEMBERED - 1]]
 
@@ -245,7 +249,7 @@ async def replay(source: Path, commits: int, steps: int, workdir: Path, context:
     finally:
         await proxy_runner.cleanup()
         await upstream_runner.cleanup()
-    lower += len(recorder.prompts[0]) // BYTES_PER_TOKEN  # the cold start
+    cold = len(recorder.prompts[0]) // BYTES_PER_TOKEN  # the first prompt, cold for every design
     for prompt in recorder.prompts:
         before = ours.recomputed
         ours.send(prompt)
@@ -254,15 +258,16 @@ async def replay(source: Path, commits: int, steps: int, workdir: Path, context:
     start_bytes = sum(len(history[e.id].data) for e in _blobs(history, chain[0].tree))
     print(f"replayed {len(chain) - 1} commits of {source.name}: {questions} questions "
           f"({len(recorder.prompts) - questions} warm-ups), start tree {start_bytes / 1e6:.2f} MB")
-    print(f"{'design':52}{'recomputed tokens':>20}{'vs original':>14}")
-    for label, value in (
-        ("original (every commit, id first, path order)", original.recomputed),
-        ("ours (auto epochs, stable order, warm-ups)", ours.recomputed),
-        ("lower bound (only new bytes)", lower),
-    ):
-        print(f"{label:52}{value:>20,}{value / max(original.recomputed, 1):>13.1%}")
-    print(f"ours / lower bound: {ours.recomputed / max(lower, 1):.2f}x; prompt tokens sent: original "
-          f"{original.total:,}, ours {ours.total:,}")
+    print(f"{'design':48}{'recomputed tokens':>18}{'vs original':>13}{'after the cold start':>22}{'vs original':>13}")
+    rows = (
+        ("original (every commit, id first, path order)", original.recomputed, original.recomputed - original.cold),
+        ("ours (epochs, stable order, warm-ups)", ours.recomputed, ours.recomputed - ours.cold),
+        ("lower bound (only new bytes)", lower + cold, lower),
+    )
+    for label, total, steady in rows:
+        print(f"{label:48}{total:>18,}{total / max(rows[0][1], 1):>13.1%}{steady:>22,}{steady / max(rows[0][2], 1):>13.1%}")
+    print(f"ours / lower bound: {rows[1][1] / max(rows[2][1], 1):.2f}x, after the cold start "
+          f"{rows[1][2] / max(rows[2][2], 1):.2f}x; prompt tokens sent: original {original.total:,}, ours {ours.total:,}")
 
 
 def _blobs(repo: pygit2.Repository, tree: pygit2.Tree) -> list[pygit2.Object]:
