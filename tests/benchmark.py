@@ -116,12 +116,24 @@ async def measure(repository: Path, count: int, workdir: Path) -> None:
     repo = open_repository(config.repository.path)
     base = head_commit(repo)
     started = time.perf_counter()
-    snapshot = build_snapshot(config.repository.path, str(base.id) if base else None, rules, config.repository.max_snapshot_bytes)
+    building = asyncio.ensure_future(
+        asyncio.to_thread(
+            build_snapshot, config.repository.path, str(base.id) if base else None, rules,
+            config.repository.max_snapshot_bytes, None,
+        )
+    )
+    stall = 0.0
+    while not building.done():  # how long the event loop is held while a build runs in its thread
+        tick = time.perf_counter()
+        await asyncio.sleep(0.001)
+        stall = max(stall, time.perf_counter() - tick - 0.001)
+    snapshot = building.result()
     build_seconds = time.perf_counter() - started
     started = time.perf_counter()
     diff = working_diff(repo, base, base, rules, [])
     diff_seconds = time.perf_counter() - started
-    print(f"snapshot build: {build_seconds:.2f} s for {snapshot.text_bytes / 1e6:.1f} MB, {snapshot.files} files inlined")
+    print(f"snapshot build: {build_seconds:.2f} s for {snapshot.text_bytes / 1e6:.1f} MB, {snapshot.files} files inlined; "
+          f"longest event-loop stall meanwhile {stall * 1000:.0f} ms")
     print(f"working diff: {diff_seconds * 1000:.1f} ms ({diff.files} changed files)")
 
     body = b"".join(assemble(parse_chat_request(json.dumps(QUESTION).encode(), "bench"), snapshot.message, diff.message).chunks)
