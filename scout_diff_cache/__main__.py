@@ -78,11 +78,13 @@ def main(argv: list[str] | None = None) -> int:
         return print_unit(config, user=args.user, socket_unit=args.socket)
     if args.command == "inspect":
         return inspect(config, args.show)
-    configure_logging(config.server.log_level, config.server.log_format, os.environ)
+    configure_logging(config.server.log_level, config.server.log_format, os.environ.get("JOURNAL_STREAM"))
     log.info("scout-diff-cache %s; config: %s", __version__, config.source or "none found, using built-in defaults")
     log.info("repository %s; upstream %s", config.repository.path, config.upstream.url)
     try:
-        asyncio.run(serve(config, Notifier.from_environment(os.environ), inherited_sockets(os.environ)))
+        notifier = Notifier.from_environment(os.environ)  # NOTIFY_SOCKET, WATCHDOG_USEC, WATCHDOG_PID
+        sockets = inherited_sockets(os.environ)  # LISTEN_PID, LISTEN_FDS: socket activation
+        asyncio.run(serve(config, notifier, sockets))
     except OSError as error:
         print(f"scout-diff-cache: cannot serve on {config.server.host}:{config.server.port}: {error}", file=sys.stderr)
         return 1

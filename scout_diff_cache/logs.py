@@ -10,14 +10,12 @@ import json
 import logging
 import os
 import sys
-from typing import Mapping
-
 #: syslog priorities for the standard levels (sd-daemon(3)).
 PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
-def under_journald(environ: Mapping[str, str], stream_fd: int) -> bool:
-    device, _, inode = environ.get("JOURNAL_STREAM", "").partition(":")
+def under_journald(journal_stream: str | None, stream_fd: int) -> bool:
+    device, _, inode = (journal_stream or "").partition(":")
     if not device.isdigit() or not inode.isdigit():
         return False
     try:
@@ -52,9 +50,10 @@ class Formatter(logging.Formatter):
         return line
 
 
-def configure_logging(level: str, log_format: str, environ: Mapping[str, str]) -> None:
+def configure_logging(level: str, log_format: str, journal_stream: str | None) -> None:
+    """`journal_stream` is $JOURNAL_STREAM, which systemd sets when stderr goes to the journal."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(Formatter(log_format == "json", under_journald(environ, sys.stderr.fileno())))
+    handler.setFormatter(Formatter(log_format == "json", under_journald(journal_stream, sys.stderr.fileno())))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

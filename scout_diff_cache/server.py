@@ -101,7 +101,7 @@ async def reload(app: web.Application, notifier: Notifier) -> None:
     for section, key in (("server", "host"), ("server", "port"), ("upstream", "max_connections")):
         if getattr(getattr(new, section), key) != getattr(getattr(old, section), key):
             log.warning("[%s] %s changed: it takes effect at the next restart", section, key)
-    configure_logging(new.server.log_level, new.server.log_format, os.environ)
+    configure_logging(new.server.log_level, new.server.log_format, os.environ.get("JOURNAL_STREAM"))
     live.config = new
     live.context.configure(new.context)
     if new.repository != old.repository or new.context.state_dir != old.context.state_dir:
