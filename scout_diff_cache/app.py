@@ -10,6 +10,7 @@ from typing import AsyncContextManager, AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from .access import Admission, admission_key, limit_concurrency, require_key
 from .accounting import Exchange, Totals, Usage
 from .app_keys import Live, exchange_key, live_key, metrics_key, session_key, totals_key
 from .config import Config
@@ -77,7 +78,9 @@ async def errors_to_envelope(request: web.Request, handler: web.Handler) -> web.
         log.exception("unexpected error on %s %s", request.method, request.path)
         error = ProxyError("internal error in the proxy; see its log")
     request[exchange_key].outcome = error.code
-    return web.Response(status=error.status, body=error_body(error), content_type="application/json")
+    return web.Response(
+        status=error.status, body=error_body(error), content_type="application/json", headers=error.headers
+    )
 
 
 def _from_http(error: web.HTTPException, request: web.Request) -> ProxyError | None:
@@ -91,7 +94,11 @@ def _from_http(error: web.HTTPException, request: web.Request) -> ProxyError | N
 
 
 def make_app(config: Config) -> web.Application:
-    app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[log_requests, errors_to_envelope])
+    app = web.Application(
+        client_max_size=config.server.max_body_bytes,
+        middlewares=[log_requests, errors_to_envelope, require_key, limit_concurrency],
+    )
+    app[admission_key] = Admission()
     app[totals_key] = Totals()
     app[metrics_key] = metrics = Metrics()
 

@@ -7,6 +7,7 @@ set of allowed keys: there is no second table to keep in step.
 from __future__ import annotations
 
 import configparser
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -133,6 +134,13 @@ class ServerConfig:
     sse_keepalive_interval: float = option(15.0, _duration)
     #: How long in-flight requests may run on after SIGTERM before the process exits.
     shutdown_grace: float = option(30.0, _duration)
+    #: Chat requests handled at once; past it, 429 with Retry-After.
+    max_concurrent_requests: int = option(64, _count)
+    #: One client key per line; when set, every route but /health needs `Authorization: Bearer KEY`.
+    api_keys_file: Path | None = option(None, _path)
+    allow_unauthenticated_remote: bool = option(False, _bool)
+    #: The keys read from api_keys_file (not an INI key).
+    api_keys: tuple[str, ...] = attrs.field(default=(), repr=False)
 
 
 @attrs.frozen
@@ -246,13 +254,14 @@ def load_config(source: Path | None) -> Config:
     base = source.parent if source else Path.cwd()
     sections = {name: _parse_section(where, name, cls, parser) for name, cls in SECTIONS.items()}
     sections["upstream"] = _read_api_key(where, base, sections["upstream"])
+    sections["server"] = _read_client_keys(where, base, sections["server"])
     sections["repository"] = _check_repository(where, base, sections["repository"])
     sections["context"] = attrs.evolve(sections["context"], state_dir=(base / sections["context"].state_dir).resolve())
     return Config(source=source, **sections)
 
 
 def _parse_section(where: str, name: str, cls: type, parser: configparser.ConfigParser) -> Any:
-    fields = {field.name: field for field in attrs.fields(cls)}
+    fields = {field.name: field for field in attrs.fields(cls) if "parse" in field.metadata}
     values: dict[str, Any] = {}
     if parser.has_section(name):
         for key, raw in parser.items(name):
@@ -283,6 +292,34 @@ def _read_api_key(where: str, base: Path, upstream: UpstreamConfig) -> UpstreamC
     return attrs.evolve(upstream, api_key=key, api_key_file=path)
 
 
+def _read_client_keys(where: str, base: Path, server: ServerConfig) -> ServerConfig:
+    if server.api_keys_file is None:
+        if not _loopback(server.host) and not server.allow_unauthenticated_remote:
+            raise ConfigError(
+                f"{where}: [server] host = '{server.host}': listening beyond loopback needs api_keys_file, "
+                "or allow_unauthenticated_remote = true to accept anyone who can reach it"
+            )
+        return server
+    path = base / server.api_keys_file
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{where}: [server] api_keys_file = '{path}': cannot read it ({error.__class__.__name__})") from None
+    keys = tuple(line.strip() for line in lines if line.strip() and not line.strip().startswith("#"))
+    if not keys:
+        raise ConfigError(f"{where}: [server] api_keys_file = '{path}': no keys in it; expected one key per line")
+    return attrs.evolve(server, api_keys_file=path, api_keys=keys)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _check_repository(where: str, base: Path, repository: RepositoryConfig) -> RepositoryConfig:
     path = (base / repository.path).resolve()
     found = pygit2.discover_repository(str(path)) if path.is_dir() else None
@@ -300,7 +337,7 @@ def render_config(config: Config) -> str:
     for name in SECTIONS:
         section = getattr(config, name)
         lines.append(f"\n[{name}]")
-        for field in attrs.fields(type(section)):
+        for field in (field for field in attrs.fields(type(section)) if "parse" in field.metadata):
             shown = _show(getattr(section, field.name), field)
             lines.append(f"{field.name} =" + (shown if shown.startswith("\n") or not shown else f" {shown}"))
     return "\n".join(lines) + "\n"

@@ -15,6 +15,7 @@ class ProxyError(Exception):
     status = 500
     type = "server_error"
     code = "internal_error"
+    headers: dict[str, str] = {}
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -25,6 +26,20 @@ class InvalidRequest(ProxyError):
     status = 400
     type = "invalid_request_error"
     code = "invalid_request"
+
+
+class Unauthorized(ProxyError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class TooManyRequests(ProxyError):
+    status = 429
+    type = "rate_limit_error"
+    code = "too_many_requests"
+    headers = {"Retry-After": "1"}
 
 
 class Forbidden(ProxyError):

@@ -100,9 +100,9 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def rebase(request: web.Request) -> web.Response:
-    """Move the snapshot to HEAD now (warmed upstream first); loopback clients only."""
-    if not is_loopback(request.remote):
-        raise Forbidden("admin routes accept only loopback clients")
+    """Move the snapshot to HEAD now (warmed upstream first): loopback clients, or key holders."""
+    if not is_loopback(request.remote) and not request.app[live_key].config.server.api_keys:
+        raise Forbidden("admin routes accept only loopback clients, or clients with an API key (api_keys_file)")
     if not request.app[live_key].config.context.inject:
         raise InvalidRequest("context injection is off ([context] inject = false): there is no snapshot to rebase")
     done = await request.app[live_key].context.rebase()

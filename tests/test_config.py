@@ -184,7 +184,7 @@ def test_the_example_file_lists_every_option_with_its_default(tmp_path: Path, gi
             uncommented.append(line)
     text = "\n".join(uncommented)
     path = tmp_path / "example.ini"
-    text = text.replace("api_key =\n", "").replace("api_key_file =\n", "")
+    text = text.replace("api_key =\n", "").replace("api_key_file =\n", "").replace("api_keys_file =\n", "")
     path.write_text(text.replace("path = /home/me/src/project", f"path = {git_repo.path}"))
     monkeypatch.chdir(git_repo.path)
     from_example = load_config(path)
@@ -194,4 +194,5 @@ def test_the_example_file_lists_every_option_with_its_default(tmp_path: Path, gi
     for name, cls in SECTIONS.items():
         section_text = example.split(f"[{name}]")[1].split("\n[")[0]
         for field in attrs.fields(cls):
-            assert f"\n# {field.name} =" in section_text, (name, field.name)
+            if "parse" in field.metadata:  # an INI key, not a value derived from one
+                assert f"\n# {field.name} =" in section_text, (name, field.name)

@@ -352,3 +352,30 @@ async def test_sighup_with_a_new_repository_builds_its_snapshot_then_switches(
     snapshot = upstream.seen[-1].json["messages"][0]["content"]
     assert "the other repository" in snapshot and "return 'hello'" not in snapshot
     assert "changed: it takes effect at the next restart" not in service.log.read_text()
+
+
+async def test_sighup_rereads_the_client_keys(tmp_path: Path, git_repo: GitRepo, upstream: FakeUpstream) -> None:
+    keys = tmp_path / "clients.keys"
+    keys.write_text("old-key\n")
+    port = free_port()
+    config = write_config(
+        tmp_path,
+        {
+            "server": {"port": str(port), "api_keys_file": str(keys)},
+            "upstream": {"url": upstream.url},
+            "repository": {"path": "repo"},
+            "context": {"state_dir": "state"},
+        },
+    )
+    async with Service(config, tmp_path, port) as service, ClientSession() as session:
+
+        async def status_with(key: str) -> int:
+            headers = {"Authorization": f"Bearer {key}"}
+            async with session.post(service.url("/v1/chat/completions"), json=chat(), headers=headers) as answer:
+                return answer.status
+
+        assert (await status_with("old-key"), await status_with("new-key")) == (200, 401)
+        keys.write_text("new-key\n")
+        await service.reload()
+        assert (await status_with("old-key"), await status_with("new-key")) == (401, 200)
+    assert "old-key" not in service.log.read_text() and "new-key" not in service.log.read_text()
