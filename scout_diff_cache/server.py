@@ -29,8 +29,8 @@ from .systemd import Notifier
 log = logging.getLogger("scout_diff_cache")
 
 
-def status_line(app: web.Application, config: Config) -> str:
-    context = app[live_key].context
+def status_line(app: web.Application) -> str:
+    config, context = app[live_key].config, app[live_key].context
     snapshot = context.snapshot
     if snapshot is None:
         served = f"snapshot {context.state}"
@@ -50,8 +50,12 @@ async def serve(config: Config, notifier: Notifier, inherited: list[socket.socke
         sites: list[web.BaseSite] = [web.SockSite(runner, sock) for sock in inherited]
     else:
         sites = [web.TCPSite(runner, config.server.host, config.server.port)]
-    for site in sites:
-        await site.start()
+    try:
+        for site in sites:
+            await site.start()
+    except OSError:
+        await runner.cleanup()
+        raise
     log.info("listening on %s", ", ".join(site.name for site in sites))
 
     stop = asyncio.Event()
@@ -66,8 +70,8 @@ async def serve(config: Config, notifier: Notifier, inherited: list[socket.socke
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
-    notifier.notify("READY=1", status_line(app, config))
-    watchdog = asyncio.create_task(_watchdog(notifier, app, config))
+    notifier.notify("READY=1", status_line(app))
+    watchdog = asyncio.create_task(_watchdog(notifier, app))
     try:
         await stop.wait()
     finally:
@@ -96,9 +100,13 @@ async def reload(app: web.Application, notifier: Notifier) -> None:
         new = load_config(old.source)
     except ConfigError as error:
         log.error("reload refused, the running configuration stays in force: %s", error)
-        notifier.notify("READY=1", status_line(app, old))
+        notifier.notify("READY=1", status_line(app))
         return
-    for section, key in (("server", "host"), ("server", "port"), ("upstream", "max_connections")):
+    fixed_at_start = (
+        ("server", "host"), ("server", "port"), ("server", "max_body_bytes"), ("server", "shutdown_grace"),
+        ("upstream", "max_connections"),
+    )
+    for section, key in fixed_at_start:
         if getattr(getattr(new, section), key) != getattr(getattr(old, section), key):
             log.warning("[%s] %s changed: it takes effect at the next restart", section, key)
     configure_logging(new.server.log_level, new.server.log_format, os.environ.get("JOURNAL_STREAM"))
@@ -115,17 +123,17 @@ async def reload(app: web.Application, notifier: Notifier) -> None:
                 log.warning("preparing the new snapshot failed (%s); switching anyway", error.message)
         live.context = replacement
     log.info("reloaded %s", new.source)
-    notifier.notify("READY=1", status_line(app, new))
+    notifier.notify("READY=1", status_line(app))
 
 
-async def _watchdog(notifier: Notifier, app: web.Application, config: Config) -> None:
+async def _watchdog(notifier: Notifier, app: web.Application) -> None:
     """WATCHDOG=1 from the event loop itself, with a fresh STATUS= when it changed."""
     if not notifier.active:
         return
     interval = notifier.watchdog_interval or 30.0
     last = ""
     while True:
-        status = status_line(app, config)
+        status = status_line(app)
         fields = (["WATCHDOG=1"] if notifier.watchdog_interval else []) + ([status] if status != last else [])
         if fields:
             notifier.notify(*fields)
