@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def inspect(config: Config, show: str | None) -> int:
-    context = RepositoryContext(config.repository, config.context, Metrics())
+    context = RepositoryContext(config, Metrics())
     try:
         preview = asyncio.run(context.preview())
     except ProxyError as error:

@@ -105,7 +105,7 @@ def make_app(config: Config) -> web.Application:
     async def warm(snapshot: Snapshot, diff: WorkingDiff) -> Usage | None:
         return await warm_up(app[session_key], app[live_key].config.upstream, snapshot.message, diff.message)
 
-    app[live_key] = Live(config, RepositoryContext(config.repository, config.context, metrics, warm))
+    app[live_key] = Live(config, RepositoryContext(config, metrics, warm))
     add_routes(app)
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_background(_first_epoch))

@@ -198,6 +198,19 @@ class ContextConfig:
     state_dir: Path = option(attrs.Factory(_state_home), _path)
 
 
+def _secrets_mode(raw: str) -> str:
+    if raw.strip() not in ("redact", "exclude-file", "off"):
+        raise ValueError("expected redact, exclude-file or off")
+    return raw.strip()
+
+
+@attrs.frozen
+class SecurityConfig:
+    #: redact: secrets become [REDACTED:RULE:HASH]; exclude-file: files holding one are left out;
+    #: off: nothing is scanned, and files that are secrets by name are sent too.
+    secrets: str = option("redact", _secrets_mode)
+
+
 @attrs.frozen
 class Config:
     source: Path | None = None
@@ -205,6 +218,7 @@ class Config:
     upstream: UpstreamConfig = UpstreamConfig()
     repository: RepositoryConfig = RepositoryConfig()
     context: ContextConfig = ContextConfig()
+    security: SecurityConfig = SecurityConfig()
 
 
 SECTIONS: dict[str, type] = {
@@ -212,6 +226,7 @@ SECTIONS: dict[str, type] = {
     "upstream": UpstreamConfig,
     "repository": RepositoryConfig,
     "context": ContextConfig,
+    "security": SecurityConfig,
 }
 
 

@@ -27,13 +27,13 @@ import attrs
 import pygit2
 
 from .accounting import Usage
-from .config import ContextConfig, RepositoryConfig
+from .config import Config, ContextConfig
 from .diff import Group, WorkingDiff, committed_groups, working_diff
 from .epoch import Epoch, load_epoch, save_epoch, state_file
 from .errors import ProxyError, RepositoryError
 from .metrics import Metrics
-from .patterns import compile_patterns
 from .repository import ContentRules, head_commit, open_repository, short
+from .secrets import Finding
 from .snapshot import Snapshot, build_snapshot
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,13 @@ class Coalesced(Generic[T]):
             await asyncio.wait([previous])
         self._running, self._queued = self._queued, None
         return await asyncio.to_thread(self._fn)
+
+
+def _report(where: str, findings: tuple[Finding, ...], mode: str) -> None:
+    """Where secrets were found (path, line, rule), never what they were."""
+    done = "redacted" if mode == "redact" else "their files left out"
+    places = ", ".join(f"{finding.path}:{finding.line} ({finding.rule})" for finding in findings)
+    log.warning("%s: %d secrets found, %s: %s", where, len(findings), done, places)
 
 
 def _consume(task: asyncio.Future[object]) -> None:
@@ -107,14 +114,12 @@ class Rebase:
 
 
 class RepositoryContext:
-    def __init__(
-        self, repository: RepositoryConfig, context: ContextConfig, metrics: Metrics, warm: WarmUp | None = None
-    ) -> None:
-        self._repository = repository
+    def __init__(self, config: Config, metrics: Metrics, warm: WarmUp | None = None) -> None:
+        self._repository = config.repository
         self._metrics = metrics
-        self._policy = context
-        self._rules = ContentRules(compile_patterns(repository.exclude), repository.max_file_bytes)
-        self._state_file = state_file(context.state_dir, repository.path)
+        self._policy = config.context
+        self._rules = ContentRules.from_config(config)
+        self._state_file = state_file(config.context.state_dir, config.repository.path)
         self.warm = warm
         self._read = Coalesced(self._read_state)
         self._history: _Committed | None = None
@@ -124,6 +129,7 @@ class RepositoryContext:
         self.snapshot: Snapshot | None = None
         self.last_request = 0.0
         self.last_diff_bytes = 0
+        self._reported: tuple[Finding, ...] = ()
         self.builds_started = 0
         self.rebases = 0
         self.last_rebase: Rebase | None = None
@@ -157,6 +163,9 @@ class RepositoryContext:
             if self._policy.rebase == "auto" and self._outgrown(snapshot, state):
                 self._switch_in_background(state.head)
             self.last_diff_bytes = state.diff.text_bytes
+            if state.diff.findings and state.diff.findings != self._reported:
+                self._reported = state.diff.findings
+                _report("the working diff", state.diff.findings, self._rules.secrets)
             return Context(snapshot, state.diff)
         raise RepositoryError("the repository kept changing while its state was read; try again")
 
@@ -271,6 +280,8 @@ class RepositoryContext:
             raise
         self.last_error = None
         self._metrics.build_seconds.observe(time.monotonic() - started)
+        if snapshot.findings:
+            _report(f"snapshot {short(commit)}", snapshot.findings, self._rules.secrets)
         log.info(
             "snapshot %s built in %.2fs: %d files inlined, %d bytes, %d left out",
             short(commit), time.monotonic() - started, snapshot.files, snapshot.text_bytes, len(snapshot.left_out),

@@ -34,6 +34,7 @@ from pygit2.enums import DeltaStatus, DiffOption
 from .errors import RepositoryError
 from .prompt import system_message
 from .repository import ContentRules, base_tree
+from .secrets import Finding
 
 FLAGS = (
     DiffOption.INCLUDE_UNTRACKED
@@ -70,6 +71,8 @@ class WorkingDiff:
     files: int
     text_bytes: int
     message: bytes = attrs.field(repr=False)
+    #: Secrets found in the diffs; a finding's line counts within that file's diff text.
+    findings: tuple[Finding, ...] = attrs.field(default=(), repr=False)
 
 
 @attrs.frozen
@@ -78,6 +81,7 @@ class Group:
 
     text: str
     files: int
+    findings: tuple[Finding, ...] = ()
 
 
 def committed_groups(
@@ -134,23 +138,26 @@ def working_diff(
         raise RepositoryError(f"cannot compute the working diff in {repo.workdir}: {error}") from None
     base_id = str(base.id) if base is not None else None
     head_id = str(head.id) if head is not None else None
-    files = sum(group.files for group in committed) + uncommitted.files
-    if files:
-        text = HEADER + "".join(group.text for group in committed) + uncommitted.text
-    else:
-        text = CLEAN
-    text += _footer(base_id, head_id)
-    return WorkingDiff(base_id, head_id, files, len(text.encode("utf-8")), system_message(text))
+    groups = [*committed, uncommitted]
+    files = sum(group.files for group in groups)
+    text = (HEADER + "".join(group.text for group in groups) if files else CLEAN) + _footer(base_id, head_id)
+    findings = tuple(finding for group in groups for finding in group.findings)
+    return WorkingDiff(base_id, head_id, files, len(text.encode("utf-8")), system_message(text), findings)
 
 
 def _group(diff: pygit2.Diff, rules: ContentRules, root: Path, origin: str) -> Group:
     """The diffs, oldest edit first, then the label saying where they come from."""
     deltas = list(diff.deltas)
     ordered = sorted(range(len(deltas)), key=lambda i: _edited(deltas[i], root))
-    patches = [text for i in ordered if (text := _patch(diff, deltas[i], i, rules))]
+    patches, findings = [], []
+    for i in ordered:
+        text, found = _patch(diff, deltas[i], i, rules)
+        findings += found
+        if text:
+            patches.append(text)
     if not patches:
-        return Group("", 0)
-    return Group("".join(patches) + f"=== the changes above {origin} ===\n", len(patches))
+        return Group("", 0, tuple(findings))
+    return Group("".join(patches) + f"=== the changes above {origin} ===\n", len(patches), tuple(findings))
 
 
 def _edited(delta: pygit2.DiffDelta, root: Path) -> tuple[int, str]:
@@ -170,15 +177,22 @@ def _path(delta: pygit2.DiffDelta) -> str:
     return delta.old_file.path if delta.status == DeltaStatus.DELETED else delta.new_file.path
 
 
-def _patch(diff: pygit2.Diff, delta: pygit2.DiffDelta, i: int, rules: ContentRules) -> str:
+def _patch(diff: pygit2.Diff, delta: pygit2.DiffDelta, i: int, rules: ContentRules) -> tuple[str, list[Finding]]:
+    """One file's diff text, screened for secrets, and what was found in it."""
     path = _path(delta)
     if rules.exclude.excludes(path):
-        return ""
+        return "", []
+    stub = f"diff --git a/{path} b/{path}\n({delta.status.name.lower()}, {{}}, contents not shown)\n"
+    if rules.secret_by_name(path):
+        return stub.format("a secret by its name"), []
     size = max(delta.new_file.size, delta.old_file.size)
     if size > rules.max_file_bytes:
-        return f"diff --git a/{path} b/{path}\n({delta.status.name.lower()}, {size} bytes: over max_file_bytes, contents not shown)\n"
+        return stub.format(f"{size} bytes: over max_file_bytes"), []
     patch = diff[i]
-    return patch.data.decode("utf-8", "replace") if patch is not None else ""
+    if patch is None:
+        return "", []
+    screened, found = rules.screen(path, patch.data.decode("utf-8", "replace"))
+    return (screened if screened is not None else stub.format(f"holds {len(found)} secrets")), found
 
 
 def _footer(base: str | None, head: str | None) -> str:

@@ -43,4 +43,7 @@ def render_report(config: Config, context: Context, show: str | None) -> str:
     left_out = [f"  excluded               {path}" for path in snapshot.excluded]
     left_out += [f"  {item.reason:<22} {item.path} ({item.detail})" for item in snapshot.left_out]
     lines += left_out or ["  (nothing)"]
+    lines += ["", f"secrets found ([security] secrets = {config.security.secrets}; values never shown):"]
+    found = [("snapshot", finding) for finding in snapshot.findings] + [("diff", finding) for finding in diff.findings]
+    lines += [f"  {where:<9} {finding.path}:{finding.line}  {finding.rule}" for where, finding in found] or ["  (none)"]
     return "\n".join(lines) + "\n"

@@ -12,8 +12,10 @@ from pathlib import Path
 import attrs
 import pygit2
 
+from .config import Config
 from .errors import RepositoryError
-from .patterns import PathMatcher
+from .patterns import PathMatcher, compile_patterns
+from .secrets import SECRET_FILES, Finding, redact
 
 #: libgit2 knows the empty tree without it being in the object database.
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
@@ -21,10 +23,30 @@ EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"
 
 @attrs.frozen
 class ContentRules:
-    """Which files are sent with their contents; shared by the snapshot and the diff."""
+    """Which files are sent with their contents, and how secrets in them are treated; shared by
+    the snapshot and the diff."""
 
     exclude: PathMatcher
     max_file_bytes: int
+    secrets: str = "redact"
+    secret_files: PathMatcher = attrs.field(factory=lambda: compile_patterns(SECRET_FILES))
+
+    @classmethod
+    def from_config(cls, config: Config) -> ContentRules:
+        repository = config.repository
+        return cls(compile_patterns(repository.exclude), repository.max_file_bytes, config.security.secrets)
+
+    def secret_by_name(self, path: str) -> bool:
+        return self.secrets != "off" and self.secret_files.excludes(path)
+
+    def screen(self, path: str, text: str) -> tuple[str | None, list[Finding]]:
+        """The text to send (None: leave the file out) and the secrets found in it."""
+        if self.secrets == "off":
+            return text, []
+        redacted, findings = redact(path, text)
+        if self.secrets == "exclude-file":
+            return (None if findings else text), findings
+        return redacted, findings
 
 
 def open_repository(path: Path) -> pygit2.Repository:

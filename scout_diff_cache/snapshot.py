@@ -14,6 +14,8 @@ Layout (the contract the model reads, and the bytes the upstream caches):
     too large: PATH (N bytes)
     over the snapshot cap: PATH (N bytes)
     submodule: PATH (at COMMIT)
+    secret by its name: PATH (not read)
+    holds a secret: PATH (N found)       only with [security] secrets = exclude-file
     === end of snapshot: commit COMMIT ===
 
 Everything that differs between epochs sits as late as it can: files in the stable order of
@@ -38,6 +40,7 @@ from .errors import RepositoryError
 from .order import carry_order, changed_paths, initial_order
 from .prompt import system_message
 from .repository import ContentRules, open_repository
+from .secrets import Finding
 
 HEADER = """\
 # Repository snapshot
@@ -62,7 +65,7 @@ in the working diff that follows.
 @attrs.frozen
 class LeftOut:
     path: str
-    reason: str  # "binary", "too large", "over the snapshot cap", "submodule"
+    reason: str  # "binary", "too large", "over the snapshot cap", "submodule", "secret by its name", "holds a secret"
     detail: str
 
     def render(self) -> str:
@@ -79,6 +82,8 @@ class Snapshot:
     left_out: tuple[LeftOut, ...]
     #: Paths the exclude patterns kept out, not mentioned in the text at all.
     excluded: tuple[str, ...] = attrs.field(repr=False)
+    #: Secrets found (and redacted, or their files left out): path, line, rule; never the value.
+    findings: tuple[Finding, ...] = attrs.field(repr=False)
     #: Every path of the base tree, in snapshot order: what the next epoch's order starts from.
     order: tuple[str, ...] = attrs.field(repr=False)
     #: The system message, JSON-encoded once, spliced into every request's body.
@@ -98,7 +103,7 @@ def build_snapshot(
 ) -> Snapshot:
     """Render `commit` (None: no commits yet), ordered from the `previous` epoch. Blocking."""
     if commit is None:
-        return _finish(None, [UNBORN], [], [], [], ())
+        return _finish(None, [UNBORN], [], [], [], [], ())
     repo = open_repository(path)
     try:
         target = repo[commit].peel(pygit2.Commit)
@@ -107,6 +112,7 @@ def build_snapshot(
         parts = [HEADER]
         left_out: list[LeftOut] = []
         excluded: list[str] = []
+        findings: list[Finding] = []
         inlined: list[tuple[str, int]] = []
         budget = max_snapshot_bytes
         for key in order:
@@ -114,6 +120,9 @@ def build_snapshot(
             path_text = key.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
             if rules.exclude.excludes(path_text):
                 excluded.append(path_text)
+                continue
+            if rules.secret_by_name(path_text):
+                left_out.append(LeftOut(path_text, "secret by its name", "not read"))
                 continue
             if mode == FileMode.COMMIT:
                 left_out.append(LeftOut(path_text, "submodule", f"at {oid}"))
@@ -129,7 +138,12 @@ def build_snapshot(
                 left_out.append(LeftOut(path_text, "too large", f"{len(data)} bytes"))
                 continue
             else:
-                text = data.decode("utf-8", "replace")
+                screened, found = rules.screen(path_text, data.decode("utf-8", "replace"))
+                findings += found
+                if screened is None:
+                    left_out.append(LeftOut(path_text, "holds a secret", f"{len(found)} found"))
+                    continue
+                text = screened
                 newline = "" if text.endswith("\n") or not text else "\n"
                 section = f"=== file: {path_text} ===\n{text}{newline}"
             cost = len(data) + len(path_text) + 20
@@ -143,7 +157,7 @@ def build_snapshot(
             parts.append("=== not included ===\n")
             parts.extend(item.render() + "\n" for item in left_out)
         parts.append(f"=== end of snapshot: commit {commit} ===\n")
-        return _finish(commit, parts, inlined, left_out, excluded, tuple(order))
+        return _finish(commit, parts, inlined, left_out, excluded, findings, tuple(order))
     except (pygit2.GitError, KeyError, ValueError) as error:
         raise RepositoryError(f"cannot read commit {commit} in {path}: {error}") from None
 
@@ -173,7 +187,10 @@ def _finish(
     inlined: list[tuple[str, int]],
     left_out: list[LeftOut],
     excluded: list[str],
+    findings: list[Finding],
     order: tuple[str, ...],
 ) -> Snapshot:
     size = sum(len(part.encode("utf-8")) for part in parts)
-    return Snapshot(commit, tuple(inlined), size, tuple(left_out), tuple(excluded), order, system_message(*parts))
+    return Snapshot(
+        commit, tuple(inlined), size, tuple(left_out), tuple(excluded), tuple(findings), order, system_message(*parts)
+    )

@@ -30,7 +30,6 @@ import pygit2
 from aiohttp import web
 
 from scout_diff_cache.diff import working_diff
-from scout_diff_cache.patterns import compile_patterns
 from scout_diff_cache.prompt import assemble
 from scout_diff_cache.repository import ContentRules, head_commit, open_repository
 from scout_diff_cache.snapshot import build_snapshot
@@ -112,7 +111,7 @@ async def measure(repository: Path, count: int, workdir: Path) -> None:
     print(f"repository: {repository} ({text_bytes / 1e6:.1f} MB in the work tree)")
 
     config = load_config(_write_config(workdir, repository, upstream_port := free_port(), proxy_port := free_port()))
-    rules = ContentRules(compile_patterns(config.repository.exclude), config.repository.max_file_bytes)
+    rules = ContentRules.from_config(config)
     repo = open_repository(config.repository.path)
     base = head_commit(repo)
     started = time.perf_counter()

@@ -46,7 +46,7 @@ from scout_diff_cache.app import make_app
 from scout_diff_cache.config import load_config
 from scout_diff_cache.diff import working_diff
 from scout_diff_cache.epoch import Epoch
-from scout_diff_cache.repository import open_repository
+from scout_diff_cache.repository import ContentRules, open_repository
 from scout_diff_cache.snapshot import build_snapshot
 
 BYTES_PER_TOKEN = 4
@@ -225,10 +225,7 @@ async def replay(source: Path, commits: int, steps: int, workdir: Path, context:
     await proxy_site.start()
     proxy_url = f"http://127.0.0.1:{proxy_runner.addresses[0][1]}/v1/chat/completions"
 
-    from scout_diff_cache.patterns import compile_patterns
-    from scout_diff_cache.repository import ContentRules
-
-    rules = ContentRules(compile_patterns(config.repository.exclude), config.repository.max_file_bytes)
+    rules = ContentRules.from_config(config)
     original, ours, lower = PrefixCache(), PrefixCache(), 0
     questions = 0
     try:

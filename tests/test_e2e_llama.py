@@ -21,7 +21,6 @@ from aiohttp.test_utils import TestClient
 
 from conftest import GitRepo, proxy_config
 from scout_diff_cache.app import make_app
-from scout_diff_cache.patterns import compile_patterns
 from scout_diff_cache.repository import ContentRules
 from scout_diff_cache.snapshot import build_snapshot
 
@@ -128,7 +127,7 @@ async def test_the_upstream_serves_the_snapshot_from_its_cache(
     repo = make_repository(tmp_path / "repo")
     config = proxy_config(tmp_path, repo, f"{llama_server}/v1", upstream={"first_byte_timeout": "10m"})
     client = await aiohttp_client(make_app(config))
-    rules = ContentRules(compile_patterns(config.repository.exclude), config.repository.max_file_bytes)
+    rules = ContentRules.from_config(config)
     snapshot = build_snapshot(repo.path, repo.head(), rules, config.repository.max_snapshot_bytes, None)
     snapshot_text = json.loads(snapshot.message)["content"]
     snapshot_tokens = tokens(llama_server, snapshot_text)

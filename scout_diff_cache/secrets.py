@@ -1,0 +1,132 @@
+"""Finding secrets before any text leaves the process, and replacing them deterministically.
+
+A redacted secret becomes `[REDACTED:RULE:HASH]`, HASH being the first 8 hex digits of the value's
+SHA-256: the same secret always gives the same placeholder, so a redacted snapshot is still
+byte-identical from request to request (the prefix cache keeps working), and the value itself is
+never sent, logged or shown. Findings carry path, line and rule only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Iterator
+
+import attrs
+
+#: Files that are secrets by name: left out of snapshot and diff unless `[security] secrets = off`.
+SECRET_FILES = (
+    ".env",
+    ".env.*",
+    "*.pem",
+    "*.key",
+    "id_rsa*",
+    "id_dsa*",
+    "id_ecdsa*",
+    "id_ed25519*",
+    "*.p12",
+    "*.pfx",
+    "credentials*.json",
+    ".netrc",
+    ".npmrc",
+    ".pypirc",
+)
+
+#: Where `name = value` assignments are read as configuration.
+CONFIG_LIKE = re.compile(
+    r"(^|/)(\.env[^/]*|[^/]*\.(ini|cfg|conf|config|toml|ya?ml|json|properties|env|tfvars)|Dockerfile|docker-compose[^/]*)$"
+)
+
+
+@attrs.frozen
+class Rule:
+    name: str
+    pattern: re.Pattern[str]
+    #: The regex group holding the secret (0: the whole match).
+    group: int = 0
+    config_only: bool = False
+
+
+RULES = (
+    Rule(
+        "private-key",
+        re.compile(
+            r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----.*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----",
+            re.S,
+        ),
+    ),
+    Rule("aws-access-key-id", re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b")),
+    Rule(
+        "aws-secret-access-key",
+        re.compile(r"(?i)aws[a-z0-9_.\- ]{0,20}(?:secret|sk)[a-z0-9_.\- ]{0,20}[\"']?\s*[:=]\s*[\"']?([A-Za-z0-9/+=]{40})(?![A-Za-z0-9/+=])"),
+        group=1,
+    ),
+    Rule("google-api-key", re.compile(r"\bAIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-])")),
+    Rule("github-token", re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{82})\b")),
+    Rule("gitlab-token", re.compile(r"\bglpat-[A-Za-z0-9_\-]{20}(?![A-Za-z0-9_\-])")),
+    Rule("slack-token", re.compile(r"\bxox[baprs]-[A-Za-z0-9-]{10,}")),
+    Rule("slack-webhook", re.compile(r"https://hooks\.slack\.com/services/T[A-Za-z0-9]+/B[A-Za-z0-9]+/[A-Za-z0-9]+")),
+    Rule("stripe-key", re.compile(r"\b(?:sk|rk)_(?:live|test)_[0-9a-zA-Z]{16,}\b")),
+    Rule("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
+    Rule("password-in-url", re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@\"']+:([^\s/@\"']+)@[^\s/\"']+"), group=1),
+    Rule(
+        "assigned-secret",
+        re.compile(
+            r"(?i)\b[a-z0-9_.-]*(?:password|passwd|secret|token|api[_-]?key|access[_-]?key)[a-z0-9_.-]*[\"']?\s*[:=]\s*"
+            r"[\"']?([^\s\"'#,;{}<>$]{8,})"
+        ),
+        group=1,
+        config_only=True,
+    ),
+)
+
+#: Values that name a placeholder or a template variable rather than hold a secret.
+PLACEHOLDER = re.compile(
+    r"(?i)^(?:x+|\*+|changeme|change_me|your[_-].*|example.*|dummy.*|null|none|true|false|redacted.*"
+    r"|\$\{?\w+\}?|\{[^}]*\}|<[^>]*>|%\(\w+\)s)$"
+)
+
+
+@attrs.frozen
+class Finding:
+    path: str
+    line: int
+    rule: str
+
+
+def placeholder(rule: str, value: str) -> str:
+    return f"[REDACTED:{rule}:{hashlib.sha256(value.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}]"
+
+
+def _matches(path: str, text: str) -> Iterator[tuple[int, int, int, str]]:
+    """(start, rule's rank, end, rule) of every match: at one position the more specific rule wins."""
+    config_like = CONFIG_LIKE.search(path) is not None
+    for rank, rule in enumerate(RULES):
+        if rule.config_only and not config_like:
+            continue
+        for match in rule.pattern.finditer(text):
+            value = match.group(rule.group)
+            if value and not (rule.group and PLACEHOLDER.match(value)):
+                yield match.start(rule.group), rank, match.end(rule.group), rule.name
+
+
+def redact(path: str, text: str) -> tuple[str, list[Finding]]:
+    """`text` with every secret replaced, and where each one was (of overlapping matches, the first)."""
+    spans: list[tuple[int, int, str]] = []
+    for start, _, end, rule in sorted(_matches(path, text)):
+        if spans and start < spans[-1][1]:
+            continue  # overlaps a secret already claimed
+        spans.append((start, end, rule))
+    if not spans:
+        return text, []
+    parts, findings, position = [], [], 0
+    for start, end, rule in spans:
+        parts += [text[position:start], placeholder(rule, text[start:end])]
+        findings.append(Finding(path, text.count("\n", 0, start) + 1, rule))
+        position = end
+    parts.append(text[position:])
+    return "".join(parts), findings
+
+
+def contains_secret(path: str, text: str) -> bool:
+    return next(_matches(path, text), None) is not None

@@ -1,0 +1,166 @@
+"""Secrets never leave the box: a corpus of real-format fake secrets, in snapshot and diff."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import random
+import re
+import string
+from pathlib import Path
+
+import pytest
+
+from conftest import FakeUpstream, GitRepo, ProxyFactory, write_config
+from scout_diff_cache.secrets import placeholder, redact
+from test_context import injected
+from test_process import run_cli
+
+RNG = random.Random(20261126)
+
+
+def pick(alphabet: str, length: int) -> str:
+    return "".join(RNG.choice(alphabet) for _ in range(length))
+
+
+UPPER_DIGITS = string.ascii_uppercase + string.digits
+ALNUM = string.ascii_letters + string.digits
+B64 = ALNUM + "+/"
+URLSAFE = ALNUM + "-_"
+
+
+def pem(kind: str) -> str:
+    body = "\n".join(pick(B64, 64) for _ in range(6))
+    return f"-----BEGIN {kind}-----\n{body}\n-----END {kind}-----"
+
+
+def jwt() -> str:
+    def part(data: dict) -> str:  # type: ignore[type-arg]
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part({'sub': pick(ALNUM, 12), 'admin': True})}.{pick(URLSAFE, 43)}"
+
+
+def corpus() -> list[tuple[str, str, str, str]]:
+    """(rule, file, file text, the secret value that must never be sent)."""
+    items = []
+    for kind in ("RSA PRIVATE KEY", "OPENSSH PRIVATE KEY", "EC PRIVATE KEY", "PRIVATE KEY", "PGP PRIVATE KEY BLOCK"):
+        key = pem(kind)
+        items.append(("private-key", f"keys/{kind.split()[0].lower()}.txt", f"notes\n{key}\nmore notes\n", key))
+    service_key = pem("PRIVATE KEY").replace("\n", "\\n")
+    account = '{"type": "service_account", "project_id": "demo", "private_key": "%s"}' % service_key
+    items.append(("private-key", "deploy/service-account.json", account + "\n", service_key))
+    akid = "AKIA" + pick(UPPER_DIGITS, 16)
+    items.append(("aws-access-key-id", "src/settings.py", f'AWS_ACCESS_KEY_ID = "{akid}"\n', akid))
+    secret = pick(B64, 40)
+    items.append(("aws-secret-access-key", "src/aws.py", f'aws_secret_access_key = "{secret}"\n', secret))
+    items.append(("aws-secret-access-key", "deploy/aws.yaml", f"aws_secret_access_key: {(s2 := pick(B64, 40))}\n", s2))
+    gkey = "AIza" + pick(URLSAFE, 35)
+    items.append(("google-api-key", "web/maps.js", f'const key = "{gkey}";\n', gkey))
+    for token in ("ghp_" + pick(ALNUM, 36), "gho_" + pick(ALNUM, 36), "github_pat_" + pick(ALNUM + "_", 82)):
+        items.append(("github-token", "ci/release.sh", f"export GH_TOKEN={token}\n", token))
+    glpat = "glpat-" + pick(URLSAFE, 20)
+    items.append(("gitlab-token", "docs/ci.md", f"Use `{glpat}` to push.\n", glpat))
+    slack = f"xoxb-{pick(string.digits, 12)}-{pick(string.digits, 13)}-{pick(ALNUM, 24)}"
+    items.append(("slack-token", "bots/slack.py", f'TOKEN = "{slack}"\n', slack))
+    hook = f"https://hooks.slack.com/services/T{pick(UPPER_DIGITS, 8)}/B{pick(UPPER_DIGITS, 10)}/{pick(ALNUM, 24)}"
+    items.append(("slack-webhook", "bots/notify.toml", f'url = "{hook}"\n', hook))
+    for prefix in ("sk_live_", "rk_live_", "sk_test_"):
+        stripe = prefix + pick(ALNUM, 24)
+        items.append(("stripe-key", "billing/keys.py", f"STRIPE = '{stripe}'\n", stripe))
+    token = jwt()
+    items.append(("jwt", "tests/fixtures/session.txt", f"Authorization: Bearer {token}\n", token))
+    password = pick(ALNUM, 18)
+    items.append(("password-in-url", "src/db.py", f'URL = "postgresql://app:{password}@db.internal:5432/app"\n', password))
+    for name, text_of in (
+        ("config/app.yaml", lambda v: f"database:\n  password: {v}\n"),
+        ("config/app.ini", lambda v: f"[api]\napi_key = {v}\n"),
+        ("config/app.json", lambda v: json.dumps({"client_secret": v}) + "\n"),
+        ("config/prod.properties", lambda v: f"auth.token={v}\n"),
+    ):
+        value = pick(ALNUM, 24)
+        items.append(("assigned-secret", name, text_of(value), value))
+    return items
+
+
+CORPUS = corpus()
+
+
+def write_corpus(repo: GitRepo, prefix: str = "") -> None:
+    texts: dict[str, str] = {}
+    for _, name, text, _ in CORPUS:
+        texts[prefix + name] = texts.get(prefix + name, "") + text
+    for name, text in texts.items():
+        repo.write(name, text)
+
+
+def test_every_rule_is_in_the_corpus_and_every_secret_is_caught_alone() -> None:
+    from scout_diff_cache.secrets import RULES
+
+    assert {rule.name for rule in RULES} == {rule for rule, *_ in CORPUS}
+    for rule, name, text, value in CORPUS:
+        redacted, findings = redact(name, text)
+        assert value not in redacted, (rule, name)
+        assert [finding.rule for finding in findings] == [rule], (name, findings)
+        assert placeholder(rule, value) in redacted
+
+
+async def test_secrets_in_the_snapshot_and_the_diff_never_reach_the_upstream(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_corpus(git_repo)
+    git_repo.commit("the corpus, committed")
+    write_corpus(git_repo, prefix="new/")  # and again as untracked files
+    client = await make_proxy()
+    with caplog.at_level(logging.WARNING):
+        snapshot, diff = await injected(client, upstream)
+        again, _ = await injected(client, upstream)
+    body = upstream.seen[0].raw.decode()
+    caught = sum(value not in body for *_, value in CORPUS)
+    assert caught == len(CORPUS)  # recall: 100%, in the snapshot and in the diff
+    assert snapshot == again  # placeholders are deterministic: the prefix cache still works
+    for rule, _, _, value in CORPUS:
+        assert placeholder(rule, value) in snapshot
+    # in the diff a multi-line key carries its "+" prefixes, so its placeholder hashes that text
+    assert {rule for rule, *_ in CORPUS} == set(re.findall(r"\[REDACTED:([a-z-]+):[0-9a-f]{8}\]", diff))
+    log = caplog.text
+    assert "secrets found, redacted" in log and "src/db.py:1 (password-in-url)" in log
+    assert not any(value in log for *_, value in CORPUS)
+
+
+def test_inspect_lists_findings_without_values(tmp_path: Path, git_repo: GitRepo) -> None:
+    write_corpus(git_repo)
+    git_repo.commit("corpus")
+    config = write_config(tmp_path, {"repository": {"path": "repo"}, "context": {"state_dir": "state"}})
+    out = run_cli("inspect", "--config", str(config)).stdout
+    assert "snapshot  src/db.py:1  password-in-url" in out and "snapshot  config/app.yaml:2  assigned-secret" in out
+    assert not any(value in out for *_, value in CORPUS)
+
+
+async def test_exclude_file_mode_leaves_out_files_that_hold_a_secret(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    write_corpus(git_repo)
+    git_repo.commit("corpus")
+    git_repo.write("new/leak.py", f"KEY = '{CORPUS[0][3]}'\n")
+    snapshot, diff = await injected(await make_proxy(security={"secrets": "exclude-file"}), upstream)
+    assert "holds a secret: src/db.py (1 found)" in snapshot and "=== file: src/db.py" not in snapshot
+    assert "new/leak.py" in diff and "contents not shown" in diff
+    assert not any(value in snapshot + diff for *_, value in CORPUS)
+
+
+async def test_files_that_are_secrets_by_name_are_left_out_unless_scanning_is_off(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    for name in (".env", ".env.production", "deploy/server.pem", "id_rsa", "keys/tls.key", "credentials-prod.json", ".netrc"):
+        git_repo.write(name, f"CONTENT-OF {name}\n")
+    git_repo.commit("secret files")
+    git_repo.write(".env.local", "CONTENT-OF .env.local\n")
+    snapshot, diff = await injected(await make_proxy(), upstream)
+    assert "CONTENT-OF" not in snapshot + diff
+    assert "secret by its name: .env (not read)" in snapshot and "secret by its name: id_rsa (not read)" in snapshot
+    assert "a secret by its name, contents not shown" in diff
+    upstream.seen.clear()
+    plain, _ = await injected(await make_proxy(security={"secrets": "off"}), upstream)
+    assert "CONTENT-OF .env" in plain
