@@ -61,7 +61,7 @@ def _check_message(position: int, message: Any) -> None:
     if not isinstance(message, dict):
         raise InvalidRequest(f"{where} must be an object")
     role = message.get("role")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:
         raise InvalidRequest(f"{where}.role must be one of {', '.join(sorted(ROLES))}")
     content = message.get("content")
     if content is None:

@@ -1,0 +1,131 @@
+"""Hostile input, misbehaving upstreams and load: the proxy answers clearly and stays healthy."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+
+from aiohttp import web
+
+from conftest import FakeUpstream, ProxyFactory, chat, sse_chunk, start_upstream
+from test_proxy import free_port
+
+SEED = 20261126
+VALID = json.dumps(chat(stream=False)).encode()
+
+
+def mutations(rng: random.Random, count: int) -> list[bytes]:
+    """Random bytes, random JSON values, and byte-level mutations of a valid body."""
+    bodies: list[bytes] = []
+    values = [None, True, 0, -1, 1.5, "", "x", [], {}, [{}], {"role": "user"}, "\ud800", 10**30]
+    for _ in range(count):
+        kind = rng.randrange(4)
+        if kind == 0:
+            bodies.append(bytes(rng.randrange(256) for _ in range(rng.randrange(64))))
+        elif kind == 1:
+            body = chat()
+            for _ in range(rng.randrange(1, 4)):
+                messages = body.get("messages")
+                has_message = isinstance(messages, list) and messages and isinstance(messages[0], dict)
+                target = messages[0] if has_message and rng.random() < 0.5 else body
+                target[rng.choice(["messages", "role", "content", "model", "stream", "stream_options", "x"])] = rng.choice(values)
+            bodies.append(json.dumps(body).encode())
+        elif kind == 2:
+            data = bytearray(VALID)
+            for _ in range(rng.randrange(1, 6)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            bodies.append(bytes(data))
+        else:
+            bodies.append(VALID[: rng.randrange(len(VALID))])
+    return bodies
+
+
+async def test_fuzzed_bodies_and_headers_never_cause_a_500(make_proxy: ProxyFactory, upstream: FakeUpstream) -> None:
+    client = await make_proxy()
+    rng = random.Random(SEED)
+    statuses: dict[int, int] = {}
+    for body in mutations(rng, 3000):
+        headers = {"Content-Type": rng.choice(["application/json", "text/plain", "application/x-www-form-urlencoded", ""])}
+        response = await client.post("/v1/chat/completions", data=body, headers=headers)
+        statuses[response.status] = statuses.get(response.status, 0) + 1
+        assert response.status in (200, 400), (body, response.status)
+        if response.status == 400:
+            error = (await response.json())["error"]
+            assert error["message"] and error["type"] == "invalid_request_error" and error["code"]
+        else:
+            await response.read()
+    assert statuses.get(400, 0) > 2000
+    assert (await client.get("/health")).status == 200
+    assert (await client.post("/v1/chat/completions", json=chat())).status == 200
+
+
+async def test_malformed_upstream_answers_give_clear_errors(make_proxy: ProxyFactory, upstream: FakeUpstream) -> None:
+    async def behaviour(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
+        mode = (await request.json())["messages"][-1]["content"]
+        if mode == "invalid utf-8":
+            return web.Response(body=b'{"choices": "\xff\xfe"}', content_type="application/json")
+        if mode == "truncated json":
+            return web.Response(body=b'{"choices": [', content_type="application/json")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(sse_chunk("partial"))
+        assert request.transport is not None
+        request.transport.abort()  # reset mid-stream
+        return response
+
+    upstream.behaviour = behaviour
+    client = await make_proxy()
+    for mode in ("invalid utf-8", "truncated json"):
+        response = await client.post("/v1/chat/completions", json=chat({"role": "user", "content": mode}))
+        assert response.status == 502 and (await response.json())["error"]["code"] == "bad_gateway"
+    response = await client.post("/v1/chat/completions", json=chat({"role": "user", "content": "reset"}, stream=True))
+    text = await response.text()
+    assert '"partial"' in text
+    assert json.loads(text.strip().split("\n")[-1].removeprefix("data: "))["error"]["code"] == "bad_gateway"
+    assert (await client.get("/health")).status == 200
+
+
+async def test_an_upstream_that_goes_away_and_comes_back(make_proxy: ProxyFactory, aiohttp_server: object) -> None:
+    port = free_port()
+    client = await make_proxy(url=f"http://127.0.0.1:{port}/v1")
+    assert (await client.post("/v1/chat/completions", json=chat())).status == 503
+    back = FakeUpstream()
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", back.handle_chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        assert (await client.post("/v1/chat/completions", json=chat())).status == 200  # no proxy restart
+    finally:
+        await runner.cleanup()
+    assert (await client.post("/v1/chat/completions", json=chat())).status == 503
+
+
+async def test_200_concurrent_streams_deliver_every_byte_in_order(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    async def behaviour(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
+        tag = (await request.json())["messages"][-1]["content"]
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for number in range(20):
+            await response.write(sse_chunk(f"{tag}-{number}"))
+            await asyncio.sleep(0)
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    upstream.behaviour = behaviour
+    client = await make_proxy(server={"max_concurrent_requests": "256"})
+
+    async def one(tag: str) -> None:
+        response = await client.post("/v1/chat/completions", json=chat({"role": "user", "content": tag}, stream=True))
+        text = await response.text()
+        contents = [json.loads(line[6:])["choices"][0]["delta"]["content"] for line in text.split("\n") if line.startswith("data: {")]
+        assert contents == [f"{tag}-{number}" for number in range(20)]
+        assert text.endswith("data: [DONE]\n\n")
+
+    await asyncio.wait_for(asyncio.gather(*(one(f"s{index}") for index in range(200))), 120)
+    metrics = await (await client.get("/metrics")).text()
+    assert "scout_streams_in_flight 0" in metrics
