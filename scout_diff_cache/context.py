@@ -150,9 +150,15 @@ class RepositoryContext:
     async def current(self) -> Context:
         """The snapshot and a diff read after this call began, consistent with each other."""
         self.last_request = time.monotonic()
-        for _ in range(4):
+        failure: RepositoryError | None = None
+        for attempt in range(4):
             await self.start()
-            state = await self._read()
+            try:
+                state = await self._read()
+            except RepositoryError as error:  # often a file rewritten while libgit2 read it: retry
+                failure = error
+                await asyncio.sleep(0.01 * (attempt + 1))
+                continue
             snapshot = self.snapshot
             if snapshot is None or state.base != snapshot.commit:
                 continue  # the epoch switched while the diff was read against the old one
@@ -167,6 +173,8 @@ class RepositoryContext:
                 self._reported = state.diff.findings
                 _report("the working diff", state.diff.findings, self._rules.secrets)
             return Context(snapshot, state.diff)
+        if failure is not None:
+            raise failure
         raise RepositoryError("the repository kept changing while its state was read; try again")
 
     async def start(self) -> Snapshot:

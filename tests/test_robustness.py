@@ -6,9 +6,10 @@ import asyncio
 import json
 import random
 
+import pygit2
 from aiohttp import web
 
-from conftest import FakeUpstream, ProxyFactory, chat, sse_chunk, start_upstream
+from conftest import FakeUpstream, GitRepo, ProxyFactory, chat, sse_chunk
 from test_proxy import free_port
 
 SEED = 20261126
@@ -129,3 +130,45 @@ async def test_200_concurrent_streams_deliver_every_byte_in_order(
     await asyncio.wait_for(asyncio.gather(*(one(f"s{index}") for index in range(200))), 120)
     metrics = await (await client.get("/metrics")).text()
     assert "scout_streams_in_flight 0" in metrics
+
+
+async def test_commits_checkouts_and_resets_while_requests_run_stay_consistent(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    client = await make_proxy(context={"rebase": "every-commit"})
+    repo = git_repo.repo
+    first = git_repo.head()
+    stop = asyncio.Event()
+
+    async def churn() -> None:
+        rng = random.Random(SEED)
+        for step in range(40):
+            git_repo.write("src/app.py", f"step = {step}\n")
+            if rng.random() < 0.5:
+                git_repo.commit(f"step {step}")
+            elif rng.random() < 0.5:
+                repo.reset(repo[first].id, pygit2.enums.ResetMode.HARD)
+            else:
+                repo.checkout_tree(repo[repo.head.target], strategy=pygit2.enums.CheckoutStrategy.FORCE)
+            await asyncio.sleep(0.005)
+        stop.set()
+
+    async def ask() -> list[int]:
+        statuses = []
+        while not stop.is_set():
+            response = await client.post("/v1/chat/completions", json=chat())
+            statuses.append(response.status)
+            if response.status == 500:  # the documented race: the tree changed under every retry
+                error = (await response.json())["error"]
+                assert error["code"] == "repository_error"
+                assert "kept changing" in error["message"] or "error reading file" in error["message"]
+        return statuses
+
+    results = await asyncio.gather(churn(), ask(), ask(), ask())
+    statuses = [status for batch in results[1:] for status in batch]
+    # a change every few milliseconds is far faster than people work; most requests still succeed
+    assert statuses and statuses.count(200) >= len(statuses) * 0.5 and set(statuses) <= {200, 500}
+    for seen in upstream.seen:
+        snapshot, diff = (message["content"] for message in seen.json["messages"][:2])
+        commit = snapshot.rsplit("commit ", 1)[1].split(" ")[0]
+        assert f"=== snapshot commit {commit};" in diff  # one base for both: internally consistent
