@@ -36,6 +36,8 @@ from scout_diff_cache.snapshot import build_snapshot
 from scout_diff_cache.config import load_config
 from scout_diff_cache.validation import parse_chat_request
 
+STREAM_CHUNKS = 50
+CONCURRENT = 200
 QUESTION = {"model": "bench", "messages": [{"role": "user", "content": "Where is the cache invalidated?"}]}
 ANSWER = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}]}).encode()
 
@@ -67,10 +69,18 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-async def discard(request: web.Request) -> web.Response:
-    async for _ in request.content.iter_any():
-        pass
-    return web.Response(body=ANSWER, content_type="application/json")
+async def discard(request: web.Request) -> web.StreamResponse:
+    tail = b""
+    async for chunk in request.content.iter_any():
+        tail = (tail + chunk)[-4096:]  # the client's own fields come last in the spliced body
+    if b'"stream":true' not in tail:
+        return web.Response(body=ANSWER, content_type="application/json")
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for number in range(STREAM_CHUNKS):
+        await response.write(b'data: {"choices":[{"index":0,"delta":{"content":"%d "}}]}\n\n' % number)
+    await response.write(b"data: [DONE]\n\n")
+    return response
 
 
 def serve_upstream(port: int) -> None:
@@ -163,6 +173,7 @@ async def measure(repository: Path, count: int, workdir: Path) -> None:
             for _ in range(count):  # interleaved, so drift in the machine hits both alike
                 direct += await timed_posts(session, direct_url, body, 1)
                 through += await timed_posts(session, proxy_url, small, 1)
+        await load(workdir, upstream_port)
     finally:
         for process in (proxy, upstream):
             process.terminate()
@@ -192,12 +203,53 @@ async def measure(repository: Path, count: int, workdir: Path) -> None:
     print(f"naive re-serialising / added: {naive_median / cost:.1f}x  (goal >= 5)")
 
 
-def _write_config(workdir: Path, repository: Path, upstream_port: int, proxy_port: int) -> Path:
-    path = workdir / "bench.ini"
+async def load(workdir: Path, upstream_port: int) -> None:
+    """200 concurrent streams through a proxy serving a 1 MB snapshot: throughput and peak RSS."""
+    small = workdir / "small"
+    generate_repository(small, files=100, file_bytes=10_000)
+    config = load_config(_write_config(workdir, small, upstream_port, port := free_port(), name="load.ini"))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    proxy = subprocess.Popen(
+        [sys.executable, "-m", "scout_diff_cache", "serve", "--config", str(config.source)],
+        env=env, stderr=subprocess.DEVNULL,
+    )
+    body = dict(QUESTION, stream=True)
+    expected = "".join(f"{number} " for number in range(STREAM_CHUNKS))
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            await wait_until_up(session, f"http://127.0.0.1:{port}/health")
+            async with session.get(f"http://127.0.0.1:{port}/health") as health:
+                snapshot_mb = (await health.json())["snapshot"]["bytes"] / 1e6
+
+            async def one() -> int:
+                async with session.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body) as response:
+                    text = await response.text()
+                got = "".join(json.loads(line[6:])["choices"][0]["delta"]["content"]
+                              for line in text.split("\n") if line.startswith("data: {"))
+                assert got == expected, f"a stream lost or reordered bytes: {text[:300]!r}"
+                return len(text)
+
+            started = time.perf_counter()
+            sizes = await asyncio.gather(*(one() for _ in range(CONCURRENT)))
+            seconds = time.perf_counter() - started
+        with open(f"/proc/{proxy.pid}/status") as status:
+            peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    finally:
+        proxy.terminate()
+        proxy.wait(30)
+    print(f"load: {CONCURRENT} concurrent streams ({STREAM_CHUNKS} chunks each) through a proxy with a "
+          f"{snapshot_mb:.1f} MB snapshot: all complete and in order in {seconds:.2f} s, "
+          f"{CONCURRENT / seconds:.0f} streams/s; proxy peak RSS {int(peak) / 1024:.0f} MiB")
+
+
+def _write_config(workdir: Path, repository: Path, upstream_port: int, proxy_port: int, name: str = "bench.ini") -> Path:
+    path = workdir / name
     path.write_text(
         f"[server]\nport = {proxy_port}\nlog_level = warning\nmax_body_bytes = 1MiB\n"
+        f"max_concurrent_requests = {CONCURRENT}\n"
         f"[upstream]\nurl = http://127.0.0.1:{upstream_port}/v1\n"
         f"[repository]\npath = {repository}\nmax_snapshot_bytes = 1GiB\n"
+        f"[context]\nstate_dir = {workdir / 'state'}\n"
     )
     return path
 
