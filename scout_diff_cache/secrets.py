@@ -41,6 +41,8 @@ CONFIG_LIKE = re.compile(
 @attrs.frozen
 class Rule:
     name: str
+    #: Substrings one of which every match contains (lower case: looked up in the lowered text).
+    hints: tuple[str, ...]
     pattern: re.Pattern[str]
     #: The regex group holding the secret (0: the whole match).
     group: int = 0
@@ -50,27 +52,30 @@ class Rule:
 RULES = (
     Rule(
         "private-key",
+        ("private key",),
         re.compile(
             r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----.*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----",
             re.S,
         ),
     ),
-    Rule("aws-access-key-id", re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b")),
+    Rule("aws-access-key-id", ("akia", "asia", "abia", "acca"), re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b")),
     Rule(
         "aws-secret-access-key",
+        ("aws",),
         re.compile(r"(?i)aws[a-z0-9_.\- ]{0,20}(?:secret|sk)[a-z0-9_.\- ]{0,20}[\"']?\s*[:=]\s*[\"']?([A-Za-z0-9/+=]{40})(?![A-Za-z0-9/+=])"),
         group=1,
     ),
-    Rule("google-api-key", re.compile(r"\bAIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-])")),
-    Rule("github-token", re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{82})\b")),
-    Rule("gitlab-token", re.compile(r"\bglpat-[A-Za-z0-9_\-]{20}(?![A-Za-z0-9_\-])")),
-    Rule("slack-token", re.compile(r"\bxox[baprs]-[A-Za-z0-9-]{10,}")),
-    Rule("slack-webhook", re.compile(r"https://hooks\.slack\.com/services/T[A-Za-z0-9]+/B[A-Za-z0-9]+/[A-Za-z0-9]+")),
-    Rule("stripe-key", re.compile(r"\b(?:sk|rk)_(?:live|test)_[0-9a-zA-Z]{16,}\b")),
-    Rule("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
-    Rule("password-in-url", re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@\"']+:([^\s/@\"']+)@[^\s/\"']+"), group=1),
+    Rule("google-api-key", ("aiza",), re.compile(r"\bAIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-])")),
+    Rule("github-token", ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"), re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{82})\b")),
+    Rule("gitlab-token", ("glpat-",), re.compile(r"\bglpat-[A-Za-z0-9_\-]{20}(?![A-Za-z0-9_\-])")),
+    Rule("slack-token", ("xox",), re.compile(r"\bxox[baprs]-[A-Za-z0-9-]{10,}")),
+    Rule("slack-webhook", ("hooks.slack.com",), re.compile(r"https://hooks\.slack\.com/services/T[A-Za-z0-9]+/B[A-Za-z0-9]+/[A-Za-z0-9]+")),
+    Rule("stripe-key", ("_live_", "_test_"), re.compile(r"\b(?:sk|rk)_(?:live|test)_[0-9a-zA-Z]{16,}\b")),
+    Rule("jwt", ("eyj",), re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
+    Rule("password-in-url", ("://",), re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@\"']+:([^\s/@\"']+)@[^\s/\"']+"), group=1),
     Rule(
         "assigned-secret",
+        ("pass", "secret", "token", "key"),
         re.compile(
             r"(?i)\b[a-z0-9_.-]*(?:password|passwd|secret|token|api[_-]?key|access[_-]?key)[a-z0-9_.-]*[\"']?\s*[:=]\s*"
             r"[\"']?([^\s\"'#,;{}<>$]{8,})"
@@ -101,8 +106,9 @@ def placeholder(rule: str, value: str) -> str:
 def _matches(path: str, text: str) -> Iterator[tuple[int, int, int, str]]:
     """(start, rule's rank, end, rule) of every match: at one position the more specific rule wins."""
     config_like = CONFIG_LIKE.search(path) is not None
+    lowered = text.lower()
     for rank, rule in enumerate(RULES):
-        if rule.config_only and not config_like:
+        if (rule.config_only and not config_like) or not any(hint in lowered for hint in rule.hints):
             continue
         for match in rule.pattern.finditer(text):
             value = match.group(rule.group)
