@@ -20,6 +20,8 @@ from .validation import ChatRequest
 
 #: An error body longer than this is cut before it is read whole.
 MAX_ERROR_BODY = 64 * 1024
+#: A non-streaming answer is held whole to check it; larger than this, it is refused, not buffered.
+MAX_ANSWER = 32 * 1024 * 1024
 
 
 def open_session(config: UpstreamConfig) -> aiohttp.ClientSession:
@@ -121,9 +123,11 @@ async def complete(session: aiohttp.ClientSession, config: UpstreamConfig, body:
         raise no_first_byte(config) from None
     try:
         await check_status(response, config.idle_timeout)
-        data = await read_all(response, config.idle_timeout)
+        data = await read_all(response, config.idle_timeout, MAX_ANSWER + 1)
     finally:
         response.close()
+    if len(data) > MAX_ANSWER:
+        raise UpstreamBadResponse(f"the upstream's answer is larger than {MAX_ANSWER} bytes; not relayed")
     try:
         return data, json.loads(data)
     except ValueError:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import sys
+from pathlib import Path
 
 import pygit2
 from aiohttp import web
@@ -47,7 +49,11 @@ async def test_fuzzed_bodies_and_headers_never_cause_a_500(make_proxy: ProxyFact
     rng = random.Random(SEED)
     statuses: dict[int, int] = {}
     for body in mutations(rng, 3000):
-        headers = {"Content-Type": rng.choice(["application/json", "text/plain", "application/x-www-form-urlencoded", ""])}
+        printable = "".join(chr(rng.randrange(32, 127)) for _ in range(rng.randrange(40)))
+        headers = {
+            "Content-Type": rng.choice(["application/json", "text/plain", "application/x-www-form-urlencoded", ""]),
+            rng.choice(["Authorization", "Accept", "Cookie", "X-Forwarded-For", "Accept-Encoding"]): printable,
+        }
         response = await client.post("/v1/chat/completions", data=body, headers=headers)
         statuses[response.status] = statuses.get(response.status, 0) + 1
         assert response.status in (200, 400), (body, response.status)
@@ -130,6 +136,9 @@ async def test_200_concurrent_streams_deliver_every_byte_in_order(
     await asyncio.wait_for(asyncio.gather(*(one(f"s{index}") for index in range(200))), 120)
     metrics = await (await client.get("/metrics")).text()
     assert "scout_streams_in_flight 0" in metrics
+    await asyncio.sleep(0.1)
+    ours = [task for task in asyncio.all_tasks() if "scout_diff_cache" in task.get_coro().cr_code.co_filename]
+    assert [task.get_coro().__qualname__ for task in ours] == ["_keep_warm"]  # no task outlives its request
 
 
 async def test_commits_checkouts_and_resets_while_requests_run_stay_consistent(
@@ -172,3 +181,81 @@ async def test_commits_checkouts_and_resets_while_requests_run_stay_consistent(
         snapshot, diff = (message["content"] for message in seen.json["messages"][:2])
         commit = snapshot.rsplit("commit ", 1)[1].split(" ")[0]
         assert f"=== snapshot commit {commit};" in diff  # one base for both: internally consistent
+
+
+async def test_an_oversized_answer_is_refused_not_buffered(make_proxy: ProxyFactory, upstream: FakeUpstream) -> None:
+    async def behaviour(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        chunk = b" " * (1024 * 1024)
+        for _ in range(40):  # 40 MiB of "JSON"
+            await response.write(chunk)
+        return response
+
+    upstream.behaviour = behaviour
+    response = await (await make_proxy()).post("/v1/chat/completions", json=chat())
+    assert response.status == 502 and "larger than" in (await response.json())["error"]["message"]
+
+
+async def test_a_client_that_stops_reading_holds_back_the_upstream(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    written = 0
+
+    async def behaviour(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
+        nonlocal written
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        chunk = b"data: " + b"x" * (256 * 1024) + b"\n\n"
+        for _ in range(400):  # 100 MiB if nobody pushed back
+            await response.write(chunk)
+            written += 1
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    upstream.behaviour = behaviour
+    client = await make_proxy()
+    response = await client.post("/v1/chat/completions", json=chat(stream=True))
+    await response.content.readexactly(1024)
+    await asyncio.sleep(1.0)  # the client reads nothing: buffers fill, the proxy stops reading
+    assert written < 160  # bounded by socket and library buffers, far below the 400 produced
+    total = 1024 + len(await response.content.read())
+    assert written == 400 and total == 400 * (256 * 1024 + 8) + len(b"data: [DONE]\n\n")
+
+
+async def test_an_upstream_process_killed_mid_stream(make_proxy: ProxyFactory, tmp_path: Path) -> None:
+    port = free_port()
+    script = tmp_path / "upstream.py"
+    script.write_text(
+        "import asyncio, sys\n"
+        "from aiohttp import web\n"
+        "async def chat(request):\n"
+        "    await request.read()\n"
+        "    response = web.StreamResponse(headers={'Content-Type': 'text/event-stream'})\n"
+        "    await response.prepare(request)\n"
+        "    await response.write(b'data: {\"choices\": [{\"index\": 0, \"delta\": {\"content\": \"one\"}}]}\\n\\n')\n"
+        "    await asyncio.sleep(30)\n"
+        "    return response\n"
+        "app = web.Application()\n"
+        "app.router.add_post('/v1/chat/completions', chat)\n"
+        f"web.run_app(app, host='127.0.0.1', port={port}, print=None)\n"
+    )
+    process = await asyncio.create_subprocess_exec(sys.executable, str(script))
+    try:
+        client = await make_proxy(url=f"http://127.0.0.1:{port}/v1")
+        for _ in range(200):
+            response = await client.post("/v1/chat/completions", json=chat(stream=True))
+            if response.status == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert b'"one"' in await response.content.readuntil(b"\n\n")
+        process.kill()
+        rest = (await asyncio.wait_for(response.content.read(), 10)).decode()
+        assert json.loads(rest.strip().split("\n")[-1].removeprefix("data: "))["error"]["code"] == "bad_gateway"
+        await process.wait()
+        assert (await client.post("/v1/chat/completions", json=chat())).status == 503
+        assert (await client.get("/health")).status == 200
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
