@@ -239,7 +239,7 @@ async def load(workdir: Path, upstream_port: int) -> None:
         proxy.wait(30)
     print(f"load: {CONCURRENT} concurrent streams ({STREAM_CHUNKS} chunks each) through a proxy with a "
           f"{snapshot_mb:.1f} MB snapshot: all complete and in order in {seconds:.2f} s, "
-          f"{CONCURRENT / seconds:.0f} streams/s; proxy peak RSS {int(peak) / 1024:.0f} MiB")
+          f"{CONCURRENT / seconds:.0f} streams/s, {sum(sizes) / seconds / 1e6:.1f} MB/s; proxy peak RSS {int(peak) / 1024:.0f} MiB")
 
 
 def _write_config(workdir: Path, repository: Path, upstream_port: int, proxy_port: int, name: str = "bench.ini") -> Path:
