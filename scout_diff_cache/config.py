@@ -309,7 +309,7 @@ def _read_api_key(where: str, base: Path, upstream: UpstreamConfig) -> UpstreamC
 
 def _read_client_keys(where: str, base: Path, server: ServerConfig) -> ServerConfig:
     if server.api_keys_file is None:
-        if not _loopback(server.host) and not server.allow_unauthenticated_remote:
+        if not is_loopback(server.host) and not server.allow_unauthenticated_remote:
             raise ConfigError(
                 f"{where}: [server] host = '{server.host}': listening beyond loopback needs api_keys_file, "
                 "or allow_unauthenticated_remote = true to accept anyone who can reach it"
@@ -326,11 +326,12 @@ def _read_client_keys(where: str, base: Path, server: ServerConfig) -> ServerCon
     return attrs.evolve(server, api_keys_file=path, api_keys=keys)
 
 
-def _loopback(host: str) -> bool:
-    if host == "localhost":
+def is_loopback(address: str | None) -> bool:
+    """A listening host or a peer address on this machine only (`localhost`, 127/8, ::1)."""
+    if address == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return address is not None and ipaddress.ip_address(address.split("%")[0]).is_loopback
     except ValueError:
         return False
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
-
 import attrs
 
 from aiohttp import web
 
 from .accounting import Exchange
 from .app_keys import exchange_key, live_key, metrics_key, session_key, totals_key
+from .config import is_loopback
 from .context import Context
 from .errors import Forbidden, InvalidRequest, ProxyError
 from .metrics import render as render_metrics
@@ -107,13 +106,6 @@ async def rebase(request: web.Request) -> web.Response:
         raise InvalidRequest("context injection is off ([context] inject = false): there is no snapshot to rebase")
     done = await request.app[live_key].context.rebase()
     return web.json_response(attrs.asdict(done))
-
-
-def is_loopback(address: str | None) -> bool:
-    try:
-        return address is not None and ipaddress.ip_address(address.split("%")[0]).is_loopback
-    except ValueError:
-        return False
 
 
 async def metrics(request: web.Request) -> web.Response:

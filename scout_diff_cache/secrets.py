@@ -132,7 +132,3 @@ def redact(path: str, text: str) -> tuple[str, list[Finding]]:
         position = end
     parts.append(text[position:])
     return "".join(parts), findings
-
-
-def contains_secret(path: str, text: str) -> bool:
-    return next(_matches(path, text), None) is not None

@@ -24,7 +24,7 @@ from conftest import (
     write_config,
 )
 from scout_diff_cache.order import carry_order, initial_order
-from scout_diff_cache.routes import is_loopback
+from scout_diff_cache.config import is_loopback
 from test_context import injected
 from test_process import Proxy
 from test_proxy import free_port, until
