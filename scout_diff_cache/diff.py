@@ -44,7 +44,7 @@ FLAGS = (
 )
 
 #: Commits since the base shown one by one; older ones are folded into one section.
-COMMIT_SECTIONS = 200
+COMMIT_GROUPS = 200
 
 HEADER = """\
 # Working diff
@@ -101,14 +101,14 @@ def committed_groups(
     chain: list[pygit2.Commit] = []
     current = head
     while current.id != base.id:
-        if not current.parents or len(chain) > 10 * COMMIT_SECTIONS:  # base off HEAD's first-parent line
+        if not current.parents or len(chain) > 10 * COMMIT_GROUPS:  # base off HEAD's first-parent line
             return [_group(base.tree.diff_to_tree(head.tree), rules, root, f"were made since {base.id}")]
         chain.append(current)
         current = current.parents[0]
     chain.reverse()
     groups = []
-    if len(chain) > COMMIT_SECTIONS:
-        folded, chain = chain[:-COMMIT_SECTIONS], chain[-COMMIT_SECTIONS:]
+    if len(chain) > COMMIT_GROUPS:
+        folded, chain = chain[:-COMMIT_GROUPS], chain[-COMMIT_GROUPS:]
         label = f"were made in {len(folded)} commits up to {folded[-1].id}"
         groups.append(_group(base.tree.diff_to_tree(folded[-1].tree), rules, root, label))
     for commit in chain:
