@@ -28,7 +28,7 @@ import pygit2
 
 from .accounting import Usage
 from .config import Config, ContextConfig
-from .diff import Group, WorkingDiff, committed_groups, working_diff
+from .diff import Group, Shown, WorkingDiff, committed_groups, working_diff
 from .epoch import Epoch, load_epoch, save_epoch, state_file
 from .errors import ProxyError, RepositoryError
 from .metrics import Metrics
@@ -124,6 +124,7 @@ class RepositoryContext:
         self._read = Coalesced(self._read_state)
         self._history: _Committed | None = None
         self._rendered: dict[str, Group] = {}
+        self._shown = Shown(None, ())
         self._switching: dict[str | None, asyncio.Task[Rebase]] = {}
         self._starting: asyncio.Task[Snapshot] | None = None
         self.snapshot: Snapshot | None = None
@@ -328,6 +329,7 @@ class RepositoryContext:
         if not cached.valid or not with_diff:
             return _State(base_id, head_id, cached.valid, None)
         diff = working_diff(repo, base, head, self._rules, cached.groups)
+        self._shown = Shown(head_id, diff.uncommitted)  # shared by threads: replaced whole
         return _State(base_id, head_id, True, diff)
 
     def _committed(
@@ -338,4 +340,4 @@ class RepositoryContext:
             return _Committed(key, base is None, [])
         if base is None or not (base.id == head.id or repo.descendant_of(head.id, base.id)):
             return _Committed(key, False, [])
-        return _Committed(key, True, committed_groups(repo, base, head, self._rules, self._rendered))
+        return _Committed(key, True, committed_groups(repo, base, head, self._rules, self._rendered, self._shown))

@@ -16,10 +16,12 @@ keeps everything before the first byte that differs:
 Within a group, files are ordered by modification time in the working tree (the file being edited
 is last), then path; deleted files first. Labels follow their group, so when the uncommitted changes
 are committed the bytes stay the same up to the new label: a commit costs a few tokens, an edit
-costs only what follows the edited file. Each commit's group is rendered once and kept, so later
-edits never reorder it (a restarted process orders it by the mtimes it then finds). The uncommitted
-group uses libgit2's index-assisted diff (HEAD tree → index, then index → working tree with the
-index's stat cache): each request touches only what the stat cache says changed.
+costs only what follows the edited file. A commit's group lists its files in the order they were
+last shown uncommitted, and is rendered once and kept, so later edits never reorder it (a restarted
+process orders it by the mtimes it then finds). Every file renders the same whichever diff found it
+(binary and oversized files included). The uncommitted group uses libgit2's index-assisted diff
+(HEAD tree → index, then index → working tree with the index's stat cache): each request touches
+only what the stat cache says changed.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import attrs
 import pygit2
-from pygit2.enums import DeltaStatus, DiffOption
+from pygit2.enums import DeltaStatus, DiffFlag, DiffOption, FileMode
 
 from .errors import RepositoryError
 from .prompt import system_message
@@ -73,6 +75,8 @@ class WorkingDiff:
     message: bytes = attrs.field(repr=False)
     #: Secrets found in the diffs; a finding's line counts within that file's diff text.
     findings: tuple[Finding, ...] = attrs.field(default=(), repr=False)
+    #: The uncommitted files in the order shown: committing them keeps that order.
+    uncommitted: tuple[str, ...] = attrs.field(default=(), repr=False)
 
 
 @attrs.frozen
@@ -80,8 +84,16 @@ class Group:
     """Rendered diffs of one commit (or of the uncommitted changes), with their label."""
 
     text: str
-    files: int
+    paths: tuple[str, ...]  # in the order shown
     findings: tuple[Finding, ...] = ()
+
+
+@attrs.frozen
+class Shown:
+    """The uncommitted changes as last sent, on top of `head`."""
+
+    head: str | None
+    paths: tuple[str, ...]
 
 
 def committed_groups(
@@ -90,19 +102,21 @@ def committed_groups(
     head: pygit2.Commit | None,
     rules: ContentRules,
     rendered: dict[str, Group],
+    shown: Shown,
 ) -> list[Group]:
     """One group per first-parent commit from base (excluded) to HEAD, oldest first.
 
-    `rendered` keeps each commit's group once made, so it never changes while this process runs.
+    `rendered` keeps each commit's group once made, so it never changes while this process runs. A
+    commit made on top of the `shown` uncommitted changes lists its files in the order they were
+    shown in, whatever was edited since: a commit then changes only the group's label.
     """
     if head is None or base is None or base.id == head.id:
         return []
-    root = Path(repo.workdir)
     chain: list[pygit2.Commit] = []
     current = head
     while current.id != base.id:
         if not current.parents or len(chain) > 10 * COMMIT_GROUPS:  # base off HEAD's first-parent line
-            return [_group(base.tree.diff_to_tree(head.tree), rules, root, f"were made since {base.id}")]
+            return [_group(repo, base.tree.diff_to_tree(head.tree), rules, f"were made since {base.id}")]
         chain.append(current)
         current = current.parents[0]
     chain.reverse()
@@ -110,13 +124,14 @@ def committed_groups(
     if len(chain) > COMMIT_GROUPS:
         folded, chain = chain[:-COMMIT_GROUPS], chain[-COMMIT_GROUPS:]
         label = f"were made in {len(folded)} commits up to {folded[-1].id}"
-        groups.append(_group(base.tree.diff_to_tree(folded[-1].tree), rules, root, label))
+        groups.append(_group(repo, base.tree.diff_to_tree(folded[-1].tree), rules, label))
     for commit in chain:
         key = str(commit.id)
         if key not in rendered:
             summary = commit.message.strip().splitlines()[0] if commit.message.strip() else ""
             diff = commit.parents[0].tree.diff_to_tree(commit.tree)
-            rendered[key] = _group(diff, rules, root, f"were committed as {commit.id}: {summary}")
+            first = shown.paths if str(commit.parents[0].id) == shown.head else ()
+            rendered[key] = _group(repo, diff, rules, f"were committed as {commit.id}: {summary}", first)
         groups.append(rendered[key])
     return groups
 
@@ -133,31 +148,40 @@ def working_diff(
         index = repo.index
         diff = base_tree(repo, head).diff_to_index(index, FLAGS)
         diff.merge(index.diff_to_workdir(FLAGS))
-        uncommitted = _group(diff, rules, Path(repo.workdir), "are not committed yet")
+        uncommitted = _group(repo, diff, rules, "are not committed yet")
     except (pygit2.GitError, OSError) as error:
         raise RepositoryError(f"cannot compute the working diff in {repo.workdir}: {error}") from None
     base_id = str(base.id) if base is not None else None
     head_id = str(head.id) if head is not None else None
     groups = [*committed, uncommitted]
-    files = sum(group.files for group in groups)
+    files = sum(len(group.paths) for group in groups)
     text = (HEADER + "".join(group.text for group in groups) if files else CLEAN) + _footer(base_id, head_id)
     findings = tuple(finding for group in groups for finding in group.findings)
-    return WorkingDiff(base_id, head_id, files, len(text.encode("utf-8")), system_message(text), findings)
+    return WorkingDiff(
+        base_id, head_id, files, len(text.encode("utf-8")), system_message(text), findings, uncommitted.paths
+    )
 
 
-def _group(diff: pygit2.Diff, rules: ContentRules, root: Path, origin: str) -> Group:
-    """The diffs, oldest edit first, then the label saying where they come from."""
+def _group(
+    repo: pygit2.Repository, diff: pygit2.Diff, rules: ContentRules, origin: str, first: tuple[str, ...] = ()
+) -> Group:
+    """The diffs, the paths in `first` in that order, then oldest edit first; then the label."""
+    root = Path(repo.workdir)
     deltas = list(diff.deltas)
-    ordered = sorted(range(len(deltas)), key=lambda i: _edited(deltas[i], root))
-    patches, findings = [], []
+    rank = {path: n for n, path in enumerate(first)}
+    ordered = sorted(
+        range(len(deltas)), key=lambda i: (rank.get(_path(deltas[i]), len(rank)), _edited(deltas[i], root))
+    )
+    patches, paths, findings = [], [], []
     for i in ordered:
-        text, found = _patch(diff, deltas[i], i, rules)
+        text, found = _patch(repo.odb, diff, deltas[i], i, rules)
         findings += found
         if text:
             patches.append(text)
+            paths.append(_path(deltas[i]))
     if not patches:
-        return Group("", 0, tuple(findings))
-    return Group("".join(patches) + f"=== the changes above {origin} ===\n", len(patches), tuple(findings))
+        return Group("", (), tuple(findings))
+    return Group("".join(patches) + f"=== the changes above {origin} ===\n", tuple(paths), tuple(findings))
 
 
 def _edited(delta: pygit2.DiffDelta, root: Path) -> tuple[int, str]:
@@ -177,15 +201,21 @@ def _path(delta: pygit2.DiffDelta) -> str:
     return delta.old_file.path if delta.status == DeltaStatus.DELETED else delta.new_file.path
 
 
-def _patch(diff: pygit2.Diff, delta: pygit2.DiffDelta, i: int, rules: ContentRules) -> tuple[str, list[Finding]]:
-    """One file's diff text, screened for secrets, and what was found in it."""
+def _patch(
+    odb: pygit2.Odb, diff: pygit2.Diff, delta: pygit2.DiffDelta, i: int, rules: ContentRules
+) -> tuple[str, list[Finding]]:
+    """One file's diff text, screened for secrets, and what was found in it.
+
+    A file renders the same whichever diff found it (the uncommitted changes, then the same change
+    committed), so a commit leaves the bytes of its group as they were.
+    """
     path = _path(delta)
     if rules.exclude.excludes(path):
         return "", []
     stub = f"diff --git a/{path} b/{path}\n({delta.status.name.lower()}, {{}}, contents not shown)\n"
     if rules.secret_by_name(path):
         return stub.format("a secret by its name"), []
-    size = max(delta.new_file.size, delta.old_file.size)
+    size = max(_size(odb, delta.new_file), _size(odb, delta.old_file))
     if size > rules.max_file_bytes:
         return stub.format(f"{size} bytes: over max_file_bytes"), []
     patch = diff[i]
@@ -193,6 +223,13 @@ def _patch(diff: pygit2.Diff, delta: pygit2.DiffDelta, i: int, rules: ContentRul
         return "", []
     screened, found = rules.screen(path, patch.data.decode("utf-8", "replace"))
     return (screened if screened is not None else stub.format(f"holds {len(found)} secrets")), found
+
+
+def _size(odb: pygit2.Odb, file: pygit2.DiffFile) -> int:
+    """The file's size in bytes; a diff between two trees leaves it unset until the patch is made."""
+    if file.flags & DiffFlag.VALID_SIZE or not file.flags & DiffFlag.EXISTS or file.mode == FileMode.COMMIT:
+        return file.size  # a submodule's commit is not in this repository
+    return odb.read_header(file.id)[1]
 
 
 def _footer(base: str | None, head: str | None) -> str:

@@ -221,8 +221,14 @@ async def test_submodules_are_listed_not_read(make_proxy: ProxyFactory, upstream
     index.write()
     tree = index.write_tree()
     git_repo.repo.create_commit("HEAD", SIGNATURE, SIGNATURE, "submodule", tree, [git_repo.repo.head.target])
-    snapshot, _ = await injected(await make_proxy(), upstream)
+    client = await make_proxy(context={"rebase": "manual"})
+    snapshot, _ = await injected(client, upstream)
     assert f"submodule: vendored/lib (at {gitlink})" in snapshot
+    index.add(pygit2.IndexEntry("vendored/other", gitlink, FileMode.COMMIT))  # a commit after the snapshot's
+    index.write()
+    git_repo.repo.create_commit("HEAD", SIGNATURE, SIGNATURE, "another", index.write_tree(), [git_repo.repo.head.target])
+    _, diff = await injected(client, upstream)
+    assert "+Subproject commit 1234567890abcdef1234567890abcdef12345678" in diff
 
 
 async def test_concurrent_cold_requests_build_the_snapshot_once(

@@ -279,15 +279,25 @@ async def test_the_diff_only_grows_at_its_end_across_commits(
 async def test_committing_keeps_the_diff_bytes_up_to_the_new_label(
     make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
 ) -> None:
-    client = await five_files_manual(make_proxy, upstream, git_repo)
-    for name, when in (("d.txt", 100), ("b.txt", 200), ("new.txt", 300)):
-        path = git_repo.write(name, f"work on {name}\n")
+    five_files(git_repo)
+    git_repo.write("tool.bin", b"\0\1" * 100)
+    git_repo.write("big.txt", "line\n" * 2000)
+    git_repo.commit("a binary and a big file")
+    client = await make_proxy(context={"rebase": "manual"}, repository={"max_file_bytes": "4KiB"})
+    await injected(client, upstream)
+    edits = (("tool.bin", b"\2\3" * 100), ("big.txt", "line two\n" * 2000), ("d.txt", "work on d\n"),
+             ("b.txt", "work on b\n"), ("new.txt", "work on new\n"))
+    for when, (name, content) in enumerate(edits):
+        path = git_repo.write(name, content)
         os.utime(path, ns=(1_800_000_000_000_000_000 + when * 10**9,) * 2)
     _, working = await injected(client, upstream)
     commit = git_repo.commit("commit the work")
+    git_repo.write("d.txt", "more work on d\n")  # edited again before the next question
     _, committed = await injected(client, upstream)
     label = working.index("=== the changes above are not committed yet ===")
-    assert committed[:label] == working[:label]
+    assert "Binary files a/tool.bin and b/tool.bin differ" in working
+    assert "(modified, 18000 bytes: over max_file_bytes, contents not shown)" in working
+    assert committed[:label] == working[:label]  # also a binary file and one too large to show
     assert committed[label:].startswith(f"=== the changes above were committed as {commit}: commit the work ===")
 
 
