@@ -127,7 +127,8 @@ def history_from_pypi(package: str, releases: int, workdir: Path) -> Path:
             if old.name != ".git":
                 subprocess.run(["rm", "-rf", str(old)], check=True)
         with zipfile.ZipFile(wheel) as archive:
-            archive.extractall(repo_path)
+            # The packaging metadata is renamed at every release and no source repository holds it.
+            archive.extractall(repo_path, [n for n in archive.namelist() if ".dist-info/" not in n])
         _commit_all(repo, f"{package} {version}")
     print(f"made a history of {len(versions)} releases of {package}: {versions[0]} .. {versions[-1]}")
     return repo_path
