@@ -8,9 +8,10 @@ not in path order but in order of stability:
   least recently changed first (ties in path order). Cost: one tree-to-tree diff per commit in the
   window, so bounded however long the history is (about a second for 1,000 commits of git/git).
 - Every rebase keeps the previous order for every file that did not change between the two bases,
-  and moves the changed and added files to the end (in path order); deleted files drop out. So a
-  rebase keeps, byte for byte, every file before the first one that changed, and files that change
-  often drift toward the end.
+  and moves the changed and added files to the end, least recently changed first (a file changed
+  in the last commit is the likeliest to change again); deleted files drop out. So a rebase keeps,
+  byte for byte, every file before the first one that changed, and files that change often drift
+  toward the end. Cost: one tree-to-tree diff per commit between the two bases (at most the window).
 
 The order is stored with the base in the state file (see `epoch.py`), so a restarted process
 renders the same bytes.
@@ -39,27 +40,33 @@ def changed_paths(repo: pygit2.Repository, old: pygit2.Tree, new: pygit2.Tree) -
     return paths
 
 
-def initial_order(repo: pygit2.Repository, commit: pygit2.Commit, paths: Iterable[str]) -> list[str]:
-    """Stable files first, then recently changed ones, least recent first."""
-    last_change: dict[str, int] = {}
+def last_changes(repo: pygit2.Repository, commit: pygit2.Commit, since: pygit2.Oid | None = None) -> dict[str, int]:
+    """How many first-parent commits ago each path last changed, within the window and after `since`."""
+    ages: dict[str, int] = {}
     walker = repo.walk(commit.id, SortMode.TOPOLOGICAL)
     walker.simplify_first_parent()
     for age, current in enumerate(walker):
-        if age >= HISTORY_WINDOW:
+        if age >= HISTORY_WINDOW or current.id == since:
             break
-        parent_tree = current.parents[0].tree if current.parents else None
-        changed = changed_paths(repo, parent_tree, current.tree) if parent_tree is not None else set()
-        for path in changed:
-            last_change.setdefault(path, age)  # newest first: the first sighting is the last change
-    stable = sorted((path for path in paths if path not in last_change), key=_key)
-    recent = sorted((path for path in paths if path in last_change), key=lambda path: (-last_change[path], _key(path)))
-    return stable + recent
+        if current.parents:
+            for path in changed_paths(repo, current.parents[0].tree, current.tree):
+                ages.setdefault(path, age)  # newest first: the first sighting is the last change
+    return ages
 
 
-def carry_order(previous: Sequence[str], changed: set[str], paths: Iterable[str]) -> list[str]:
-    """The previous order for unchanged files, then changed and new files in path order."""
+def least_recent_first(paths: Iterable[str], ages: dict[str, int]) -> list[str]:
+    """Paths not changed in the window first, then by last change, oldest first; ties in path order."""
+    return sorted(paths, key=lambda path: (-ages.get(path, HISTORY_WINDOW), _key(path)))
+
+
+def initial_order(repo: pygit2.Repository, commit: pygit2.Commit, paths: Iterable[str]) -> list[str]:
+    """Stable files first, then recently changed ones, least recent first."""
+    return least_recent_first(paths, last_changes(repo, commit))
+
+
+def carry_order(previous: Sequence[str], changed: set[str], paths: Iterable[str], ages: dict[str, int]) -> list[str]:
+    """The previous order for unchanged files, then changed and new files, least recently changed first."""
     present = set(paths)
     kept = [path for path in previous if path in present and path not in changed]
     kept_set = set(kept)
-    moved = sorted((path for path in present if path not in kept_set), key=_key)
-    return kept + moved
+    return kept + least_recent_first((path for path in present if path not in kept_set), ages)

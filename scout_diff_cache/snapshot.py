@@ -37,7 +37,7 @@ from pygit2.enums import FileMode
 
 from .epoch import Epoch
 from .errors import RepositoryError
-from .order import carry_order, changed_paths, initial_order
+from .order import carry_order, changed_paths, initial_order, last_changes
 from .prompt import system_message
 from .repository import ContentRules, open_repository
 from .secrets import Finding
@@ -167,7 +167,7 @@ def _order(repo: pygit2.Repository, target: pygit2.Commit, previous: Epoch | Non
         old = repo.get(previous.base)
         if old is not None:
             changed = changed_paths(repo, old.peel(pygit2.Tree), target.tree)
-            return carry_order(previous.order, changed, paths)
+            return carry_order(previous.order, changed, paths, last_changes(repo, target, old.id))
     return initial_order(repo, target, paths)
 
 

@@ -140,15 +140,19 @@ async def test_a_rebase_keeps_every_file_before_the_first_changed_one(
     client = await make_proxy(context={"rebase": "manual"})
     before, _ = await injected(client, upstream)
     order = file_order(before)
-    changed = order[len(order) // 2]
-    git_repo.write(changed, "changed\n")
-    git_repo.commit("change one file in the middle")
+    earlier, last = order[-1], order[-3]
+    assert earlier > last  # so that path order would put them the other way round
+    git_repo.write(earlier, "changed\n")
+    git_repo.commit("change the last file in the order")
+    git_repo.write(last, "changed\n")
+    git_repo.commit("then one before it")
     response = await client.post("/admin/rebase")
     assert response.status == 200
     after, _ = await injected(client, upstream)
-    cut = before.index(f"=== file: {changed} ===")
+    cut = before.index(f"=== file: {last} ===")
     assert after[:cut] == before[:cut]
-    assert file_order(after) == [path for path in order if path != changed] + [changed]
+    # the changed files move to the end, the one changed last at the very end
+    assert file_order(after) == [path for path in order if path not in (earlier, last)] + [earlier, last]
 
 
 async def test_manual_mode_rebases_only_when_asked(
@@ -362,8 +366,10 @@ def test_initial_order_puts_files_unchanged_in_the_window_first(git_repo: GitRep
 
 def test_carry_order_moves_changed_and_new_files_to_the_end() -> None:
     previous = ["a", "b", "c", "d"]
-    assert carry_order(previous, {"b", "new"}, ["a", "b", "c", "d", "new"]) == ["a", "c", "d", "b", "new"]
-    assert carry_order(previous, {"c"}, ["a", "b", "d"]) == ["a", "b", "d"]  # c deleted
+    assert carry_order(previous, {"b", "new"}, ["a", "b", "c", "d", "new"], {}) == ["a", "c", "d", "b", "new"]
+    assert carry_order(previous, {"c"}, ["a", "b", "d"], {}) == ["a", "b", "d"]  # c deleted
+    ages = {"b": 0, "c": 3, "new": 1}  # b changed in the last commit, c three commits before
+    assert carry_order(previous, {"b", "c", "new"}, ["a", "b", "c", "d", "new"], ages) == ["a", "d", "c", "new", "b"]
 
 
 async def test_rebase_command_talks_to_the_running_proxy(tmp_path: Path, git_repo: GitRepo, upstream: FakeUpstream) -> None:
