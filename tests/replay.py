@@ -1,13 +1,15 @@
 """`make bench-replay`: replay real history through the proxy and count what a prefix cache recomputes.
 
     python -m tests.replay REPOSITORY [--commits 30]
-    python -m tests.replay --pypi pygments [--commits 30]
+    python -m tests.replay --pypi hypothesis [--until 6.170.17] [--commits 30] [--history 30]
 
-For each of the last N commits of a repository (or of a history made from N+1 consecutive wheel
-releases of a PyPI package, one release per commit), the commit's changes are applied to a scratch
-work tree as uncommitted edits, file by file (at most `--steps` edits per commit: larger commits
-are applied in that many groups), with a question asked through the real proxy after each edit;
-then the commit is made. Three designs are compared on the same sequence of questions:
+For each of the last N commits of a repository (or of a history made from consecutive wheel
+releases of a PyPI package, one release per commit, without the packaging metadata), the commit's
+changes are applied to a scratch clone as uncommitted edits, file by file (at most `--steps` edits
+per commit: larger commits are applied in that many groups), with a question asked through the
+real proxy after each edit; then the commit is made. The clone starts at the commit before the
+first replayed one, with all the history before it, as a developer's repository would (the first
+file order is derived from that history). Three designs are compared on the same questions:
 
   original   the snapshot rebuilt at every commit, commit id first, files in path order, then the
              diff against HEAD (rendered with this project's own renderer, rearranged that way);
@@ -41,6 +43,7 @@ import aiohttp
 import attrs
 import pygit2
 from aiohttp import web
+from pygit2.enums import ResetMode
 
 from scout_diff_cache.app import make_app
 from scout_diff_cache.config import load_config
@@ -98,31 +101,44 @@ class Recorder:
     """The upstream: records every prompt in arrival order, answers a tiny completion."""
 
     prompts: list[bytes] = attrs.Factory(list)
+    snapshot_bytes: int = 0  # the first prompt's snapshot message
 
     async def handle(self, request: web.Request) -> web.Response:
-        self.prompts.append(prompt_text(await request.json()))
+        body = await request.json()
+        self.prompts.append(prompt_text(body))
+        self.snapshot_bytes = self.snapshot_bytes or len(body["messages"][0]["content"].encode())
         return web.json_response({"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}]})
 
 
-def history_from_pypi(package: str, releases: int, workdir: Path) -> Path:
-    """A git repository with one commit per wheel release (a pure-Python wheel is its source)."""
+def history_from_pypi(package: str, releases: int, until: str | None, workdir: Path) -> Path:
+    """A git repository with one commit per wheel release up to `until` (a pure-Python wheel is its source)."""
     listing = subprocess.run(
         [sys.executable, "-m", "pip", "index", "versions", package], capture_output=True, text=True, check=True
     ).stdout
     found = re.search(r"Available versions: (.*)", listing)
     if found is None:
         raise SystemExit(f"pip index versions {package} listed no versions")
-    versions = [v for v in found[1].split(", ") if re.fullmatch(r"[\d.]+", v)][:releases][::-1]
-    wheels = workdir / "wheels"
-    repo_path = workdir / f"{package}-releases"
-    repo = pygit2.init_repository(str(repo_path), initial_head="main")
-    for version in versions:
-        subprocess.run(
+    versions = [v for v in found[1].split(", ") if re.fullmatch(r"[\d.]+", v)]  # newest first
+    if until is not None:
+        if until not in versions:
+            raise SystemExit(f"{package} has no release {until}")
+        versions = versions[versions.index(until) :]
+    wheels, found_wheels = workdir / "wheels", []
+    for version in versions[:releases]:  # newest first, back to the first release without a wheel
+        download = subprocess.run(
             [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
              "-d", str(wheels), f"{package}=={version}"],
-            check=True, stderr=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
+        if download.returncode != 0:
+            break
         (wheel,) = [w for w in wheels.glob(f"*-{version}-*.whl") if w.name.lower().startswith(package.lower() + "-")]
+        found_wheels.append((version, wheel))
+    if len(found_wheels) < 2:
+        raise SystemExit(f"{package}: fewer than two releases with a wheel")
+    repo_path = workdir / f"{package}-releases"
+    repo = pygit2.init_repository(str(repo_path), initial_head="main")
+    for version, wheel in reversed(found_wheels):
         for old in list(repo_path.iterdir()):
             if old.name != ".git":
                 subprocess.run(["rm", "-rf", str(old)], check=True)
@@ -130,7 +146,7 @@ def history_from_pypi(package: str, releases: int, workdir: Path) -> Path:
             # The packaging metadata is renamed at every release and no source repository holds it.
             archive.extractall(repo_path, [n for n in archive.namelist() if ".dist-info/" not in n])
         _commit_all(repo, f"{package} {version}")
-    print(f"made a history of {len(versions)} releases of {package}: {versions[0]} .. {versions[-1]}")
+    print(f"made a history of {len(found_wheels)} releases of {package}: {found_wheels[-1][0]} .. {found_wheels[0][0]}")
     return repo_path
 
 
@@ -142,19 +158,9 @@ def _commit_all(repo: pygit2.Repository, message: str) -> str:
             index.remove(entry.path)
     index.write()
     parents = [] if repo.head_is_unborn else [repo.head.target]
-    when = START + 3600 * (0 if repo.head_is_unborn else repo[repo.head.target].commit_time - START + 1)
-    author = pygit2.Signature("replay", "replay@example.com", when, 0)  # an hour apart, as people commit
+    when = START if repo.head_is_unborn else repo[repo.head.target].commit_time + 3600  # an hour apart
+    author = pygit2.Signature("replay", "replay@example.com", when, 0)
     return str(repo.create_commit("HEAD", author, author, message, index.write_tree(), parents))
-
-
-def _write_tree(repo: pygit2.Repository, tree: pygit2.Tree, root: Path, prefix: str = "") -> None:
-    for entry in tree:
-        path = root / prefix / entry.name
-        if entry.type_str == "tree":
-            _write_tree(repo, repo[entry.id], root, f"{prefix}{entry.name}/")
-        elif entry.type_str == "blob":
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(repo[entry.id].data)
 
 
 def _added_bytes(old: bytes, new: bytes) -> int:
@@ -201,9 +207,9 @@ async def replay(source: Path, commits: int, steps: int, workdir: Path, context:
             break
     chain.reverse()
     scratch_path = workdir / "replay"
-    scratch = pygit2.init_repository(str(scratch_path), initial_head="main")
-    _write_tree(history, chain[0].tree, scratch_path)
-    _commit_all(scratch, "start")
+    scratch = pygit2.clone_repository(str(source), str(scratch_path))  # the history up to the window, too
+    scratch.remotes.delete("origin")
+    scratch.reset(chain[0].id, ResetMode.HARD)
 
     recorder = Recorder()
     upstream = web.Application(client_max_size=2**31)
@@ -253,9 +259,8 @@ async def replay(source: Path, commits: int, steps: int, workdir: Path, context:
         ours.send(prompt)
         if VERBOSE:
             print(f"ours: {len(prompt):>9} bytes, recomputed {ours.recomputed - before:>7} tokens")
-    start_bytes = sum(len(history[e.id].data) for e in _blobs(history, chain[0].tree))
     print(f"replayed {len(chain) - 1} commits of {source.name}: {questions} questions "
-          f"({len(recorder.prompts) - questions} warm-ups), start tree {start_bytes / 1e6:.2f} MB")
+          f"({len(recorder.prompts) - questions} warm-ups), first snapshot {recorder.snapshot_bytes / 1e6:.2f} MB")
     print(f"{'design':48}{'recomputed tokens':>18}{'vs original':>13}{'after the cold start':>22}{'vs original':>13}")
     rows = (
         ("original (every commit, id first, path order)", original.recomputed, original.recomputed - original.cold),
@@ -266,16 +271,6 @@ async def replay(source: Path, commits: int, steps: int, workdir: Path, context:
         print(f"{label:48}{total:>18,}{total / max(rows[0][1], 1):>13.1%}{steady:>22,}{steady / max(rows[0][2], 1):>13.1%}")
     print(f"ours / lower bound: {rows[1][1] / max(rows[2][1], 1):.2f}x, after the cold start "
           f"{rows[1][2] / max(rows[2][2], 1):.2f}x; prompt tokens sent: original {original.total:,}, ours {ours.total:,}")
-
-
-def _blobs(repo: pygit2.Repository, tree: pygit2.Tree) -> list[pygit2.Object]:
-    found = []
-    for entry in tree:
-        if entry.type_str == "tree":
-            found += _blobs(repo, repo[entry.id])
-        elif entry.type_str == "blob":
-            found.append(entry)
-    return found
 
 
 def _apply(history: pygit2.Repository, delta: pygit2.DiffDelta, root: Path) -> int:
@@ -299,6 +294,9 @@ def main() -> None:
     parser.add_argument("--pypi", metavar="PACKAGE", help="replay consecutive wheel releases of this package instead")
     parser.add_argument("--commits", type=int, default=30, help="commits to replay (default 30)")
     parser.add_argument("--steps", type=int, default=12, help="most edits (questions) per commit (default 12)")
+    parser.add_argument("--until", metavar="VERSION", help="with --pypi: the last release replayed (default: the newest)")
+    parser.add_argument("--history", type=int, default=30,
+                        help="with --pypi: earlier releases committed first, the history the replay starts from (default 30)")
     parser.add_argument("--context", action="append", default=[], metavar="KEY=VALUE",
                         help="a [context] setting for the proxy, e.g. rebase_diff_share=0.05 (repeatable)")
     args = parser.parse_args()
@@ -306,7 +304,7 @@ def main() -> None:
         parser.error("name a REPOSITORY or --pypi PACKAGE")
     with tempfile.TemporaryDirectory(prefix="scout-replay-") as scratch:
         workdir = Path(scratch)
-        source = args.repository or history_from_pypi(args.pypi, args.commits + 1, workdir)
+        source = args.repository or history_from_pypi(args.pypi, args.history + args.commits + 1, args.until, workdir)
         asyncio.run(replay(source.resolve(), args.commits, args.steps, workdir, args.context))
 
 
