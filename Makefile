@@ -49,6 +49,7 @@ bench-replay: $(VENV)/.installed-test
 ifeq ($(REPLAY_ARGS),)
 	$(BIN)/python -m tests.replay . --commits 30
 	$(BIN)/python -m tests.replay --pypi hypothesis --until 6.170.17 --commits 30
+	$(BIN)/python -m tests.replay --pypi sqlglot --until 30.30.0 --commits 30
 	$(BIN)/python -m tests.replay --pypi pygments --until 2.21.0 --commits 30
 else
 	$(BIN)/python -m tests.replay $(REPLAY_ARGS)
