@@ -6,8 +6,11 @@ cache of the snapshot stays valid. The epoch moves to HEAD (a rebase) when keepi
 per `[context] rebase`:
 
 - `auto`: when HEAD has moved and the diff outgrows `rebase_diff_share` of the snapshot (and
-  `rebase_min_diff_bytes`). The new snapshot is built and warmed upstream in the background while
-  the old epoch keeps serving; then the switch is atomic.
+  `rebase_min_diff_bytes`). First choice is a *fold*: the commits' groups become one group of
+  their net changes, if that frees at least half the budget (the same files changed commit after
+  commit); it costs the upstream a re-read of the diff only. Otherwise the new snapshot is built
+  and warmed upstream in the background while the old epoch keeps serving; then the switch is
+  atomic.
 - `every-commit`: on every new HEAD, before answering (the original design, for comparison).
 - `manual`: only when asked (`POST /admin/rebase`, `scout-diff-cache rebase`).
 
@@ -32,6 +35,7 @@ from .diff import Group, Shown, WorkingDiff, committed_groups, working_diff
 from .epoch import Epoch, load_epoch, save_epoch, state_file
 from .errors import ProxyError, RepositoryError
 from .metrics import Metrics
+from .order import changed_paths
 from .repository import ContentRules, head_commit, open_repository, short
 from .secrets import Finding
 from .snapshot import Snapshot, build_snapshot
@@ -93,12 +97,12 @@ class _State:
     diff: WorkingDiff | None
 
 
-_Key = tuple["str | None", "str | None"]
+_Key = tuple["str | None", "str | None", "str | None"]  # base, HEAD, fold point
 
 
 @attrs.frozen
 class _Committed:
-    """Computed once per (base, HEAD) pair."""
+    """Computed once per base, HEAD and fold point."""
 
     key: _Key
     valid: bool
@@ -125,6 +129,7 @@ class RepositoryContext:
         self._history: _Committed | None = None
         self._rendered: dict[str, Group] = {}
         self._shown = Shown(None, ())
+        self._folded: str | None = None
         self._switching: dict[str | None, asyncio.Task[Rebase]] = {}
         self._starting: asyncio.Task[Snapshot] | None = None
         self.snapshot: Snapshot | None = None
@@ -133,6 +138,7 @@ class RepositoryContext:
         self._reported: tuple[Finding, ...] = ()
         self.builds_started = 0
         self.rebases = 0
+        self.folds = 0
         self.last_rebase: Rebase | None = None
         self.last_error: str | None = None
 
@@ -168,6 +174,8 @@ class RepositoryContext:
                 continue
             assert state.diff is not None
             if self._policy.rebase == "auto" and self._outgrown(snapshot, state):
+                if await self._fold(snapshot, state):
+                    continue  # read again, with one group for the commits
                 self._switch_in_background(state.head)
             self.last_diff_bytes = state.diff.text_bytes
             if state.diff.findings and state.diff.findings != self._reported:
@@ -212,6 +220,7 @@ class RepositoryContext:
         saved = await asyncio.to_thread(load_epoch, self._state_file, self._repository.path)
         head = await asyncio.to_thread(self._head)
         if saved is not None and self._policy.rebase != "every-commit" and await asyncio.to_thread(self._valid, saved.base):
+            self._folded = saved.folded
             return saved.base, saved
         return head, saved
 
@@ -220,7 +229,7 @@ class RepositoryContext:
         snapshot = await self._build(base, saved)
         if self.snapshot is None:
             self.snapshot = snapshot
-        await asyncio.to_thread(save_epoch, self._state_file, self._repository.path, snapshot.epoch)
+        await self._save(snapshot)
         return self.snapshot
 
     def _outgrown(self, snapshot: Snapshot, state: _State) -> bool:
@@ -231,8 +240,36 @@ class RepositoryContext:
         share is a budget for prompt growth, not a cache trade-off.
         """
         assert state.diff is not None
-        limit = max(self._policy.rebase_min_diff_bytes, self._policy.rebase_diff_share * snapshot.text_bytes)
-        return state.head != state.base and state.diff.text_bytes > limit
+        return state.head != state.base and state.diff.text_bytes > self._budget(snapshot)
+
+    def _budget(self, snapshot: Snapshot) -> float:
+        return max(self._policy.rebase_min_diff_bytes, self._policy.rebase_diff_share * snapshot.text_bytes)
+
+    async def _fold(self, snapshot: Snapshot, state: _State) -> bool:
+        """Fold the commits since the base into one group of their net changes, when that is cheaper.
+
+        A fold makes the upstream re-read the net diff (N bytes) and leaves the budget B minus N for
+        the diff to grow; a rebase re-reads the snapshot from its first changed file on (R bytes)
+        and leaves all of B. So a fold pays when N / (B - N) < R / B: typically when the same files
+        changed commit after commit, so that the log of their diffs is many times the net change.
+        """
+        if state.base is None or state.head == self._folded or self._switching:
+            return False  # folded already and still too large, or a rebase is under way
+        net, rebase = await asyncio.to_thread(self._costs, snapshot, state.base, state.head)
+        if self._folded == state.head:
+            return True  # another request folded meanwhile
+        budget = self._budget(snapshot)
+        if net >= budget or net * budget >= rebase * (budget - net) or self.snapshot is not snapshot:
+            return False
+        self._folded = state.head
+        self.folds += 1
+        await self._save(snapshot)
+        log.info("folded the diff's commits up to %s into their net changes: %d bytes", short(state.head), net)
+        return True
+
+    async def _save(self, snapshot: Snapshot) -> None:
+        epoch = attrs.evolve(snapshot.epoch, folded=self._folded)
+        await asyncio.to_thread(save_epoch, self._state_file, self._repository.path, epoch)
 
     def _switch_in_background(self, head: str | None) -> None:
         if not self._switching:
@@ -265,9 +302,10 @@ class RepositoryContext:
                 self._metrics.warmups.inc((("outcome", "ok"),))
         self.last_rebase = Rebase(previous.commit if previous else None, head, usage, time.monotonic() - started)
         self.snapshot = snapshot
+        self._folded = None
         self._rendered.clear()  # the groups of commits the new base already holds
         self.rebases += 1
-        await asyncio.to_thread(save_epoch, self._state_file, self._repository.path, snapshot.epoch)
+        await self._save(snapshot)
         log.info(
             "rebased the snapshot from %s to %s in %.2fs%s",
             short(self.last_rebase.previous), short(head), self.last_rebase.seconds,
@@ -322,7 +360,7 @@ class RepositoryContext:
         base = repo.get(base_id) if base_id is not None else None
         if base_id is not None and not isinstance(base, pygit2.Commit):
             return _State(base_id, head_id, False, None)
-        key = (base_id, head_id)
+        key = (base_id, head_id, self._folded)
         cached = self._history  # shared by threads: read once, replace whole
         if cached is None or cached.key != key:
             cached = self._history = self._committed(repo, base, head, key)
@@ -340,4 +378,15 @@ class RepositoryContext:
             return _Committed(key, base is None, [])
         if base is None or not (base.id == head.id or repo.descendant_of(head.id, base.id)):
             return _Committed(key, False, [])
-        return _Committed(key, True, committed_groups(repo, base, head, self._rules, self._rendered, self._shown))
+        groups = committed_groups(repo, base, head, self._rules, self._rendered, self._shown, key[2])
+        return _Committed(key, True, groups)
+
+    def _costs(self, snapshot: Snapshot, base_id: str, head_id: str | None) -> tuple[int, int]:
+        """Bytes the upstream re-reads after a fold (the net diff) and after a rebase (the snapshot's tail)."""
+        repo = open_repository(self._repository.path)
+        base, head = repo[base_id].peel(pygit2.Commit), repo[head_id].peel(pygit2.Commit)
+        groups = committed_groups(repo, base, head, self._rules, self._rendered, self._shown, head_id)
+        changed = changed_paths(repo, base.tree, head.tree)
+        first = next((n for n, (path, _) in enumerate(snapshot.inlined) if path in changed), len(snapshot.inlined))
+        tail = sum(size for _, size in snapshot.inlined[first:])
+        return sum(len(group.text.encode("utf-8")) for group in groups), tail

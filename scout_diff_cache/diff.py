@@ -5,7 +5,9 @@ keeps everything before the first byte that differs:
 
     # Working diff
     <fixed explanation>
-    <unified diffs>                                        one group per commit since the base,
+    <unified diffs>                                        optional: the net changes of the
+    === the changes above were made in N commits up to C0 ===  commits up to a fold point
+    <unified diffs>                                        one group per commit since then,
     === the changes above were committed as C1: summary ===   oldest first
     <unified diffs>
     === the changes above were committed as C2: summary ===
@@ -22,6 +24,10 @@ process orders it by the mtimes it then finds). Every file renders the same whic
 (binary and oversized files included). The uncommitted group uses libgit2's index-assisted diff
 (HEAD tree → index, then index → working tree with the index's stat cache): each request touches
 only what the stat cache says changed.
+
+A fold (chosen in `context.py`, kept with the epoch) turns the groups of the commits up to a fold
+point into one group of their net changes, files least recently changed first: an order history
+fixes, so a restarted process renders it the same.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import pygit2
 from pygit2.enums import DeltaStatus, DiffFlag, DiffOption, FileMode
 
 from .errors import RepositoryError
+from .order import last_changes, least_recent_first
 from .prompt import system_message
 from .repository import ContentRules, base_tree
 from .secrets import Finding
@@ -45,7 +52,7 @@ FLAGS = (
     | DiffOption.INCLUDE_TYPECHANGE
 )
 
-#: Commits since the base shown one by one; older ones are folded into one section.
+#: Most commits shown one by one: whole multiples of it are folded, so the fold point moves rarely.
 COMMIT_GROUPS = 200
 
 HEADER = """\
@@ -103,12 +110,14 @@ def committed_groups(
     rules: ContentRules,
     rendered: dict[str, Group],
     shown: Shown,
+    folded: str | None = None,
 ) -> list[Group]:
     """One group per first-parent commit from base (excluded) to HEAD, oldest first.
 
-    `rendered` keeps each commit's group once made, so it never changes while this process runs. A
-    commit made on top of the `shown` uncommitted changes lists its files in the order they were
-    shown in, whatever was edited since: a commit then changes only the group's label.
+    The commits up to `folded` (and, past COMMIT_GROUPS commits, whole multiples of it) are one
+    group of their net changes instead. `rendered` keeps each group once made, so it never changes
+    while this process runs. A commit made on top of the `shown` uncommitted changes lists its files
+    in the order they were shown in, whatever was edited since: a commit then changes only its label.
     """
     if head is None or base is None or base.id == head.id:
         return []
@@ -116,16 +125,17 @@ def committed_groups(
     current = head
     while current.id != base.id:
         if not current.parents or len(chain) > 10 * COMMIT_GROUPS:  # base off HEAD's first-parent line
-            return [_group(repo, base.tree.diff_to_tree(head.tree), rules, f"were made since {base.id}")]
+            return [_net_group(repo, base, head, rules, rendered, f"were made since {base.id}")]
         chain.append(current)
         current = current.parents[0]
     chain.reverse()
+    ids = [str(commit.id) for commit in chain]
+    cut = max(ids.index(folded) + 1 if folded in ids else 0, len(chain) // COMMIT_GROUPS * COMMIT_GROUPS)
     groups = []
-    if len(chain) > COMMIT_GROUPS:
-        folded, chain = chain[:-COMMIT_GROUPS], chain[-COMMIT_GROUPS:]
-        label = f"were made in {len(folded)} commits up to {folded[-1].id}"
-        groups.append(_group(repo, base.tree.diff_to_tree(folded[-1].tree), rules, label))
-    for commit in chain:
+    if cut:
+        label = f"were made in {cut} commits up to {chain[cut - 1].id}"
+        groups.append(_net_group(repo, base, chain[cut - 1], rules, rendered, label))
+    for commit in chain[cut:]:
         key = str(commit.id)
         if key not in rendered:
             summary = commit.message.strip().splitlines()[0] if commit.message.strip() else ""
@@ -134,6 +144,20 @@ def committed_groups(
             rendered[key] = _group(repo, diff, rules, f"were committed as {commit.id}: {summary}", first)
         groups.append(rendered[key])
     return groups
+
+
+def _net_group(
+    repo: pygit2.Repository, base: pygit2.Commit, upto: pygit2.Commit, rules: ContentRules,
+    rendered: dict[str, Group], label: str,
+) -> Group:
+    """base → upto as one group, least recently changed file first: an order history fixes, so a
+    restarted process renders the same bytes."""
+    key = f"{base.id}..{upto.id}"
+    if key not in rendered:
+        diff = base.tree.diff_to_tree(upto.tree)
+        first = least_recent_first({_path(delta) for delta in diff.deltas}, last_changes(repo, upto, base.id))
+        rendered[key] = _group(repo, diff, rules, label, tuple(first))
+    return rendered[key]
 
 
 def working_diff(

@@ -1,7 +1,7 @@
-"""A snapshot epoch: the base commit and file order, kept on disk so a restart renders the same bytes.
+"""A snapshot epoch: the base commit, file order and diff fold, kept on disk so a restart renders the same bytes.
 
-The upstream's prefix cache outlives this process, so a restarted proxy must pick the same base
-and order as before. They are kept in one small JSON file per repository under
+The upstream's prefix cache outlives this process, so a restarted proxy must pick the same base,
+order and fold point as before. They are kept in one small JSON file per repository under
 `[context] state_dir` (default `$XDG_STATE_HOME/scout-diff-cache`, i.e.
 `~/.local/state/scout-diff-cache`), named by a hash of the repository's path, and written
 atomically (temporary file, then rename). A missing or unreadable file just means a fresh epoch.
@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 class Epoch:
     base: str | None
     order: tuple[str, ...]
+    #: The commit up to which the working diff shows the net changes as one group (see `diff.py`).
+    folded: str | None = None
 
 
 def state_file(state_dir: Path, repository: Path) -> Path:
@@ -46,15 +48,16 @@ def load_epoch(path: Path, repository: Path) -> Epoch | None:
         or not isinstance(data.get("base"), (str, type(None)))
         or not isinstance(data.get("order"), list)
         or not all(isinstance(item, str) for item in data["order"])
+        or not isinstance(data.get("folded"), (str, type(None)))
     ):
         log.warning("ignoring the state file %s: not one this version wrote for %s", path, repository)
         return None
-    return Epoch(data["base"], tuple(data["order"]))
+    return Epoch(data["base"], tuple(data["order"]), data.get("folded"))
 
 
 def save_epoch(path: Path, repository: Path, epoch: Epoch) -> None:
     """Best effort: a state directory we cannot write costs a cold cache after restart, not service."""
-    payload = {"repository": str(repository), "base": epoch.base, "order": list(epoch.order)}
+    payload = {"repository": str(repository), "base": epoch.base, "order": list(epoch.order), "folded": epoch.folded}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".epoch-", delete=False, encoding="utf-8") as out:

@@ -116,6 +116,8 @@ def render(metrics: Metrics, context: RepositoryContext, totals: Totals) -> str:
                  [_sample("scout_diff_bytes", (), context.last_diff_bytes)]),
         *_family("scout_rebases_total", "counter", "Snapshot rebases (moves of the base commit).",
                  [_sample("scout_rebases_total", (), context.rebases)]),
+        *_family("scout_diff_folds_total", "counter", "Folds of the diff's commits into their net changes.",
+                 [_sample("scout_diff_folds_total", (), context.folds)]),
         *_counter("scout_warmups_total", "Warm-up requests sent upstream, by outcome.", metrics.warmups),
         *_family("scout_upstream_prompt_tokens_total", "counter", "Prompt tokens the upstream reported.",
                  [_sample("scout_upstream_prompt_tokens_total", (), totals.prompt_tokens)]),

@@ -77,6 +77,7 @@ async def health(request: web.Request) -> web.Response:
                 "files": snapshot.files if snapshot else 0,
                 "builds": context.builds_started,
                 "rebases": context.rebases,
+                "folds": context.folds,
                 "error": context.last_error,
             },
             "last_rebase": attrs.asdict(rebase) if rebase else None,

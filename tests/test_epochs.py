@@ -117,6 +117,56 @@ async def test_a_failed_warm_up_does_not_block_the_switch(
     assert (await (await client.get("/health")).json())["last_rebase"]["warmup"] is None
 
 
+FOLD_BUDGET = {"rebase_min_diff_bytes": "4000", "rebase_diff_share": "0.01"}
+
+
+async def commit_versions(client: TestClient, upstream: FakeUpstream, repo: GitRepo) -> list[tuple[str, str]]:
+    """Rewrite src/app.py ten times, a commit and a question each time: (snapshot, diff) of each."""
+    seen = []
+    for number in range(10):
+        repo.write("src/app.py", "".join(f"line {i} of version {number}\n" for i in range(12)))
+        repo.commit(f"version {number}")
+        seen.append(await injected(client, upstream))
+    return seen
+
+
+async def test_a_diff_of_the_same_file_changed_again_and_again_is_folded_not_rebased(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    git_repo.write("src/zz_big.py", "STABLE = True\n" * 2000)  # after src/app.py: a rebase would re-read it
+    git_repo.commit("a big file late in the order")
+    client = await make_proxy(context=FOLD_BUDGET)
+    first, _ = await injected(client, upstream)
+    diffs = await commit_versions(client, upstream, git_repo)
+    assert all(snapshot == first for snapshot, _ in diffs)
+    diffs = [diff for _, diff in diffs]
+    health = await (await client.get("/health")).json()
+    assert health["snapshot"]["folds"] == 1 and health["snapshot"]["rebases"] == 0 and warmups(upstream) == []
+    folded_at = next(n for n, diff in enumerate(diffs) if "commits up to" in diff)
+    assert folded_at < len(diffs) - 1  # commits followed the fold: a new fold would differ
+    assert 2 * len(diffs[folded_at]) < len(diffs[folded_at - 1])  # the log would outgrow 4000; the net is small
+    assert "+line 0 of version 9" in diffs[-1] and f"version {folded_at - 1}" not in diffs[-1]
+    label = f"=== the changes above were made in {folded_at + 1} commits up to "
+    cut = diffs[folded_at].index(label)
+    assert all(later[:cut] == diffs[folded_at][:cut] for later in diffs[folded_at:])  # later commits append
+    await client.close()
+
+    restarted = await make_proxy(context=FOLD_BUDGET)
+    snapshot, diff = await injected(restarted, upstream)
+    assert snapshot == first and diff == diffs[-1]  # the fold point survives a restart
+
+
+async def test_a_rebase_is_chosen_over_a_fold_when_it_rereads_less(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    client = await make_proxy(context=FOLD_BUDGET)
+    await injected(client, upstream)  # src/app.py is near the end of a small snapshot
+    await commit_versions(client, upstream, git_repo)
+    await until(lambda: len(warmups(upstream)) == 1)
+    health = await (await client.get("/health")).json()
+    assert health["snapshot"]["folds"] == 0
+
+
 async def test_a_small_diff_keeps_the_epoch_across_several_commits(
     make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
 ) -> None:
