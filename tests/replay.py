@@ -250,6 +250,8 @@ async def replay(source: Path, commits: int, steps: int, workdir: Path, context:
                     original.send(original_prompt(scratch_path, rules, config.repository.max_snapshot_bytes))
                 _commit_all(scratch, commit.message)
             await asyncio.sleep(0.5)  # let a last background warm-up arrive
+            async with session.get(proxy_url.replace("/v1/chat/completions", "/health")) as response:
+                epochs = (await response.json())["snapshot"]
     finally:
         await proxy_runner.cleanup()
         await upstream_runner.cleanup()
@@ -260,7 +262,8 @@ async def replay(source: Path, commits: int, steps: int, workdir: Path, context:
         if VERBOSE:
             print(f"ours: {len(prompt):>9} bytes, recomputed {ours.recomputed - before:>7} tokens")
     print(f"replayed {len(chain) - 1} commits of {source.name}: {questions} questions "
-          f"({len(recorder.prompts) - questions} warm-ups), first snapshot {recorder.snapshot_bytes / 1e6:.2f} MB")
+          f"({len(recorder.prompts) - questions} warm-ups), first snapshot {recorder.snapshot_bytes / 1e6:.2f} MB; "
+          f"ours rebased {epochs['rebases']} times, folded {epochs['folds']} times")
     print(f"{'design':48}{'recomputed tokens':>18}{'vs original':>13}{'after the cold start':>22}{'vs original':>13}")
     rows = (
         ("original (every commit, id first, path order)", original.recomputed, original.recomputed - original.cold),
