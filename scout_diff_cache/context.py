@@ -6,11 +6,10 @@ cache of the snapshot stays valid. The epoch moves to HEAD (a rebase) when keepi
 per `[context] rebase`:
 
 - `auto`: when HEAD has moved and the diff outgrows `rebase_diff_share` of the snapshot (and
-  `rebase_min_diff_bytes`). First choice is a *fold*: the commits' groups become one group of
-  their net changes, if that frees at least half the budget (the same files changed commit after
-  commit); it costs the upstream a re-read of the diff only. Otherwise the new snapshot is built
-  and warmed upstream in the background while the old epoch keeps serving; then the switch is
-  atomic.
+  `rebase_min_diff_bytes`). If it makes the upstream re-read less (see `_fold`), the commits'
+  groups are *folded* into one group of their net changes and the snapshot stays. Otherwise the
+  new snapshot is built and warmed upstream in the background while the old epoch keeps serving;
+  then the switch is atomic.
 - `every-commit`: on every new HEAD, before answering (the original design, for comparison).
 - `manual`: only when asked (`POST /admin/rebase`, `scout-diff-cache rebase`).
 
