@@ -167,6 +167,25 @@ async def test_a_rebase_is_chosen_over_a_fold_when_it_rereads_less(
     assert health["snapshot"]["folds"] == 0
 
 
+async def test_past_200_commits_the_oldest_are_folded_200_at_a_time(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    client = await make_proxy(context={"rebase": "manual"})
+    await injected(client, upstream)
+    commits = []
+    for number in range(201):
+        git_repo.write(f"notes/{number % 7}.txt", f"note {number}\n")
+        commits.append(git_repo.commit(f"note {number}"))
+    _, diff = await injected(client, upstream)
+    label = f"=== the changes above were made in 200 commits up to {commits[199]} ===\n"
+    assert label in diff and diff.count("were committed as") == 1
+    git_repo.write("notes/0.txt", "one more\n")
+    git_repo.commit("one more")
+    _, later = await injected(client, upstream)
+    cut = diff.index(label) + len(label)
+    assert later[:cut] == diff[:cut] and later.count("were committed as") == 2  # the fold point stays
+
+
 async def test_a_small_diff_keeps_the_epoch_across_several_commits(
     make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
 ) -> None:
