@@ -250,9 +250,12 @@ def _patch(
 
 
 def _size(odb: pygit2.Odb, file: pygit2.DiffFile) -> int:
-    """The file's size in bytes; a diff between two trees leaves it unset until the patch is made."""
+    """The file's size in bytes; a diff between two trees leaves it unset until the patch is made.
+
+    A submodule's commit is not in this repository's object database: its size stays as given.
+    """
     if file.flags & DiffFlag.VALID_SIZE or not file.flags & DiffFlag.EXISTS or file.mode == FileMode.COMMIT:
-        return file.size  # a submodule's commit is not in this repository
+        return file.size
     return odb.read_header(file.id)[1]
 
 
