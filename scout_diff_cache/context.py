@@ -30,7 +30,7 @@ import pygit2
 
 from .accounting import Usage
 from .config import Config, ContextConfig
-from .diff import Group, Shown, WorkingDiff, committed_groups, working_diff
+from .diff import Group, WorkingDiff, committed_groups, working_diff
 from .epoch import Epoch, load_epoch, save_epoch, state_file
 from .errors import ProxyError, RepositoryError
 from .metrics import Metrics
@@ -127,7 +127,7 @@ class RepositoryContext:
         self._read = Coalesced(self._read_state)
         self._history: _Committed | None = None
         self._rendered: dict[str, Group] = {}
-        self._shown = Shown(None, ())
+        self._shown: WorkingDiff | None = None  # the last diff read: a commit keeps its file order
         self._folded: str | None = None
         self._switching: dict[str | None, asyncio.Task[Rebase]] = {}
         self._starting: asyncio.Task[Snapshot] | None = None
@@ -366,7 +366,7 @@ class RepositoryContext:
         if not cached.valid or not with_diff:
             return _State(base_id, head_id, cached.valid, None)
         diff = working_diff(repo, base, head, self._rules, cached.groups)
-        self._shown = Shown(head_id, diff.uncommitted)  # shared by threads: replaced whole
+        self._shown = diff  # shared by threads: replaced whole
         return _State(base_id, head_id, True, diff)
 
     def _committed(

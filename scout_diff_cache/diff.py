@@ -95,29 +95,21 @@ class Group:
     findings: tuple[Finding, ...] = ()
 
 
-@attrs.frozen
-class Shown:
-    """The uncommitted changes as last sent, on top of `head`."""
-
-    head: str | None
-    paths: tuple[str, ...]
-
-
 def committed_groups(
     repo: pygit2.Repository,
     base: pygit2.Commit | None,
     head: pygit2.Commit | None,
     rules: ContentRules,
     rendered: dict[str, Group],
-    shown: Shown,
+    shown: WorkingDiff | None,
     folded: str | None = None,
 ) -> list[Group]:
     """One group per first-parent commit from base (excluded) to HEAD, oldest first.
 
     The commits up to `folded` (and, past COMMIT_GROUPS commits, whole multiples of it) are one
     group of their net changes instead. `rendered` keeps each group once made, so it never changes
-    while this process runs. A commit made on top of the `shown` uncommitted changes lists its files
-    in the order they were shown in, whatever was edited since: a commit then changes only its label.
+    while this process runs. A commit made on top of the uncommitted changes in the diff last
+    `shown` lists its files in that order, whatever was edited since: it changes only its label.
     """
     if head is None or base is None or base.id == head.id:
         return []
@@ -140,7 +132,7 @@ def committed_groups(
         if key not in rendered:
             summary = commit.message.strip().splitlines()[0] if commit.message.strip() else ""
             diff = commit.parents[0].tree.diff_to_tree(commit.tree)
-            first = shown.paths if str(commit.parents[0].id) == shown.head else ()
+            first = shown.uncommitted if shown is not None and str(commit.parents[0].id) == shown.head else ()
             rendered[key] = _group(repo, diff, rules, f"were committed as {commit.id}: {summary}", first)
         groups.append(rendered[key])
     return groups
