@@ -204,7 +204,7 @@ class RepositoryContext:
         snapshot = self.snapshot or await self.start()
         if self.warm is None:
             return None
-        return await self.warm(snapshot, await asyncio.to_thread(self._diff_against, snapshot.commit))
+        return await self.warm(snapshot, await asyncio.to_thread(self._diff_against, snapshot))
 
     async def preview(self) -> Context:
         """What a server started now would send, without saving or switching anything."""
@@ -212,7 +212,7 @@ class RepositoryContext:
         snapshot = await asyncio.to_thread(
             build_snapshot, self._repository.path, base, self._rules, self._repository.max_snapshot_bytes, saved
         )
-        return Context(snapshot, await asyncio.to_thread(self._diff_against, base))
+        return Context(snapshot, await asyncio.to_thread(self._diff_against, snapshot))
 
     async def _first_base(self) -> tuple[str | None, Epoch | None]:
         """The saved base if still valid (not with every-commit), else HEAD; and the saved epoch."""
@@ -291,7 +291,7 @@ class RepositoryContext:
         snapshot = await self._build(head, previous.epoch if previous else None)
         usage = None
         if warm and self.warm is not None:
-            diff = await asyncio.to_thread(self._diff_against, snapshot.commit)
+            diff = await asyncio.to_thread(self._diff_against, snapshot)
             try:
                 usage = await self.warm(snapshot, diff)
             except ProxyError as error:
@@ -340,51 +340,67 @@ class RepositoryContext:
         commit = head_commit(open_repository(self._repository.path))
         return str(commit.id) if commit is not None else None
 
-    def _valid(self, base: str | None) -> bool:
-        return self._read_with(open_repository(self._repository.path), base, with_diff=False).base_valid
+    def _valid(self, base_id: str | None) -> bool:
+        repo = open_repository(self._repository.path)
+        head = head_commit(repo)
+        base = repo.get(base_id) if base_id is not None else None
+        if base_id is not None and not isinstance(base, pygit2.Commit):
+            return False
+        return self._usable(repo, base, head)
 
     def _read_state(self) -> _State:
-        base = self.snapshot.commit if self.snapshot is not None else None
-        return self._read_with(open_repository(self._repository.path), base, with_diff=True)
+        snapshot = self.snapshot
+        return self._read_with(open_repository(self._repository.path), snapshot) if snapshot else _State(None, None, False, None)
 
-    def _diff_against(self, base: str | None) -> WorkingDiff:
-        state = self._read_with(open_repository(self._repository.path), base, with_diff=True)
+    def _diff_against(self, snapshot: Snapshot) -> WorkingDiff:
+        state = self._read_with(open_repository(self._repository.path), snapshot)
         if state.diff is None:
-            raise RepositoryError(f"commit {base} is no longer in the repository")
+            raise RepositoryError(f"commit {snapshot.commit} is no longer in the repository")
         return state.diff
 
-    def _read_with(self, repo: pygit2.Repository, base_id: str | None, with_diff: bool) -> _State:
+    def _rules_for(self, snapshot: Snapshot) -> ContentRules:
+        """The diff's rules for an epoch: what its snapshot left out stays a stub."""
+        return attrs.evolve(self._rules, left_out=snapshot.left_out_paths)
+
+    def _read_with(self, repo: pygit2.Repository, snapshot: Snapshot) -> _State:
         head = head_commit(repo)
         head_id = str(head.id) if head is not None else None
+        base_id = snapshot.commit
         base = repo.get(base_id) if base_id is not None else None
         if base_id is not None and not isinstance(base, pygit2.Commit):
             return _State(base_id, head_id, False, None)
+        rules = self._rules_for(snapshot)
         key = (base_id, head_id, self._folded)
         cached = self._history  # shared by threads: read once, replace whole
         if cached is None or cached.key != key:
-            cached = self._history = self._committed(repo, base, head, key)
-        if not cached.valid or not with_diff:
-            return _State(base_id, head_id, cached.valid, None)
-        diff = working_diff(repo, base, head, self._rules, cached.groups)
+            cached = self._history = self._committed(repo, base, head, key, rules)
+        if not cached.valid:
+            return _State(base_id, head_id, False, None)
+        diff = working_diff(repo, base, head, rules, cached.groups)
         self._shown = diff  # shared by threads: replaced whole
         return _State(base_id, head_id, True, diff)
 
     def _committed(
-        self, repo: pygit2.Repository, base: pygit2.Commit | None, head: pygit2.Commit | None, key: _Key
+        self, repo: pygit2.Repository, base: pygit2.Commit | None, head: pygit2.Commit | None, key: _Key,
+        rules: ContentRules,
     ) -> _Committed:
         """What is fixed for one base and HEAD: whether the base is still usable, the commits' groups."""
-        if head is None:
-            return _Committed(key, base is None, [])
-        if base is None or not (base.id == head.id or repo.descendant_of(head.id, base.id)):
+        if not self._usable(repo, base, head):
             return _Committed(key, False, [])
-        groups = committed_groups(repo, base, head, self._rules, self._rendered, self._shown, key[2])
+        groups = committed_groups(repo, base, head, rules, self._rendered, self._shown, key[2])
         return _Committed(key, True, groups)
+
+    @staticmethod
+    def _usable(repo: pygit2.Repository, base: pygit2.Commit | None, head: pygit2.Commit | None) -> bool:
+        if head is None:
+            return base is None
+        return base is not None and (base.id == head.id or repo.descendant_of(head.id, base.id))
 
     def _costs(self, snapshot: Snapshot, base_id: str, head_id: str | None) -> tuple[int, int]:
         """Bytes the upstream re-reads after a fold (the net diff) and after a rebase (the snapshot's tail)."""
         repo = open_repository(self._repository.path)
         base, head = repo[base_id].peel(pygit2.Commit), repo[head_id].peel(pygit2.Commit)
-        groups = committed_groups(repo, base, head, self._rules, self._rendered, self._shown, head_id)
+        groups = committed_groups(repo, base, head, self._rules_for(snapshot), self._rendered, self._shown, head_id)
         changed = changed_paths(repo, base.tree, head.tree)
         first = next((n for n, (path, _) in enumerate(snapshot.inlined) if path in changed), len(snapshot.inlined))
         tail = sum(size for _, size in snapshot.inlined[first:])

@@ -5,15 +5,21 @@ keeps everything before the first byte that differs:
 
     # Working diff
     <fixed explanation>
-    <unified diffs>                                        optional: the net changes of the
+    <changes>                                              optional: the net changes of the
     === the changes above were made in N commits up to C0 ===  commits up to a fold point
-    <unified diffs>                                        one group per commit since then,
+    <changes>                                              one group per commit since then,
     === the changes above were committed as C1: summary ===   oldest first
-    <unified diffs>
+    <changes>
     === the changes above were committed as C2: summary ===
-    <unified diffs>                                        staged, unstaged and untracked changes
+    <changes>                                              staged, unstaged and untracked changes
     === the changes above are not committed yet ===        against HEAD
     === snapshot commit B; HEAD is H ===
+
+A change is a header, `=== file: PATH [modified, mode 100644 -> 100755] ===` (kind file, symlink or
+submodule; status added, deleted or modified; details), then unified hunks whose `@@` lines always
+carry both counts, so a parser never searches the text for delimiters (the README gives the
+grammar). Both sides are the texts the snapshot would show (see `content.py`), so applying every
+group to the snapshot gives the work tree.
 
 Within a group, files are ordered by modification time in the working tree (the file being edited
 is last), then path; deleted files first. Labels follow their group, so when the uncommitted changes
@@ -21,9 +27,10 @@ are committed the bytes stay the same up to the new label: a commit costs a few 
 costs only what follows the edited file. A commit's group lists its files in the order they were
 last shown uncommitted, and is rendered once and kept, so later edits never reorder it (a restarted
 process orders it by the mtimes it then finds). Every file renders the same whichever diff found it
-(binary and oversized files included). The uncommitted group uses libgit2's index-assisted diff
-(HEAD tree → index, then index → working tree with the index's stat cache): each request touches
-only what the stat cache says changed.
+(binary and oversized files included). The uncommitted group asks libgit2's index-assisted diffs
+(HEAD tree → index, then index → working tree with the index's stat cache) only which paths to look
+at, then reads each of those paths from HEAD and from the work tree: each request touches only what
+the stat cache says changed.
 
 A fold (chosen in `context.py`, kept with the epoch) turns the groups of the commits up to a fold
 point into one group of their net changes, files least recently changed first: an order history
@@ -37,13 +44,14 @@ from pathlib import Path
 
 import attrs
 import pygit2
-from pygit2.enums import DeltaStatus, DiffFlag, DiffOption, FileMode
+from pygit2.enums import DiffOption
 
+from .content import Side, is_binary, screened_text, spell, tree_side, worktree_side
 from .errors import RepositoryError
 from .order import last_changes, least_recent_first
 from .prompt import system_message
 from .repository import ContentRules, base_tree
-from .secrets import Finding
+from .secrets import Finding, redact
 
 FLAGS = (
     DiffOption.INCLUDE_UNTRACKED
@@ -52,17 +60,22 @@ FLAGS = (
     | DiffOption.INCLUDE_TYPECHANGE
 )
 
+NO_NEWLINE = "\\ No newline at end of file\n"
+
 #: Most commits shown one by one: whole multiples of it are folded, so the fold point moves rarely.
 COMMIT_GROUPS = 200
 
 HEADER = """\
 # Working diff
 
-These are the changes from the snapshot's commit to the working tree as it is now, as unified \
-diffs in the order they happened: a group for each commit made since the snapshot, then what is \
-not committed yet (staged, unstaged and new untracked files). Each group is followed by a line \
-saying where it comes from. A later diff of a file applies on top of the earlier ones. Where this \
-differs from the snapshot, this is the current state.
+These are the changes from the snapshot's commit to the working tree as it is now, in the order \
+they happened: a group for each commit made since the snapshot, then what is not committed yet \
+(staged, unstaged and new untracked files). Each group is followed by a line saying where it comes \
+from. Each change starts with a line "=== file: PATH [STATUS, DETAILS] ===" (or symlink, or \
+submodule), STATUS being added, deleted or modified, followed by unified diff hunks whose "@@" lines \
+count their lines; a deleted file has none, and "contents not shown" says why there are none. A \
+later change of a file applies on top of the earlier ones. Where this differs from the snapshot, \
+this is the current state.
 
 """
 
@@ -117,7 +130,7 @@ def committed_groups(
     current = head
     while current.id != base.id:
         if not current.parents or len(chain) > 10 * COMMIT_GROUPS:  # base off HEAD's first-parent line
-            return [_net_group(repo, base, head, rules, rendered, f"were made since {base.id}")]
+            return [_net_group(repo, base, head, rules, rendered, f"were made since {base.id} on another line of history")]
         chain.append(current)
         current = current.parents[0]
     chain.reverse()
@@ -130,12 +143,18 @@ def committed_groups(
     for commit in chain[cut:]:
         key = str(commit.id)
         if key not in rendered:
-            summary = commit.message.strip().splitlines()[0] if commit.message.strip() else ""
-            diff = commit.parents[0].tree.diff_to_tree(commit.tree)
             first = shown.uncommitted if shown is not None and str(commit.parents[0].id) == shown.head else ()
-            rendered[key] = _group(repo, diff, rules, f"were committed as {commit.id}: {summary}", first)
+            changes = _tree_changes(repo, commit.parents[0].tree, commit.tree, rules)
+            rendered[key] = _group(repo, changes, rules, f"were committed as {commit.id}: {_summary(commit, rules)}", first)
         groups.append(rendered[key])
     return groups
+
+
+def _summary(commit: pygit2.Commit, rules: ContentRules) -> str:
+    """The first line of the commit's message, its secrets redacted as in files."""
+    lines = commit.message.strip().splitlines()
+    summary = lines[0] if lines else ""
+    return redact("", summary)[0] if rules.secrets != "off" else summary
 
 
 def _net_group(
@@ -146,9 +165,9 @@ def _net_group(
     restarted process renders the same bytes."""
     key = f"{base.id}..{upto.id}"
     if key not in rendered:
-        diff = base.tree.diff_to_tree(upto.tree)
-        first = least_recent_first({_path(delta) for delta in diff.deltas}, last_changes(repo, upto, base.id))
-        rendered[key] = _group(repo, diff, rules, label, tuple(first))
+        changes = _tree_changes(repo, base.tree, upto.tree, rules)
+        first = least_recent_first({path for path, _, _ in changes}, last_changes(repo, upto, base.id))
+        rendered[key] = _group(repo, changes, rules, label, tuple(first))
     return rendered[key]
 
 
@@ -161,10 +180,7 @@ def working_diff(
 ) -> WorkingDiff:
     """The committed groups plus what is not committed yet, as one system message. Blocking."""
     try:
-        index = repo.index
-        diff = base_tree(repo, head).diff_to_index(index, FLAGS)
-        diff.merge(index.diff_to_workdir(FLAGS))
-        uncommitted = _group(repo, diff, rules, "are not committed yet")
+        uncommitted = _group(repo, _worktree_changes(repo, head, rules), rules, "are not committed yet")
     except (pygit2.GitError, OSError) as error:
         raise RepositoryError(f"cannot compute the working diff in {repo.workdir}: {error}") from None
     base_id = str(base.id) if base is not None else None
@@ -178,77 +194,151 @@ def working_diff(
     )
 
 
+Change = tuple[str, "Side | None", "Side | None"]
+
+
+def _tree_changes(repo: pygit2.Repository, old: pygit2.Tree, new: pygit2.Tree, rules: ContentRules) -> list[Change]:
+    paths = set()
+    for delta in old.diff_to_tree(new).deltas:
+        paths.update((delta.old_file.path, delta.new_file.path))
+    return [(path, tree_side(repo, old, path, rules), tree_side(repo, new, path, rules)) for path in paths]
+
+
+def _worktree_changes(repo: pygit2.Repository, head: pygit2.Commit | None, rules: ContentRules) -> list[Change]:
+    """HEAD → work tree, path by path: the index and its stat cache only say which paths to look at.
+
+    Each path's new side is what the work tree holds now, whatever the index says: a file removed
+    from the index but still on disk is there, a conflicted file shows its conflict markers.
+    """
+    index = repo.index
+    tree = base_tree(repo, head)
+    paths = set()
+    for diff in (tree.diff_to_index(index, FLAGS), index.diff_to_workdir(FLAGS)):
+        for delta in diff.deltas:
+            paths.update((delta.old_file.path, delta.new_file.path))
+    if index.conflicts is not None:
+        for entries in index.conflicts:
+            paths.update(entry.path for entry in entries if entry is not None)
+    changes = []
+    for path in paths:
+        old = tree_side(repo, tree, path, rules)
+        new = worktree_side(repo, path, rules, _tracked_mode(index, path, old))
+        if old != new or (old is not None and old.data is None):
+            changes.append((path, old, new))
+    return changes
+
+
+def _tracked_mode(index: pygit2.Index, path: str, old: Side | None) -> int | None:
+    try:
+        return index[path].mode
+    except (KeyError, ValueError, pygit2.GitError):
+        return old.mode if old is not None else None
+
+
 def _group(
-    repo: pygit2.Repository, diff: pygit2.Diff, rules: ContentRules, origin: str, first: tuple[str, ...] = ()
+    repo: pygit2.Repository, changes: list[Change], rules: ContentRules, origin: str, first: tuple[str, ...] = ()
 ) -> Group:
-    """The diffs, the paths in `first` in that order, then oldest edit first; then the label."""
+    """The changes, the paths in `first` in that order, then oldest edit first; then the label."""
     root = Path(repo.workdir)
-    deltas = list(diff.deltas)
     rank = {path: n for n, path in enumerate(first)}
-    ordered = sorted(
-        range(len(deltas)), key=lambda i: (rank.get(_path(deltas[i]), len(rank)), _edited(deltas[i], root))
-    )
-    patches, paths, findings = [], [], []
-    for i in ordered:
-        text, found = _patch(repo.odb, diff, deltas[i], i, rules)
+    ordered = sorted(changes, key=lambda change: (rank.get(change[0], len(rank)), _edited(change, root)))
+    texts, paths, findings = [], [], []
+    for path, old, new in ordered:
+        text, found = render_change(path, old, new, rules)
         findings += found
         if text:
-            patches.append(text)
-            paths.append(_path(deltas[i]))
-    if not patches:
+            texts.append(text)
+            paths.append(path)
+    if not texts:
         return Group("", (), tuple(findings))
-    return Group("".join(patches) + f"=== the changes above {origin} ===\n", tuple(paths), tuple(findings))
+    return Group("".join(texts) + f"=== the changes above {origin} ===\n", tuple(paths), tuple(findings))
 
 
-def _edited(delta: pygit2.DiffDelta, root: Path) -> tuple[int, str]:
+def _edited(change: Change, root: Path) -> tuple[int, str]:
     """Oldest edit first: the file someone is working on right now sorts last.
 
     A deleted file has no time of its own; it sorts first, so it is re-read once when deleted
     rather than after every later edit.
     """
-    path = _path(delta)
+    path, _, new = change
+    if new is None:
+        return (0, path)
     try:
         return (os.lstat(root / path).st_mtime_ns, path)
-    except OSError:  # deleted from the working tree
+    except OSError:  # deleted from the working tree meanwhile
         return (0, path)
 
 
-def _path(delta: pygit2.DiffDelta) -> str:
-    return delta.old_file.path if delta.status == DeltaStatus.DELETED else delta.new_file.path
+def render_change(path: str, old: Side | None, new: Side | None, rules: ContentRules) -> tuple[str, list[Finding]]:
+    """One path's change: a header, then hunks of the screened texts (none for a stub or a deletion).
 
-
-def _patch(
-    odb: pygit2.Odb, diff: pygit2.Diff, delta: pygit2.DiffDelta, i: int, rules: ContentRules
-) -> tuple[str, list[Finding]]:
-    """One file's diff text, screened for secrets, and what was found in it.
-
-    A file renders the same whichever diff found it (the uncommitted changes, then the same change
-    committed), so a commit leaves the bytes of its group as they were.
+    Both sides are screened whole before they are compared, so a hunk's context never carries a
+    secret and a redacted multi-line secret is one line on both sides: the counts stay true. A file
+    renders the same whichever diff found it, so a commit leaves the bytes of its group as they were.
     """
-    path = _path(delta)
-    if rules.exclude.excludes(path):
+    if rules.exclude.excludes(path) or (old is None and new is None):
         return "", []
-    stub = f"diff --git a/{path} b/{path}\n({delta.status.name.lower()}, {{}}, contents not shown)\n"
+    if old is not None and new is not None and old.kind != new.kind:
+        gone, _ = render_change(path, old, None, rules)
+        added, found = render_change(path, None, new, rules)
+        return gone + added, found
+    side = new or old
+    assert side is not None
+    status = "added" if old is None else "deleted" if new is None else "modified"
+    details = []
+    if old is not None and new is not None and old.mode != new.mode:
+        details.append(f"mode {old.mode:o} -> {new.mode:o}")
+    elif old is None and side.executable:
+        details.append("executable")
+    if new is None:
+        return _header(side.kind, path, status, details), []
+    reason = _hidden(path, old, new, rules)
+    if reason is not None:
+        return _header(side.kind, path, status, [*details, f"contents not shown: {reason}"]), []
+    old_text, old_found = screened_text(old, path, rules) if old is not None else ("", [])
+    new_text, found = screened_text(new, path, rules)
+    if old_text is None or new_text is None:
+        count = len(found) or len(old_found)
+        return _header(side.kind, path, status, [*details, f"contents not shown: holds {count} secrets"]), found
+    hunks = _hunks(old_text, new_text)
+    if not hunks and not details and old is not None:
+        return "", found  # the same text once screened and cleaned
+    return _header(side.kind, path, status, details) + hunks, found
+
+
+def _hidden(path: str, old: Side | None, new: Side, rules: ContentRules) -> str | None:
+    """Why a change's contents are not shown, if they are not."""
+    if new.kind == "submodule":
+        return f"submodule at {new.data.decode() if new.data else 'an unknown commit'}"
     if rules.secret_by_name(path):
-        return stub.format("a secret by its name"), []
-    size = max(_size(odb, delta.new_file), _size(odb, delta.old_file))
-    if size > rules.max_file_bytes:
-        return stub.format(f"{size} bytes: over max_file_bytes"), []
-    patch = diff[i]
-    if patch is None:
-        return "", []
-    screened, found = rules.screen(path, patch.data.decode("utf-8", "replace"))
-    return (screened if screened is not None else stub.format(f"holds {len(found)} secrets")), found
+        return "a secret by its name"
+    size = max(new.size, old.size if old is not None else 0)
+    if new.data is None or (old is not None and old.data is None):
+        return f"{size} bytes: over max_file_bytes"
+    if new.kind == "file" and (is_binary(new.data) or (old is not None and is_binary(old.data))):
+        return f"binary, {size} bytes"
+    if old is not None and path in rules.left_out:
+        return "not in the snapshot"  # over its cap, or its secrets kept it out
+    return None
 
 
-def _size(odb: pygit2.Odb, file: pygit2.DiffFile) -> int:
-    """The file's size in bytes; a diff between two trees leaves it unset until the patch is made.
+def _header(kind: str, path: str, status: str, details: list[str]) -> str:
+    return f"=== {kind}: {spell(path)} [{', '.join([status, *details])}] ===\n"
 
-    A submodule's commit is not in this repository's object database: its size stays as given.
-    """
-    if file.flags & DiffFlag.VALID_SIZE or not file.flags & DiffFlag.EXISTS or file.mode == FileMode.COMMIT:
-        return file.size
-    return odb.read_header(file.id)[1]
+
+def _hunks(old: str, new: str) -> str:
+    """Unified hunks with explicit counts and no function heading (it would repeat a line unscreened)."""
+    old_bytes, new_bytes = old.encode(), new.encode()  # the patch points into them: keep them alive
+    patch = pygit2.Patch.create_from(old_bytes, new_bytes, flag=DiffOption.FORCE_TEXT, context_lines=3)
+    out = []
+    for hunk in patch.hunks:
+        out.append(f"@@ -{hunk.old_start},{hunk.old_lines} +{hunk.new_start},{hunk.new_lines} @@\n")
+        for line in hunk.lines:
+            if line.origin not in " -+":
+                continue  # libgit2's own end-of-file markers: written below, after their line
+            content = line.raw_content.decode("utf-8")
+            out.append(f"{line.origin}{content}" if content.endswith("\n") else f"{line.origin}{content}\n{NO_NEWLINE}")
+    return "".join(out)
 
 
 def _footer(base: str | None, head: str | None) -> str:

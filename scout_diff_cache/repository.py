@@ -30,6 +30,8 @@ class ContentRules:
     max_file_bytes: int
     secrets: str = "redact"
     secret_files: PathMatcher = attrs.field(factory=lambda: compile_patterns(SECRET_FILES))
+    #: Paths the epoch's snapshot lists without their text: a diff of them stays a stub.
+    left_out: frozenset[str] = frozenset()
 
     @classmethod
     def from_config(cls, config: Config) -> ContentRules:

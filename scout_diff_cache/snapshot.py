@@ -5,11 +5,12 @@ Layout (the contract the model reads, and the bytes the upstream caches):
     # Repository snapshot
     <a fixed explanation: nothing in it changes between commits>
 
-    === file: PATH ===
-    <text of the file, ending in a newline>
-    === symlink: PATH -> TARGET ===
+    === file: PATH [N lines] ===                   (", no newline at end", ", executable")
+    <exactly N lines: the text of the file>
+    === symlink: PATH [1 lines, no newline at end] ===
+    TARGET
     ...
-    === not included ===
+    === not included [M entries] ===
     binary: PATH (N bytes)
     too large: PATH (N bytes)
     over the snapshot cap: PATH (N bytes)
@@ -21,9 +22,10 @@ Layout (the contract the model reads, and the bytes the upstream caches):
 Everything that differs between epochs sits as late as it can: files in the stable order of
 `order.py`, the list of files left out after them, the commit id on the last line. Nothing depends
 on time, host, absolute paths or dict order, so the same commit, order and rules give the same bytes
-on any machine. Excluded paths are left out silently. The cap (`max_snapshot_bytes`) is first-fit
-in snapshot order: a file is inlined when its bytes plus its delimiter line still fit, otherwise it
-is listed as over the cap.
+on any machine. A header counts its file's lines, so no text inside a file can end it early or open
+a phantom file (the README gives the grammar). Excluded paths are left out silently. The cap
+(`max_snapshot_bytes`) is first-fit in snapshot order: a file is inlined when its section still
+fits, otherwise it is listed as over the cap (and its diffs stay stubs: see `ContentRules.left_out`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from pygit2.enums import FileMode
 from .epoch import Epoch
 from .errors import RepositoryError
 from .order import carry_order, changed_paths, initial_order, last_changes
+from .content import entry_side, is_binary, screened_text, section, spell
 from .prompt import system_message
 from .repository import ContentRules, open_repository
 from .secrets import Finding
@@ -47,10 +50,12 @@ HEADER = """\
 
 This message holds the committed source of the repository at one commit, named on its last line: \
 the text of every file, one after another, the least often changed first. Each file starts with a \
-line of its own, "=== file: PATH ===", followed by its text. A symbolic link is shown as \
-"=== symlink: PATH -> TARGET ===". Files whose contents are not included are listed near the end \
-under "=== not included ===". The next message is the working diff from that commit to the \
-working tree as it is now: where the two differ, the diff is the current state.
+line of its own, "=== file: PATH [N lines] ===", followed by exactly those N lines of its text; \
+"no newline at end" says its last line has no line break in the file, "executable" that it is. A \
+symbolic link is "=== symlink: PATH [1 lines, no newline at end] ===" followed by its target. \
+Files whose contents are not included are listed near the end under "=== not included ===". The \
+next message is the working diff from that commit to the working tree as it is now: where the two \
+differ, the diff is the current state.
 
 """
 
@@ -69,7 +74,7 @@ class LeftOut:
     detail: str
 
     def render(self) -> str:
-        return f"{self.reason}: {self.path} ({self.detail})"
+        return f"{self.reason}: {spell(self.path)} ({self.detail})"
 
 
 @attrs.frozen
@@ -92,6 +97,10 @@ class Snapshot:
     @property
     def files(self) -> int:
         return len(self.inlined)
+
+    @property
+    def left_out_paths(self) -> frozenset[str]:
+        return frozenset(item.path for item in self.left_out)
 
     @property
     def epoch(self) -> Epoch:
@@ -124,37 +133,32 @@ def build_snapshot(
             if rules.secret_by_name(path_text):
                 left_out.append(LeftOut(path_text, "secret by its name", "not read"))
                 continue
-            if mode == FileMode.COMMIT:
+            side = entry_side(repo, mode, oid, rules)
+            assert side is not None  # _walk yields no trees
+            if side.kind == "submodule":
                 left_out.append(LeftOut(path_text, "submodule", f"at {oid}"))
                 continue
-            blob = repo[oid]
-            data = blob.data
-            if mode == FileMode.LINK:
-                section = f"=== symlink: {path_text} -> {data.decode('utf-8', 'replace')} ===\n"
-            elif blob.is_binary:
-                left_out.append(LeftOut(path_text, "binary", f"{len(data)} bytes"))
+            if side.data is None:
+                left_out.append(LeftOut(path_text, "too large", f"{side.size} bytes"))
                 continue
-            elif len(data) > rules.max_file_bytes:
-                left_out.append(LeftOut(path_text, "too large", f"{len(data)} bytes"))
+            if side.kind == "file" and is_binary(side.data):
+                left_out.append(LeftOut(path_text, "binary", f"{side.size} bytes"))
                 continue
-            else:
-                screened, found = rules.screen(path_text, data.decode("utf-8", "replace"))
-                findings += found
-                if screened is None:
-                    left_out.append(LeftOut(path_text, "holds a secret", f"{len(found)} found"))
-                    continue
-                text = screened
-                newline = "" if text.endswith("\n") or not text else "\n"
-                section = f"=== file: {path_text} ===\n{text}{newline}"
-            cost = len(data) + len(path_text) + 20
+            text, found = screened_text(side, path_text, rules)
+            findings += found
+            if text is None:
+                left_out.append(LeftOut(path_text, "holds a secret", f"{len(found)} found"))
+                continue
+            rendered = section(side.kind, path_text, text, side.executable)
+            cost = len(rendered.encode("utf-8"))
             if cost > budget:
-                left_out.append(LeftOut(path_text, "over the snapshot cap", f"{len(data)} bytes"))
+                left_out.append(LeftOut(path_text, "over the snapshot cap", f"{side.size} bytes"))
                 continue
             budget -= cost
-            inlined.append((path_text, len(data)))
-            parts.append(section)
+            inlined.append((path_text, side.size))
+            parts.append(rendered)
         if left_out:
-            parts.append("=== not included ===\n")
+            parts.append(f"=== not included [{len(left_out)} entries] ===\n")
             parts.extend(item.render() + "\n" for item in left_out)
         parts.append(f"=== end of snapshot: commit {commit} ===\n")
         return _finish(commit, parts, inlined, left_out, excluded, findings, tuple(order))

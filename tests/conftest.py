@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import textwrap
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -18,6 +19,21 @@ from scout_diff_cache.app import make_app
 from scout_diff_cache.config import Config, load_config
 
 SIGNATURE = pygit2.Signature("Test Author", "author@example.com", 1_700_000_000, 0)
+
+#: A section header of the snapshot or a change header of the diff (see the README's grammar).
+HEADER = re.compile(r"^=== (file|symlink|submodule): (.+) \[([^\[\]]*)\] ===$", re.M)
+
+
+def headed_paths(text: str, kind: str = "file") -> list[str]:
+    """The paths of the snapshot's sections (or the diff's changes) of one kind, in order."""
+    return [match[2] for match in HEADER.finditer(text) if match[1] == kind]
+
+
+def header_of(text: str, path: str) -> str:
+    """The bracketed details of the first header for `path`."""
+    found = [match[3] for match in HEADER.finditer(text) if match[2] == path]
+    assert found, f"no header for {path}"
+    return found[0]
 
 
 class GitRepo:

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 import pytest
 from aiohttp.test_utils import TestClient
 
-from conftest import GitRepo, proxy_config
+from conftest import GitRepo, headed_paths, proxy_config
 from scout_diff_cache.app import make_app
 from scout_diff_cache.repository import ContentRules
 from scout_diff_cache.snapshot import build_snapshot
@@ -150,12 +150,12 @@ async def test_the_upstream_serves_the_snapshot_from_its_cache(
     assert committed["cached"] >= 0.9 * snapshot_tokens
     assert (await (await client.get("/health")).json())["snapshot"]["commit"] != committed_at
 
-    order = [row[len("=== file: ") : -len(" ===")] for row in snapshot_text.splitlines() if row.startswith("=== file: ")]
+    order = headed_paths(snapshot_text)
     late = order[-1]
     repo.write(late, (repo.path / late).read_text() + "# a change to the last file in the order\n")
     repo.commit("change the last file")
     rebase = await (await client.post("/admin/rebase")).json()
-    before_late = tokens(llama_server, snapshot_text[: snapshot_text.index(f"=== file: {late} ===")])
+    before_late = tokens(llama_server, snapshot_text[: snapshot_text.index(f"=== file: {late} [")])
     warm = rebase["warmup"]
     REPORT.append(
         f"{'4. forced rebase, only ' + late + ' changed: warm-up':58} prompt {warm['prompt_tokens']:5}  cached "

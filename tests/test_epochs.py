@@ -19,6 +19,8 @@ from conftest import (
     ProxyFactory,
     chat,
     completion,
+    header_of,
+    headed_paths,
     is_warmup,
     sse_chunk,
     write_config,
@@ -39,7 +41,7 @@ def warmups(upstream: FakeUpstream) -> list[dict]:  # type: ignore[type-arg]
 
 
 def file_order(snapshot: str) -> list[str]:
-    return [line[len("=== file: ") : -len(" ===")] for line in snapshot.splitlines() if line.startswith("=== file: ")]
+    return headed_paths(snapshot)
 
 
 def five_files(repo: GitRepo) -> None:
@@ -218,7 +220,7 @@ async def test_a_rebase_keeps_every_file_before_the_first_changed_one(
     response = await client.post("/admin/rebase")
     assert response.status == 200
     after, _ = await injected(client, upstream)
-    cut = before.index(f"=== file: {last} ===")
+    cut = before.index(f"=== file: {last} [")
     assert after[:cut] == before[:cut]
     # the changed files move to the end, the one changed last at the very end
     assert file_order(after) == [path for path in order if path not in (earlier, last)] + [earlier, last]
@@ -317,15 +319,15 @@ async def test_diff_lists_committed_changes_first_then_working_changes_by_age(
         path = git_repo.write(name, f"working change to {name}\n")
         os.utime(path, ns=(1_800_000_000_000_000_000 - age * 10**9,) * 2)
     _, diff = await injected(client, upstream)
-    order = [line.split(" b/")[1] for line in diff.splitlines() if line.startswith("diff --git")]
+    order = headed_paths(diff)
     assert order == ["e.txt", "a.txt", "d.txt", "b.txt"]
 
     path = git_repo.write("a.txt", "edited again, now the newest\n")
     os.utime(path, ns=(1_800_000_000_000_000_000,) * 2)
     _, again = await injected(client, upstream)
-    assert [line.split(" b/")[1] for line in again.splitlines() if line.startswith("diff --git")][-1] == "a.txt"
-    cut = diff.index("diff --git a/a.txt")
-    assert again.index("diff --git a/d.txt") == cut  # everything before the edited file stays put
+    assert headed_paths(again)[-1] == "a.txt"
+    cut = diff.index("=== file: a.txt [")
+    assert again.index("=== file: d.txt [") == cut  # everything before the edited file stays put
     assert again[:cut] == diff[:cut]
 
 
@@ -368,8 +370,8 @@ async def test_committing_keeps_the_diff_bytes_up_to_the_new_label(
     git_repo.write("d.txt", "more work on d\n")  # edited again before the next question
     _, committed = await injected(client, upstream)
     label = working.index("=== the changes above are not committed yet ===")
-    assert "Binary files a/tool.bin and b/tool.bin differ" in working
-    assert "(modified, 18000 bytes: over max_file_bytes, contents not shown)" in working
+    assert header_of(working, "tool.bin") == "modified, contents not shown: binary, 200 bytes"
+    assert header_of(working, "big.txt") == "modified, contents not shown: 18000 bytes: over max_file_bytes"
     assert committed[:label] == working[:label]  # also a binary file and one too large to show
     assert committed[label:].startswith(f"=== the changes above were committed as {commit}: commit the work ===")
 

@@ -130,7 +130,7 @@ async def test_two_separately_started_processes_send_byte_identical_snapshots(
             assert response.status == 200
         assert await proxy.stop() == 0
     first, second = (seen.raw.split(b',{"role":"system"', 1)[0] for seen in upstream.seen)
-    assert first == second and b"=== file: src/app.py ===" in first
+    assert first == second and b"=== file: src/app.py [2 lines] ===" in first
 
 
 async def test_logs_say_what_was_loaded_and_never_contents_or_keys(

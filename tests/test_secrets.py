@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FakeUpstream, GitRepo, ProxyFactory, write_config
+from conftest import FakeUpstream, GitRepo, ProxyFactory, header_of, write_config
 from scout_diff_cache.secrets import placeholder, redact
 from test_context import injected
 from test_process import run_cli
@@ -122,7 +122,7 @@ async def test_secrets_in_the_snapshot_and_the_diff_never_reach_the_upstream(
     assert snapshot == again  # placeholders are deterministic: the prefix cache still works
     for rule, _, _, value in CORPUS:
         assert placeholder(rule, value) in snapshot
-    # in the diff a multi-line key carries its "+" prefixes, so its placeholder hashes that text
+    # the diff screens whole files, so a secret has the same placeholder there as in the snapshot
     assert {rule for rule, *_ in CORPUS} == set(re.findall(r"\[REDACTED:([a-z-]+):[0-9a-f]{8}\]", diff))
     log = caplog.text
     assert "secrets found, redacted" in log and "src/db.py:1 (password-in-url)" in log
@@ -160,7 +160,7 @@ async def test_files_that_are_secrets_by_name_are_left_out_unless_scanning_is_of
     snapshot, diff = await injected(await make_proxy(), upstream)
     assert "CONTENT-OF" not in snapshot + diff
     assert "secret by its name: .env (not read)" in snapshot and "secret by its name: id_rsa (not read)" in snapshot
-    assert "a secret by its name, contents not shown" in diff
+    assert header_of(diff, ".env.local") == "added, contents not shown: a secret by its name"
     upstream.seen.clear()
     plain, _ = await injected(await make_proxy(security={"secrets": "off"}), upstream)
     assert "CONTENT-OF .env" in plain

@@ -1,0 +1,151 @@
+"""What the model is shown of one path: its content as git stores it, screened, under a header.
+
+The snapshot and every diff read a path through here, so the two always agree on a file's text:
+the content as git stores it (work-tree files pass through the repository's clean filters, such as
+`.gitattributes` end-of-line conversion), decoded as UTF-8 with U+FFFD for invalid bytes, secrets
+replaced by their placeholders. Work-tree files are read with `read()` into memory, never through a
+memory map: a file truncated by an editor or a checkout while it is read then gives shorter bytes,
+not a SIGBUS that kills the process.
+
+Headers carry the path in one spelling (UTF-8, or a JSON string when it holds control characters)
+and a bracketed list that never contains brackets, so a parser finds the path by the last ` [`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import attrs
+import pygit2
+from pygit2.enums import FileMode
+
+from .repository import ContentRules
+from .secrets import Finding
+
+#: git's own test for binary content: a NUL byte in the first 8,000 bytes.
+BINARY_PROBE = 8000
+
+EXECUTABLE = 0o100755
+REGULAR = 0o100644
+
+
+@attrs.frozen
+class Side:
+    """What one path holds on one side of a change: in a tree, or in the work tree."""
+
+    kind: str  # "file", "symlink" or "submodule"
+    mode: int
+    size: int
+    #: The bytes (a link's target, a submodule's commit id); None when larger than max_file_bytes.
+    data: bytes | None = attrs.field(repr=False)
+
+    @property
+    def executable(self) -> bool:
+        return self.mode == EXECUTABLE
+
+
+def spell(path: str) -> str:
+    """The one spelling of a path in every header: its text, or a JSON string if a line could break."""
+    if path.startswith('"') or any(ord(char) < 32 or ord(char) == 127 for char in path):
+        return json.dumps(path, ensure_ascii=False)
+    return path
+
+
+def is_binary(data: bytes) -> bool:
+    return b"\0" in data[:BINARY_PROBE]
+
+
+def kind_of(mode: int) -> str:
+    if mode == FileMode.LINK:
+        return "symlink"
+    return "submodule" if mode == FileMode.COMMIT else "file"
+
+
+def tree_side(repo: pygit2.Repository, tree: pygit2.Tree, path: str, rules: ContentRules) -> Side | None:
+    """The path as `tree` has it; None where it holds nothing (or a directory)."""
+    try:
+        entry = tree[path]
+    except KeyError:
+        return None
+    return entry_side(repo, entry.filemode, entry.id, rules)
+
+
+def entry_side(repo: pygit2.Repository, mode: int, oid: pygit2.Oid, rules: ContentRules) -> Side | None:
+    if mode == FileMode.TREE:
+        return None
+    if mode == FileMode.COMMIT:
+        return Side("submodule", mode, 0, str(oid).encode())
+    size = repo.odb.read_header(oid)[1]
+    data = repo[oid].data if size <= rules.max_file_bytes or mode == FileMode.LINK else None
+    return Side(kind_of(mode), mode if mode in (EXECUTABLE, FileMode.LINK) else REGULAR, size, data)
+
+
+def worktree_side(repo: pygit2.Repository, path: str, rules: ContentRules, tracked_mode: int | None) -> Side | None:
+    """The path as the work tree has it now, in the form git would store; None where it is absent.
+
+    `tracked_mode` is the mode the index or HEAD gives it: a submodule's directory is one, and with
+    `core.fileMode = false` the executable bit comes from there.
+    """
+    full = Path(repo.workdir) / path
+    try:
+        info = os.lstat(full)
+        if stat.S_ISLNK(info.st_mode):
+            target = os.fsencode(os.readlink(full))
+            return Side("symlink", FileMode.LINK, len(target), target)
+        if stat.S_ISDIR(info.st_mode):
+            return _submodule(repo, path) if tracked_mode == FileMode.COMMIT else None
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        if _honours_file_mode(repo):
+            mode = EXECUTABLE if info.st_mode & stat.S_IXUSR else REGULAR
+        else:
+            mode = EXECUTABLE if tracked_mode == EXECUTABLE else REGULAR
+        if info.st_size > rules.max_file_bytes:
+            return Side("file", mode, info.st_size, None)
+        with open(full, "rb") as file:
+            data = file.read(rules.max_file_bytes + 1)
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # gone (or a parent became a file) while we looked: absent, as git would say
+    if len(data) > rules.max_file_bytes:  # grew while we looked
+        return Side("file", mode, len(data), None)
+    filters = repo.load_filter_list(path, pygit2.GIT_FILTER_CLEAN)
+    if filters is not None and len(filters):
+        data = filters.apply_to_buffer(data)
+    return Side("file", mode, len(data), data)
+
+
+def _honours_file_mode(repo: pygit2.Repository) -> bool:
+    try:
+        return repo.config.get_bool("core.filemode")
+    except (KeyError, pygit2.GitError):
+        return True
+
+
+def _submodule(repo: pygit2.Repository, path: str) -> Side | None:
+    try:
+        entry = repo.index[path]
+    except KeyError:
+        return None
+    return Side("submodule", FileMode.COMMIT, 0, str(entry.id).encode())
+
+
+def screened_text(side: Side, path: str, rules: ContentRules) -> tuple[str | None, list[Finding]]:
+    """The text the model is shown of a side's bytes (None: leave it out for its secrets)."""
+    assert side.data is not None
+    if side.kind != "file":
+        return side.data.decode("utf-8", "replace"), []
+    return rules.screen(path, side.data.decode("utf-8", "replace"))
+
+
+def section(kind: str, path: str, text: str, executable: bool) -> str:
+    """A snapshot section: the header counts the text's lines, so no line of it can end the section."""
+    final = text.endswith("\n") or not text
+    info = [f"{text.count(chr(10)) + (0 if final else 1)} lines"]
+    if not final:
+        info.append("no newline at end")
+    if executable:
+        info.append("executable")
+    return f"=== {kind}: {spell(path)} [{', '.join(info)}] ===\n{text}{'' if final else chr(10)}"
