@@ -73,6 +73,12 @@ def _count(raw: str) -> int:
     return int(raw)
 
 
+def _whole(raw: str) -> int:
+    if not raw.strip().isdigit():
+        raise ValueError("expected a whole number (0 or more)")
+    return int(raw)
+
+
 def _text(raw: str) -> str:
     if not raw.strip():
         raise ValueError("expected a non-empty value")
@@ -195,6 +201,8 @@ class ContextConfig:
     rebase_diff_share: float = option(0.5, _share)
     rebase_min_diff_bytes: int = option(256 * KiB, _size)
     keepalive_interval: float = option(0.0, _interval)
+    #: Earlier epochs kept in memory, so a branch switched back to reuses its snapshot's bytes.
+    remembered_epochs: int = option(2, _whole)
     state_dir: Path = option(attrs.Factory(_state_home), _path)
 
 

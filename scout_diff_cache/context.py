@@ -13,9 +13,13 @@ per `[context] rebase`:
 - `every-commit`: on every new HEAD, before answering (the original design, for comparison).
 - `manual`: only when asked (`POST /admin/rebase`, `scout-diff-cache rebase`).
 
-In every mode a base that is gone or no longer an ancestor of HEAD (gc, history rewrite, another
-branch) is replaced at once. Blocking libgit2 work runs in threads; callers that ask while a
-computation is queued share it, and a computation never started before its caller asked.
+Any base gives a faithful diff, an ancestor of HEAD or not (another branch, a rebase, an amend):
+the diff shows the net change from it (see `lineage.py`), and the budget decides as above. Only a
+base that is gone from the repository is replaced at once. The last `remembered_epochs` snapshots
+stay in memory: a rebase to one of their commits, or to one whose diff to HEAD fits the budget (a
+branch switched back to), reuses it byte for byte instead of building. Blocking libgit2 work runs
+in threads; callers that ask while a computation is queued share it, and a computation never
+started before its caller asked.
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ from .config import Config, ContextConfig
 from .diff import Group, WorkingDiff, committed_groups, working_diff
 from .epoch import Epoch, load_epoch, save_epoch, state_file
 from .errors import ProxyError, RepositoryError
+from .lineage import Lineage, trace
 from .metrics import Metrics
 from .order import changed_paths
+from .policy import budget, closest_remembered, fold_pays, outgrown
 from .repository import ContentRules, head_commit, open_repository, short
 from .secrets import Finding
 from .snapshot import Snapshot, build_snapshot
@@ -94,18 +100,8 @@ class _State:
     head: str | None
     base_valid: bool
     diff: WorkingDiff | None
-
-
-_Key = tuple["str | None", "str | None", "str | None"]  # base, HEAD, fold point
-
-
-@attrs.frozen
-class _Committed:
-    """Computed once per base, HEAD and fold point."""
-
-    key: _Key
-    valid: bool
-    groups: list[Group]
+    #: Where the diff's net group ends (see `lineage.py`); None: no net group.
+    anchor: str | None = None
 
 
 @attrs.frozen
@@ -125,8 +121,9 @@ class RepositoryContext:
         self._state_file = state_file(config.context.state_dir, config.repository.path)
         self.warm = warm
         self._read = Coalesced(self._read_state)
-        self._history: _Committed | None = None
+        self._lineage: Lineage | None = None  # the commits the last diff showed
         self._rendered: dict[str, Group] = {}
+        self._remembered: dict[str, Snapshot] = {}  # earlier epochs, oldest first
         self._shown: WorkingDiff | None = None  # the last diff read: a commit keeps its file order
         self._folded: str | None = None
         self._switching: dict[str | None, asyncio.Task[Rebase]] = {}
@@ -144,6 +141,12 @@ class RepositoryContext:
     def configure(self, policy: ContextConfig) -> None:
         """Take new context settings (a reload); the next request follows them."""
         self._policy = policy
+        self._forget_beyond(policy.remembered_epochs)
+
+    @property
+    def remembered(self) -> tuple[str, ...]:
+        """The bases of the epochs kept for a switch back, oldest first."""
+        return tuple(self._remembered)
 
     @property
     def state(self) -> str:
@@ -172,6 +175,9 @@ class RepositoryContext:
                 await self._switch_to(state.head, warm=False)
                 continue
             assert state.diff is not None
+            if state.anchor != self._folded:  # the diff's net group moved: a restart must render the same
+                self._folded = state.anchor
+                await self._save(snapshot)
             if self._policy.rebase == "auto" and self._outgrown(snapshot, state):
                 if await self._fold(snapshot, state):
                     continue  # read again, with one group for the commits
@@ -232,33 +238,21 @@ class RepositoryContext:
         return self.snapshot
 
     def _outgrown(self, snapshot: Snapshot, state: _State) -> bool:
-        """Whether the diff outgrew its budget: only then does a rebase pay.
-
-        To a prefix cache, keeping the base costs nothing but prompt length (the diff only grows at
-        its end), while a rebase recomputes the snapshot from its first changed file on. So the
-        share is a budget for prompt growth, not a cache trade-off.
-        """
         assert state.diff is not None
-        return state.head != state.base and state.diff.text_bytes > self._budget(snapshot)
+        return outgrown(state.diff.text_bytes, state.head != state.base, self._budget(snapshot))
 
     def _budget(self, snapshot: Snapshot) -> float:
-        return max(self._policy.rebase_min_diff_bytes, self._policy.rebase_diff_share * snapshot.text_bytes)
+        return budget(snapshot.text_bytes, self._policy.rebase_diff_share, self._policy.rebase_min_diff_bytes)
 
     async def _fold(self, snapshot: Snapshot, state: _State) -> bool:
-        """Fold the commits since the base into one group of their net changes, when that is cheaper.
-
-        A fold makes the upstream re-read the net diff (N bytes) and leaves the budget B minus N for
-        the diff to grow; a rebase re-reads the snapshot from its first changed file on (R bytes)
-        and leaves all of B. So a fold pays when N / (B - N) < R / B: typically when the same files
-        changed commit after commit, so that the log of their diffs is many times the net change.
-        """
+        """Fold the commits since the base into one group of their net changes, when that is cheaper
+        than a rebase (see `policy.fold_pays`)."""
         if state.base is None or state.head == self._folded or self._switching:
             return False  # folded already and still too large, or a rebase is under way
         net, rebase = await asyncio.to_thread(self._costs, snapshot, state.base, state.head)
         if self._folded == state.head:
             return True  # another request folded meanwhile
-        budget = self._budget(snapshot)
-        if net >= budget or net * budget >= rebase * (budget - net) or self.snapshot is not snapshot:
+        if not fold_pays(net, rebase, self._budget(snapshot)) or self.snapshot is not snapshot:
             return False
         self._folded = state.head
         self.folds += 1
@@ -288,7 +282,9 @@ class RepositoryContext:
         previous = self.snapshot
         if previous is not None and previous.commit == head:
             return Rebase(head, head, None, 0.0)  # a switch that finished while this one was asked for
-        snapshot = await self._build(head, previous.epoch if previous else None)
+        snapshot = await self._recall(head, previous, near=warm)
+        if snapshot is None:
+            snapshot = await self._build(head, previous.epoch if previous else None)
         usage = None
         if warm and self.warm is not None:
             diff = await asyncio.to_thread(self._diff_against, snapshot)
@@ -299,18 +295,42 @@ class RepositoryContext:
                 log.warning("warm-up of snapshot %s failed, switching anyway: %s", short(head), error.message)
             else:
                 self._metrics.warmups.inc((("outcome", "ok"),))
-        self.last_rebase = Rebase(previous.commit if previous else None, head, usage, time.monotonic() - started)
+        self.last_rebase = Rebase(
+            previous.commit if previous else None, snapshot.commit, usage, time.monotonic() - started
+        )
+        if previous is not None and previous.commit is not None:
+            self._remembered[previous.commit] = previous
+            self._forget_beyond(self._policy.remembered_epochs)
         self.snapshot = snapshot
         self._folded = None
+        self._lineage = None
         self._rendered.clear()  # the groups of commits the new base already holds
         self.rebases += 1
         await self._save(snapshot)
         log.info(
             "rebased the snapshot from %s to %s in %.2fs%s",
-            short(self.last_rebase.previous), short(head), self.last_rebase.seconds,
+            short(self.last_rebase.previous), short(snapshot.commit), self.last_rebase.seconds,
             f"; warm-up cached {usage.cached_tokens} of {usage.prompt_tokens} tokens" if usage else "",
         )
         return self.last_rebase
+
+    async def _recall(self, head: str | None, current: Snapshot | None, near: bool) -> Snapshot | None:
+        """A remembered epoch to switch to instead of building: HEAD's own, or (`near`) the one
+        whose diff to HEAD is smallest within the budget."""
+        if head in self._remembered:
+            return self._remembered.pop(head)
+        if not near or head is None or current is None or not self._remembered:
+            return None
+        sizes = await asyncio.to_thread(self._net_bytes, tuple(self._remembered.values()), head)
+        chosen = closest_remembered(sizes, self._budget(current))
+        if chosen is None:
+            return None
+        log.info("HEAD %s is close to the remembered snapshot %s: switching back to it", short(head), short(chosen))
+        return self._remembered.pop(chosen)
+
+    def _forget_beyond(self, capacity: int) -> None:
+        while len(self._remembered) > capacity:
+            del self._remembered[next(iter(self._remembered))]
 
     async def _build(self, commit: str | None, previous: Epoch | None) -> Snapshot:
         self.builds_started += 1
@@ -342,15 +362,13 @@ class RepositoryContext:
 
     def _valid(self, base_id: str | None) -> bool:
         repo = open_repository(self._repository.path)
-        head = head_commit(repo)
-        base = repo.get(base_id) if base_id is not None else None
-        if base_id is not None and not isinstance(base, pygit2.Commit):
-            return False
-        return self._usable(repo, base, head)
+        return _commits(repo, base_id, head_commit(repo)) is not None
 
     def _read_state(self) -> _State:
         snapshot = self.snapshot
-        return self._read_with(open_repository(self._repository.path), snapshot) if snapshot else _State(None, None, False, None)
+        if snapshot is None:
+            return _State(None, None, False, None)
+        return self._read_with(open_repository(self._repository.path), snapshot)
 
     def _diff_against(self, snapshot: Snapshot) -> WorkingDiff:
         state = self._read_with(open_repository(self._repository.path), snapshot)
@@ -365,43 +383,55 @@ class RepositoryContext:
     def _read_with(self, repo: pygit2.Repository, snapshot: Snapshot) -> _State:
         head = head_commit(repo)
         head_id = str(head.id) if head is not None else None
-        base_id = snapshot.commit
-        base = repo.get(base_id) if base_id is not None else None
-        if base_id is not None and not isinstance(base, pygit2.Commit):
-            return _State(base_id, head_id, False, None)
+        commits = _commits(repo, snapshot.commit, head)
+        if commits is None:
+            return _State(snapshot.commit, head_id, False, None)
         rules = self._rules_for(snapshot)
-        key = (base_id, head_id, self._folded)
-        cached = self._history  # shared by threads: read once, replace whole
-        if cached is None or cached.key != key:
-            cached = self._history = self._committed(repo, base, head, key, rules)
-        if not cached.valid:
-            return _State(base_id, head_id, False, None)
-        diff = working_diff(repo, base, head, rules, cached.groups)
+        groups: list[Group] = []
+        anchor = None
+        base, head = commits
+        if base is not None and head is not None:
+            current = snapshot is self.snapshot
+            lineage = trace(repo, base, head, self._lineage if current else None, self._folded if current else None)
+            if current:
+                self._lineage = lineage  # shared by threads: replaced whole
+            groups = committed_groups(repo, lineage, rules, self._rendered, self._shown)
+            anchor = lineage.anchor if lineage.anchor != lineage.base else None
+        diff = working_diff(repo, base, head, rules, groups)
         self._shown = diff  # shared by threads: replaced whole
-        return _State(base_id, head_id, True, diff)
-
-    def _committed(
-        self, repo: pygit2.Repository, base: pygit2.Commit | None, head: pygit2.Commit | None, key: _Key,
-        rules: ContentRules,
-    ) -> _Committed:
-        """What is fixed for one base and HEAD: whether the base is still usable, the commits' groups."""
-        if not self._usable(repo, base, head):
-            return _Committed(key, False, [])
-        groups = committed_groups(repo, base, head, rules, self._rendered, self._shown, key[2])
-        return _Committed(key, True, groups)
-
-    @staticmethod
-    def _usable(repo: pygit2.Repository, base: pygit2.Commit | None, head: pygit2.Commit | None) -> bool:
-        if head is None:
-            return base is None
-        return base is not None and (base.id == head.id or repo.descendant_of(head.id, base.id))
+        return _State(snapshot.commit, head_id, True, diff, anchor)
 
     def _costs(self, snapshot: Snapshot, base_id: str, head_id: str | None) -> tuple[int, int]:
         """Bytes the upstream re-reads after a fold (the net diff) and after a rebase (the snapshot's tail)."""
         repo = open_repository(self._repository.path)
         base, head = repo[base_id].peel(pygit2.Commit), repo[head_id].peel(pygit2.Commit)
-        groups = committed_groups(repo, base, head, self._rules_for(snapshot), self._rendered, self._shown, head_id)
+        net = self._net_bytes((snapshot,), head_id)[base_id]
         changed = changed_paths(repo, base.tree, head.tree)
         first = next((n for n, (path, _) in enumerate(snapshot.inlined) if path in changed), len(snapshot.inlined))
-        tail = sum(size for _, size in snapshot.inlined[first:])
-        return sum(len(group.text.encode("utf-8")) for group in groups), tail
+        return net, sum(size for _, size in snapshot.inlined[first:])
+
+    def _net_bytes(self, snapshots: tuple[Snapshot, ...], head_id: str) -> dict[str, int]:
+        """For each snapshot, the bytes of its net change to HEAD, as the diff would show it."""
+        repo = open_repository(self._repository.path)
+        head = repo[head_id].peel(pygit2.Commit)
+        sizes = {}
+        for snapshot in snapshots:
+            base = repo.get(snapshot.commit) if snapshot.commit is not None else None
+            if isinstance(base, pygit2.Commit):
+                lineage = trace(repo, base, head, None, head_id)
+                groups = committed_groups(repo, lineage, self._rules_for(snapshot), self._rendered, None)
+                sizes[str(base.id)] = sum(len(group.text.encode("utf-8")) for group in groups)
+        return sizes
+
+
+def _commits(
+    repo: pygit2.Repository, base_id: str | None, head: pygit2.Commit | None
+) -> tuple[pygit2.Commit | None, pygit2.Commit | None] | None:
+    """The base and HEAD commits, or None when the base cannot serve: gone from the repository, or
+    an unborn base once HEAD has a commit (and the reverse)."""
+    base = repo.get(base_id) if base_id is not None else None
+    if base_id is not None and not isinstance(base, pygit2.Commit):
+        return None
+    if (base is None) != (head is None):
+        return None
+    return base, head

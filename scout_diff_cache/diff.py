@@ -48,6 +48,7 @@ from pygit2.enums import DiffOption
 
 from .content import Side, is_binary, screened_text, spell, tree_side, worktree_side
 from .errors import RepositoryError
+from .lineage import Lineage
 from .order import last_changes, least_recent_first
 from .prompt import system_message
 from .repository import ContentRules, base_tree
@@ -62,8 +63,8 @@ FLAGS = (
 
 NO_NEWLINE = "\\ No newline at end of file\n"
 
-#: Most commits shown one by one: whole multiples of it are folded, so the fold point moves rarely.
-COMMIT_GROUPS = 200
+#: Commits whose changes order a net group from another line of history (a bounded walk).
+NET_WINDOW = 100
 
 HEADER = """\
 # Working diff
@@ -109,43 +110,25 @@ class Group:
 
 
 def committed_groups(
-    repo: pygit2.Repository,
-    base: pygit2.Commit | None,
-    head: pygit2.Commit | None,
-    rules: ContentRules,
-    rendered: dict[str, Group],
-    shown: WorkingDiff | None,
-    folded: str | None = None,
+    repo: pygit2.Repository, lineage: Lineage, rules: ContentRules, rendered: dict[str, Group], shown: WorkingDiff | None
 ) -> list[Group]:
-    """One group per first-parent commit from base (excluded) to HEAD, oldest first.
+    """The lineage's groups: the net changes up to its anchor, then one group per step, oldest first.
 
-    The commits up to `folded` (and, past COMMIT_GROUPS commits, whole multiples of it) are one
-    group of their net changes instead. `rendered` keeps each group once made, so it never changes
-    while this process runs. A commit made on top of the uncommitted changes in the diff last
-    `shown` lists its files in that order, whatever was edited since: it changes only its label.
+    `rendered` keeps each group once made (per base: the base's snapshot decides what stays a
+    stub), so it never changes while this process runs. A commit
+    made on top of the uncommitted changes in the diff last `shown` lists its files in that order,
+    whatever was edited since: it changes only its label.
     """
-    if head is None or base is None or base.id == head.id:
-        return []
-    chain: list[pygit2.Commit] = []
-    current = head
-    while current.id != base.id:
-        if not current.parents or len(chain) > 10 * COMMIT_GROUPS:  # base off HEAD's first-parent line
-            return [_net_group(repo, base, head, rules, rendered, f"were made since {base.id} on another line of history")]
-        chain.append(current)
-        current = current.parents[0]
-    chain.reverse()
-    ids = [str(commit.id) for commit in chain]
-    cut = max(ids.index(folded) + 1 if folded in ids else 0, len(chain) // COMMIT_GROUPS * COMMIT_GROUPS)
     groups = []
-    if cut:
-        label = f"were made in {cut} commits up to {chain[cut - 1].id}"
-        groups.append(_net_group(repo, base, chain[cut - 1], rules, rendered, label))
-    for commit in chain[cut:]:
-        key = str(commit.id)
+    if lineage.anchor != lineage.base:
+        groups.append(_net_group(repo, lineage, rules, rendered))
+    for parent_id, commit_id in lineage.steps:
+        key = f"{lineage.base}: step {parent_id}..{commit_id}"
         if key not in rendered:
-            first = shown.uncommitted if shown is not None and str(commit.parents[0].id) == shown.head else ()
-            changes = _tree_changes(repo, commit.parents[0].tree, commit.tree, rules)
-            rendered[key] = _group(repo, changes, rules, f"were committed as {commit.id}: {_summary(commit, rules)}", first)
+            parent, commit = repo[parent_id].peel(pygit2.Commit), repo[commit_id].peel(pygit2.Commit)
+            first = shown.uncommitted if shown is not None and parent_id == shown.head else ()
+            changes = _tree_changes(repo, parent.tree, commit.tree, rules)
+            rendered[key] = _group(repo, changes, rules, f"were committed as {commit_id}: {_summary(commit, rules)}", first)
         groups.append(rendered[key])
     return groups
 
@@ -157,16 +140,20 @@ def _summary(commit: pygit2.Commit, rules: ContentRules) -> str:
     return redact("", summary)[0] if rules.secrets != "off" else summary
 
 
-def _net_group(
-    repo: pygit2.Repository, base: pygit2.Commit, upto: pygit2.Commit, rules: ContentRules,
-    rendered: dict[str, Group], label: str,
-) -> Group:
-    """base → upto as one group, least recently changed file first: an order history fixes, so a
+def _net_group(repo: pygit2.Repository, lineage: Lineage, rules: ContentRules, rendered: dict[str, Group]) -> Group:
+    """base → anchor as one group, least recently changed file first: an order history fixes, so a
     restarted process renders the same bytes."""
-    key = f"{base.id}..{upto.id}"
+    key = f"{lineage.base}: net to {lineage.anchor}"
     if key not in rendered:
-        changes = _tree_changes(repo, base.tree, upto.tree, rules)
-        first = least_recent_first({path for path, _, _ in changes}, last_changes(repo, upto, base.id))
+        base, anchor = repo[lineage.base].peel(pygit2.Commit), repo[lineage.anchor].peel(pygit2.Commit)
+        changes = _tree_changes(repo, base.tree, anchor.tree, rules)
+        if lineage.anchor_commits is None:
+            label = f"were made since {lineage.base} on another line of history"
+            ages = last_changes(repo, anchor, window=NET_WINDOW)
+        else:
+            label = f"were made in {lineage.anchor_commits} commits up to {lineage.anchor}"
+            ages = last_changes(repo, anchor, base.id)
+        first = least_recent_first({path for path, _, _ in changes}, ages)
         rendered[key] = _group(repo, changes, rules, label, tuple(first))
     return rendered[key]
 

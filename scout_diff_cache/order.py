@@ -22,7 +22,6 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 import pygit2
-from pygit2.enums import SortMode
 
 HISTORY_WINDOW = 1000
 
@@ -40,17 +39,19 @@ def changed_paths(repo: pygit2.Repository, old: pygit2.Tree, new: pygit2.Tree) -
     return paths
 
 
-def last_changes(repo: pygit2.Repository, commit: pygit2.Commit, since: pygit2.Oid | None = None) -> dict[str, int]:
+def last_changes(
+    repo: pygit2.Repository, commit: pygit2.Commit, since: pygit2.Oid | None = None, window: int = HISTORY_WINDOW
+) -> dict[str, int]:
     """How many first-parent commits ago each path last changed, within the window and after `since`."""
     ages: dict[str, int] = {}
-    walker = repo.walk(commit.id, SortMode.TOPOLOGICAL)
-    walker.simplify_first_parent()
-    for age, current in enumerate(walker):
-        if age >= HISTORY_WINDOW or current.id == since:
+    current = commit
+    for age in range(window):  # parent by parent: a sorted walk would first visit the whole graph
+        if current.id == since or not current.parents:
             break
-        if current.parents:
-            for path in changed_paths(repo, current.parents[0].tree, current.tree):
-                ages.setdefault(path, age)  # newest first: the first sighting is the last change
+        parent = current.parents[0]
+        for path in changed_paths(repo, parent.tree, current.tree):
+            ages.setdefault(path, age)  # newest first: the first sighting is the last change
+        current = parent
     return ages
 
 

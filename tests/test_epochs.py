@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pygit2
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -29,7 +30,7 @@ from scout_diff_cache.order import carry_order, initial_order
 from scout_diff_cache.config import is_loopback
 from test_context import injected
 from test_process import Proxy
-from test_proxy import free_port, until
+from test_proxy import free_port, until, until_async
 
 
 def questions(upstream: FakeUpstream) -> list[dict]:  # type: ignore[type-arg]
@@ -247,23 +248,53 @@ async def test_manual_mode_rebases_only_when_asked(
     assert again["previous"] == again["base"] == new_base and again["warmup"] is None
 
 
-async def test_a_base_that_is_no_longer_an_ancestor_is_replaced_at_once(
-    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
-) -> None:
-    client = await make_proxy(context={"rebase": "manual"})
-    old_base = git_repo.head()
-    await injected(client, upstream)
+def amend_head(git_repo: GitRepo, text: str) -> str:
+    """Replace HEAD by a commit with the same parent and `text` in src/app.py (what --amend does)."""
     repo = git_repo.repo
-    git_repo.write("src/app.py", "rewritten history\n")
+    old = repo[git_repo.head()]
+    git_repo.write("src/app.py", text)
     repo.index.add_all()
     repo.index.write()
-    parent = repo[old_base].parents[0] if repo[old_base].parents else None
     rewritten = repo.create_commit(
-        None, SIGNATURE, SIGNATURE, "amended", repo.index.write_tree(), [parent.id] if parent else []
+        None, SIGNATURE, SIGNATURE, "amended", repo.index.write_tree(), [parent.id for parent in old.parents]
     )
     repo.head.set_target(rewritten)
+    return str(rewritten)
+
+
+async def test_a_base_that_is_no_longer_an_ancestor_keeps_serving_with_its_net_change(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    git_repo.write("src/app.py", "before the amend\n")
+    old_base = git_repo.commit("to be amended")
+    client = await make_proxy()
+    first, _ = await injected(client, upstream)
+    amended = amend_head(git_repo, "rewritten history\n")
     snapshot, diff = await injected(client, upstream)
-    assert snapshot.endswith(f"commit {rewritten} ===\n")
+    assert snapshot == first  # no build, no re-prefill: the net change is small
+    assert f"=== the changes above were made since {old_base} on another line of history ===" in diff
+    assert "-before the amend\n+rewritten history\n" in diff
+    assert diff.endswith(f"=== snapshot commit {old_base}; HEAD is {amended} ===\n")
+    git_repo.write("src/util.py", "def add(a, b):\n    return a + b + 0\n")
+    later = git_repo.commit("after the amend")
+    _, after = await injected(client, upstream)
+    label = "on another line of history ===\n"
+    assert after[: after.index(label)] == diff[: diff.index(label)]  # the net group stays; the commit follows
+    assert f"were committed as {later}: after the amend" in after
+    assert (await (await client.get("/health")).json())["snapshot"]["rebases"] == 0
+
+
+async def test_a_base_gone_from_the_repository_is_replaced_at_once(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    git_repo.write("src/app.py", "soon unreachable\n")
+    old_base = git_repo.commit("to be amended and collected")
+    client = await make_proxy(context={"rebase": "manual"})
+    await injected(client, upstream)
+    amended = amend_head(git_repo, "rewritten history\n")
+    (git_repo.path / ".git" / "objects" / old_base[:2] / old_base[2:]).unlink()  # what gc does to it
+    snapshot, diff = await injected(client, upstream)
+    assert snapshot.endswith(f"commit {amended} ===\n")
     assert "No changes" in diff
 
 
@@ -477,3 +508,54 @@ async def test_rebase_command_talks_to_the_running_proxy(tmp_path: Path, git_rep
     )
     _, err = await asyncio.wait_for(command.communicate(), 60)
     assert command.returncode == 1 and b"cannot reach the proxy" in err
+
+
+def checkout_branch(git_repo: GitRepo, name: str) -> None:
+    repo = git_repo.repo
+    repo.checkout(repo.branches.local[name], strategy=pygit2.enums.CheckoutStrategy.FORCE)
+
+
+async def test_switching_back_to_a_branch_reuses_its_remembered_snapshot(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    main = git_repo.head()
+    git_repo.repo.branches.local.create("main-copy", git_repo.repo[main])
+    client = await make_proxy(context={"rebase_min_diff_bytes": "200", "rebase_diff_share": "0.01"})
+    first, _ = await injected(client, upstream)
+    git_repo.write("src/feature.py", "FEATURE = 'a large enough change to outgrow the budget'\n" * 10)
+    feature = git_repo.commit("feature work")  # on main; main-copy stays at the first epoch's commit
+    await injected(client, upstream)  # outgrown: rebased to the feature in the background
+    await until_async(lambda: health_of(client), feature)
+    checkout_branch(git_repo, "main-copy")
+    await injected(client, upstream)  # the feature's snapshot outgrown again: back to the remembered one
+    await until_async(lambda: health_of(client), main)
+    snapshot, diff = await injected(client, upstream)
+    assert snapshot == first and "No changes" in diff
+    health = await (await client.get("/health")).json()
+    assert health["snapshot"]["builds"] == 2 and health["snapshot"]["rebases"] == 2  # no third build
+
+
+async def health_of(client: TestClient) -> str | None:
+    return (await (await client.get("/health")).json())["snapshot"]["commit"]
+
+
+async def test_a_merge_of_the_branch_shown_keeps_its_groups(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    client = await make_proxy(context={"rebase": "manual"})
+    base = git_repo.head()
+    await injected(client, upstream)
+    for name in ("one", "two"):
+        git_repo.write(f"src/{name}.py", f"NAME = '{name}'\n")
+        git_repo.commit(f"feature {name}")
+    _, shown = await injected(client, upstream)
+    repo = git_repo.repo
+    tip = repo.head.target
+    merge = repo.create_commit(
+        None, SIGNATURE, SIGNATURE, "merge the feature", repo[tip].tree.id, [pygit2.Oid(hex=base), tip]
+    )
+    repo.head.set_target(merge)  # main, which stayed at the base, merged the feature --no-ff
+    _, merged = await injected(client, upstream)
+    footer = shown.rindex("=== snapshot commit")
+    assert merged[:footer] == shown[:footer]  # the merge changed nothing in the work tree: nothing re-read
+    assert merged.endswith(f"HEAD is {merge} ===\n")

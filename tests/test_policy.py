@@ -1,0 +1,32 @@
+"""The epoch policy's arithmetic, as plain values."""
+
+from __future__ import annotations
+
+from scout_diff_cache.policy import budget, closest_remembered, fold_pays, outgrown
+
+
+def test_the_budget_is_a_share_of_the_snapshot_with_a_floor() -> None:
+    assert budget(10_000_000, 0.5, 262_144) == 5_000_000
+    assert budget(100_000, 0.5, 262_144) == 262_144
+
+
+def test_only_a_moved_head_can_outgrow_the_epoch() -> None:
+    assert outgrown(1_001, head_moved=True, limit=1_000)
+    assert not outgrown(1_000, head_moved=True, limit=1_000)
+    assert not outgrown(10**9, head_moved=False, limit=1_000)  # uncommitted work is there whatever the base
+
+
+def test_a_fold_pays_when_the_net_change_is_small_against_the_rebase() -> None:
+    # net 100 of a 1,000 budget leaves 900: 100/900 < 500/1000
+    assert fold_pays(net=100, rebase=500, limit=1_000)
+    # a rebase that re-reads little wins: 100/900 > 50/1000
+    assert not fold_pays(net=100, rebase=50, limit=1_000)
+    # a net change as large as the budget never folds
+    assert not fold_pays(net=1_000, rebase=10**9, limit=1_000)
+
+
+def test_the_closest_remembered_epoch_within_the_budget_is_chosen() -> None:
+    assert closest_remembered({"a" * 40: 300, "b" * 40: 200, "c" * 40: 5_000}, limit=1_000) == "b" * 40
+    assert closest_remembered({"a" * 40: 300, "b" * 40: 300}, limit=1_000) == "a" * 40  # ties: by id
+    assert closest_remembered({"a" * 40: 5_000}, limit=1_000) is None
+    assert closest_remembered({}, limit=1_000) is None
