@@ -2,6 +2,7 @@
 
     python -m tests.replay REPOSITORY [--commits 30]
     python -m tests.replay --pypi hypothesis [--until 6.170.17] [--commits 30] [--history 30]
+    python -m tests.replay --working-day [--seed 1] [REPOSITORY]
 
 For each of the last N commits of a repository (or of a history made from consecutive wheel
 releases of a PyPI package, one release per commit, without the packaging metadata), the commit's
@@ -14,30 +15,50 @@ file order is derived from that history). Three designs are compared on the same
   original   the snapshot rebuilt at every commit, commit id first, files in path order, then the
              diff against HEAD (rendered with this project's own renderer, rearranged that way);
   ours       the real proxy, `rebase = auto`: what the upstream received, warm-ups included;
-  lower      only the bytes that are new since the previous request: the whole first prompt (a
-             cold start for every design), then each edit's added lines and the question.
+  lower      only the bytes no remembered prompt holds: the whole first prompt (a cold start for
+             every design), then per step the question and the lines of its work tree that no
+             earlier work tree still in the cache holds (see below).
 
-Totals are given with and without the first request (the cold start every design pays alike).
+Totals are given with and without the first request (the cold start every design pays alike). After
+each answer the replay waits for a rebase the question started, as a developer reading the answer
+would.
+
+With `--working-day`, a scripted day of branch work is replayed instead, on a scratch clone of
+REPOSITORY or of a repository generated from `--seed` (about 300 text files, 4.5 MB, 50 commits; no
+network): a feature branch with edits and commits, a pull of 20 commits onto main (made in another
+clone, fetched, merged `--ff-only`), checkouts back and forth, a rebase of the feature onto main,
+`commit --amend`, `stash` and `stash pop`, and a `merge --no-ff` of the feature into main, with a
+question after every step.
 
 Cache model: an ideal prefix cache over the prompts' text (message contents joined), with an
 approximate tokenizer of 4 bytes per token and 16-token blocks (64 bytes, as vLLM's block hashing);
 a prompt reuses its longest block-aligned common prefix with any of the last 8 prompts sent, and
-every other token is recomputed.
+every other token is recomputed. The lower bound is a floor for that cache in both modes. Per step
+it counts the question and, file by file, the bytes of the work tree's lines that the versions of
+the file in the last 8 steps' work trees (the prompts the cache still remembers) do not hold: a line
+found n times counts n - m times if m, the most times any remembered version has it, is less (binary
+files count nothing); so going back to a tree seen before (a checkout, a rebase, a stash pop) is free.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import contextlib
 import functools
 import json
+import operator
+import os
+import random
 import re
 import subprocess
 import sys
 import tempfile
+import textwrap
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator, Iterator
 
 import aiohttp
 import attrs
@@ -69,12 +90,15 @@ class PrefixCache:
         self.cold = 0
         self.total = 0
 
-    def send(self, prompt: bytes) -> None:
+    def send(self, prompt: bytes) -> int:
+        """Tokens this prompt recomputes."""
         reused = max((_common_prefix(prompt, seen) for seen in self.recent), default=0) // BLOCK * BLOCK
-        self.recomputed += (len(prompt) - reused) // BYTES_PER_TOKEN
+        recomputed = (len(prompt) - reused) // BYTES_PER_TOKEN
+        self.recomputed += recomputed
         self.cold = self.cold or self.recomputed  # the first prompt: a cold start for every design
         self.total += len(prompt) // BYTES_PER_TOKEN
         self.recent = [prompt, *self.recent[: REMEMBERED - 1]]
+        return recomputed
 
 
 def _common_prefix(a: bytes, b: bytes) -> int:
@@ -108,6 +132,141 @@ class Recorder:
         self.prompts.append(prompt_text(body))
         self.snapshot_bytes = self.snapshot_bytes or len(body["messages"][0]["content"].encode())
         return web.json_response({"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}]})
+
+
+def _lines(data: bytes) -> collections.Counter[bytes]:
+    """A file's lines as a multiset; none for a binary file (a NUL in its first 8000 bytes, as git decides)."""
+    return collections.Counter() if b"\0" in data[:8000] else collections.Counter(data.splitlines(keepends=True))
+
+
+@attrs.define
+class Floor:
+    """The lower bound's memory: the work trees the last REMEMBERED steps' prompts were built from, newest first."""
+
+    remembered: list[dict[str, bytes]] = attrs.Factory(list)
+
+    def send(self, tree: dict[str, bytes]) -> int:
+        """Bytes of the lines of `tree` no remembered version of their file holds as often; then remember it."""
+        unseen = 0
+        for path, data in tree.items():
+            versions = [seen[path] for seen in self.remembered if path in seen]
+            if data not in versions:  # a version still in the cache costs nothing
+                held = functools.reduce(operator.or_, map(_lines, versions), collections.Counter())  # most of each
+                unseen += sum(len(line) * count for line, count in (_lines(data) - held).items())
+        self.remembered = [tree, *self.remembered[: REMEMBERED - 1]]
+        return unseen
+
+
+@attrs.frozen
+class Step:
+    label: str
+    prompts: int  # prompts the upstream had received when this step's answer came
+    original: int  # tokens the original design recomputed for it
+    lower: int  # tokens the lower bound counts for it
+
+
+@attrs.define
+class Session:
+    """The real proxy over the scratch clone, the upstream recording what it sends, the other designs' counts."""
+
+    client: aiohttp.ClientSession
+    proxy: str
+    scratch: Path
+    rules: ContentRules
+    cap: int
+    recorder: Recorder
+    original: PrefixCache = attrs.Factory(PrefixCache)
+    floor: Floor = attrs.Factory(Floor)
+    steps: list[Step] = attrs.Factory(list)
+    epochs: dict[str, Any] = attrs.Factory(dict)  # the proxy's last /health "snapshot"
+
+    async def ask(self, label: str) -> None:
+        """The question after a step; the first prompt is the cold start, counted in full by `report`."""
+        unseen = self.floor.send(work_tree(self.scratch))
+        body = {"messages": [{"role": "user", "content": QUESTION}]}
+        async with self.client.post(f"{self.proxy}/v1/chat/completions", json=body) as response:
+            assert response.status == 200, await response.text()
+        await self.settle()
+        original = self.original.send(original_prompt(self.scratch, self.rules, self.cap))
+        lower = (unseen + len(QUESTION)) // BYTES_PER_TOKEN if self.steps else 0
+        self.steps.append(Step(label, len(self.recorder.prompts), original, lower))
+
+    async def settle(self) -> None:
+        """Wait (boundedly) for a rebase the question started: a developer reads the answer before going on."""
+        for _ in range(600):
+            async with self.client.get(f"{self.proxy}/health") as response:
+                self.epochs = (await response.json())["snapshot"]
+            if self.epochs["state"] != "building":
+                return
+            await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def proxied(scratch: Path, workdir: Path, context: list[str]) -> AsyncIterator[Session]:
+    """The real proxy over `scratch` in front of a recording upstream, both on 127.0.0.1."""
+    recorder = Recorder()
+    upstream = web.Application(client_max_size=2**31)
+    upstream.router.add_post("/v1/chat/completions", recorder.handle)
+    upstream_runner = await _serve(upstream)
+    try:
+        config_path = workdir / "replay.ini"
+        config_path.write_text(
+            f"[server]\nlog_level = warning\n[upstream]\nurl = http://127.0.0.1:{_port(upstream_runner)}/v1\n"
+            f"[repository]\npath = {scratch}\nmax_snapshot_bytes = 1GiB\n[context]\nstate_dir = {workdir / 'state'}\n"
+            + "".join(f"{setting.replace('=', ' = ', 1)}\n" for setting in context)
+        )
+        config = load_config(config_path)
+        proxy_runner = await _serve(make_app(config))
+        try:
+            async with aiohttp.ClientSession() as client:
+                proxy = f"http://127.0.0.1:{_port(proxy_runner)}"
+                rules = ContentRules.from_config(config)
+                session = Session(client, proxy, scratch, rules, config.repository.max_snapshot_bytes, recorder)
+                yield session
+                await session.settle()
+        finally:
+            await proxy_runner.cleanup()
+    finally:
+        await upstream_runner.cleanup()
+
+
+async def _serve(app: web.Application) -> web.AppRunner:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner
+
+
+def _port(runner: web.AppRunner) -> int:
+    return runner.addresses[0][1]
+
+
+def report(session: Session, replayed: str) -> None:
+    """The three designs' totals, with and without the cold start."""
+    prompts, ours = session.recorder.prompts, PrefixCache()
+    costs = [ours.send(prompt) for prompt in prompts]
+    if VERBOSE:
+        first = 0
+        for step in session.steps:
+            print(f"{step.label:56} ours {sum(costs[first : step.prompts]):>9,} in {step.prompts - first} prompts, "
+                  f"original {step.original:>9,}, lower {step.lower:>7,}")
+            first = step.prompts
+    questions, epochs = len(session.steps), session.epochs
+    print(f"{replayed}: {questions} questions ({len(prompts) - questions} warm-ups), first snapshot "
+          f"{session.recorder.snapshot_bytes / 1e6:.2f} MB; "
+          f"ours rebased {epochs['rebases']} times, folded {epochs['folds']} times")
+    print(f"{'design':48}{'recomputed tokens':>18}{'vs original':>13}{'after the cold start':>22}{'vs original':>13}")
+    lower = sum(step.lower for step in session.steps)
+    original = session.original
+    rows = (
+        ("original (every commit, id first, path order)", original.recomputed, original.recomputed - original.cold),
+        ("ours (epochs, stable order, warm-ups)", ours.recomputed, ours.recomputed - ours.cold),
+        ("lower bound (only unremembered bytes)", lower + len(prompts[0]) // BYTES_PER_TOKEN, lower),
+    )
+    for label, total, steady in rows:
+        print(f"{label:48}{total:>18,}{total / max(rows[0][1], 1):>13.1%}{steady:>22,}{steady / max(rows[0][2], 1):>13.1%}")
+    print(f"ours / lower bound: {rows[1][1] / max(rows[2][1], 1):.2f}x, after the cold start "
+          f"{rows[1][2] / max(rows[2][2], 1):.2f}x; prompt tokens sent: original {original.total:,}, ours {ours.total:,}")
 
 
 def history_from_pypi(package: str, releases: int, until: str | None, workdir: Path) -> Path:
@@ -163,12 +322,14 @@ def _commit_all(repo: pygit2.Repository, message: str) -> str:
     return str(repo.create_commit("HEAD", author, author, message, index.write_tree(), parents))
 
 
-def _added_bytes(old: bytes, new: bytes) -> int:
-    patch = pygit2.Patch.create_from(old, new)
-    return sum(len(line.content) for hunk in patch.hunks for line in hunk.lines if line.origin == "+")
+def _scratch_clone(source: Path, path: Path) -> pygit2.Repository:
+    """A clone with the whole history, detached from `source` so nothing can reach back to it."""
+    scratch = pygit2.clone_repository(str(source), str(path))
+    scratch.remotes.delete("origin")
+    return scratch
 
 
-@functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=8)  # a few: the working day goes back and forth between branches
 def original_snapshot(workdir: Path, commit: str, rules: Any, cap: int) -> str:
     """The original design's snapshot: commit id first, files in path order."""
     repo = open_repository(workdir)
@@ -207,88 +368,293 @@ async def replay(source: Path, commits: int, steps: int, workdir: Path, context:
             break
     chain.reverse()
     scratch_path = workdir / "replay"
-    scratch = pygit2.clone_repository(str(source), str(scratch_path))  # the history up to the window, too
-    scratch.remotes.delete("origin")
+    scratch = _scratch_clone(source, scratch_path)  # the history up to the window, too
     scratch.reset(chain[0].id, ResetMode.HARD)
-
-    recorder = Recorder()
-    upstream = web.Application(client_max_size=2**31)
-    upstream.router.add_post("/v1/chat/completions", recorder.handle)
-    upstream_runner = web.AppRunner(upstream)
-    await upstream_runner.setup()
-    upstream_site = web.TCPSite(upstream_runner, "127.0.0.1", 0)
-    await upstream_site.start()
-    upstream_port = upstream_runner.addresses[0][1]
-    config_path = workdir / "replay.ini"
-    config_path.write_text(
-        f"[server]\nlog_level = warning\n[upstream]\nurl = http://127.0.0.1:{upstream_port}/v1\n"
-        f"[repository]\npath = {scratch_path}\nmax_snapshot_bytes = 1GiB\n[context]\nstate_dir = {workdir / 'state'}\n"
-        + "".join(f"{setting.replace('=', ' = ', 1)}\n" for setting in context)
-    )
-    config = load_config(config_path)
-    proxy_runner = web.AppRunner(make_app(config))
-    await proxy_runner.setup()
-    proxy_site = web.TCPSite(proxy_runner, "127.0.0.1", 0)
-    await proxy_site.start()
-    proxy_url = f"http://127.0.0.1:{proxy_runner.addresses[0][1]}/v1/chat/completions"
-
-    rules = ContentRules.from_config(config)
-    original, ours, lower = PrefixCache(), PrefixCache(), 0
-    questions = 0
-    try:
-        async with aiohttp.ClientSession() as session:
-            for previous, commit in zip(chain, chain[1:]):
-                deltas = list(previous.tree.diff_to_tree(commit.tree).deltas)
-                size = max(1, -(-len(deltas) // steps))
-                for start in range(0, len(deltas), size):
-                    for delta in deltas[start : start + size]:
-                        lower += _apply(history, delta, scratch_path) // BYTES_PER_TOKEN
-                    async with session.post(proxy_url, json={"messages": [{"role": "user", "content": QUESTION}]}) as response:
-                        assert response.status == 200, await response.text()
-                    questions += 1
-                    lower += len(QUESTION) // BYTES_PER_TOKEN
-                    original.send(original_prompt(scratch_path, rules, config.repository.max_snapshot_bytes))
-                _commit_all(scratch, commit.message)
-            await asyncio.sleep(0.5)  # let a last background warm-up arrive
-            async with session.get(proxy_url.replace("/v1/chat/completions", "/health")) as response:
-                epochs = (await response.json())["snapshot"]
-    finally:
-        await proxy_runner.cleanup()
-        await upstream_runner.cleanup()
-    cold = len(recorder.prompts[0]) // BYTES_PER_TOKEN  # the first prompt, cold for every design
-    for prompt in recorder.prompts:
-        before = ours.recomputed
-        ours.send(prompt)
-        if VERBOSE:
-            print(f"ours: {len(prompt):>9} bytes, recomputed {ours.recomputed - before:>7} tokens")
-    print(f"replayed {len(chain) - 1} commits of {source.name}: {questions} questions "
-          f"({len(recorder.prompts) - questions} warm-ups), first snapshot {recorder.snapshot_bytes / 1e6:.2f} MB; "
-          f"ours rebased {epochs['rebases']} times, folded {epochs['folds']} times")
-    print(f"{'design':48}{'recomputed tokens':>18}{'vs original':>13}{'after the cold start':>22}{'vs original':>13}")
-    rows = (
-        ("original (every commit, id first, path order)", original.recomputed, original.recomputed - original.cold),
-        ("ours (epochs, stable order, warm-ups)", ours.recomputed, ours.recomputed - ours.cold),
-        ("lower bound (only new bytes)", lower + cold, lower),
-    )
-    for label, total, steady in rows:
-        print(f"{label:48}{total:>18,}{total / max(rows[0][1], 1):>13.1%}{steady:>22,}{steady / max(rows[0][2], 1):>13.1%}")
-    print(f"ours / lower bound: {rows[1][1] / max(rows[2][1], 1):.2f}x, after the cold start "
-          f"{rows[1][2] / max(rows[2][2], 1):.2f}x; prompt tokens sent: original {original.total:,}, ours {ours.total:,}")
+    async with proxied(scratch_path, workdir, context) as session:
+        for number, (previous, commit) in enumerate(zip(chain, chain[1:]), 1):
+            deltas = list(previous.tree.diff_to_tree(commit.tree).deltas)
+            size = max(1, -(-len(deltas) // steps))
+            for start in range(0, len(deltas), size):
+                for delta in deltas[start : start + size]:
+                    _apply(history, delta, scratch_path)
+                await session.ask(f"commit {number}, files {start + 1}-{min(start + size, len(deltas))}")
+            _commit_all(scratch, commit.message)
+    report(session, f"replayed {len(chain) - 1} commits of {source.name}")
 
 
-def _apply(history: pygit2.Repository, delta: pygit2.DiffDelta, root: Path) -> int:
-    """Make one file as the commit has it; return the bytes its added lines bring."""
+def _apply(history: pygit2.Repository, delta: pygit2.DiffDelta, root: Path) -> None:
+    """Make one file as the commit has it."""
     old_path, new_path = root / delta.old_file.path, root / delta.new_file.path
-    old = history[delta.old_file.id].data if delta.old_file.id != pygit2.Oid(hex="0" * 40) else b""
     if delta.status == pygit2.enums.DeltaStatus.DELETED:
         old_path.unlink(missing_ok=True)
-        return 0
-    new = history[delta.new_file.id].data
+        return
     if old_path != new_path:
         old_path.unlink(missing_ok=True)
     new_path.parent.mkdir(parents=True, exist_ok=True)
-    new_path.write_bytes(new)
-    return _added_bytes(old, new)
+    new_path.write_bytes(history[delta.new_file.id].data)
+
+
+# The working day: a generated repository, its edits, and the day's script.
+
+FILES = 300
+REPOSITORY_BYTES = 4_500_000
+COMMITS = 50
+PULLED = 20
+#: Kinds of generated files: suffix, folder, share of the files (percent).
+KINDS = (
+    (".py", "src", 50), (".py", "tests", 12), (".md", "docs", 14), (".json", "data", 8), (".csv", "data", 6),
+    (".txt", "notes", 10),
+)
+#: Substrings the secret scanner looks for: kept out of generated words so that nothing is redacted.
+SECRET_HINTS = ("pass", "secret", "token", "key", "aws", "akia", "asia", "aiza", "xox", "eyj", "glpat", "gh")
+SYLLABLES = (*(c + v for c in "bcdfglmnprstvz" for v in "aeiou"), "an", "er", "in", "or", "ul", "est", "ion", "ing")
+CODE = (
+    "    {a} = {b}({c}, {n})\n",
+    "    {a} = {b}.{c}({d}, {n})\n",
+    "    if {a} > {n}:\n        {b} = {c}.{d}({a})\n",
+    "    for {a} in {b}.{c}():\n        {d}.append({a})\n",
+    "    {a}.{b} = {c} or {d}\n",
+    "    # {s}\n",
+    "    with {a}.{b}({c}) as {d}:\n        {d}.{a}({n}, {c}={b})\n",
+    "    try:\n        {a} = {b}[{n}]\n    except {c}Error:\n        {a} = None\n",
+)
+
+
+def vocabulary(rng: random.Random, size: int = 3000) -> list[str]:
+    words: set[str] = set()
+    for _ in range(size * 10):  # bounded: far more combinations than words asked for
+        word = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 4)))
+        if len(word) > 2 and not any(hint in word for hint in SECRET_HINTS):
+            words.add(word)
+        if len(words) == size:
+            break
+    return sorted(words)
+
+
+def _sentence(rng: random.Random, words: list[str]) -> str:
+    return " ".join(rng.choices(words, k=rng.randint(6, 16))).capitalize() + "."
+
+
+def _block(suffix: str, rng: random.Random, words: list[str]) -> list[str]:
+    """One unit of a file of this kind: a function, a paragraph, a run of records."""
+    if suffix in (".md", ".txt", ".rst"):
+        heading = [f"## {_sentence(rng, words)[:-1]}\n", "\n"] if rng.random() < 0.3 else []
+        paragraph = textwrap.fill(" ".join(_sentence(rng, words) for _ in range(rng.randint(2, 8))), 88)
+        return [*heading, *(line + "\n" for line in paragraph.splitlines()), "\n"]
+    if suffix == ".json":
+        return [
+            f'  {{"id": {rng.randrange(10**6)}, "name": "{rng.choice(words)}", "tags": ["{rng.choice(words)}", '
+            f'"{rng.choice(words)}"], "weight": {rng.random():.4f}}},\n'
+            for _ in range(rng.randint(5, 20))
+        ]
+    if suffix == ".csv":
+        return [
+            f"{rng.randrange(10**6)},{rng.choice(words)},{rng.choice(words)},{rng.random():.4f}\n"
+            for _ in range(rng.randint(5, 20))
+        ]
+    arguments = rng.sample(words, rng.randint(0, 3))
+    name = f"{rng.choice(words)}_{rng.choice(words)}"
+    lines = [f"def {name}({', '.join(arguments)}):\n", f'    """{_sentence(rng, words)}"""\n']
+    for _ in range(rng.randint(2, 12)):
+        a, b, c, d = rng.sample(words, 4)
+        lines.append(rng.choice(CODE).format(a=a, b=b, c=c, d=d, n=rng.randrange(1000), s=_sentence(rng, words)))
+    return [*lines, f"    return {rng.choice(arguments or words)}\n", "\n", "\n"]
+
+
+def _content(suffix: str, rng: random.Random, words: list[str], size: int) -> str:
+    lines: list[str] = []
+    for _ in range(size):  # bounded: every block adds at least a line
+        if sum(map(len, lines)) >= size:
+            break
+        lines += _block(suffix, rng, words)
+    return "".join(lines)
+
+
+def edit_file(path: Path, rng: random.Random, words: list[str]) -> None:
+    """A typical edit: a new block somewhere in the file, a word changed in a line or two (line endings kept)."""
+    lines = path.read_bytes().decode("utf-8").splitlines(keepends=True)
+    for _ in range(rng.randint(0, 2)):
+        at = rng.randrange(len(lines)) if lines else 0
+        found = re.findall(r"[a-z]{3,}", lines[at]) if lines else []
+        if found:
+            lines[at] = lines[at].replace(rng.choice(found), rng.choice(words), 1)
+    if lines and not lines[-1].endswith("\n"):
+        lines[-1] += "\n"
+    at = rng.randrange(len(lines) + 1)
+    lines[at:at] = _block(path.suffix, rng, words)
+    path.write_bytes("".join(lines).encode("utf-8"))
+
+
+def generated_repository(seed: int, workdir: Path) -> Path:
+    """About 300 text files (4.5 MB) grown over 50 commits, the same for the same seed: sizeable, and offline."""
+    rng = random.Random(seed)
+    words = vocabulary(rng)
+    packages = rng.sample(words, 8)
+    sizes: dict[str, int] = {}
+    for _ in range(FILES * 4):  # bounded: a clash of names only costs a draw
+        suffix, folder, _ = rng.choices(KINDS, weights=[kind[2] for kind in KINDS])[0]
+        name = f"{rng.choice(words)}_{rng.choice(words)}"
+        if folder == "src":
+            path = f"src/{rng.choice(packages)}/{name}{suffix}"
+        else:
+            path = f"{folder}/{'test_' if folder == 'tests' else ''}{name}{suffix}"
+        sizes.setdefault(path, min(150_000, max(300, int(rng.lognormvariate(9.1, 1.0)))))
+        if len(sizes) == FILES:
+            break
+    scale = REPOSITORY_BYTES / sum(sizes.values())
+    root = workdir / f"generated-{seed}"
+    repo = pygit2.init_repository(str(root), initial_head="main")
+    paths = list(sizes)
+    first, later = paths[: FILES * 2 // 3], paths[FILES * 2 // 3 :]
+    present: list[str] = []
+    for number in range(COMMITS):
+        if number:
+            for path in rng.sample(present, rng.randint(1, 4)):
+                edit_file(root / path, rng, words)
+        for path in first if number == 0 else later[number - 1 :: COMMITS - 1]:
+            text = _content(Path(path).suffix, rng, words, int(sizes[path] * scale))
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / path).write_text(text, encoding="utf-8")
+            present.append(path)
+        _commit_all(repo, _sentence(rng, words))
+    total = sum((root / path).stat().st_size for path in present)
+    print(f"made a repository of {len(present)} files ({total / 1e6:.2f} MB) and {COMMITS} commits from seed {seed}")
+    return root
+
+
+def editable_files(repo: pygit2.Repository, rng: random.Random) -> list[str]:
+    """HEAD's UTF-8 text files of 1 to 100 kB, shuffled: the day edits them."""
+    tree = repo.head.peel(pygit2.Tree)
+    found = []
+    for path in sorted(_paths(repo, tree)):
+        if tree[path].type_str != "blob":
+            continue  # a submodule
+        blob = repo[tree[path].id]
+        if 1000 <= blob.size <= 100_000 and not blob.is_binary:
+            with contextlib.suppress(UnicodeDecodeError):
+                blob.data.decode("utf-8")
+                found.append(path)
+    rng.shuffle(found)
+    return found
+
+
+def pulled_commits(source: Path, path: Path, files: list[str], rng: random.Random, words: list[str]) -> Path:
+    """Another clone with 20 commits on top of HEAD that edit `files`: what a pull brings."""
+    upstream = pygit2.clone_repository(str(source), str(path))
+    for number in range(PULLED):
+        for name in rng.sample(files, rng.randint(1, 3)):
+            edit_file(path / name, rng, words)
+        _commit_all(upstream, f"upstream: {_sentence(rng, words)}")
+    return path
+
+
+def work_tree(root: Path) -> dict[str, bytes]:
+    """Every file of the work tree but `.git` and what git ignores (a symbolic link: its target)."""
+    repo = pygit2.Repository(str(root))
+    files = {}
+    for folder, folders, names in os.walk(root):
+        here = Path(folder).relative_to(root)
+        folders[:] = [
+            name for name in folders if name != ".git" and not repo.path_is_ignored(f"{(here / name).as_posix()}/")
+        ]
+        for name in names + [name for name in folders if os.path.islink(os.path.join(folder, name))]:
+            path, relative = Path(folder) / name, (here / name).as_posix()
+            if not repo.path_is_ignored(relative):
+                files[relative] = os.readlink(path).encode() if path.is_symlink() else path.read_bytes()
+    return files
+
+
+@attrs.define
+class Git:
+    """`git` in the scratch clone, five minutes a command: the day's commits get the same ids on every run."""
+
+    root: Path
+    clock: int
+
+    def __call__(self, *args: str) -> None:
+        self.clock += 300
+        stamp = f"@{self.clock} +0000"
+        env = {name: value for name, value in os.environ.items() if not name.startswith("GIT_")}
+        env.update(
+            GIT_AUTHOR_NAME="replay", GIT_AUTHOR_EMAIL="replay@example.com", GIT_AUTHOR_DATE=stamp,
+            GIT_COMMITTER_NAME="replay", GIT_COMMITTER_EMAIL="replay@example.com", GIT_COMMITTER_DATE=stamp,
+            GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1", GIT_EDITOR="true",
+        )
+        done = subprocess.run(["git", *args], cwd=self.root, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"git {' '.join(args)} failed: {done.stderr.strip()}")
+
+
+def day(
+    git: Git, main: str, upstream: Path, files: list[str], rng: random.Random, words: list[str]
+) -> Iterator[str]:
+    """The day's script: each step changes the scratch clone as a developer would, then names itself."""
+
+    def edit(path: str) -> str:
+        edit_file(git.root / path, rng, words)
+        return f"edit {path}"
+
+    yield f"start on {main}"
+    git("checkout", "-b", "feature")
+    yield "checkout -b feature"
+    added = Path(files[0]).with_name(f"{rng.choice(words)}_{rng.choice(words)}{Path(files[0]).suffix}").as_posix()
+    for part in range(1, 4):
+        for path in rng.sample(files[:6], 3):
+            yield edit(path)
+        if part == 1:
+            (git.root / added).write_text(_content(Path(added).suffix, rng, words, 3000), encoding="utf-8")
+            yield f"add {added}"
+        git("add", "--all")
+        git("commit", "--message", f"feature: part {part}")
+        yield f"commit part {part}"
+    git("checkout", main)
+    yield f"checkout {main}"
+    git("fetch", "--quiet", str(upstream), "HEAD")
+    git("merge", "--ff-only", "FETCH_HEAD")
+    yield f"pull {PULLED} commits into {main}"
+    for branch in ("feature", main, "feature"):
+        git("checkout", branch)
+        yield f"checkout {branch}"
+    git("rebase", main)
+    yield f"rebase feature onto {main}"
+    yield edit(files[0])
+    git("commit", "--amend", "--all", "--no-edit")
+    yield "commit --amend"
+    yield edit(files[1])
+    git("stash")
+    yield "stash"
+    yield edit(files[6])
+    git("commit", "--all", "--message", "feature: a fix")
+    yield "commit a fix"
+    git("stash", "pop")
+    yield "stash pop"
+    yield edit(files[2])
+    git("commit", "--all", "--message", "feature: part 4")
+    yield "commit part 4"
+    git("checkout", main)
+    yield f"checkout {main}"
+    git("merge", "--no-ff", "--message", "Merge branch 'feature'", "feature")
+    yield f"merge --no-ff feature into {main}"
+    yield edit(files[7])
+
+
+async def working_day(source: Path | None, seed: int, workdir: Path, context: list[str]) -> None:
+    rng, words = random.Random(f"day {seed}"), vocabulary(random.Random(seed))
+    origin = source or generated_repository(seed, workdir)
+    scratch_path = workdir / "replay"
+    scratch = _scratch_clone(origin, scratch_path)
+    files = editable_files(scratch, rng)
+    if len(files) < 16:
+        raise SystemExit(f"{origin} has {len(files)} text files of 1 to 100 kB; the day edits at least 16")
+    upstream = pulled_commits(origin, workdir / "upstream", files[8:48], rng, words)
+    main = "main" if scratch.head_is_detached else scratch.head.shorthand
+    git = Git(scratch_path, scratch.head.peel(pygit2.Commit).commit_time)
+    git("checkout", "-B", main)
+    async with proxied(scratch_path, workdir, context) as session:
+        for label in day(git, main, upstream, files[:8], rng, words):
+            await session.ask(label)
+    on = source.name if source else "the generated repository"
+    report(session, f"replayed a working day (seed {seed}) on {on}")
 
 
 def main() -> None:
@@ -300,13 +666,23 @@ def main() -> None:
     parser.add_argument("--until", metavar="VERSION", help="with --pypi: the last release replayed (default: the newest)")
     parser.add_argument("--history", type=int, default=30,
                         help="with --pypi: earlier releases committed first, the history the replay starts from (default 30)")
+    parser.add_argument("--working-day", action="store_true",
+                        help="replay a scripted day of branch work on REPOSITORY or on one generated from --seed")
+    parser.add_argument("--seed", type=int, default=1,
+                        help="with --working-day: the generated repository and the day's edits (default 1)")
     parser.add_argument("--context", action="append", default=[], metavar="KEY=VALUE",
                         help="a [context] setting for the proxy, e.g. rebase_diff_share=0.05 (repeatable)")
     args = parser.parse_args()
-    if (args.repository is None) == (args.pypi is None):
+    if args.working_day and args.pypi is not None:
+        parser.error("--working-day replays on a REPOSITORY or a generated one, not --pypi")
+    if not args.working_day and (args.repository is None) == (args.pypi is None):
         parser.error("name a REPOSITORY or --pypi PACKAGE")
     with tempfile.TemporaryDirectory(prefix="scout-replay-") as scratch:
         workdir = Path(scratch)
+        if args.working_day:
+            source = args.repository.resolve() if args.repository else None
+            asyncio.run(working_day(source, args.seed, workdir, args.context))
+            return
         source = args.repository or history_from_pypi(args.pypi, args.history + args.commits + 1, args.until, workdir)
         asyncio.run(replay(source.resolve(), args.commits, args.steps, workdir, args.context))
 
