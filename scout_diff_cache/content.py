@@ -28,6 +28,9 @@ from .secrets import Finding
 #: git's own test for binary content: a NUL byte in the first 8,000 bytes.
 BINARY_PROBE = 8000
 
+#: How much larger than max_file_bytes a filtered work-tree file may be and still be read.
+CLEANED_SLACK = 2
+
 EXECUTABLE = 0o100755
 REGULAR = 0o100644
 
@@ -103,17 +106,19 @@ def worktree_side(repo: pygit2.Repository, path: str, rules: ContentRules, track
             mode = EXECUTABLE if info.st_mode & stat.S_IXUSR else REGULAR
         else:
             mode = EXECUTABLE if tracked_mode == EXECUTABLE else REGULAR
-        if info.st_size > rules.max_file_bytes:
+        filters = repo.load_filter_list(path, pygit2.GIT_FILTER_CLEAN)
+        # the limit is on the stored form: a clean filter (CRLF to LF) may shrink the file
+        readable = rules.max_file_bytes * (CLEANED_SLACK if filters is not None and len(filters) else 1)
+        if info.st_size > readable:
             return Side("file", mode, info.st_size, None)
         with open(full, "rb") as file:
-            data = file.read(rules.max_file_bytes + 1)
+            data = file.read(readable + 1)
     except (FileNotFoundError, NotADirectoryError):
         return None  # gone (or a parent became a file) while we looked: absent, as git would say
-    if len(data) > rules.max_file_bytes:  # grew while we looked
-        return Side("file", mode, len(data), None)
-    filters = repo.load_filter_list(path, pygit2.GIT_FILTER_CLEAN)
     if filters is not None and len(filters):
         data = filters.apply_to_buffer(data)
+    if len(data) > rules.max_file_bytes:
+        return Side("file", mode, len(data), None)
     return Side("file", mode, len(data), data)
 
 

@@ -329,8 +329,6 @@ def _hunks(old: str, new: str) -> str:
 
 
 def _footer(base: str | None, head: str | None) -> str:
-    if base is None and head is None:
-        return "=== the repository has no commits yet ===\n"
-    if base == head:
+    if base == head and base is not None:
         return f"=== snapshot commit {base}; HEAD is the same commit ===\n"
     return f"=== snapshot commit {base or 'none'}; HEAD is {head or 'unborn'} ===\n"

@@ -53,7 +53,7 @@ the text of every file, one after another, the least often changed first. Each f
 line of its own, "=== file: PATH [N lines] ===", followed by exactly those N lines of its text; \
 "no newline at end" says its last line has no line break in the file, "executable" that it is. A \
 symbolic link is "=== symlink: PATH [1 lines, no newline at end] ===" followed by its target. \
-Files whose contents are not included are listed near the end under "=== not included ===". The \
+Files whose contents are not included are listed near the end under "=== not included [M entries] ===". The \
 next message is the working diff from that commit to the working tree as it is now: where the two \
 differ, the diff is the current state.
 
@@ -170,7 +170,7 @@ def _order(repo: pygit2.Repository, target: pygit2.Commit, previous: Epoch | Non
     if previous is not None and previous.base is not None and previous.order:
         old = repo.get(previous.base)
         if old is not None:
-            changed = changed_paths(repo, old.peel(pygit2.Tree), target.tree)
+            changed = changed_paths(old.peel(pygit2.Tree), target.tree)
             return carry_order(previous.order, changed, paths, last_changes(repo, target, old.id))
     return initial_order(repo, target, paths)
 
