@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import Config, default_locations, find_config, load_config, render_config
-from .context import RepositoryContext
+from .epochs import Epochs
 from .errors import ConfigError, ProxyError
 from .metrics import Metrics
 from .report import render_report
@@ -92,9 +92,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def inspect(config: Config, show: str | None) -> int:
-    context = RepositoryContext(config, Metrics())
     try:
-        preview = asyncio.run(context.preview())
+        preview = asyncio.run(Epochs(config, Metrics()).preview())
     except ProxyError as error:
         print(f"scout-diff-cache: {error.message}", file=sys.stderr)
         return 1

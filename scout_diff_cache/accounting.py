@@ -123,6 +123,8 @@ class Exchange:
     #: The client's messages as encoded (close to their text's size).
     client_bytes: int = 0
     stream: bool = False
+    #: A chat request that went (or tried to go) upstream: its outcome tells how the upstream is.
+    to_upstream: bool = False
     usage: Usage | None = None
     first_byte_seconds: float | None = None
     outcome: str = "ok"

@@ -9,14 +9,15 @@ import time
 from typing import AsyncContextManager, AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
-from .access import Admission, admission_key, limit_concurrency, require_key
+from .access import Admission, admission_key
 from .accounting import Exchange, Totals, Usage
 from .app_keys import Live, exchange_key, live_key, metrics_key, session_key, totals_key
 from .config import Config
-from .context import RepositoryContext
 from .diff import WorkingDiff
-from .errors import BodyTooLarge, MethodNotAllowed, NotFound, ProxyError, error_body
+from .epochs import Epochs
+from .errors import BodyTooLarge, MethodNotAllowed, NotFound, ProxyError, UpstreamError, error_body
 from .metrics import Metrics
 from .routes import add_routes
 from .snapshot import Snapshot
@@ -25,11 +26,11 @@ from .upstream import open_session, warm_up
 log = logging.getLogger("scout_diff_cache")
 
 #: Outcomes that tell how the upstream is doing (for systemd's STATUS line).
-UPSTREAM_OUTCOMES = frozenset({"ok", "bad_gateway", "upstream_unavailable", "upstream_timeout", "upstream_rejected"})
+UPSTREAM_OUTCOMES = frozenset({"ok", *(kind.code for kind in UpstreamError.__subclasses__())})
 
 
 @web.middleware
-async def log_requests(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def log_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
     """One line per request; never bodies, message contents or keys."""
     exchange = request[exchange_key] = Exchange()
     started = time.monotonic()
@@ -59,12 +60,12 @@ def _record(request: web.Request, exchange: Exchange, status: int | str, elapsed
     metrics.request_seconds.observe(elapsed, route)
     if exchange.first_byte_seconds is not None:
         metrics.first_byte_seconds.observe(exchange.first_byte_seconds)
-    if exchange.outcome in UPSTREAM_OUTCOMES and route[0][1] == "/v1/chat/completions":
+    if exchange.to_upstream and exchange.outcome in UPSTREAM_OUTCOMES:
         metrics.last_upstream_outcome = exchange.outcome
 
 
 @web.middleware
-async def errors_to_envelope(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def errors_to_envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The one place an error becomes an OpenAI error envelope."""
     try:
         return await handler(request)
@@ -96,18 +97,19 @@ def _from_http(error: web.HTTPException, request: web.Request) -> ProxyError | N
 def make_app(config: Config) -> web.Application:
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
-        middlewares=[log_requests, errors_to_envelope, require_key, limit_concurrency],
+        middlewares=[log_requests, errors_to_envelope],
     )
     app[admission_key] = Admission()
     app[totals_key] = Totals()
     app[metrics_key] = metrics = Metrics()
 
-    async def warm(snapshot: Snapshot, diff: WorkingDiff) -> Usage | None:
+    async def warmer(snapshot: Snapshot, diff: WorkingDiff) -> Usage | None:
         return await warm_up(app[session_key], app[live_key].config.upstream, snapshot.message, diff.message)
 
-    app[live_key] = Live(config, RepositoryContext(config, metrics, warm))
+    app[live_key] = Live(config, Epochs(config, metrics, warmer))
     add_routes(app)
     app.cleanup_ctx.append(_upstream_session)
+    app.cleanup_ctx.append(_epochs)
     app.cleanup_ctx.append(_background(_first_epoch))
     app.cleanup_ctx.append(_background(_keep_warm))
     return app
@@ -117,6 +119,12 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     async with open_session(app[live_key].config.upstream) as session:
         app[session_key] = session
         yield
+
+
+async def _epochs(app: web.Application) -> AsyncIterator[None]:
+    """Whatever the epochs started (a build, a rebase in the background) ends with the app."""
+    yield
+    await app[live_key].epochs.close()
 
 
 def _background(
@@ -139,7 +147,7 @@ async def _first_epoch(app: web.Application) -> None:
     """Build the snapshot at startup, so the first question does not wait for it."""
     if app[live_key].config.context.inject:
         with contextlib.suppress(ProxyError):  # logged where it failed; requests will retry
-            await app[live_key].context.start()
+            await app[live_key].epochs.start()
 
 
 async def _keep_warm(app: web.Application) -> None:
@@ -153,10 +161,10 @@ async def _keep_warm(app: web.Application) -> None:
         interval = live.config.context.keepalive_interval if live.config.context.inject else 0.0
         tick = time.monotonic()
         await asyncio.sleep(interval or 1.0)
-        if not interval or live.context.last_request < tick:
+        if not interval or live.epochs.last_request < tick:
             continue
         try:
-            usage = await live.context.warm_now()
+            usage = await live.epochs.warm_now()
         except ProxyError as error:
             log.warning("keep-alive ping failed: %s", error.message)
         else:

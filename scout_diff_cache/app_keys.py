@@ -8,18 +8,17 @@ from aiohttp import web
 
 from .accounting import Exchange, Totals
 from .config import Config
-from .context import RepositoryContext
+from .epochs import Epochs
 from .metrics import Metrics
-
 
 
 @attrs.define
 class Live:
-    """What a reload (SIGHUP) may replace while requests run: the configuration, and the
-    repository context when the repository settings changed. Handlers read it per request."""
+    """What a reload (SIGHUP) may replace while requests run: the configuration, and the epochs
+    when the repository settings changed. Handlers read it per request."""
 
     config: Config
-    context: RepositoryContext
+    epochs: Epochs
 
 
 live_key = web.AppKey("live", Live)

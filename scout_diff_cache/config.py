@@ -125,21 +125,22 @@ def _patterns(raw: str) -> tuple[str, ...]:
     return lines
 
 
-def option(default: Any, parse: Callable[[str], Any], *, secret: bool = False) -> Any:
-    return attrs.field(default=default, repr=not secret, metadata={"parse": parse, "secret": secret})
+def option(default: Any, parse: Callable[[str], Any], *, secret: bool = False, restart: bool = False) -> Any:
+    """An INI key: its parser, whether its value is masked, whether a reload can change it."""
+    return attrs.field(default=default, repr=not secret, metadata={"parse": parse, "secret": secret, "restart": restart})
 
 
 @attrs.frozen
 class ServerConfig:
-    host: str = option("127.0.0.1", _text)
-    port: int = option(8787, _port)
-    max_body_bytes: int = option(32 * MiB, _positive_size)
+    host: str = option("127.0.0.1", _text, restart=True)
+    port: int = option(8787, _port, restart=True)
+    max_body_bytes: int = option(32 * MiB, _positive_size, restart=True)
     log_level: str = option("info", _log_level)
     log_format: str = option("text", _log_format)
     #: SSE comment pings while a streaming request waits for the upstream's first byte.
     sse_keepalive_interval: float = option(15.0, _duration)
     #: How long in-flight requests may run on after SIGTERM before the process exits.
-    shutdown_grace: float = option(30.0, _duration)
+    shutdown_grace: float = option(30.0, _duration, restart=True)
     #: Chat requests handled at once; past it, 429 with Retry-After.
     max_concurrent_requests: int = option(64, _count)
     #: One client key per line; when set, every route but /health needs `Authorization: Bearer KEY`.
@@ -158,7 +159,7 @@ class UpstreamConfig:
     connect_timeout: float = option(10.0, _duration)
     first_byte_timeout: float = option(600.0, _duration)
     idle_timeout: float = option(120.0, _duration)
-    max_connections: int = option(100, _count)
+    max_connections: int = option(100, _count, restart=True)
 
 
 @attrs.frozen
@@ -353,6 +354,17 @@ def _check_repository(where: str, base: Path, repository: RepositoryConfig) -> R
     if repo.is_bare or repo.workdir is None:
         raise ConfigError(f"{where}: [repository] path = '{path}': a bare repository; expected one with a work tree")
     return attrs.evolve(repository, path=Path(repo.workdir).resolve())
+
+
+def needing_restart(old: Config, new: Config) -> list[tuple[str, str]]:
+    """(section, key) of every changed option that a reload cannot apply."""
+    changed = []
+    for name in SECTIONS:
+        before, after = getattr(old, name), getattr(new, name)
+        for field in attrs.fields(type(before)):
+            if field.metadata.get("restart") and getattr(before, field.name) != getattr(after, field.name):
+                changed.append((name, field.name))
+    return changed
 
 
 def render_config(config: Config) -> str:

@@ -15,11 +15,15 @@ class ProxyError(Exception):
     status = 500
     type = "server_error"
     code = "internal_error"
-    headers: dict[str, str] = {}
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Response headers the error needs (a fresh dict: callers may add to it)."""
+        return {}
 
 
 class InvalidRequest(ProxyError):
@@ -32,14 +36,20 @@ class Unauthorized(ProxyError):
     status = 401
     type = "invalid_request_error"
     code = "invalid_api_key"
-    headers = {"WWW-Authenticate": "Bearer"}
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
 
 
 class TooManyRequests(ProxyError):
     status = 429
     type = "rate_limit_error"
     code = "too_many_requests"
-    headers = {"Retry-After": "1"}
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
 
 
 class Forbidden(ProxyError):
@@ -72,34 +82,29 @@ class RepositoryError(ProxyError):
     code = "repository_error"
 
 
-class UpstreamBadResponse(ProxyError):
+class UpstreamError(ProxyError):
+    """The upstream failed or refused: what these say is how the upstream is doing."""
+
+
+class UpstreamBadResponse(UpstreamError):
     status = 502
     type = "upstream_error"
     code = "bad_gateway"
 
 
-class UpstreamUnavailable(ProxyError):
+class UpstreamUnavailable(UpstreamError):
     status = 503
     type = "upstream_error"
     code = "upstream_unavailable"
 
 
-class UpstreamTimeout(ProxyError):
+class UpstreamTimeout(UpstreamError):
     status = 504
     type = "upstream_error"
     code = "upstream_timeout"
 
 
-def envelope(message: str, type_: str, code: str) -> bytes:
-    """The OpenAI error body, as bytes ready to send or to wrap in an SSE event."""
-    return json.dumps({"error": {"message": message, "type": type_, "code": code}}).encode()
-
-
-def error_body(error: ProxyError) -> bytes:
-    return envelope(error.message, error.type, error.code)
-
-
-class UpstreamRejected(ProxyError):
+class UpstreamRejected(UpstreamError):
     """The upstream's own 4xx, passed on with its status so the client sees the real cause."""
 
     type = "invalid_request_error"
@@ -110,3 +115,12 @@ class UpstreamRejected(ProxyError):
         self.status = status
         self.type = type_ or self.type
         self.code = code or self.code
+
+
+def envelope(message: str, type_: str, code: str) -> bytes:
+    """The OpenAI error body, as bytes ready to send or to wrap in an SSE event."""
+    return json.dumps({"error": {"message": message, "type": type_, "code": code}}).encode()
+
+
+def error_body(error: ProxyError) -> bytes:
+    return envelope(error.message, error.type, error.code)

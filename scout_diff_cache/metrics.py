@@ -1,20 +1,17 @@
 """`GET /metrics`: the Prometheus text exposition format (version 0.0.4), written by hand.
 
-Counters and histograms that only this module keeps live in `Metrics`; what the repository context
-and the usage totals already count is read from them at scrape time, so nothing is counted twice.
+`Metrics` holds every counter, gauge and histogram the proxy keeps (the epochs and the relay add
+to them as things happen); the usage totals are read from `Totals` at scrape time.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 import attrs
 
 from .accounting import Totals
-
-if TYPE_CHECKING:
-    from .context import RepositoryContext
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 BUILD_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -28,6 +25,10 @@ class Counter:
 
     def inc(self, labels: Labels = (), amount: float = 1.0) -> None:
         self.values[labels] = self.values.get(labels, 0.0) + amount
+
+    @property
+    def total(self) -> int:
+        return int(sum(self.values.values()))
 
 
 @attrs.define
@@ -52,6 +53,12 @@ class Metrics:
     first_byte_seconds: Histogram = attrs.Factory(lambda: Histogram(LATENCY_BUCKETS))
     build_seconds: Histogram = attrs.Factory(lambda: Histogram(BUILD_BUCKETS))
     warmups: Counter = attrs.Factory(Counter)
+    snapshot_builds: Counter = attrs.Factory(lambda: Counter({(): 0.0}))
+    rebases: Counter = attrs.Factory(lambda: Counter({(): 0.0}))
+    folds: Counter = attrs.Factory(lambda: Counter({(): 0.0}))
+    #: Gauges: the snapshot being served, and the last working diff sent, in bytes of text.
+    snapshot_bytes: int = 0
+    diff_bytes: int = 0
     streams_in_flight: int = 0
     #: How the last chat request to the upstream ended ("ok", "upstream_unavailable", ...).
     last_upstream_outcome: str = "none yet"
@@ -95,8 +102,11 @@ def _counter(name: str, help_text: str, counter: Counter) -> list[str]:
     return _family(name, "counter", help_text, (_sample(name, k, v) for k, v in sorted(counter.values.items())))
 
 
-def render(metrics: Metrics, context: RepositoryContext, totals: Totals) -> str:
-    snapshot = context.snapshot
+def _gauge(name: str, help_text: str, value: float) -> list[str]:
+    return _family(name, "gauge", help_text, [_sample(name, (), value)])
+
+
+def render(metrics: Metrics, totals: Totals) -> str:
     share = totals.snapshot_tokens_cached / totals.snapshot_tokens if totals.snapshot_tokens else 0.0
     lines = [
         *_counter("scout_requests_total", "HTTP requests answered, by route, method and status.", metrics.requests),
@@ -105,28 +115,22 @@ def render(metrics: Metrics, context: RepositoryContext, totals: Totals) -> str:
             "scout_upstream_first_byte_seconds", "Time from sending a chat request upstream to its first byte.",
             metrics.first_byte_seconds,
         ),
-        *_family("scout_streams_in_flight", "gauge", "Streaming answers being relayed now.",
-                 [_sample("scout_streams_in_flight", (), metrics.streams_in_flight)]),
-        *_family("scout_snapshot_builds_total", "counter", "Snapshot builds started.",
-                 [_sample("scout_snapshot_builds_total", (), context.builds_started)]),
+        *_gauge("scout_streams_in_flight", "Streaming answers being relayed now.", metrics.streams_in_flight),
+        *_counter("scout_snapshot_builds_total", "Snapshot builds started.", metrics.snapshot_builds),
         *_histogram("scout_snapshot_build_seconds", "Time to build a snapshot.", metrics.build_seconds),
-        *_family("scout_snapshot_bytes", "gauge", "Size of the snapshot being served, in bytes of text.",
-                 [_sample("scout_snapshot_bytes", (), snapshot.text_bytes if snapshot else 0)]),
-        *_family("scout_diff_bytes", "gauge", "Size of the last working diff sent, in bytes of text.",
-                 [_sample("scout_diff_bytes", (), context.last_diff_bytes)]),
-        *_family("scout_rebases_total", "counter", "Snapshot rebases (moves of the base commit).",
-                 [_sample("scout_rebases_total", (), context.rebases)]),
-        *_family("scout_diff_folds_total", "counter", "Folds of the diff's commits into their net changes.",
-                 [_sample("scout_diff_folds_total", (), context.folds)]),
+        *_gauge("scout_snapshot_bytes", "Size of the snapshot being served, in bytes of text.", metrics.snapshot_bytes),
+        *_gauge("scout_diff_bytes", "Size of the last working diff sent, in bytes of text.", metrics.diff_bytes),
+        *_counter("scout_rebases_total", "Snapshot rebases (moves of the base commit).", metrics.rebases),
+        *_counter("scout_diff_folds_total", "Folds of the diff's commits into their net changes.", metrics.folds),
         *_counter("scout_warmups_total", "Warm-up requests sent upstream, by outcome.", metrics.warmups),
         *_family("scout_upstream_prompt_tokens_total", "counter", "Prompt tokens the upstream reported.",
                  [_sample("scout_upstream_prompt_tokens_total", (), totals.prompt_tokens)]),
         *_family("scout_upstream_cached_tokens_total", "counter", "Prompt tokens the upstream served from its cache.",
                  [_sample("scout_upstream_cached_tokens_total", (), totals.cached_tokens)]),
-        *_family(
-            "scout_snapshot_cached_ratio", "gauge",
+        *_gauge(
+            "scout_snapshot_cached_ratio",
             "Share of the snapshot's tokens served from the upstream's cache, over all requests that reported it.",
-            [_sample("scout_snapshot_cached_ratio", (), share)],
+            share,
         ),
     ]
     return "\n".join(lines) + "\n"

@@ -30,7 +30,7 @@ def _key(path: str) -> bytes:
     return path.encode("utf-8", "surrogateescape")
 
 
-def changed_paths(repo: pygit2.Repository, old: pygit2.Tree, new: pygit2.Tree) -> set[str]:
+def changed_paths(old: pygit2.Tree, new: pygit2.Tree) -> set[str]:
     """Paths whose blob differs between two trees (added, deleted and modified)."""
     paths = set()
     for delta in old.diff_to_tree(new).deltas:
@@ -49,7 +49,7 @@ def last_changes(
         if current.id == since or not current.parents:
             break
         parent = current.parents[0]
-        for path in changed_paths(repo, parent.tree, current.tree):
+        for path in changed_paths(parent.tree, current.tree):
             ages.setdefault(path, age)  # newest first: the first sighting is the last change
         current = parent
     return ages

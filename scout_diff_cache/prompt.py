@@ -8,12 +8,9 @@ with a known length, so a 50 MB snapshot is never copied or re-serialised per re
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
-
-if TYPE_CHECKING:
-    from .validation import ChatRequest
 
 
 def encode_json(value: Any) -> bytes:
@@ -29,7 +26,6 @@ def system_message(*parts: str) -> bytes:
     return b'{"role":"system","content":"' + b"".join(encoded) + b'"}'
 
 
-
 @attrs.frozen
 class Body:
     chunks: tuple[bytes, ...]
@@ -39,10 +35,11 @@ class Body:
         return sum(map(len, self.chunks))
 
 
-def assemble(chat: ChatRequest, snapshot_message: bytes, diff_message: bytes) -> Body:
-    """The client's body with the two context messages spliced in front of its own messages."""
-    chunks = [b'{"messages":[', snapshot_message, b",", diff_message, b",", chat.messages, b"]"]
-    if chat.fields:
-        chunks += [b",", chat.fields]
+def assemble(messages: bytes, fields: bytes, snapshot_message: bytes, diff_message: bytes) -> Body:
+    """A chat body: the two injected messages, then the client's `messages` (encoded, without their
+    brackets), then its other `fields` (encoded, without their braces)."""
+    chunks = [b'{"messages":[', snapshot_message, b",", diff_message, b",", messages, b"]"]
+    if fields:
+        chunks += [b",", fields]
     chunks.append(b"}")
     return Body(tuple(chunks))

@@ -20,7 +20,7 @@ from .app_keys import metrics_key
 from .config import UpstreamConfig
 from .errors import ProxyError, error_body
 from .prompt import Body
-from .upstream import check_status, complete, next_chunk, no_first_byte, send_chat
+from .upstream import check_status, next_chunk, no_first_byte, read_json_answer, send_chat
 
 KEEPALIVE = b": keep-alive\n\n"
 
@@ -29,7 +29,7 @@ async def relay_json(
     session: aiohttp.ClientSession, config: UpstreamConfig, body: Body, headers: Mapping[str, str], exchange: Exchange
 ) -> web.Response:
     started = time.monotonic()
-    data, payload = await complete(session, config, body)
+    data, payload = await read_json_answer(session, config, body)
     exchange.first_byte_seconds = time.monotonic() - started  # a JSON answer comes in one piece
     exchange.usage = usage_of(payload)
     return web.Response(body=data, content_type="application/json", headers=headers)
@@ -51,12 +51,15 @@ async def relay_stream(
     request: web.Request,
     session: aiohttp.ClientSession,
     config: UpstreamConfig,
-    keepalive_interval: float,
     body: Body,
+    *,
+    keepalive_interval: float,
     strip_usage: bool,
     headers: Mapping[str, str],
     exchange: Exchange,
 ) -> web.StreamResponse:
+    """Relay the upstream's SSE answer as it comes; `strip_usage` drops the usage-only event the
+    proxy asked for on the client's behalf."""
     loop = asyncio.get_running_loop()
     started = loop.time()
     deadline = started + config.first_byte_timeout

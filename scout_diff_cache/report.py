@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from .config import Config
-from .context import Context
+from .epochs import Injection
 
 #: A rough, model-independent estimate; real tokenizers give 3 to 5 bytes per token on code.
 BYTES_PER_TOKEN = 4
@@ -16,8 +16,8 @@ def _content(message: bytes) -> str:
     return str(json.loads(message)["content"])
 
 
-def render_report(config: Config, context: Context, show: str | None) -> str:
-    snapshot, diff = context.snapshot, context.diff
+def render_report(config: Config, injection: Injection, show: str | None) -> str:
+    snapshot, diff = injection.snapshot, injection.diff
     if show == "snapshot":
         return _content(snapshot.message)
     if show == "diff":

@@ -1,15 +1,17 @@
-"""The HTTP routes: short handlers that hand the real work to the modules named for it."""
+"""The HTTP routes: short handlers that hand the real work to the modules named for it, and the
+route table that says, once per route, which concerns apply to it."""
 
 from __future__ import annotations
 
 import attrs
-
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
+from .access import limit_concurrency, require_key
 from .accounting import Exchange
 from .app_keys import exchange_key, live_key, metrics_key, session_key, totals_key
 from .config import is_loopback
-from .context import Context
+from .epochs import Injection
 from .errors import Forbidden, InvalidRequest, ProxyError
 from .metrics import render as render_metrics
 from .prompt import Body, assemble
@@ -18,12 +20,12 @@ from .upstream import fetch_models
 from .validation import parse_chat_request
 
 
-def context_headers(context: Context) -> dict[str, str]:
+def injection_headers(injection: Injection) -> dict[str, str]:
     """Tell the client what was injected, so it can check the cache-relevant part at a glance."""
     return {
-        "X-Scout-Snapshot-Commit": context.snapshot.commit or "none",
-        "X-Scout-Snapshot-Bytes": str(context.snapshot.text_bytes),
-        "X-Scout-Diff-Bytes": str(context.diff.text_bytes),
+        "X-Scout-Snapshot-Commit": injection.snapshot.commit or "none",
+        "X-Scout-Snapshot-Bytes": str(injection.snapshot.text_bytes),
+        "X-Scout-Diff-Bytes": str(injection.diff.text_bytes),
     }
 
 
@@ -32,22 +34,26 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     raw = await request.read()
     chat = parse_chat_request(raw, config.upstream.model)
     exchange: Exchange = request[exchange_key]
+    exchange.to_upstream = True
     exchange.stream = chat.stream
     headers: dict[str, str] = {}
     body = Body((raw,))
     if config.context.inject:
-        context = await request.app[live_key].context.current()
-        body = assemble(chat, context.snapshot.message, context.diff.message)
-        headers = context_headers(context)
-        exchange.snapshot_commit = context.snapshot.commit
-        exchange.snapshot_bytes = context.snapshot.text_bytes
-        exchange.diff_bytes = context.diff.text_bytes
+        injection = await request.app[live_key].epochs.current()
+        body = assemble(chat.messages, chat.fields, injection.snapshot.message, injection.diff.message)
+        headers = injection_headers(injection)
+        exchange.snapshot_commit = injection.snapshot.commit
+        exchange.snapshot_bytes = injection.snapshot.text_bytes
+        exchange.diff_bytes = injection.diff.text_bytes
         exchange.client_bytes = len(chat.messages)
     session = request.app[session_key]
     if chat.stream:
-        strip = not chat.wants_usage and config.context.inject
         return await relay_stream(
-            request, session, config.upstream, config.server.sse_keepalive_interval, body, strip, headers, exchange
+            request, session, config.upstream, body,
+            keepalive_interval=config.server.sse_keepalive_interval,
+            strip_usage=not chat.wants_usage and config.context.inject,
+            headers=headers,
+            exchange=exchange,
         )
     return await relay_json(session, config.upstream, body, headers, exchange)
 
@@ -62,23 +68,25 @@ async def models(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    context = request.app[live_key].context
-    snapshot = context.snapshot
-    rebase = context.last_rebase
+    epochs = request.app[live_key].epochs
+    snapshot = epochs.snapshot
+    rebase = epochs.last_rebase
     totals = request.app[totals_key]
+    metrics = request.app[metrics_key]
     return web.json_response(
         {
             "status": "ok",
             "inject": request.app[live_key].config.context.inject,
             "snapshot": {
-                "state": context.state,
+                "state": epochs.state,
                 "commit": snapshot.commit if snapshot else None,
                 "bytes": snapshot.text_bytes if snapshot else 0,
                 "files": snapshot.files if snapshot else 0,
-                "builds": context.builds_started,
-                "rebases": context.rebases,
-                "folds": context.folds,
-                "error": context.last_error,
+                "builds": metrics.snapshot_builds.total,
+                "rebases": metrics.rebases.total,
+                "folds": metrics.folds.total,
+                "remembered": list(epochs.remembered),
+                "error": epochs.last_error,
             },
             "last_rebase": attrs.asdict(rebase) if rebase else None,
             "totals": attrs.asdict(totals),
@@ -89,9 +97,9 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     """200 only when a request now would neither wait for the snapshot nor fail upstream."""
     reasons = []
-    context = request.app[live_key].context
-    if request.app[live_key].config.context.inject and context.snapshot is None:
-        reasons.append(f"the snapshot is {context.state}" + (f": {context.last_error}" if context.last_error else ""))
+    epochs = request.app[live_key].epochs
+    if request.app[live_key].config.context.inject and epochs.snapshot is None:
+        reasons.append(f"the snapshot is {epochs.state}" + (f": {epochs.last_error}" if epochs.last_error else ""))
     try:
         await fetch_models(request.app[session_key], request.app[live_key].config.upstream)
     except ProxyError as error:
@@ -105,20 +113,38 @@ async def rebase(request: web.Request) -> web.Response:
         raise Forbidden("admin routes accept only loopback clients, or clients with an API key (api_keys_file)")
     if not request.app[live_key].config.context.inject:
         raise InvalidRequest("context injection is off ([context] inject = false): there is no snapshot to rebase")
-    done = await request.app[live_key].context.rebase()
+    done = await request.app[live_key].epochs.rebase()
     return web.json_response(attrs.asdict(done))
 
 
 async def metrics(request: web.Request) -> web.Response:
     app = request.app
-    text = render_metrics(app[metrics_key], app[live_key].context, app[totals_key])
+    text = render_metrics(app[metrics_key], app[totals_key])
     return web.Response(text=text, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
+@attrs.frozen
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    #: Answered without a client key (a liveness probe must not need one).
+    open: bool = False
+    #: Counted against `max_concurrent_requests` (work that holds the upstream).
+    limited: bool = False
+
+
+ROUTES = (
+    Route("POST", "/v1/chat/completions", chat_completions, limited=True),
+    Route("GET", "/v1/models", models),
+    Route("GET", "/health", health, open=True),
+    Route("GET", "/ready", ready),
+    Route("GET", "/metrics", metrics),
+    Route("POST", "/admin/rebase", rebase),
+)
+
+
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_get("/v1/models", models)
-    app.router.add_get("/health", health)
-    app.router.add_get("/ready", ready)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_post("/admin/rebase", rebase)
+    for route in ROUTES:
+        handler = limit_concurrency(route.handler) if route.limited else route.handler
+        app.router.add_route(route.method, route.path, handler if route.open else require_key(handler))

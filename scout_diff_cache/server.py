@@ -19,8 +19,8 @@ from aiohttp import web
 
 from .app import make_app
 from .app_keys import live_key, metrics_key
-from .config import Config, load_config
-from .context import RepositoryContext
+from .config import Config, load_config, needing_restart
+from .epochs import Epochs
 from .errors import ConfigError, ProxyError
 from .logs import configure_logging
 from .repository import short
@@ -30,10 +30,10 @@ log = logging.getLogger("scout_diff_cache")
 
 
 def status_line(app: web.Application) -> str:
-    config, context = app[live_key].config, app[live_key].context
-    snapshot = context.snapshot
+    config, epochs = app[live_key].config, app[live_key].epochs
+    snapshot = epochs.snapshot
     if snapshot is None:
-        served = f"snapshot {context.state}"
+        served = f"snapshot {epochs.state}"
     else:
         served = f"snapshot {short(snapshot.commit)}, {snapshot.text_bytes} bytes"
     upstream = app[metrics_key].last_upstream_outcome
@@ -102,26 +102,22 @@ async def reload(app: web.Application, notifier: Notifier) -> None:
         log.error("reload refused, the running configuration stays in force: %s", error)
         notifier.notify("READY=1", status_line(app))
         return
-    fixed_at_start = (
-        ("server", "host"), ("server", "port"), ("server", "max_body_bytes"), ("server", "shutdown_grace"),
-        ("upstream", "max_connections"),
-    )
-    for section, key in fixed_at_start:
-        if getattr(getattr(new, section), key) != getattr(getattr(old, section), key):
-            log.warning("[%s] %s changed: it takes effect at the next restart", section, key)
+    for section, key in needing_restart(old, new):
+        log.warning("[%s] %s changed: it takes effect at the next restart", section, key)
     configure_logging(new.server.log_level, new.server.log_format, os.environ.get("JOURNAL_STREAM"))
     live.config = new
-    live.context.configure(new.context)
+    live.epochs.configure(new.context)
     if new.repository != old.repository or new.security != old.security or new.context.state_dir != old.context.state_dir:
         log.info("repository settings changed: building the new snapshot before switching to it")
-        replacement = RepositoryContext(new, app[metrics_key], live.context.warm)
+        replacement = Epochs(new, app[metrics_key], live.epochs.warmer)
         if new.context.inject:
             try:
                 await replacement.start()
                 await replacement.warm_now()
             except ProxyError as error:
                 log.warning("preparing the new snapshot failed (%s); switching anyway", error.message)
-        live.context = replacement
+        retired, live.epochs = live.epochs, replacement
+        await retired.close()
     log.info("reloaded %s", new.source)
     notifier.notify("READY=1", status_line(app))
 

@@ -16,7 +16,6 @@ from .config import UpstreamConfig
 from .errors import ProxyError, UpstreamBadResponse, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from .accounting import Usage, usage_of
 from .prompt import Body, assemble, encode_json
-from .validation import ChatRequest
 
 #: An error body longer than this is cut before it is read whole.
 MAX_ERROR_BODY = 64 * 1024
@@ -88,10 +87,11 @@ async def check_status(response: aiohttp.ClientResponse, idle_timeout: float) ->
     if response.status < 400:
         return
     data = await read_all(response, idle_timeout, MAX_ERROR_BODY)
-    raise failure(response.status, data)
+    raise error_from_answer(response.status, data)
 
 
-def failure(status: int, data: bytes) -> ProxyError:
+def error_from_answer(status: int, data: bytes) -> ProxyError:
+    """The error a non-2xx answer means, with the upstream's own message where it gave one."""
     error: object = None
     message = data[:500].decode("utf-8", "replace").strip() or f"HTTP {status}"
     try:
@@ -115,7 +115,7 @@ def no_first_byte(config: UpstreamConfig) -> UpstreamTimeout:
     return UpstreamTimeout(f"the upstream sent no answer within first_byte_timeout ({config.first_byte_timeout:g}s)")
 
 
-async def complete(session: aiohttp.ClientSession, config: UpstreamConfig, body: Body) -> tuple[bytes, Any]:
+async def read_json_answer(session: aiohttp.ClientSession, config: UpstreamConfig, body: Body) -> tuple[bytes, Any]:
     """A non-streaming exchange: the answer's bytes, untouched, and their parsed JSON."""
     try:
         response = await asyncio.wait_for(send_chat(session, config, body), config.first_byte_timeout)
@@ -138,13 +138,9 @@ async def warm_up(
     session: aiohttp.ClientSession, config: UpstreamConfig, snapshot_message: bytes, diff_message: bytes
 ) -> Usage | None:
     """Have the upstream process (and so cache) the prefix, generating a single token."""
-    chat = ChatRequest(
-        stream=False,
-        wants_usage=True,
-        messages=encode_json([{"role": "user", "content": "Reply with OK."}])[1:-1],
-        fields=encode_json({"model": config.model, "max_tokens": 1, "temperature": 0})[1:-1],
-    )
-    _, payload = await complete(session, config, assemble(chat, snapshot_message, diff_message))
+    messages = encode_json([{"role": "user", "content": "Reply with OK."}])[1:-1]
+    fields = encode_json({"model": config.model, "max_tokens": 1, "temperature": 0})[1:-1]
+    _, payload = await read_json_answer(session, config, assemble(messages, fields, snapshot_message, diff_message))
     return usage_of(payload)
 
 

@@ -145,13 +145,15 @@ async def measure(repository: Path, count: int, workdir: Path) -> None:
           f"longest event-loop stall meanwhile {stall * 1000:.0f} ms")
     print(f"working diff: {diff_seconds * 1000:.1f} ms ({diff.files} changed files)")
 
-    body = b"".join(assemble(parse_chat_request(json.dumps(QUESTION).encode(), "bench"), snapshot.message, diff.message).chunks)
+    question = parse_chat_request(json.dumps(QUESTION).encode(), "bench")
+    body = b"".join(assemble(question.messages, question.fields, snapshot.message, diff.message).chunks)
     decoded = json.loads(body)
     own = []
     for _ in range(min(count, 20)):  # what the proxy itself does per request, minus the network
         started = time.perf_counter()
         chat = parse_chat_request(json.dumps(QUESTION).encode(), "bench")
-        assemble(chat, snapshot.message, working_diff(open_repository(repository), base, base, rules, []).message)
+        diff_now = working_diff(open_repository(repository), base, base, rules, [])
+        assemble(chat.messages, chat.fields, snapshot.message, diff_now.message)
         own.append(time.perf_counter() - started)
 
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
