@@ -16,9 +16,9 @@ from . import __version__
 from .config import Config, default_locations, find_config, load_config, render_config
 from .epochs import Epochs
 from .errors import ConfigError, ProxyError
+from .logs import configure_logging
 from .metrics import Metrics
 from .report import render_report
-from .logs import configure_logging
 from .server import serve
 from .systemd import Notifier, inherited_sockets, render_socket, render_unit
 

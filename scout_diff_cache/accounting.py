@@ -142,7 +142,9 @@ class Exchange:
             injected = self.snapshot_bytes + self.diff_bytes
             parts.append(f"snapshot={(self.snapshot_commit or 'none')[:12]} injected={injected}")
         if self.usage is not None:
-            parts.append(f"prompt_tokens={_known(self.usage.prompt_tokens)} cached_tokens={_known(self.usage.cached_tokens)}")
+            parts.append(
+                f"prompt_tokens={_known(self.usage.prompt_tokens)} cached_tokens={_known(self.usage.cached_tokens)}"
+            )
             expected = self.expected_snapshot_tokens()
             if expected and self.usage.cached_tokens is not None:
                 parts.append(f"snapshot_cached={min(1.0, self.usage.cached_tokens / expected):.0%}")

@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import AsyncContextManager, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -48,7 +49,11 @@ async def log_requests(request: web.Request, handler: Handler) -> web.StreamResp
         _record(request, exchange, status, elapsed)
         log.info(
             "%s %s %s %.3fs %s",
-            request.method, request.path, status, elapsed, exchange.describe(),
+            request.method,
+            request.path,
+            status,
+            elapsed,
+            exchange.describe(),
         )
 
 
@@ -86,11 +91,15 @@ async def errors_to_envelope(request: web.Request, handler: Handler) -> web.Stre
 
 def _from_http(error: web.HTTPException, request: web.Request) -> ProxyError | None:
     if isinstance(error, web.HTTPRequestEntityTooLarge):
-        return BodyTooLarge(f"the request body is larger than max_body_bytes ({request.app[live_key].config.server.max_body_bytes} bytes)")
+        return BodyTooLarge(
+            f"the request body is larger than max_body_bytes ({request.app[live_key].config.server.max_body_bytes} bytes)"
+        )
     if isinstance(error, web.HTTPNotFound):
         return NotFound(f"no route {request.method} {request.path}")
     if isinstance(error, web.HTTPMethodNotAllowed):
-        return MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use {', '.join(sorted(error.allowed_methods))}")
+        return MethodNotAllowed(
+            f"{request.method} is not allowed on {request.path}; use {', '.join(sorted(error.allowed_methods))}"
+        )
     return None
 
 
@@ -128,8 +137,8 @@ async def _epochs(app: web.Application) -> AsyncIterator[None]:
 
 
 def _background(
-    job: Callable[[web.Application], Awaitable[None]],
-) -> Callable[[web.Application], AsyncContextManager[None]]:
+    job: Callable[[web.Application], Coroutine[Any, Any, None]],
+) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
     """A task that runs for the application's life and is cancelled at shutdown."""
 
     @contextlib.asynccontextmanager

@@ -10,8 +10,9 @@ import configparser
 import ipaddress
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
@@ -57,7 +58,9 @@ def _positive_size(raw: str) -> int:
 def _duration(raw: str) -> float:
     match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(ms|s|m)?", raw.strip())
     if not match or float(match[1]) <= 0:
-        raise ValueError("expected a positive duration in seconds, or with an ms, s or m suffix (e.g. 600, 1500ms, 10m)")
+        raise ValueError(
+            "expected a positive duration in seconds, or with an ms, s or m suffix (e.g. 600, 1500ms, 10m)"
+        )
     return float(match[1]) * {"ms": 0.001, "s": 1.0, "m": 60.0}[match[2] or "s"]
 
 
@@ -127,7 +130,9 @@ def _patterns(raw: str) -> tuple[str, ...]:
 
 def option(default: Any, parse: Callable[[str], Any], *, secret: bool = False, restart: bool = False) -> Any:
     """An INI key: its parser, whether its value is masked, whether a reload can change it."""
-    return attrs.field(default=default, repr=not secret, metadata={"parse": parse, "secret": secret, "restart": restart})
+    return attrs.field(
+        default=default, repr=not secret, metadata={"parse": parse, "secret": secret, "restart": restart}
+    )
 
 
 @attrs.frozen
@@ -310,9 +315,13 @@ def _read_api_key(where: str, base: Path, upstream: UpstreamConfig) -> UpstreamC
     try:
         key = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{where}: [upstream] api_key_file = '{path}': cannot read it ({error.__class__.__name__})") from None
+        raise ConfigError(
+            f"{where}: [upstream] api_key_file = '{path}': cannot read it ({error.__class__.__name__})"
+        ) from None
     if not key:
-        raise ConfigError(f"{where}: [upstream] api_key_file = '{path}': the file is empty; expected the key on one line")
+        raise ConfigError(
+            f"{where}: [upstream] api_key_file = '{path}': the file is empty; expected the key on one line"
+        )
     return attrs.evolve(upstream, api_key=key, api_key_file=path)
 
 
@@ -328,7 +337,9 @@ def _read_client_keys(where: str, base: Path, server: ServerConfig) -> ServerCon
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{where}: [server] api_keys_file = '{path}': cannot read it ({error.__class__.__name__})") from None
+        raise ConfigError(
+            f"{where}: [server] api_keys_file = '{path}': cannot read it ({error.__class__.__name__})"
+        ) from None
     keys = tuple(line.strip() for line in lines if line.strip() and not line.strip().startswith("#"))
     if not keys:
         raise ConfigError(f"{where}: [server] api_keys_file = '{path}': no keys in it; expected one key per line")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import attrs
 import pygit2
-from pygit2.enums import FileMode
+from pygit2.enums import FileMode, FilterMode
 
 from .repository import ContentRules
 from .secrets import Finding
@@ -82,7 +82,7 @@ def entry_side(repo: pygit2.Repository, mode: int, oid: pygit2.Oid, rules: Conte
     if mode == FileMode.COMMIT:
         return Side("submodule", mode, 0, str(oid).encode())
     size = repo.odb.read_header(oid)[1]
-    data = repo[oid].data if size <= rules.max_file_bytes or mode == FileMode.LINK else None
+    data = repo[oid].peel(pygit2.Blob).data if size <= rules.max_file_bytes or mode == FileMode.LINK else None
     return Side(kind_of(mode), mode if mode in (EXECUTABLE, FileMode.LINK) else REGULAR, size, data)
 
 
@@ -106,7 +106,7 @@ def worktree_side(repo: pygit2.Repository, path: str, rules: ContentRules, track
             mode = EXECUTABLE if info.st_mode & stat.S_IXUSR else REGULAR
         else:
             mode = EXECUTABLE if tracked_mode == EXECUTABLE else REGULAR
-        filters = repo.load_filter_list(path, pygit2.GIT_FILTER_CLEAN)
+        filters = repo.load_filter_list(path, FilterMode.CLEAN)
         # the limit is on the stored form: a clean filter (CRLF to LF) may shrink the file
         readable = rules.max_file_bytes * (CLEANED_SLACK if filters is not None and len(filters) else 1)
         if info.st_size > readable:

@@ -110,7 +110,11 @@ class Group:
 
 
 def committed_groups(
-    repo: pygit2.Repository, lineage: Lineage, rules: ContentRules, rendered: dict[str, Group], shown: WorkingDiff | None
+    repo: pygit2.Repository,
+    lineage: Lineage,
+    rules: ContentRules,
+    rendered: dict[str, Group],
+    shown: WorkingDiff | None,
 ) -> list[Group]:
     """The lineage's groups: the net changes up to its anchor, then one group per step, oldest first.
 
@@ -128,7 +132,9 @@ def committed_groups(
             parent, commit = repo[parent_id].peel(pygit2.Commit), repo[commit_id].peel(pygit2.Commit)
             first = shown.uncommitted if shown is not None and parent_id == shown.head else ()
             changes = _tree_changes(repo, parent.tree, commit.tree, rules)
-            rendered[key] = _group(repo, changes, rules, f"were committed as {commit_id}: {_summary(commit, rules)}", first)
+            rendered[key] = _group(
+                repo, changes, rules, f"were committed as {commit_id}: {_summary(commit, rules)}", first
+            )
         groups.append(rendered[key])
     return groups
 
@@ -185,7 +191,7 @@ Change = tuple[str, "Side | None", "Side | None"]
 
 
 def _tree_changes(repo: pygit2.Repository, old: pygit2.Tree, new: pygit2.Tree, rules: ContentRules) -> list[Change]:
-    paths = set()
+    paths: set[str] = set()
     for delta in old.diff_to_tree(new).deltas:
         paths.update((delta.old_file.path, delta.new_file.path))
     return [(path, tree_side(repo, old, path, rules), tree_side(repo, new, path, rules)) for path in paths]
@@ -199,7 +205,7 @@ def _worktree_changes(repo: pygit2.Repository, head: pygit2.Commit | None, rules
     """
     index = repo.index
     tree = base_tree(repo, head)
-    paths = set()
+    paths: set[str] = set()
     for diff in (tree.diff_to_index(index, FLAGS), index.diff_to_workdir(FLAGS)):
         for delta in diff.deltas:
             paths.update((delta.old_file.path, delta.new_file.path))
@@ -300,9 +306,10 @@ def _hidden(path: str, old: Side | None, new: Side, rules: ContentRules) -> str 
     if rules.secret_by_name(path):
         return "a secret by its name"
     size = max(new.size, old.size if old is not None else 0)
-    if new.data is None or (old is not None and old.data is None):
+    old_data = old.data if old is not None else b""
+    if new.data is None or old_data is None:
         return f"{size} bytes: over max_file_bytes"
-    if new.kind == "file" and (is_binary(new.data) or (old is not None and is_binary(old.data))):
+    if new.kind == "file" and (is_binary(new.data) or is_binary(old_data)):
         return f"binary, {size} bytes"
     if old is not None and path in rules.left_out:
         return "not in the snapshot"  # over its cap, or its secrets kept it out

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import attrs
 
@@ -250,7 +250,9 @@ class Epochs:
         await self._save(snapshot)
         log.info(
             "rebased the snapshot from %s to %s in %.2fs%s",
-            short(self.last_rebase.previous), short(snapshot.commit), self.last_rebase.seconds,
+            short(self.last_rebase.previous),
+            short(snapshot.commit),
+            self.last_rebase.seconds,
             f"; warm-up cached {usage.cached_tokens} of {usage.prompt_tokens} tokens" if usage else "",
         )
         return self.last_rebase
@@ -306,7 +308,11 @@ class Epochs:
             self._report(f"snapshot {short(commit)}", snapshot.findings)
         log.info(
             "snapshot %s built in %.2fs: %d files inlined, %d bytes, %d left out",
-            short(commit), time.monotonic() - started, snapshot.files, snapshot.text_bytes, len(snapshot.left_out),
+            short(commit),
+            time.monotonic() - started,
+            snapshot.files,
+            snapshot.text_bytes,
+            len(snapshot.left_out),
         )
         return snapshot
 

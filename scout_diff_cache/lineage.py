@@ -87,7 +87,7 @@ def _path(repo: pygit2.Repository, start: str, head: pygit2.Commit) -> tuple[tup
 
 def _afresh(repo: pygit2.Repository, base: pygit2.Commit, head: pygit2.Commit, anchor: str | None) -> Lineage:
     base_id = str(base.id)
-    chain = _first_parents(head, {base_id, anchor} - {None}, LINE_SEARCH)
+    chain = _first_parents(head, {base_id} if anchor is None else {base_id, anchor}, LINE_SEARCH)
     if chain is None:  # HEAD is on another line: the net change from the base, then steps from here
         return Lineage(base_id, str(head.id), _commits_between(repo, base_id, head))
     reached, steps = chain

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+
 #: syslog priorities for the standard levels (sd-daemon(3)).
 PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 

@@ -7,7 +7,7 @@ to them as things happen); the usage totals are read from `Totals` at scrape tim
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import attrs
 
@@ -91,7 +91,7 @@ def _family(name: str, kind: str, help_text: str, samples: Iterable[str]) -> lis
 def _histogram(name: str, help_text: str, histogram: Histogram) -> list[str]:
     samples = []
     for labels, counts in sorted(histogram.counts.items()):
-        for bound, count in zip((*histogram.buckets, math.inf), counts):
+        for bound, count in zip((*histogram.buckets, math.inf), counts, strict=True):
             samples.append(_sample(f"{name}_bucket", (*labels, ("le", _value(bound))), count))
         samples.append(_sample(f"{name}_sum", labels, histogram.sums[labels]))
         samples.append(_sample(f"{name}_count", labels, counts[-1]))
@@ -112,7 +112,8 @@ def render(metrics: Metrics, totals: Totals) -> str:
         *_counter("scout_requests_total", "HTTP requests answered, by route, method and status.", metrics.requests),
         *_histogram("scout_request_duration_seconds", "Time to answer a request, by route.", metrics.request_seconds),
         *_histogram(
-            "scout_upstream_first_byte_seconds", "Time from sending a chat request upstream to its first byte.",
+            "scout_upstream_first_byte_seconds",
+            "Time from sending a chat request upstream to its first byte.",
             metrics.first_byte_seconds,
         ),
         *_gauge("scout_streams_in_flight", "Streaming answers being relayed now.", metrics.streams_in_flight),
@@ -123,10 +124,18 @@ def render(metrics: Metrics, totals: Totals) -> str:
         *_counter("scout_rebases_total", "Snapshot rebases (moves of the base commit).", metrics.rebases),
         *_counter("scout_diff_folds_total", "Folds of the diff's commits into their net changes.", metrics.folds),
         *_counter("scout_warmups_total", "Warm-up requests sent upstream, by outcome.", metrics.warmups),
-        *_family("scout_upstream_prompt_tokens_total", "counter", "Prompt tokens the upstream reported.",
-                 [_sample("scout_upstream_prompt_tokens_total", (), totals.prompt_tokens)]),
-        *_family("scout_upstream_cached_tokens_total", "counter", "Prompt tokens the upstream served from its cache.",
-                 [_sample("scout_upstream_cached_tokens_total", (), totals.cached_tokens)]),
+        *_family(
+            "scout_upstream_prompt_tokens_total",
+            "counter",
+            "Prompt tokens the upstream reported.",
+            [_sample("scout_upstream_prompt_tokens_total", (), totals.prompt_tokens)],
+        ),
+        *_family(
+            "scout_upstream_cached_tokens_total",
+            "counter",
+            "Prompt tokens the upstream served from its cache.",
+            [_sample("scout_upstream_cached_tokens_total", (), totals.cached_tokens)],
+        ),
         *_gauge(
             "scout_snapshot_cached_ratio",
             "Share of the snapshot's tokens served from the upstream's cache, over all requests that reported it.",

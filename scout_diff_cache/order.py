@@ -19,7 +19,7 @@ renders the same bytes.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import pygit2
 

@@ -9,7 +9,7 @@ matching pattern wins; nothing below an excluded directory can be re-included.
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 import attrs
 

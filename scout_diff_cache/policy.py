@@ -7,7 +7,7 @@ end), while a rebase recomputes the snapshot from its first changed file on. So 
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 
 def budget(snapshot_bytes: int, share: float, floor: int) -> float:

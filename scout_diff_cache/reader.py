@@ -99,7 +99,7 @@ class RepositoryReader:
         """For each snapshot, the bytes of its net change to HEAD, as the diff would show it."""
         repo = open_repository(self.path)
         head = repo[head_id].peel(pygit2.Commit)
-        sizes = {}
+        sizes: dict[str, int] = {}
         for snapshot in snapshots:
             base = repo.get(snapshot.commit) if snapshot.commit is not None else None
             if isinstance(base, pygit2.Commit):
@@ -123,9 +123,8 @@ def _commits(
     repo: pygit2.Repository, base_id: str | None, head: pygit2.Commit | None
 ) -> tuple[pygit2.Commit | None, pygit2.Commit | None] | None:
     """The base and HEAD commits, or None when the base cannot serve."""
-    base = repo.get(base_id) if base_id is not None else None
-    if base_id is not None and not isinstance(base, pygit2.Commit):
-        return None
-    if (base is None) != (head is None):
+    found = repo.get(base_id) if base_id is not None else None
+    base = found if isinstance(found, pygit2.Commit) else None
+    if (base_id is not None and base is None) or (base is None) != (head is None):
         return None
     return base, head

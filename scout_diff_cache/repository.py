@@ -72,7 +72,7 @@ def head_commit(repo: pygit2.Repository) -> pygit2.Commit | None:
 
 
 def base_tree(repo: pygit2.Repository, base: pygit2.Commit | None) -> pygit2.Tree:
-    return base.tree if base is not None else repo[EMPTY_TREE]
+    return base.tree if base is not None else repo[EMPTY_TREE].peel(pygit2.Tree)
 
 
 def short(commit_id: str | None) -> str:

@@ -49,7 +49,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     session = request.app[session_key]
     if chat.stream:
         return await relay_stream(
-            request, session, config.upstream, body,
+            request,
+            session,
+            config.upstream,
+            body,
             keepalive_interval=config.server.sse_keepalive_interval,
             strip_usage=not chat.wants_usage and config.context.inject,
             headers=headers,

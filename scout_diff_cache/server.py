@@ -107,7 +107,11 @@ async def reload(app: web.Application, notifier: Notifier) -> None:
     configure_logging(new.server.log_level, new.server.log_format, os.environ.get("JOURNAL_STREAM"))
     live.config = new
     live.epochs.configure(new.context)
-    if new.repository != old.repository or new.security != old.security or new.context.state_dir != old.context.state_dir:
+    if (
+        new.repository != old.repository
+        or new.security != old.security
+        or new.context.state_dir != old.context.state_dir
+    ):
         log.info("repository settings changed: building the new snapshot before switching to it")
         replacement = Epochs(new, app[metrics_key], live.epochs.warmer)
         if new.context.inject:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Awaitable, Callable, Generic, Hashable, TypeVar
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -62,7 +63,7 @@ class Coalesced(Generic[T]):
     def __init__(self, fn: Callable[[], T], tasks: SharedTasks) -> None:
         self._fn = fn
         self._tasks = tasks
-        self._running: asyncio.Task[T] | None = None
+        self._running: asyncio.Task[Any] | None = None
 
     async def __call__(self) -> T:
         return await self._tasks.join(self, self._next)
@@ -71,5 +72,5 @@ class Coalesced(Generic[T]):
         if self._running is not None:
             await asyncio.wait([self._running])
         self._tasks.release(self)  # running now: later callers queue the next run
-        self._running = asyncio.current_task()  # type: ignore[assignment]
+        self._running = asyncio.current_task()
         return await asyncio.to_thread(self._fn)

@@ -30,17 +30,17 @@ fits, otherwise it is listed as over the cap (and its diffs stay stubs: see `Con
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import attrs
 import pygit2
 from pygit2.enums import FileMode
 
+from .content import entry_side, is_binary, screened_text, section, spell
 from .epoch import Epoch
 from .errors import RepositoryError
 from .order import carry_order, changed_paths, initial_order, last_changes
-from .content import entry_side, is_binary, screened_text, section, spell
 from .prompt import system_message
 from .repository import ContentRules, open_repository
 from .secrets import Finding
@@ -116,7 +116,9 @@ def build_snapshot(
     repo = open_repository(path)
     try:
         target = repo[commit].peel(pygit2.Commit)
-        entries = {raw.decode("utf-8", "surrogateescape"): (mode, oid) for raw, mode, oid in _walk(repo, target.tree, b"")}
+        entries = {
+            raw.decode("utf-8", "surrogateescape"): (mode, oid) for raw, mode, oid in _walk(repo, target.tree, b"")
+        }
         order = _order(repo, target, previous, entries)
         parts = [HEADER]
         left_out: list[LeftOut] = []
@@ -178,9 +180,9 @@ def _order(repo: pygit2.Repository, target: pygit2.Commit, previous: Epoch | Non
 def _walk(repo: pygit2.Repository, tree: pygit2.Tree, prefix: bytes) -> Iterator[tuple[bytes, int, pygit2.Oid]]:
     """(raw path, file mode, object id) for every blob, link and submodule below `tree`."""
     for entry in tree:
-        raw_path = prefix + (entry.raw_name or entry.name.encode())
+        raw_path = prefix + (entry.raw_name or (entry.name or "").encode())
         if entry.filemode == FileMode.TREE:
-            yield from _walk(repo, repo[entry.id], raw_path + b"/")
+            yield from _walk(repo, repo[entry.id].peel(pygit2.Tree), raw_path + b"/")
         else:
             yield raw_path, entry.filemode, entry.id
 

@@ -11,8 +11,8 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
-from typing import Mapping, MutableMapping
 
 log = logging.getLogger(__name__)
 

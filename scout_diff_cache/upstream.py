@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 
+from .accounting import Usage, usage_of
 from .config import UpstreamConfig
 from .errors import ProxyError, UpstreamBadResponse, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
-from .accounting import Usage, usage_of
 from .prompt import Body, assemble, encode_json
 
 #: An error body longer than this is cut before it is read whole.
@@ -155,7 +156,9 @@ async def fetch_models(session: aiohttp.ClientSession, config: UpstreamConfig) -
             await check_status(response, config.connect_timeout)
             data = await response.read()
     except asyncio.TimeoutError:
-        raise UpstreamTimeout(f"the upstream at {config.url} did not answer within {config.connect_timeout:g}s") from None
+        raise UpstreamTimeout(
+            f"the upstream at {config.url} did not answer within {config.connect_timeout:g}s"
+        ) from None
     except aiohttp.ClientError as error:
         raise UpstreamUnavailable(f"cannot reach the upstream at {config.url}: {error}") from None
     try:
