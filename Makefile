@@ -41,21 +41,21 @@ e2e: $(VENV)/.installed-e2e
 	$(BIN)/python -m pytest -q -s -m e2e tests/test_e2e_llama.py
 
 bench: $(VENV)/.installed-test
-	$(BIN)/python -m tests.benchmark $(BENCH_ARGS)
+	$(BIN)/python -m tests.tools.benchmark $(BENCH_ARGS)
 
 # This project's own history, then 30 releases of three PyPI packages (up to 4 MB of source), then a
 # working day of branch work on a generated 4.5 MB repository, with the default budget and a small one.
 REPLAY_ARGS ?=
 bench-replay: $(VENV)/.installed-test
 ifeq ($(REPLAY_ARGS),)
-	$(BIN)/python -m tests.replay . --commits 30
-	$(BIN)/python -m tests.replay --pypi hypothesis --until 6.170.17 --commits 30
-	$(BIN)/python -m tests.replay --pypi sqlglot --until 30.30.0 --commits 30
-	$(BIN)/python -m tests.replay --pypi pygments --until 2.21.0 --commits 30
-	$(BIN)/python -m tests.replay --working-day
-	$(BIN)/python -m tests.replay --working-day --context rebase_min_diff_bytes=16KiB --context rebase_diff_share=0.01
+	$(BIN)/python -m tests.tools.replay . --commits 30
+	$(BIN)/python -m tests.tools.replay --pypi hypothesis --until 6.170.17 --commits 30
+	$(BIN)/python -m tests.tools.replay --pypi sqlglot --until 30.30.0 --commits 30
+	$(BIN)/python -m tests.tools.replay --pypi pygments --until 2.21.0 --commits 30
+	$(BIN)/python -m tests.tools.replay --working-day
+	$(BIN)/python -m tests.tools.replay --working-day --context rebase_min_diff_bytes=16KiB --context rebase_diff_share=0.01
 else
-	$(BIN)/python -m tests.replay $(REPLAY_ARGS)
+	$(BIN)/python -m tests.tools.replay $(REPLAY_ARGS)
 endif
 
 clean:

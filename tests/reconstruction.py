@@ -15,8 +15,9 @@ import json
 import os
 import re
 import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NamedTuple, NoReturn
+from typing import NamedTuple, NoReturn
 
 import attrs
 import pygit2
@@ -43,7 +44,14 @@ class Hidden(NamedTuple):
 
 State = dict[str, File | Hidden]
 
-NOT_INCLUDED_REASONS = ("binary", "too large", "over the snapshot cap", "submodule", "secret by its name", "holds a secret")
+NOT_INCLUDED_REASONS = (
+    "binary",
+    "too large",
+    "over the snapshot cap",
+    "submodule",
+    "secret by its name",
+    "holds a secret",
+)
 
 SECTION = re.compile(r"=== (file|symlink): (.*) \[(\d+) lines(, no newline at end)?(, executable)?\] ===")
 NOT_INCLUDED = re.compile(r"=== not included \[(\d+) entries\] ===")
@@ -324,7 +332,9 @@ def apply_hunks(text: str, hunks: tuple[Hunk, ...], path: str) -> str:
         new_start = hunk.new_start - 1 if hunk.new_count else hunk.new_start
         where = f"{path}: hunk @@ -{hunk.old_start},{hunk.old_count} +{hunk.new_start},{hunk.new_count} @@"
         if start < cursor or start > len(old):
-            raise AssertionError(f"{where}: starts outside the file ({len(old)} lines) or before the previous hunk ends")
+            raise AssertionError(
+                f"{where}: starts outside the file ({len(old)} lines) or before the previous hunk ends"
+            )
         if new_start != len(result) + start - cursor:
             raise AssertionError(f"{where}: the new start does not follow from the old one and earlier hunks")
         removed = [line for mark, line in hunk.lines if mark != "+"]
@@ -363,7 +373,9 @@ def _apply(state: State, change: Change) -> None:
     elif current is None:
         raise AssertionError(f"{path}: {change.status}, but there is no such path")
     elif current.kind != change.kind and not (isinstance(current, Hidden) and change.status == "deleted"):
-        raise AssertionError(f"{path}: a {change.kind} change of a {current.kind} (a type change is deleted, then added)")
+        raise AssertionError(
+            f"{path}: a {change.kind} change of a {current.kind} (a type change is deleted, then added)"
+        )
     if change.status == "deleted":
         del state[path]
         return
@@ -440,7 +452,11 @@ def check(
     A path the messages show without contents only has to exist; a path `left_out_ok` accepts
     (excluded by config) may be missing.
     """
-    rebuilt = reconstruct(parse_snapshot(snapshot_text), parse_diff(diff_text))
+    return compare(reconstruct(parse_snapshot(snapshot_text), parse_diff(diff_text)), repo_path, left_out_ok)
+
+
+def compare(rebuilt: State, repo_path: Path, left_out_ok: Callable[[str], bool] = default_left_out) -> State:
+    """Assert that what the messages rebuild is exactly the work tree (see `check`)."""
     expected = work_tree(repo_path)
     wrong = []
     for path in sorted(set(rebuilt) | set(expected)):
@@ -452,7 +468,9 @@ def check(
             wrong.append((path, _what_differs(got, want), got, want))
     if wrong:
         path, problem, got, want = wrong[0]
-        detail = _short_diff(split_lines(got.text), split_lines(want.text), "messages", "work tree") if got and want else ""
+        detail = (
+            _short_diff(split_lines(got.text), split_lines(want.text), "messages", "work tree") if got and want else ""
+        )
         more = f"\n(and {len(wrong) - 1} more: {', '.join(p for p, *_ in wrong[1:6])})" if len(wrong) > 1 else ""
         raise AssertionError(f"{path}: {problem}\n{detail}{more}")
     return rebuilt
@@ -463,16 +481,57 @@ def _what_differs(got: File | None, want: File | None) -> str:
         return f"missing from the messages (the work tree has a {want.kind if want else '?'})"
     if want is None:
         return f"the messages have a {got.kind} the work tree does not"
-    return ", ".join(
-        f"{field}: messages {getattr(got, field)!r}, work tree {getattr(want, field)!r}"
-        for field in ("kind", "executable")
-        if getattr(got, field) != getattr(want, field)
-    ) or "the text differs"
+    return (
+        ", ".join(
+            f"{field}: messages {getattr(got, field)!r}, work tree {getattr(want, field)!r}"
+            for field in ("kind", "executable")
+            if getattr(got, field) != getattr(want, field)
+        )
+        or "the text differs"
+    )
 
 
 def _short_diff(got: list[str], want: list[str], got_name: str, want_name: str, limit: int = 30) -> str:
     shown = ([repr(line) for line in side] for side in (got, want))
     lines = list(difflib.unified_diff(*shown, got_name, want_name, n=2, lineterm=""))
     if len(lines) > limit:
-        lines = lines[:limit] + [f"... {len(lines) - limit} more lines"]
+        lines = [*lines[:limit], f"... {len(lines) - limit} more lines"]
     return "\n".join(lines) + "\n"
+
+
+CHANGED_SINCE = "were made in the work tree since it was last shown"
+
+
+def parse_change_message(text: str) -> Group:
+    """A conversation's change message: the title, a fixed paragraph, changes, then one label."""
+    lines = Lines(text, "change message")
+    if not lines.skip_intro("# Work tree changes"):
+        lines.fail("no changes")
+    changes: list[Change] = []
+    while True:
+        header = lines.take("a change or the label")
+        if change := CHANGE.fullmatch(header):
+            changes.append(_change(change, lines))
+        elif (label := LABEL.fullmatch(header)) and label.group(1) == CHANGED_SINCE and changes:
+            if lines.peek() is not None:
+                lines.take("")
+                lines.fail("text after the label")
+            return Group(CHANGED_SINCE, tuple(changes))
+        else:
+            lines.fail("not a header a change message allows here")
+
+
+def check_conversation(
+    messages: list[dict[str, object]], repo_path: Path, left_out_ok: Callable[[str], bool] = default_left_out
+) -> State:
+    """`check` for a conversation's upstream messages: the snapshot, the working diff it started with,
+    then every change message among the client's messages, applied in order."""
+    snapshot, start, *rest = (str(message.get("content")) for message in messages)
+    changes = [
+        parse_change_message(text)
+        for message, text in zip(messages[2:], rest, strict=True)
+        if message.get("role") == "system" and text.startswith("# Work tree changes")
+    ]
+    diff = parse_diff(start)
+    rebuilt = reconstruct(parse_snapshot(snapshot), attrs.evolve(diff, groups=(*diff.groups, *changes)))
+    return compare(rebuilt, repo_path, left_out_ok)

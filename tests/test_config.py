@@ -10,7 +10,6 @@ import attrs
 import pygit2
 import pytest
 
-from conftest import GitRepo, write_config
 from scout_diff_cache.config import (
     DEFAULT_EXCLUDE,
     SECTIONS,
@@ -20,6 +19,8 @@ from scout_diff_cache.config import (
     render_config,
 )
 from scout_diff_cache.errors import ConfigError
+
+from support import GitRepo, write_config
 
 
 def test_built_in_defaults_use_the_current_directory(git_repo: GitRepo, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -42,7 +43,11 @@ def test_sizes_durations_and_lists_are_parsed(tmp_path: Path, git_repo: GitRepo)
         {
             "server": {"max_body_bytes": "2 MiB", "sse_keepalive_interval": "1500ms"},
             "upstream": {"url": "http://127.0.0.1:9000/v1/", "first_byte_timeout": "20m", "idle_timeout": "45"},
-            "repository": {"path": str(git_repo.path), "exclude": "*.log\n/generated/\n!keep.log", "max_file_bytes": "1GiB"},
+            "repository": {
+                "path": str(git_repo.path),
+                "exclude": "*.log\n/generated/\n!keep.log",
+                "max_file_bytes": "1GiB",
+            },
         },
     )
     config = load_config(path)
@@ -114,7 +119,9 @@ def test_an_unreadable_key_file_is_refused(tmp_path: Path, git_repo: GitRepo) ->
 
 def test_the_key_file_is_read_and_stripped(tmp_path: Path, git_repo: GitRepo) -> None:
     (tmp_path / "up.key").write_text("  sk-from-file \n")
-    config = load_config(write_config(tmp_path, {"upstream": {"api_key_file": "up.key"}, "repository": {"path": "repo"}}))
+    config = load_config(
+        write_config(tmp_path, {"upstream": {"api_key_file": "up.key"}, "repository": {"path": "repo"}})
+    )
     assert config.upstream.api_key == "sk-from-file"
     assert "sk-from-file" not in repr(config)
 
@@ -160,7 +167,9 @@ def test_config_search_order(tmp_path: Path) -> None:
 
 
 def test_rendered_config_masks_secrets(tmp_path: Path, git_repo: GitRepo) -> None:
-    config = load_config(write_config(tmp_path, {"upstream": {"api_key": "sk-very-secret"}, "repository": {"path": "repo"}}))
+    config = load_config(
+        write_config(tmp_path, {"upstream": {"api_key": "sk-very-secret"}, "repository": {"path": "repo"}})
+    )
     text = render_config(config)
     assert "sk-very-secret" not in text
     assert "api_key = ********" in text
@@ -168,7 +177,9 @@ def test_rendered_config_masks_secrets(tmp_path: Path, git_repo: GitRepo) -> Non
     assert os.linesep.join(["exclude =", "    *.lock"]) in text
 
 
-def test_the_example_file_lists_every_option_with_its_default(tmp_path: Path, git_repo: GitRepo, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_example_file_lists_every_option_with_its_default(
+    tmp_path: Path, git_repo: GitRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
     example = (Path(__file__).parent.parent / "scout.ini.example").read_text()
     uncommented: list[str] = []
     in_list = False

@@ -7,26 +7,19 @@ import os
 from pathlib import Path
 
 import pygit2
-from aiohttp.test_utils import TestClient
 from pygit2.enums import FileMode
 
-from conftest import SIGNATURE, FakeUpstream, GitRepo, ProxyFactory, chat, header_of, headed_paths, is_warmup
-
-
-async def injected(client: TestClient, upstream: FakeUpstream) -> tuple[str, str]:
-    response = await client.post("/v1/chat/completions", json=chat())
-    assert response.status == 200, await response.text()
-    messages = [seen.json for seen in upstream.seen if not is_warmup(seen.json)][-1]["messages"]
-    return messages[0]["content"], messages[1]["content"]
-
-
-async def snapshot_ready(client: TestClient) -> None:
-    for _ in range(200):
-        health = await (await client.get("/health")).json()
-        if health["snapshot"]["state"] == "ready":
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"snapshot not ready: {health}")
+from support import (
+    SIGNATURE,
+    FakeUpstream,
+    GitRepo,
+    ProxyFactory,
+    chat,
+    headed_paths,
+    header_of,
+    injected,
+    snapshot_ready,
+)
 
 
 async def test_snapshot_is_byte_identical_across_requests(make_proxy: ProxyFactory, upstream: FakeUpstream) -> None:
@@ -214,7 +207,9 @@ async def test_non_utf8_content_is_decoded_with_replacement_characters(
     assert snapshot == again
 
 
-async def test_submodules_are_listed_not_read(make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo) -> None:
+async def test_submodules_are_listed_not_read(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
     index = git_repo.repo.index
     gitlink = pygit2.Oid(hex="1234567890abcdef1234567890abcdef12345678")
     index.add(pygit2.IndexEntry("vendored/lib", gitlink, FileMode.COMMIT))
@@ -226,7 +221,9 @@ async def test_submodules_are_listed_not_read(make_proxy: ProxyFactory, upstream
     assert f"submodule: vendored/lib (at {gitlink})" in snapshot
     index.add(pygit2.IndexEntry("vendored/other", gitlink, FileMode.COMMIT))  # a commit after the snapshot's
     index.write()
-    git_repo.repo.create_commit("HEAD", SIGNATURE, SIGNATURE, "another", index.write_tree(), [git_repo.repo.head.target])
+    git_repo.repo.create_commit(
+        "HEAD", SIGNATURE, SIGNATURE, "another", index.write_tree(), [git_repo.repo.head.target]
+    )
     _, diff = await injected(client, upstream)
     assert header_of(diff, "vendored/other") == f"added, contents not shown: submodule at {gitlink}"
 

@@ -3,34 +3,37 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import sys
 from pathlib import Path
 
-import aiohttp
 import pygit2
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from conftest import (
+from scout_diff_cache.config import is_loopback
+from scout_diff_cache.order import carry_order, initial_order
+
+from support import (
     SIGNATURE,
     FakeUpstream,
     GitRepo,
     ProxyFactory,
+    ProxyProcess,
     chat,
     completion,
-    header_of,
+    free_port,
     headed_paths,
+    header_of,
+    injected,
     is_warmup,
     sse_chunk,
+    until,
+    until_async,
     write_config,
 )
-from scout_diff_cache.order import carry_order, initial_order
-from scout_diff_cache.config import is_loopback
-from test_context import injected
-from test_process import Proxy
-from test_proxy import free_port, until, until_async
 
 
 def questions(upstream: FakeUpstream) -> list[dict]:  # type: ignore[type-arg]
@@ -373,7 +376,7 @@ async def test_the_diff_only_grows_at_its_end_across_commits(
         git_repo.write("scratch.txt", f"work in progress {number}\n")
         _, diff = await injected(client, upstream)
         texts.append(diff)
-    for earlier, later in zip(texts, texts[1:]):
+    for earlier, later in itertools.pairwise(texts):
         committed = earlier[: earlier.rindex("were committed as")]
         assert later.startswith(committed)  # earlier commits' groups never change
     last = texts[-1]
@@ -391,8 +394,13 @@ async def test_committing_keeps_the_diff_bytes_up_to_the_new_label(
     git_repo.commit("a binary and a big file")
     client = await make_proxy(context={"rebase": "manual"}, repository={"max_file_bytes": "4KiB"})
     await injected(client, upstream)
-    edits = (("tool.bin", b"\2\3" * 100), ("big.txt", "line two\n" * 2000), ("d.txt", "work on d\n"),
-             ("b.txt", "work on b\n"), ("new.txt", "work on new\n"))
+    edits = (
+        ("tool.bin", b"\2\3" * 100),
+        ("big.txt", "line two\n" * 2000),
+        ("d.txt", "work on d\n"),
+        ("b.txt", "work on b\n"),
+        ("new.txt", "work on new\n"),
+    )
     for when, (name, content) in enumerate(edits):
         path = git_repo.write(name, content)
         os.utime(path, ns=(1_800_000_000_000_000_000 + when * 10**9,) * 2)
@@ -474,37 +482,46 @@ def test_carry_order_moves_changed_and_new_files_to_the_end() -> None:
     assert carry_order(previous, {"b", "c", "new"}, ["a", "b", "c", "d", "new"], ages) == ["a", "d", "c", "new", "b"]
 
 
-async def test_rebase_command_talks_to_the_running_proxy(tmp_path: Path, git_repo: GitRepo, upstream: FakeUpstream) -> None:
-    port = free_port()
+async def test_rebase_command_talks_to_the_running_proxy(
+    tmp_path: Path, git_repo: GitRepo, upstream: FakeUpstream
+) -> None:
     config = write_config(
         tmp_path,
         {
-            "server": {"port": str(port)},
+            "server": {"port": str(free_port())},
             "upstream": {"url": upstream.url},
             "repository": {"path": "repo"},
             "context": {"state_dir": "state", "rebase": "manual"},
         },
     )
-    proxy = Proxy(config, tmp_path / "proxy.log", port)
-    async with aiohttp.ClientSession() as session:
-        await proxy.start(session)
-        try:
-            old = git_repo.head()
-            git_repo.write("src/app.py", "new\n")
-            new = git_repo.commit("new")
-            command = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "scout_diff_cache", "rebase", "--config", str(config),
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            )
-            out, err = await asyncio.wait_for(command.communicate(), 60)
-            assert command.returncode == 0, err
-            assert f"rebased the snapshot from {old} to {new}" in out.decode()
-            assert "warm-up cached 90 of 100 prompt tokens" in out.decode()
-        finally:
-            assert await proxy.stop() == 0
+    async with ProxyProcess(config, tmp_path / "proxy.log") as proxy:
+        old = git_repo.head()
+        git_repo.write("src/app.py", "new\n")
+        new = git_repo.commit("new")
+        command = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "scout_diff_cache",
+            "rebase",
+            "--config",
+            str(config),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(command.communicate(), 60)
+        assert command.returncode == 0, err
+        assert f"rebased the snapshot from {old} to {new}" in out.decode()
+        assert "warm-up cached 90 of 100 prompt tokens" in out.decode()
+        assert await proxy.stop() == 0
     command = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "scout_diff_cache", "rebase", "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "scout_diff_cache",
+        "rebase",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
     )
     _, err = await asyncio.wait_for(command.communicate(), 60)
     assert command.returncode == 1 and b"cannot reach the proxy" in err

@@ -17,15 +17,17 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from conftest import FakeUpstream, GitRepo, ProxyFactory, chat, completion, is_warmup, write_config
+from scout_diff_cache.patterns import compile_patterns
+
 from reconstruction import (
     Change,
     File,
@@ -33,16 +35,34 @@ from reconstruction import (
     State,
     apply_hunks,
     check,
+    check_conversation,
     default_left_out,
     parse_diff,
     parse_snapshot,
     reconstruct,
 )
-from scout_diff_cache.patterns import compile_patterns
-from test_process import Proxy
-from test_proxy import free_port
+from support import (
+    FakeUpstream,
+    GitRepo,
+    ProxyFactory,
+    ProxyProcess,
+    chat,
+    completion,
+    free_port,
+    is_warmup,
+    write_config,
+)
 
-GIT_OPTIONS = ("-c", "user.name=t", "-c", "user.email=t@e", "-c", "commit.gpgsign=false", "-c", "advice.detachedHead=false")
+GIT_OPTIONS = (
+    "-c",
+    "user.name=t",
+    "-c",
+    "user.email=t@e",
+    "-c",
+    "commit.gpgsign=false",
+    "-c",
+    "advice.detachedHead=false",
+)
 
 PRIVATE_KEY = (
     "-----BEGIN RSA PRIVATE KEY-----\n"
@@ -79,6 +99,8 @@ class Work:
         self.make_proxy, self.upstream = make_proxy, upstream
         self.sections: dict[str, dict[str, str]] = {}
         self.client: TestClient | None = None
+        #: A conversation that goes on through every check, beside each check's one-shot question.
+        self.history: list[dict[str, str]] = [{"role": "system", "content": "You are a coding agent."}]
 
     async def start(self, **sections: dict[str, str]) -> None:
         self.sections = sections
@@ -93,12 +115,24 @@ class Work:
     async def check(self, left_out_ok: Callable[[str], bool] = default_left_out) -> Sent:
         if self.client is None:
             await self.start()
-        assert self.client is not None
-        response = await self.client.post("/v1/chat/completions", json=chat())
-        assert response.status == 200, await response.text()
-        messages = [seen.json for seen in self.upstream.seen if not is_warmup(seen.json)][-1]["messages"]
+        asked = len(self.history)
+        messages = await self.ask({"role": "user", "content": f"A new question, number {asked}."})
         snapshot, diff = messages[0]["content"], messages[1]["content"]
-        return Sent(snapshot, diff, check(snapshot, diff, self.path, left_out_ok))
+        sent = Sent(snapshot, diff, check(snapshot, diff, self.path, left_out_ok))
+        self.history += [{"role": "user", "content": f"Turn {asked}."}]
+        check_conversation(await self.ask(*self.history), self.path, left_out_ok)
+        self.history += [{"role": "assistant", "content": f"Answer {asked}."}]
+        return sent
+
+    async def ask(self, *messages: dict[str, str]) -> list[dict[str, Any]]:
+        """What the upstream was sent for these messages."""
+        assert self.client is not None
+        response = await self.client.post("/v1/chat/completions", json=chat(*messages))
+        assert response.status == 200, await response.text()
+        sent: list[dict[str, Any]] = [seen.json for seen in self.upstream.seen if not is_warmup(seen.json)][-1][
+            "messages"
+        ]
+        return sent
 
     def git(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
         return git(self.path, *args, ok=ok)
@@ -122,8 +156,12 @@ def git(repo: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess[
     env = {key: value for key, value in os.environ.items() if not key.startswith("GIT_")}
     home = str(repo.parent)
     env.update(
-        GIT_CONFIG_NOSYSTEM="1", HOME=home, XDG_CONFIG_HOME=home, LC_ALL="C",
-        GIT_AUTHOR_DATE="1700000000 +0000", GIT_COMMITTER_DATE="1700000000 +0000",
+        GIT_CONFIG_NOSYSTEM="1",
+        HOME=home,
+        XDG_CONFIG_HOME=home,
+        LC_ALL="C",
+        GIT_AUTHOR_DATE="1700000000 +0000",
+        GIT_COMMITTER_DATE="1700000000 +0000",
     )
     result = subprocess.run(["git", *GIT_OPTIONS, *args], cwd=repo, env=env, capture_output=True, text=True, timeout=60)
     if ok:
@@ -141,7 +179,7 @@ def assert_never_sent(sent: Sent, *texts: str) -> None:
 
 
 def key_lines() -> list[str]:
-    return PRIVATE_KEY.splitlines() + ["PRIVATE KEY"]
+    return [*PRIVATE_KEY.splitlines(), "PRIVATE KEY"]
 
 
 @pytest.fixture
@@ -223,13 +261,24 @@ def test_parser_reads_the_clean_diff_and_an_unborn_snapshot() -> None:
         ("@@ -1,2 +1,3 @@", "@@ -1 +1,3 @@", "hunk header"),
         ("=== file: empty [deleted] ===", "=== file: empty [removed] ===", "not a header"),
         ("=== file: empty [deleted] ===", "=== file: empty [deleted, renamed] ===", "unknown detail"),
-        ("=== the changes above are not committed yet ===\n=== snapshot", "=== the changes above are staged ===\n=== snapshot", "unknown origin"),
+        (
+            "=== the changes above are not committed yet ===\n=== snapshot",
+            "=== the changes above are staged ===\n=== snapshot",
+            "unknown origin",
+        ),
         (f"HEAD is {'b' * 40} ===\n", f"HEAD is {'b' * 40} ===\ntrailing junk\n", "after the footer"),
         ("+now a file\n", "+now a file\nstray line\n", "not a header"),
-        ("=== file: new [added, executable] ===\n@@ -0,0 +1,1 @@", "=== file: new [added, executable] ===\n@@ -1,0 +1,1 @@", "one hunk"),
+        (
+            "=== file: new [added, executable] ===\n@@ -0,0 +1,1 @@",
+            "=== file: new [added, executable] ===\n@@ -1,0 +1,1 @@",
+            "one hunk",
+        ),
         ("=== file: empty [deleted] ===\n", "=== file: empty [deleted] ===\n@@ -1,1 +0,0 @@\n-x\n", "has no hunks"),
-        ("=== file: logo.png [modified, contents not shown: binary, 14 bytes] ===\n",
-         "=== file: logo.png [modified, contents not shown: binary, 14 bytes] ===\n@@ -1,1 +1,1 @@\n-a\n+b\n", "has no hunks"),
+        (
+            "=== file: logo.png [modified, contents not shown: binary, 14 bytes] ===\n",
+            "=== file: logo.png [modified, contents not shown: binary, 14 bytes] ===\n@@ -1,1 +1,1 @@\n-a\n+b\n",
+            "has no hunks",
+        ),
     ],
 )
 def test_parser_rejects_what_the_diff_grammar_does_not_allow(old: str, new: str, error: str) -> None:
@@ -273,20 +322,32 @@ def test_parser_rejects_what_the_snapshot_grammar_does_not_allow(old: str, new: 
         ("=== file: logo.png [modified] ===\n@@ -1,1 +1,1 @@\n-a\n+b\n", "never shown"),
         ("=== symlink: a.txt [modified] ===\n@@ -1,1 +1,1 @@\n-one\n+uno\n", "type change"),
         ("=== file: a.txt [modified, mode 100755 -> 100644] ===\n", "old mode"),
-        ("=== file: a.txt [modified] ===\n@@ -1,1 +1,1 @@\n-one\n+uno\n\\ No newline at end of file\n", "not the file's last"),
+        (
+            "=== file: a.txt [modified] ===\n@@ -1,1 +1,1 @@\n-one\n+uno\n\\ No newline at end of file\n",
+            "not the file's last",
+        ),
     ],
 )
 def test_parser_applies_hunks_strictly(diff: str, error: str) -> None:
-    text = "# Working diff\n\nP.\n\n" + diff + "=== the changes above are not committed yet ===\n=== snapshot commit a; HEAD is b ===\n"
+    text = (
+        "# Working diff\n\nP.\n\n"
+        + diff
+        + "=== the changes above are not committed yet ===\n=== snapshot commit a; HEAD is b ===\n"
+    )
     with pytest.raises(AssertionError, match=error):
         reconstruct(parse_snapshot(SNAPSHOT), parse_diff(text))
 
 
 def test_parser_keeps_carriage_returns_and_missing_newlines_in_hunks() -> None:
-    hunk = parse_diff(
-        "# Working diff\n\nP.\n\n=== file: w [modified] ===\n@@ -1,2 +1,2 @@\n a\r\n-b\r\n\\ No newline at end of file\n+b\r\n"
-        "=== the changes above are not committed yet ===\n=== snapshot commit a; HEAD is b ===\n"
-    ).groups[0].changes[0].hunks
+    hunk = (
+        parse_diff(
+            "# Working diff\n\nP.\n\n=== file: w [modified] ===\n@@ -1,2 +1,2 @@\n a\r\n-b\r\n\\ No newline at end of file\n+b\r\n"
+            "=== the changes above are not committed yet ===\n=== snapshot commit a; HEAD is b ===\n"
+        )
+        .groups[0]
+        .changes[0]
+        .hunks
+    )
     assert apply_hunks("a\r\nb\r", hunk, "w") == "a\r\nb\r\n"
 
 
@@ -468,7 +529,12 @@ async def test_text_that_looks_like_headers_stays_text(work: Work) -> None:
 
 
 ODD_PATHS = (
-    "dir with space/café.txt", "notes [draft] v2.txt", "a (copy).txt", '"quoted".txt', "tab\there.txt", "new\nline.txt",
+    "dir with space/café.txt",
+    "notes [draft] v2.txt",
+    "a (copy).txt",
+    '"quoted".txt',
+    "tab\there.txt",
+    "new\nline.txt",
     "日本/ファイル.md",
 )
 
@@ -781,13 +847,28 @@ async def test_a_token_in_a_commit_message_never_reaches_the_label(work: Work) -
     sent = await work.check()
     assert_never_sent(sent, TOKEN)
     labels = [group.origin for group in parse_diff(sent.diff).groups]
-    assert any(label.startswith("were committed as ") and "[REDACTED:github-token:" in label for label in labels), labels
+    assert any(label.startswith("were committed as ") and "[REDACTED:github-token:" in label for label in labels), (
+        labels
+    )
 
 
 # --- a replayed history ---------------------------------------------------------------------------
 
 WORDS = (
-    "alpha", "beta", "gamma", "café", "naïve", "日本語", "🎉", "tab\there", "trailing ", "{", "}", "return x", "# note", "=== x ===",
+    "alpha",
+    "beta",
+    "gamma",
+    "café",
+    "naïve",
+    "日本語",
+    "🎉",
+    "tab\there",
+    "trailing ",
+    "{",
+    "}",
+    "return x",
+    "# note",
+    "=== x ===",
 )
 PLACES = ("src", "docs", "src/deep/er", "dir with space", "ünï")
 
@@ -929,45 +1010,41 @@ async def test_truncating_files_while_diffs_run_never_kills_the_proxy(
     paths.append(git_repo.path / "churn" / "untracked.txt")
     for path in paths:
         path.write_bytes(CHURN_PAYLOAD)
-    port = free_port()
     config = write_config(
         tmp_path,
         {
-            "server": {"port": str(port)},
+            "server": {"port": str(free_port())},
             "upstream": {"url": str(upstream.make_url("/v1"))},
             "repository": {"path": str(git_repo.path), "max_file_bytes": "4MiB"},
             "context": {"state_dir": str(tmp_path / "state")},
         },
     )
-    proxy = Proxy(config, tmp_path / "proxy.log", port)
     stop = threading.Event()
     churner = threading.Thread(target=churn, args=(paths, stop, 25.0), daemon=True)
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession() as session, ProxyProcess(config, tmp_path / "proxy.log") as proxy:
         try:
-            await proxy.start(session)
-            assert proxy.process is not None
             churner.start()
             deadline = time.monotonic() + 20
             for _ in range(150):  # pairs of requests: at most 300
-                if time.monotonic() > deadline or proxy.process.returncode is not None:
+                if time.monotonic() > deadline or proxy.returncode is not None:
                     break
                 await asyncio.gather(*(ask(session, proxy.url) for _ in range(2)), return_exceptions=True)
             stop.set()
             await asyncio.to_thread(churner.join, 30)
             alive = await answers_health(session, proxy.url)
             if not alive:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(proxy.process.wait(), 5)
-            code = proxy.process.returncode
-            assert alive and code is None, f"the proxy died ({describe(code)}):\n{proxy.log.read_text()[-2000:]}"
+                with contextlib.suppress(TimeoutError):
+                    await proxy.wait(5)
+            code = proxy.returncode
+            assert alive and code is None, f"the proxy died ({describe(code)}):\n{proxy.log_tail(2000)}"
         finally:
             stop.set()
-            if proxy.process is not None and proxy.process.returncode is None:
-                await proxy.stop()
 
 
 async def ask(session: aiohttp.ClientSession, url: str) -> int:
-    async with session.post(f"{url}/v1/chat/completions", json=chat(), timeout=aiohttp.ClientTimeout(total=30)) as response:
+    async with session.post(
+        f"{url}/v1/chat/completions", json=chat(), timeout=aiohttp.ClientTimeout(total=30)
+    ) as response:
         await response.read()
         return response.status
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pygit2
 
-from conftest import SIGNATURE, GitRepo
 from scout_diff_cache.lineage import COMMIT_GROUPS, Lineage, trace
+
+from support import SIGNATURE, GitRepo
 
 
 def commit_on(repo: GitRepo, parents: list[str], name: str) -> str:
@@ -14,7 +15,9 @@ def commit_on(repo: GitRepo, parents: list[str], name: str) -> str:
     tree = git[parents[0]].peel(pygit2.Commit).tree
     builder = git.TreeBuilder(tree)
     builder.insert(name, git.create_blob(name.encode()), pygit2.GIT_FILEMODE_BLOB)
-    return str(git.create_commit(None, SIGNATURE, SIGNATURE, name, builder.write(), [pygit2.Oid(hex=p) for p in parents]))
+    return str(
+        git.create_commit(None, SIGNATURE, SIGNATURE, name, builder.write(), [pygit2.Oid(hex=p) for p in parents])
+    )
 
 
 def traced(repo: GitRepo, base: str, head: str, previous: Lineage | None = None, anchor: str | None = None) -> Lineage:
@@ -51,9 +54,11 @@ def test_a_head_on_another_line_anchors_the_net_change_and_steps_follow(git_repo
     base = git_repo.head()
     parent = git_repo.repo[base].parents  # the fixture's single commit has none
     assert not parent
-    other = str(git_repo.repo.create_commit(
-        None, SIGNATURE, SIGNATURE, "unrelated root", git_repo.repo[base].peel(pygit2.Commit).tree.id, []
-    ))
+    other = str(
+        git_repo.repo.create_commit(
+            None, SIGNATURE, SIGNATURE, "unrelated root", git_repo.repo[base].peel(pygit2.Commit).tree.id, []
+        )
+    )
     jumped = traced(git_repo, base, other)
     assert jumped == Lineage(base, other, None, ())
     later = commit_on(git_repo, [other], "later")

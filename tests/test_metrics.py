@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-from conftest import FakeUpstream, GitRepo, ProxyFactory, chat
 from scout_diff_cache.metrics import Counter, Histogram, _counter, _histogram, escape_label
-from test_context import snapshot_ready
+
+from support import FakeUpstream, GitRepo, ProxyFactory, chat, snapshot_ready
 
 NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 SAMPLE = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*",?)*\})? (\S+)')
@@ -64,11 +64,18 @@ async def test_metrics_after_real_traffic(make_proxy: ProxyFactory, upstream: Fa
     families = parse(await response.text())
     samples = {name: family["samples"] for name, family in families.items()}
     assert families["scout_requests_total"]["type"] == "counter"
-    assert 'scout_requests_total{route="/v1/chat/completions",method="POST",status="200"} 3' in samples["scout_requests_total"]
+    assert (
+        'scout_requests_total{route="/v1/chat/completions",method="POST",status="200"} 3'
+        in samples["scout_requests_total"]
+    )
     assert 'scout_requests_total{route="unmatched",method="GET",status="404"} 1' in samples["scout_requests_total"]
     duration = samples["scout_request_duration_seconds"]
     assert 'scout_request_duration_seconds_count{route="/v1/chat/completions"} 3' in duration
-    buckets = [int(line.rsplit(" ", 1)[1]) for line in duration if line.startswith('scout_request_duration_seconds_bucket{route="/v1/chat/completions"')]
+    buckets = [
+        int(line.rsplit(" ", 1)[1])
+        for line in duration
+        if line.startswith('scout_request_duration_seconds_bucket{route="/v1/chat/completions"')
+    ]
     assert buckets == sorted(buckets) and buckets[-1] == 3
     assert "scout_upstream_first_byte_seconds_count 3" in samples["scout_upstream_first_byte_seconds"]
     assert "scout_streams_in_flight 0" in samples["scout_streams_in_flight"]

@@ -11,7 +11,7 @@ import json
 import pytest
 from aiohttp import web
 
-from conftest import FakeUpstream, ProxyFactory, sse_chunk
+from support import FakeUpstream, ProxyFactory, sse_chunk
 
 openai = pytest.importorskip("openai")
 
@@ -37,16 +37,28 @@ async def test_sdk_streaming_with_include_usage(make_proxy: ProxyFactory, upstre
         await response.prepare(request)
         for word in ("Hel", "lo"):
             await response.write(sse_chunk(word))
-        usage = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [],
-                 "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12,
-                           "prompt_tokens_details": {"cached_tokens": 8}}}
+        usage = {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "m",
+            "choices": [],
+            "usage": {
+                "prompt_tokens": 10,
+                "completion_tokens": 2,
+                "total_tokens": 12,
+                "prompt_tokens_details": {"cached_tokens": 8},
+            },
+        }
         await response.write(b"data: " + json.dumps(usage).encode() + b"\n\ndata: [DONE]\n\n")
         return response
 
     upstream.behaviour = behaviour
     client = await sdk_client(make_proxy)
     stream = await client.chat.completions.create(
-        model="scout", messages=[{"role": "user", "content": "hi"}], stream=True,
+        model="scout",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = [chunk async for chunk in stream]

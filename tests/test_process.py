@@ -5,23 +5,14 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-import subprocess
-import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from conftest import FakeUpstream, GitRepo, answer_stream, chat, write_config
-from test_proxy import free_port
-
-
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "scout_diff_cache", *args], capture_output=True, text=True, timeout=60, cwd=cwd
-    )
+from support import FakeUpstream, GitRepo, ProxyProcess, answer_stream, chat, free_port, run_cli, write_config
 
 
 def test_check_config_prints_the_effective_config_with_secrets_masked(tmp_path: Path, git_repo: GitRepo) -> None:
@@ -38,7 +29,10 @@ def test_a_bad_config_exits_2_with_one_line(tmp_path: Path, git_repo: GitRepo) -
     for command in ("check-config", "serve"):
         result = run_cli(command, "--config", str(path))
         assert result.returncode == 2
-        assert result.stderr.strip() == f"scout-diff-cache: {path}: [server] port = 'http': expected a TCP port from 1 to 65535"
+        assert (
+            result.stderr.strip()
+            == f"scout-diff-cache: {path}: [server] port = 'http': expected a TCP port from 1 to 65535"
+        )
         assert result.stdout == ""
 
 
@@ -54,41 +48,6 @@ def test_version() -> None:
     assert result.returncode == 0 and result.stdout.startswith("scout-diff-cache ")
 
 
-class Proxy:
-    """A proxy process on a free loopback port, its log in a file."""
-
-    def __init__(self, config: Path, log: Path, port: int) -> None:
-        self.config, self.log, self.port = config, log, port
-        self.process: asyncio.subprocess.Process | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self, session: aiohttp.ClientSession) -> None:
-        with self.log.open("ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "scout_diff_cache", "serve", "--config", str(self.config),
-                stdout=log, stderr=log, stdin=subprocess.DEVNULL,
-            )
-        for _ in range(300):
-            try:
-                async with session.get(f"{self.url}/health") as response:
-                    if (await response.json())["snapshot"]["state"] == "ready":
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            assert self.process.returncode is None, self.log.read_text()
-            await asyncio.sleep(0.05)
-        raise AssertionError("the proxy did not become ready")
-
-    async def stop(self) -> int:
-        assert self.process is not None
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.process.wait(), 30)
-
-
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
@@ -97,9 +56,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 def proxy_factory(tmp_path: Path, git_repo: GitRepo, upstream: FakeUpstream):  # type: ignore[no-untyped-def]
-    started: list[Proxy] = []
-
-    def make(**server: str) -> Proxy:
+    def make(**server: str) -> ProxyProcess:
         port = free_port()
         config = write_config(
             tmp_path,
@@ -110,38 +67,36 @@ def proxy_factory(tmp_path: Path, git_repo: GitRepo, upstream: FakeUpstream):  #
                 "context": {"state_dir": "state"},
             },
         )
-        proxy = Proxy(config, tmp_path / f"proxy-{port}.log", port)
-        started.append(proxy)
-        return proxy
+        return ProxyProcess(config, tmp_path / f"proxy-{port}.log")
 
-    yield make
-    for proxy in started:
-        if proxy.process is not None and proxy.process.returncode is None:
-            proxy.process.kill()
+    return make
 
 
 async def test_two_separately_started_processes_send_byte_identical_snapshots(
-    proxy_factory, session: aiohttp.ClientSession, upstream: FakeUpstream  # type: ignore[no-untyped-def]
+    proxy_factory,
+    session: aiohttp.ClientSession,
+    upstream: FakeUpstream,  # type: ignore[no-untyped-def]
 ) -> None:
     for _ in range(2):
-        proxy = proxy_factory()
-        await proxy.start(session)
-        async with session.post(f"{proxy.url}/v1/chat/completions", json=chat()) as response:
-            assert response.status == 200
-        assert await proxy.stop() == 0
+        async with proxy_factory() as proxy:
+            async with session.post(f"{proxy.url}/v1/chat/completions", json=chat()) as response:
+                assert response.status == 200
+            assert await proxy.stop() == 0
     first, second = (seen.raw.split(b',{"role":"system"', 1)[0] for seen in upstream.seen)
     assert first == second and b"=== file: src/app.py [2 lines] ===" in first
 
 
 async def test_logs_say_what_was_loaded_and_never_contents_or_keys(
-    proxy_factory, session: aiohttp.ClientSession, upstream: FakeUpstream  # type: ignore[no-untyped-def]
+    proxy_factory,
+    session: aiohttp.ClientSession,
+    upstream: FakeUpstream,  # type: ignore[no-untyped-def]
 ) -> None:
-    proxy = proxy_factory()
-    await proxy.start(session)
-    body = chat({"role": "user", "content": "PRIVATE-QUESTION-TEXT"})
-    async with session.post(f"{proxy.url}/v1/chat/completions", json=body, headers={"Authorization": "Bearer sk-client"}) as response:
-        assert response.status == 200
-    await proxy.stop()
+    async with proxy_factory() as proxy:
+        body = chat({"role": "user", "content": "PRIVATE-QUESTION-TEXT"})
+        headers = {"Authorization": "Bearer sk-client"}
+        async with session.post(f"{proxy.url}/v1/chat/completions", json=body, headers=headers) as response:
+            assert response.status == 200
+        await proxy.stop()
     log = proxy.log.read_text()
     assert f"config: {proxy.config}" in log
     assert "POST /v1/chat/completions 200" in log and "cached_tokens=90" in log
@@ -150,22 +105,22 @@ async def test_logs_say_what_was_loaded_and_never_contents_or_keys(
 
 
 async def test_sigterm_lets_an_in_flight_stream_finish_then_exits_0(
-    proxy_factory, session: aiohttp.ClientSession, upstream: FakeUpstream  # type: ignore[no-untyped-def]
+    proxy_factory,
+    session: aiohttp.ClientSession,
+    upstream: FakeUpstream,  # type: ignore[no-untyped-def]
 ) -> None:
     async def slow(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
         await asyncio.sleep(1.0)
         return await answer_stream(request, fake)
 
     upstream.behaviour = slow
-    proxy = proxy_factory(shutdown_grace="20s")
-    await proxy.start(session)
-    async with session.post(f"{proxy.url}/v1/chat/completions", json=chat(stream=True)) as response:
-        await asyncio.sleep(0.3)
-        assert proxy.process is not None
-        proxy.process.send_signal(signal.SIGTERM)
-        text = await response.text()
-    assert text.endswith("data: [DONE]\n\n")
-    assert await asyncio.wait_for(proxy.process.wait(), 30) == 0  # one signal only, as systemd sends
+    async with proxy_factory(shutdown_grace="20s") as proxy:
+        async with session.post(f"{proxy.url}/v1/chat/completions", json=chat(stream=True)) as response:
+            await asyncio.sleep(0.3)
+            proxy.send_signal(signal.SIGTERM)
+            text = await response.text()
+        assert text.endswith("data: [DONE]\n\n")
+        assert await proxy.wait(30) == 0  # one signal only, as systemd sends
     with pytest.raises(aiohttp.ClientConnectionError):
         async with session.get(f"{proxy.url}/health"):
             pass
@@ -180,8 +135,10 @@ def test_inspect_reports_what_would_leave_the_machine(tmp_path: Path, git_repo: 
     git_repo.write("src/app.py", "edited\n")
     config = write_config(
         tmp_path,
-        {"repository": {"path": "repo", "max_file_bytes": "2KiB", "max_snapshot_bytes": "1000"},
-         "context": {"state_dir": "state"}},
+        {
+            "repository": {"path": "repo", "max_file_bytes": "2KiB", "max_snapshot_bytes": "1000"},
+            "context": {"state_dir": "state"},
+        },
     )
     result = run_cli("inspect", "--config", str(config))
     assert result.returncode == 0, result.stderr
@@ -201,7 +158,10 @@ def test_inspect_reports_what_would_leave_the_machine(tmp_path: Path, git_repo: 
 
 
 async def test_inspect_shows_exactly_the_snapshot_the_proxy_sends(
-    tmp_path: Path, git_repo: GitRepo, upstream: FakeUpstream, make_proxy  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    git_repo: GitRepo,
+    upstream: FakeUpstream,
+    make_proxy,  # type: ignore[no-untyped-def]
 ) -> None:
     client = await make_proxy()
     async with client.post("/v1/chat/completions", json=chat()) as response:

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 
 from aiohttp import web
 
-from conftest import FakeUpstream, GitRepo, ProxyFactory, answer_stream, chat, completion, hang, sse_chunk
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from support import (
+    FakeUpstream,
+    GitRepo,
+    ProxyFactory,
+    answer_stream,
+    chat,
+    completion,
+    free_port,
+    hang,
+    sse_chunk,
+    until,
+    until_async,
+)
 
 
 async def test_upstream_receives_snapshot_then_diff_then_client_messages_in_order(
@@ -24,7 +29,11 @@ async def test_upstream_receives_snapshot_then_diff_then_client_messages_in_orde
     sent = [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": "First question"},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": "result"},
         {"role": "user", "content": [{"type": "text", "text": "Second ünïcode question"}]},
     ]
@@ -122,7 +131,9 @@ async def test_streaming_is_relayed_chunk_by_chunk(make_proxy: ProxyFactory, ups
     assert b'"second"' in rest and rest.endswith(b"data: [DONE]\n\n")
 
 
-async def test_stream_with_include_usage_passes_the_usage_chunk(make_proxy: ProxyFactory, upstream: FakeUpstream) -> None:
+async def test_stream_with_include_usage_passes_the_usage_chunk(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
     async def behaviour(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
@@ -164,7 +175,8 @@ async def test_client_disconnect_while_waiting_closes_the_upstream_request(
     for stream in (False, True):
         upstream.cancelled = 0
         request = asyncio.ensure_future(client.post("/v1/chat/completions", json=chat(stream=stream)))
-        await until(lambda: len(upstream.seen) == (1 if not stream else 2))
+        expected = 1 if not stream else 2
+        await until(lambda: len(upstream.seen) == expected)  # noqa: B023 (awaited in this iteration)
         request.cancel()
         await until(lambda: upstream.cancelled == 1)
 
@@ -178,7 +190,8 @@ async def test_client_disconnect_mid_stream_closes_the_upstream_request(
         for _ in range(300):
             await response.write(sse_chunk("tick"))
             await asyncio.sleep(0.05)
-        raise AssertionError("the proxy should have hung up")
+        fake.fail("the proxy should have hung up")
+        return response
 
     upstream.behaviour = behaviour
     client = await make_proxy()
@@ -194,7 +207,8 @@ async def test_a_stalled_stream_ends_with_an_error_event(make_proxy: ProxyFactor
         await response.prepare(request)
         await response.write(sse_chunk("partial"))
         await asyncio.sleep(30)
-        raise AssertionError("the proxy should have hung up")
+        fake.fail("the proxy should have hung up")
+        return response
 
     upstream.behaviour = behaviour
     client = await make_proxy(upstream={"idle_timeout": "300ms"})
@@ -211,7 +225,13 @@ async def test_upstream_4xx_passes_through_with_its_status_and_message(
     make_proxy: ProxyFactory, upstream: FakeUpstream
 ) -> None:
     async def behaviour(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
-        error = {"error": {"message": "the prompt (40000 tokens) exceeds the context size (32768)", "type": "invalid_request_error", "code": 400}}
+        error = {
+            "error": {
+                "message": "the prompt (40000 tokens) exceeds the context size (32768)",
+                "type": "invalid_request_error",
+                "code": 400,
+            }
+        }
         return web.json_response(error, status=400)
 
     upstream.behaviour = behaviour
@@ -336,19 +356,3 @@ async def test_health_and_ready(make_proxy: ProxyFactory, upstream: FakeUpstream
 
 async def ready_status(client) -> int:  # type: ignore[no-untyped-def]
     return (await client.get("/ready")).status
-
-
-async def until(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
-async def until_async(probe, expected, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while (value := await probe()) != expected:
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"got {value}, expected {expected}")
-        await asyncio.sleep(0.05)

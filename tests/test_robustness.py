@@ -11,8 +11,7 @@ from pathlib import Path
 import pygit2
 from aiohttp import web
 
-from conftest import FakeUpstream, GitRepo, ProxyFactory, chat, sse_chunk
-from test_proxy import free_port
+from support import FakeUpstream, GitRepo, ProxyFactory, UpstreamFactory, chat, free_port, sse_chunk
 
 SEED = 20261126
 VALID = json.dumps(chat(stream=False)).encode()
@@ -32,7 +31,9 @@ def mutations(rng: random.Random, count: int) -> list[bytes]:
                 messages = body.get("messages")
                 has_message = isinstance(messages, list) and messages and isinstance(messages[0], dict)
                 target = messages[0] if has_message and rng.random() < 0.5 else body
-                target[rng.choice(["messages", "role", "content", "model", "stream", "stream_options", "x"])] = rng.choice(values)
+                target[rng.choice(["messages", "role", "content", "model", "stream", "stream_options", "x"])] = (
+                    rng.choice(values)
+                )
             bodies.append(json.dumps(body).encode())
         elif kind == 2:
             data = bytearray(VALID)
@@ -93,20 +94,18 @@ async def test_malformed_upstream_answers_give_clear_errors(make_proxy: ProxyFac
     assert (await client.get("/health")).status == 200
 
 
-async def test_an_upstream_that_goes_away_and_comes_back(make_proxy: ProxyFactory, aiohttp_server: object) -> None:
+async def test_an_upstream_that_goes_away_and_comes_back(
+    make_proxy: ProxyFactory, make_upstream: UpstreamFactory
+) -> None:
     port = free_port()
     client = await make_proxy(url=f"http://127.0.0.1:{port}/v1")
     assert (await client.post("/v1/chat/completions", json=chat())).status == 503
-    back = FakeUpstream()
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", back.handle_chat)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    back = await make_upstream(port=port)
+    assert back.server is not None
     try:
         assert (await client.post("/v1/chat/completions", json=chat())).status == 200  # no proxy restart
     finally:
-        await runner.cleanup()
+        await back.server.close()
     assert (await client.post("/v1/chat/completions", json=chat())).status == 503
 
 
@@ -129,7 +128,11 @@ async def test_200_concurrent_streams_deliver_every_byte_in_order(
     async def one(tag: str) -> None:
         response = await client.post("/v1/chat/completions", json=chat({"role": "user", "content": tag}, stream=True))
         text = await response.text()
-        contents = [json.loads(line[6:])["choices"][0]["delta"]["content"] for line in text.split("\n") if line.startswith("data: {")]
+        contents = [
+            json.loads(line[6:])["choices"][0]["delta"]["content"]
+            for line in text.split("\n")
+            if line.startswith("data: {")
+        ]
         assert contents == [f"{tag}-{number}" for number in range(20)]
         assert text.endswith("data: [DONE]\n\n")
 
@@ -233,7 +236,7 @@ async def test_an_upstream_process_killed_mid_stream(make_proxy: ProxyFactory, t
         "    await request.read()\n"
         "    response = web.StreamResponse(headers={'Content-Type': 'text/event-stream'})\n"
         "    await response.prepare(request)\n"
-        "    await response.write(b'data: {\"choices\": [{\"index\": 0, \"delta\": {\"content\": \"one\"}}]}\\n\\n')\n"
+        '    await response.write(b\'data: {"choices": [{"index": 0, "delta": {"content": "one"}}]}\\n\\n\')\n'
         "    await asyncio.sleep(30)\n"
         "    return response\n"
         "app = web.Application()\n"

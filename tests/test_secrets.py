@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FakeUpstream, GitRepo, ProxyFactory, header_of, write_config
 from scout_diff_cache.secrets import placeholder, redact
-from test_context import injected
-from test_process import run_cli
+
+from support import FakeUpstream, GitRepo, ProxyFactory, header_of, injected, run_cli, write_config
 
 RNG = random.Random(20261126)
 
@@ -49,7 +48,7 @@ def corpus() -> list[tuple[str, str, str, str]]:
         key = pem(kind)
         items.append(("private-key", f"keys/{kind.split()[0].lower()}.txt", f"notes\n{key}\nmore notes\n", key))
     service_key = pem("PRIVATE KEY").replace("\n", "\\n")
-    account = '{"type": "service_account", "project_id": "demo", "private_key": "%s"}' % service_key
+    account = f'{{"type": "service_account", "project_id": "demo", "private_key": "{service_key}"}}'
     items.append(("private-key", "deploy/service-account.json", account + "\n", service_key))
     akid = "AKIA" + pick(UPPER_DIGITS, 16)
     items.append(("aws-access-key-id", "src/settings.py", f'AWS_ACCESS_KEY_ID = "{akid}"\n', akid))
@@ -72,7 +71,9 @@ def corpus() -> list[tuple[str, str, str, str]]:
     token = jwt()
     items.append(("jwt", "tests/fixtures/session.txt", f"Authorization: Bearer {token}\n", token))
     password = pick(ALNUM, 18)
-    items.append(("password-in-url", "src/db.py", f'URL = "postgresql://app:{password}@db.internal:5432/app"\n', password))
+    items.append(
+        ("password-in-url", "src/db.py", f'URL = "postgresql://app:{password}@db.internal:5432/app"\n', password)
+    )
     for name, text_of in (
         ("config/app.yaml", lambda v: f"database:\n  password: {v}\n"),
         ("config/app.ini", lambda v: f"[api]\napi_key = {v}\n"),
@@ -153,7 +154,15 @@ async def test_exclude_file_mode_leaves_out_files_that_hold_a_secret(
 async def test_files_that_are_secrets_by_name_are_left_out_unless_scanning_is_off(
     make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
 ) -> None:
-    for name in (".env", ".env.production", "deploy/server.pem", "id_rsa", "keys/tls.key", "credentials-prod.json", ".netrc"):
+    for name in (
+        ".env",
+        ".env.production",
+        "deploy/server.pem",
+        "id_rsa",
+        "keys/tls.key",
+        "credentials-prod.json",
+        ".netrc",
+    ):
         git_repo.write(name, f"CONTENT-OF {name}\n")
     git_repo.commit("secret files")
     git_repo.write(".env.local", "CONTENT-OF .env.local\n")

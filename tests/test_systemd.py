@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -12,15 +13,23 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from aiohttp import ClientSession, web
 
-from conftest import FakeUpstream, GitRepo, answer_stream, chat, start_upstream, write_config
-from test_process import run_cli
-from test_proxy import free_port
+from support import (
+    FakeUpstream,
+    GitRepo,
+    ProxyProcess,
+    UpstreamFactory,
+    answer_stream,
+    chat,
+    free_port,
+    run_cli,
+    write_config,
+)
 
 
 class NotifySocket:
@@ -67,47 +76,30 @@ def config_file(tmp_path: Path, git_repo: GitRepo, upstream: FakeUpstream) -> It
     )
 
 
-async def start(config: Path, env: dict[str, str], log: Path, **popen: object) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
-            [sys.executable, "-m", "scout_diff_cache", "serve", "--config", str(config)],
-            env={**os.environ, **env}, stdout=out, stderr=out, stdin=subprocess.DEVNULL, **popen,
-        )
-
-
-async def stopped(process: subprocess.Popen[bytes]) -> int:
-    for _ in range(600):
-        if process.poll() is not None:
-            return process.returncode
-        await asyncio.sleep(0.05)
-    process.kill()
-    raise AssertionError("the service did not stop")
-
-
 @pytest.mark.parametrize("abstract", [False, True])
 async def test_notify_sequence_ready_watchdog_stopping(config_file: Path, tmp_path: Path, abstract: bool) -> None:
     address = f"@scout-test-{os.getpid()}-{time.monotonic_ns()}" if abstract else str(tmp_path / "notify")
     notify = NotifySocket(address)
-    process = await start(
-        config_file, {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "400000"}, tmp_path / "service.log"
+    service = ProxyProcess(
+        config_file, tmp_path / "service.log", env={"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "400000"}
     )
     try:
+        await service.start(wait=False)  # ready is what the notify socket is told
         ready = await notify.wait_for("READY=1")
         assert "STATUS=serving " in ready
         await asyncio.sleep(1.0)
         pings = [at for at, message in notify.messages if "WATCHDOG=1" in message.split("\n")]
         assert len(pings) >= 3  # every 0.2 s: half of WATCHDOG_USEC
-        gaps = [later - earlier for earlier, later in zip(pings, pings[1:])]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(pings)]
         assert max(gaps) < 0.4
         statuses = [m for _, m in notify.messages if "STATUS=" in m]
         assert any("snapshot 65ae02a8b122, " in m for m in statuses)  # updated once the snapshot was built
         assert "(last answer: none yet)" in statuses[-1]
-        process.send_signal(signal.SIGTERM)
+        service.send_signal(signal.SIGTERM)
         await notify.wait_for("STOPPING=1")
-        assert await stopped(process) == 0
+        assert await service.wait() == 0
     finally:
-        if process.poll() is None:
-            process.kill()
+        service.kill()
         notify.close()
 
 
@@ -117,42 +109,38 @@ async def test_serves_on_a_socket_it_inherits(config_file: Path, tmp_path: Path)
     listener.listen()
     port = listener.getsockname()[1]
     fd = listener.fileno()
-    wrapper = ["/bin/sh", "-c", 'LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"', "sh"]
-    with (tmp_path / "service.log").open("ab") as out:
-        process = subprocess.Popen(
-            [*wrapper, sys.executable, "-m", "scout_diff_cache", "serve", "--config", str(config_file)],
-            stdout=out, stderr=out, stdin=subprocess.DEVNULL, pass_fds=(fd, 3) if fd != 3 else (3,),
-            preexec_fn=(lambda: os.dup2(fd, 3)) if fd != 3 else None,
-        )
-    listener.close()
+    service = ProxyProcess(
+        config_file,
+        tmp_path / "service.log",
+        port=port,
+        wrapper=["/bin/sh", "-c", 'LISTEN_PID=$$ LISTEN_FDS=1 exec "$@"', "sh"],
+        pass_fds=(fd, 3) if fd != 3 else (3,),
+        preexec_fn=(lambda: os.dup2(fd, 3)) if fd != 3 else None,
+    )
     try:
-        reader, writer = None, None
-        for _ in range(200):
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                answer = await asyncio.wait_for(reader.read(), 10)
-                break
-            except OSError:
-                await asyncio.sleep(0.05)
+        await service.start(wait=False)
+        listener.close()
+        await service.ready()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        await writer.wait_closed()
         assert b"200 OK" in answer and b'"status": "ok"' in answer
         log = (tmp_path / "service.log").read_text()
         assert f"127.0.0.1:{port}" in log
-        process.send_signal(signal.SIGTERM)
-        assert await stopped(process) == 0
+        assert await service.stop() == 0
     finally:
-        if process.poll() is None:
-            process.kill()
+        listener.close()
+        service.kill()
 
 
 async def test_journald_lines_have_priorities_and_no_timestamps(config_file: Path, tmp_path: Path) -> None:
     log = tmp_path / "journal.log"
     log.touch()
     stat = log.stat()
-    process = await start(config_file, {"JOURNAL_STREAM": f"{stat.st_dev}:{stat.st_ino}"}, log)
-    await asyncio.sleep(1.5)
-    process.send_signal(signal.SIGTERM)
-    assert await stopped(process) == 0
+    async with ProxyProcess(config_file, log, env={"JOURNAL_STREAM": f"{stat.st_dev}:{stat.st_ino}"}) as service:
+        assert await service.stop() == 0
     lines = log.read_text().splitlines()
     assert lines and all(line.startswith(("<6>", "<4>", "<3>", "<7>")) for line in lines), lines
     assert any(line.startswith("<6>scout_diff_cache: scout-diff-cache ") for line in lines)
@@ -170,10 +158,8 @@ async def test_json_log_format(tmp_path: Path, git_repo: GitRepo, upstream: Fake
         },
     )
     log = tmp_path / "json.log"
-    process = await start(config, {}, log)
-    await asyncio.sleep(1.5)
-    process.send_signal(signal.SIGTERM)
-    assert await stopped(process) == 0
+    async with ProxyProcess(config, log) as service:
+        assert await service.stop() == 0
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert {"time", "level", "logger", "message"} <= set(records[0])
     assert any(record["message"].startswith("listening on") for record in records)
@@ -186,8 +172,12 @@ async def test_a_port_in_use_exits_1_with_one_line(tmp_path: Path, git_repo: Git
         port = taken.getsockname()[1]
         config = write_config(
             tmp_path,
-            {"server": {"port": str(port)}, "upstream": {"url": upstream.url}, "repository": {"path": "repo"},
-             "context": {"state_dir": "state"}},
+            {
+                "server": {"port": str(port)},
+                "upstream": {"url": upstream.url},
+                "repository": {"path": "repo"},
+                "context": {"state_dir": "state"},
+            },
         )
         result = await asyncio.to_thread(run_cli, "serve", "--config", str(config))
     assert result.returncode == 1
@@ -215,15 +205,25 @@ def test_the_printed_units_pass_systemd_analyze_verify(config_file: Path, tmp_pa
     runtime = tmp_path / "runtime"
     runtime.mkdir(mode=0o700)
     verify = subprocess.run(
-        ["systemd-analyze", *(["--user"] if user else []), "verify",
-         str(units / "scout-diff-cache.service"), str(units / "scout-diff-cache.socket")],
-        capture_output=True, text=True, env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)}, timeout=60,
+        [
+            "systemd-analyze",
+            *(["--user"] if user else []),
+            "verify",
+            str(units / "scout-diff-cache.service"),
+            str(units / "scout-diff-cache.socket"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)},
+        timeout=60,
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
 def test_a_system_unit_lets_systemd_make_a_state_directory_under_var_lib(tmp_path: Path, git_repo: GitRepo) -> None:
-    config = write_config(tmp_path, {"repository": {"path": "repo"}, "context": {"state_dir": "/var/lib/scout-diff-cache"}})
+    config = write_config(
+        tmp_path, {"repository": {"path": "repo"}, "context": {"state_dir": "/var/lib/scout-diff-cache"}}
+    )
     unit = run_cli("systemd-unit", "--config", str(config)).stdout
     assert "StateDirectory=scout-diff-cache" in unit and "ReadWritePaths" not in unit
 
@@ -245,26 +245,29 @@ class Service:
     """The proxy process with a notify socket and an HTTP client, for the reload tests."""
 
     def __init__(self, config: Path, tmp_path: Path, port: int) -> None:
-        self.config, self.tmp_path, self.port = config, tmp_path, port
+        self.port = port
         self.notify = NotifySocket(str(tmp_path / "notify"))
         self.log = tmp_path / "service.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process = ProxyProcess(config, self.log, port=port, env={"NOTIFY_SOCKET": str(tmp_path / "notify")})
 
     async def __aenter__(self) -> Service:
-        self.process = await start(self.config, {"NOTIFY_SOCKET": str(self.tmp_path / "notify")}, self.log)
-        await self.notify.wait_for("READY=1")
+        try:
+            await self.process.start(wait=False)
+            await self.notify.wait_for("READY=1")
+        except BaseException:
+            await self.__aexit__()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            await stopped(self.process)
-        self.notify.close()
+        try:
+            if self.process.running:
+                await self.process.stop()
+        finally:
+            self.notify.close()
 
     async def reload(self) -> tuple[str, str]:
         """SIGHUP, then the RELOADING=1 and the READY=1 that follows it."""
-        assert self.process is not None
         seen = len(self.notify.messages)
         self.process.send_signal(signal.SIGHUP)
         for _ in range(600):
@@ -295,14 +298,14 @@ def service_config(tmp_path: Path, port: int, upstream_url: str, repo: str = "re
 
 
 async def test_sighup_applies_a_new_upstream_without_dropping_a_stream(
-    tmp_path: Path, git_repo: GitRepo, upstream: FakeUpstream, aiohttp_server: object
+    tmp_path: Path, git_repo: GitRepo, upstream: FakeUpstream, make_upstream: UpstreamFactory
 ) -> None:
     async def slow(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
         await asyncio.sleep(1.0)
         return await answer_stream(request, fake)
 
     upstream.behaviour = slow
-    second = await start_upstream(aiohttp_server)
+    second = await make_upstream()
     port = free_port()
     config = service_config(tmp_path, port, upstream.url)
     async with Service(config, tmp_path, port) as service, ClientSession() as session:

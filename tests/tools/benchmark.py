@@ -1,6 +1,6 @@
 """`make bench`: what the proxy costs per request, measured side by side in one run.
 
-    python -m tests.benchmark [REPOSITORY] [--requests N]
+    python -m tests.tools.benchmark [REPOSITORY] [--requests N]
 
 Without REPOSITORY it generates one of about 50 MB of text in 5,000 files. It starts a minimal
 upstream (reads and discards each body, answers a small completion) and the real proxy, each in its
@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,12 +28,16 @@ import aiohttp
 import pygit2
 from aiohttp import web
 
+from scout_diff_cache.config import load_config
 from scout_diff_cache.diff import working_diff
 from scout_diff_cache.prompt import assemble
 from scout_diff_cache.repository import ContentRules, head_commit, open_repository
 from scout_diff_cache.snapshot import build_snapshot
-from scout_diff_cache.config import load_config
 from scout_diff_cache.validation import parse_chat_request
+from tests.support import ProxyProcess, free_port
+
+#: The project root, so that the child processes find `scout_diff_cache` and `tests`.
+ROOT = Path(__file__).resolve().parents[2]
 
 STREAM_CHUNKS = 50
 CONCURRENT = 200
@@ -63,12 +66,6 @@ def generate_repository(path: Path, files: int = 5000, file_bytes: int = 10_000)
     (path / "pkg00" / "module0000.py").write_text("# an uncommitted edit\n")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 async def discard(request: web.Request) -> web.StreamResponse:
     tail = b""
     async for chunk in request.content.iter_any():
@@ -89,16 +86,11 @@ def serve_upstream(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
-async def wait_until_up(session: aiohttp.ClientSession, url: str) -> None:
-    for _ in range(1200):
-        try:
-            async with session.get(url) as response:
-                if response.status < 500 and (url.endswith("/v1/models") or (await response.json())["snapshot"]["state"] == "ready"):
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        await asyncio.sleep(0.1)
-    raise SystemExit(f"{url} did not come up")
+def proxy_process(config: Path, workdir: Path, port: int) -> ProxyProcess:
+    """The real proxy in its own process (its log next to the config), ready within two minutes."""
+    return ProxyProcess(
+        config, workdir / f"proxy-{port}.log", port=port, env={"PYTHONPATH": str(ROOT)}, ready_timeout=120
+    )
 
 
 async def timed_posts(session: aiohttp.ClientSession, url: str, body: bytes, count: int) -> list[float]:
@@ -127,8 +119,12 @@ async def measure(repository: Path, count: int, workdir: Path) -> None:
     started = time.perf_counter()
     building = asyncio.ensure_future(
         asyncio.to_thread(
-            build_snapshot, config.repository.path, str(base.id) if base else None, rules,
-            config.repository.max_snapshot_bytes, None,
+            build_snapshot,
+            config.repository.path,
+            str(base.id) if base else None,
+            rules,
+            config.repository.max_snapshot_bytes,
+            None,
         )
     )
     stall = 0.0
@@ -141,8 +137,10 @@ async def measure(repository: Path, count: int, workdir: Path) -> None:
     started = time.perf_counter()
     diff = working_diff(repo, base, base, rules, [])
     diff_seconds = time.perf_counter() - started
-    print(f"snapshot build: {build_seconds:.2f} s for {snapshot.text_bytes / 1e6:.1f} MB, {snapshot.files} files inlined; "
-          f"longest event-loop stall meanwhile {stall * 1000:.0f} ms")
+    print(
+        f"snapshot build: {build_seconds:.2f} s for {snapshot.text_bytes / 1e6:.1f} MB, {snapshot.files} files inlined; "
+        f"longest event-loop stall meanwhile {stall * 1000:.0f} ms"
+    )
     print(f"working diff: {diff_seconds * 1000:.1f} ms ({diff.files} changed files)")
 
     question = parse_chat_request(json.dumps(QUESTION).encode(), "bench")
@@ -156,30 +154,27 @@ async def measure(repository: Path, count: int, workdir: Path) -> None:
         assemble(chat.messages, chat.fields, snapshot.message, diff_now.message)
         own.append(time.perf_counter() - started)
 
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-    upstream = subprocess.Popen([sys.executable, "-m", "tests.benchmark", "--serve-upstream", str(upstream_port)], env=env)
-    proxy = subprocess.Popen(
-        [sys.executable, "-m", "scout_diff_cache", "serve", "--config", str(config.source)],
-        env=env, stderr=subprocess.DEVNULL,
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    upstream = subprocess.Popen(
+        [sys.executable, "-m", "tests.tools.benchmark", "--serve-upstream", str(upstream_port)], env=env
     )
     try:
-        timeout = aiohttp.ClientTimeout(total=None)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            await wait_until_up(session, f"http://127.0.0.1:{proxy_port}/health")
-            direct_url = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
-            proxy_url = f"http://127.0.0.1:{proxy_port}/v1/chat/completions"
-            small = json.dumps(QUESTION).encode()
-            await timed_posts(session, direct_url, body, 3)  # warm both paths
-            await timed_posts(session, proxy_url, small, 3)
-            direct, through = [], []
-            for _ in range(count):  # interleaved, so drift in the machine hits both alike
-                direct += await timed_posts(session, direct_url, body, 1)
-                through += await timed_posts(session, proxy_url, small, 1)
-        await load(workdir, upstream_port)
+        async with proxy_process(config.source, workdir, proxy_port):
+            timeout = aiohttp.ClientTimeout(total=None)
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                direct_url = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
+                proxy_url = f"http://127.0.0.1:{proxy_port}/v1/chat/completions"
+                small = json.dumps(QUESTION).encode()
+                await timed_posts(session, direct_url, body, 3)  # warm both paths
+                await timed_posts(session, proxy_url, small, 3)
+                direct, through = [], []
+                for _ in range(count):  # interleaved, so drift in the machine hits both alike
+                    direct += await timed_posts(session, direct_url, body, 1)
+                    through += await timed_posts(session, proxy_url, small, 1)
+            await load(workdir, upstream_port)
     finally:
-        for process in (proxy, upstream):
-            process.terminate()
-            process.wait(30)
+        upstream.terminate()
+        upstream.wait(30)
     naive = []
     for _ in range(min(count, 20)):
         started = time.perf_counter()
@@ -201,7 +196,9 @@ async def measure(repository: Path, count: int, workdir: Path) -> None:
         print(f"{label:34}{median * 1000:>8.1f}ms{p99 * 1000:>8.1f}ms")
     print(f"{'proxy added, end to end (median)':34}{added * 1000:>8.1f}ms  (negative: within noise)")
     cost = max(added, own_median)
-    print(f"added / loopback send: {cost / direct_median:.2f}  (goal <= 2; added taken as at least the proxy's own work)")
+    print(
+        f"added / loopback send: {cost / direct_median:.2f}  (goal <= 2; added taken as at least the proxy's own work)"
+    )
     print(f"naive re-serialising / added: {naive_median / cost:.1f}x  (goal >= 5)")
 
 
@@ -210,24 +207,21 @@ async def load(workdir: Path, upstream_port: int) -> None:
     small = workdir / "small"
     generate_repository(small, files=100, file_bytes=10_000)
     config = load_config(_write_config(workdir, small, upstream_port, port := free_port(), name="load.ini"))
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-    proxy = subprocess.Popen(
-        [sys.executable, "-m", "scout_diff_cache", "serve", "--config", str(config.source)],
-        env=env, stderr=subprocess.DEVNULL,
-    )
     body = dict(QUESTION, stream=True)
     expected = "".join(f"{number} " for number in range(STREAM_CHUNKS))
-    try:
+    async with proxy_process(config.source, workdir, port) as proxy:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-            await wait_until_up(session, f"http://127.0.0.1:{port}/health")
-            async with session.get(f"http://127.0.0.1:{port}/health") as health:
+            async with session.get(f"{proxy.url}/health") as health:
                 snapshot_mb = (await health.json())["snapshot"]["bytes"] / 1e6
 
             async def one() -> int:
-                async with session.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body) as response:
+                async with session.post(f"{proxy.url}/v1/chat/completions", json=body) as response:
                     text = await response.text()
-                got = "".join(json.loads(line[6:])["choices"][0]["delta"]["content"]
-                              for line in text.split("\n") if line.startswith("data: {"))
+                got = "".join(
+                    json.loads(line[6:])["choices"][0]["delta"]["content"]
+                    for line in text.split("\n")
+                    if line.startswith("data: {")
+                )
                 assert got == expected, f"a stream lost or reordered bytes: {text[:300]!r}"
                 return len(text)
 
@@ -236,15 +230,16 @@ async def load(workdir: Path, upstream_port: int) -> None:
             seconds = time.perf_counter() - started
         with open(f"/proc/{proxy.pid}/status") as status:
             peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
-    finally:
-        proxy.terminate()
-        proxy.wait(30)
-    print(f"load: {CONCURRENT} concurrent streams ({STREAM_CHUNKS} chunks each) through a proxy with a "
-          f"{snapshot_mb:.1f} MB snapshot: all complete and in order in {seconds:.2f} s, "
-          f"{CONCURRENT / seconds:.0f} streams/s, {sum(sizes) / seconds / 1e6:.1f} MB/s; proxy peak RSS {int(peak) / 1024:.0f} MiB")
+    print(
+        f"load: {CONCURRENT} concurrent streams ({STREAM_CHUNKS} chunks each) through a proxy with a "
+        f"{snapshot_mb:.1f} MB snapshot: all complete and in order in {seconds:.2f} s, "
+        f"{CONCURRENT / seconds:.0f} streams/s, {sum(sizes) / seconds / 1e6:.1f} MB/s; proxy peak RSS {int(peak) / 1024:.0f} MiB"
+    )
 
 
-def _write_config(workdir: Path, repository: Path, upstream_port: int, proxy_port: int, name: str = "bench.ini") -> Path:
+def _write_config(
+    workdir: Path, repository: Path, upstream_port: int, proxy_port: int, name: str = "bench.ini"
+) -> Path:
     path = workdir / name
     path.write_text(
         f"[server]\nport = {proxy_port}\nlog_level = warning\nmax_body_bytes = 1MiB\n"
@@ -257,7 +252,7 @@ def _write_config(workdir: Path, repository: Path, upstream_port: int, proxy_por
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.benchmark", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.tools.benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument("repository", nargs="?", type=Path, help="a git work tree (default: a generated 50 MB one)")
     parser.add_argument("--requests", type=int, default=50, help="requests per path (default 50)")
     parser.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)

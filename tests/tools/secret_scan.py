@@ -1,6 +1,6 @@
 """Count what the secret rules find in a tree, to measure false positives on real code.
 
-    python -m tests.secret_scan PATH [PATH ...]
+    python -m tests.tools.secret_scan PATH [PATH ...]
 
 Every regular text file below each PATH (not .git) is scanned as the proxy would scan it; each
 finding is printed as path:line rule (never the value), then a count per rule.

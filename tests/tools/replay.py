@@ -1,8 +1,8 @@
 """`make bench-replay`: replay real history through the proxy and count what a prefix cache recomputes.
 
-    python -m tests.replay REPOSITORY [--commits 30]
-    python -m tests.replay --pypi hypothesis [--until 6.170.17] [--commits 30] [--history 30]
-    python -m tests.replay --working-day [--seed 1] [REPOSITORY]
+    python -m tests.tools.replay REPOSITORY [--commits 30]
+    python -m tests.tools.replay --pypi hypothesis [--until 6.170.17] [--commits 30] [--history 30]
+    python -m tests.tools.replay --working-day [--seed 1] [REPOSITORY]
 
 For each of the last N commits of a repository (or of a history made from consecutive wheel
 releases of a PyPI package, one release per commit, without the packaging metadata), the commit's
@@ -47,6 +47,7 @@ import asyncio
 import collections
 import contextlib
 import functools
+import itertools
 import json
 import operator
 import os
@@ -57,8 +58,9 @@ import sys
 import tempfile
 import textwrap
 import zipfile
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 import aiohttp
 import attrs
@@ -248,13 +250,17 @@ def report(session: Session, replayed: str) -> None:
     if VERBOSE:
         first = 0
         for step in session.steps:
-            print(f"{step.label:56} ours {sum(costs[first : step.prompts]):>9,} in {step.prompts - first} prompts, "
-                  f"original {step.original:>9,}, lower {step.lower:>7,}")
+            print(
+                f"{step.label:56} ours {sum(costs[first : step.prompts]):>9,} in {step.prompts - first} prompts, "
+                f"original {step.original:>9,}, lower {step.lower:>7,}"
+            )
             first = step.prompts
     questions, epochs = len(session.steps), session.epochs
-    print(f"{replayed}: {questions} questions ({len(prompts) - questions} warm-ups), first snapshot "
-          f"{session.recorder.snapshot_bytes / 1e6:.2f} MB; "
-          f"ours rebased {epochs['rebases']} times, folded {epochs['folds']} times")
+    print(
+        f"{replayed}: {questions} questions ({len(prompts) - questions} warm-ups), first snapshot "
+        f"{session.recorder.snapshot_bytes / 1e6:.2f} MB; "
+        f"ours rebased {epochs['rebases']} times, folded {epochs['folds']} times"
+    )
     print(f"{'design':48}{'recomputed tokens':>18}{'vs original':>13}{'after the cold start':>22}{'vs original':>13}")
     lower = sum(step.lower for step in session.steps)
     original = session.original
@@ -264,9 +270,13 @@ def report(session: Session, replayed: str) -> None:
         ("lower bound (only unremembered bytes)", lower + len(prompts[0]) // BYTES_PER_TOKEN, lower),
     )
     for label, total, steady in rows:
-        print(f"{label:48}{total:>18,}{total / max(rows[0][1], 1):>13.1%}{steady:>22,}{steady / max(rows[0][2], 1):>13.1%}")
-    print(f"ours / lower bound: {rows[1][1] / max(rows[2][1], 1):.2f}x, after the cold start "
-          f"{rows[1][2] / max(rows[2][2], 1):.2f}x; prompt tokens sent: original {original.total:,}, ours {ours.total:,}")
+        print(
+            f"{label:48}{total:>18,}{total / max(rows[0][1], 1):>13.1%}{steady:>22,}{steady / max(rows[0][2], 1):>13.1%}"
+        )
+    print(
+        f"ours / lower bound: {rows[1][1] / max(rows[2][1], 1):.2f}x, after the cold start "
+        f"{rows[1][2] / max(rows[2][2], 1):.2f}x; prompt tokens sent: original {original.total:,}, ours {ours.total:,}"
+    )
 
 
 def history_from_pypi(package: str, releases: int, until: str | None, workdir: Path) -> Path:
@@ -285,8 +295,19 @@ def history_from_pypi(package: str, releases: int, until: str | None, workdir: P
     wheels, found_wheels = workdir / "wheels", []
     for version in versions[:releases]:  # newest first, back to the first release without a wheel
         download = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary", ":all:",
-             "-d", str(wheels), f"{package}=={version}"],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--quiet",
+                "--no-deps",
+                "--only-binary",
+                ":all:",
+                "-d",
+                str(wheels),
+                f"{package}=={version}",
+            ],
             stderr=subprocess.DEVNULL,
         )
         if download.returncode != 0:
@@ -371,7 +392,7 @@ async def replay(source: Path, commits: int, steps: int, workdir: Path, context:
     scratch = _scratch_clone(source, scratch_path)  # the history up to the window, too
     scratch.reset(chain[0].id, ResetMode.HARD)
     async with proxied(scratch_path, workdir, context) as session:
-        for number, (previous, commit) in enumerate(zip(chain, chain[1:]), 1):
+        for number, (previous, commit) in enumerate(itertools.pairwise(chain), 1):
             deltas = list(previous.tree.diff_to_tree(commit.tree).deltas)
             size = max(1, -(-len(deltas) // steps))
             for start in range(0, len(deltas), size):
@@ -402,7 +423,11 @@ COMMITS = 50
 PULLED = 20
 #: Kinds of generated files: suffix, folder, share of the files (percent).
 KINDS = (
-    (".py", "src", 50), (".py", "tests", 12), (".md", "docs", 14), (".json", "data", 8), (".csv", "data", 6),
+    (".py", "src", 50),
+    (".py", "tests", 12),
+    (".md", "docs", 14),
+    (".json", "data", 8),
+    (".csv", "data", 6),
     (".txt", "notes", 10),
 )
 #: Substrings the secret scanner looks for: kept out of generated words so that nothing is redacted.
@@ -541,7 +566,7 @@ def editable_files(repo: pygit2.Repository, rng: random.Random) -> list[str]:
 def pulled_commits(source: Path, path: Path, files: list[str], rng: random.Random, words: list[str]) -> Path:
     """Another clone with 20 commits on top of HEAD that edit `files`: what a pull brings."""
     upstream = pygit2.clone_repository(str(source), str(path))
-    for number in range(PULLED):
+    for _number in range(PULLED):
         for name in rng.sample(files, rng.randint(1, 3)):
             edit_file(path / name, rng, words)
         _commit_all(upstream, f"upstream: {_sentence(rng, words)}")
@@ -576,18 +601,22 @@ class Git:
         stamp = f"@{self.clock} +0000"
         env = {name: value for name, value in os.environ.items() if not name.startswith("GIT_")}
         env.update(
-            GIT_AUTHOR_NAME="replay", GIT_AUTHOR_EMAIL="replay@example.com", GIT_AUTHOR_DATE=stamp,
-            GIT_COMMITTER_NAME="replay", GIT_COMMITTER_EMAIL="replay@example.com", GIT_COMMITTER_DATE=stamp,
-            GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1", GIT_EDITOR="true",
+            GIT_AUTHOR_NAME="replay",
+            GIT_AUTHOR_EMAIL="replay@example.com",
+            GIT_AUTHOR_DATE=stamp,
+            GIT_COMMITTER_NAME="replay",
+            GIT_COMMITTER_EMAIL="replay@example.com",
+            GIT_COMMITTER_DATE=stamp,
+            GIT_CONFIG_GLOBAL=os.devnull,
+            GIT_CONFIG_NOSYSTEM="1",
+            GIT_EDITOR="true",
         )
         done = subprocess.run(["git", *args], cwd=self.root, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"git {' '.join(args)} failed: {done.stderr.strip()}")
 
 
-def day(
-    git: Git, main: str, upstream: Path, files: list[str], rng: random.Random, words: list[str]
-) -> Iterator[str]:
+def day(git: Git, main: str, upstream: Path, files: list[str], rng: random.Random, words: list[str]) -> Iterator[str]:
     """The day's script: each step changes the scratch clone as a developer would, then names itself."""
 
     def edit(path: str) -> str:
@@ -658,20 +687,38 @@ async def working_day(source: Path | None, seed: int, workdir: Path, context: li
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.replay", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.tools.replay", description=__doc__.split("\n\n")[0])
     parser.add_argument("repository", nargs="?", type=Path, help="a git repository whose history to replay")
     parser.add_argument("--pypi", metavar="PACKAGE", help="replay consecutive wheel releases of this package instead")
     parser.add_argument("--commits", type=int, default=30, help="commits to replay (default 30)")
     parser.add_argument("--steps", type=int, default=12, help="most edits (questions) per commit (default 12)")
-    parser.add_argument("--until", metavar="VERSION", help="with --pypi: the last release replayed (default: the newest)")
-    parser.add_argument("--history", type=int, default=30,
-                        help="with --pypi: earlier releases committed first, the history the replay starts from (default 30)")
-    parser.add_argument("--working-day", action="store_true",
-                        help="replay a scripted day of branch work on REPOSITORY or on one generated from --seed")
-    parser.add_argument("--seed", type=int, default=1,
-                        help="with --working-day: the generated repository and the day's edits (default 1)")
-    parser.add_argument("--context", action="append", default=[], metavar="KEY=VALUE",
-                        help="a [context] setting for the proxy, e.g. rebase_diff_share=0.05 (repeatable)")
+    parser.add_argument(
+        "--until", metavar="VERSION", help="with --pypi: the last release replayed (default: the newest)"
+    )
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=30,
+        help="with --pypi: earlier releases committed first, the history the replay starts from (default 30)",
+    )
+    parser.add_argument(
+        "--working-day",
+        action="store_true",
+        help="replay a scripted day of branch work on REPOSITORY or on one generated from --seed",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        help="with --working-day: the generated repository and the day's edits (default 1)",
+    )
+    parser.add_argument(
+        "--context",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a [context] setting for the proxy, e.g. rebase_diff_share=0.05 (repeatable)",
+    )
     args = parser.parse_args()
     if args.working_day and args.pypi is not None:
         parser.error("--working-day replays on a REPOSITORY or a generated one, not --pypi")

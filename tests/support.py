@@ -1,0 +1,436 @@
+"""What the tests share: real git repositories, a fake upstream, configs, waits, the real process.
+
+The fixtures that hand these out are in conftest.py; test modules import from here, never from
+each other. `ProxyProcess` is the one way the suite (and `tests/tools/benchmark.py`) runs
+`python -m scout_diff_cache serve` as a child process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import configparser
+import itertools
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import traceback
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import attrs
+import pygit2
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from scout_diff_cache.config import Config, load_config
+
+SIGNATURE = pygit2.Signature("Test Author", "author@example.com", 1_700_000_000, 0)
+
+#: A section header of the snapshot or a change header of the diff (see the README's grammar).
+HEADER = re.compile(r"^=== (file|symlink|submodule): (.+) \[([^\[\]]*)\] ===$", re.M)
+
+
+def headed_paths(text: str, kind: str = "file") -> list[str]:
+    """The paths of the snapshot's sections (or the diff's changes) of one kind, in order."""
+    return [match[2] for match in HEADER.finditer(text) if match[1] == kind]
+
+
+def header_of(text: str, path: str) -> str:
+    """The bracketed details of the first header for `path`."""
+    found = [match[3] for match in HEADER.finditer(text) if match[2] == path]
+    assert found, f"no header for {path}"
+    return found[0]
+
+
+# --- repositories ------------------------------------------------------------------------------
+
+
+class GitRepo:
+    """A real repository in a temp dir; commits have fixed authors and times."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.repo = pygit2.init_repository(str(path), initial_head="main")
+
+    def write(self, name: str, content: str | bytes) -> Path:
+        target = self.path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, str):
+            content = content.encode()
+        target.write_bytes(content)
+        return target
+
+    def stage(self, *names: str) -> None:
+        index = self.repo.index
+        for name in names:
+            index.add(name)
+        index.write()
+
+    def commit(self, message: str = "change", *, add_all: bool = True) -> str:
+        index = self.repo.index
+        if add_all:
+            index.add_all()
+        index.write()
+        tree = index.write_tree()
+        parents = [] if self.repo.head_is_unborn else [self.repo.head.target]
+        oid = self.repo.create_commit("HEAD", SIGNATURE, SIGNATURE, message, tree, parents)
+        return str(oid)
+
+    def head(self) -> str:
+        return str(self.repo.head.target)
+
+
+# --- the fake upstream -------------------------------------------------------------------------
+
+
+@attrs.define
+class Seen:
+    """One request as the fake upstream received it."""
+
+    path: str
+    headers: dict[str, str]
+    raw: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.raw)
+
+
+Behaviour = Callable[[web.Request, "FakeUpstream"], Awaitable[web.StreamResponse]]
+
+
+class FakeUpstream:
+    """An OpenAI-compatible server on 127.0.0.1 that records requests and does what it is told.
+
+    An exception a handler raises reaches the proxy only as a 500, so it is also recorded in
+    `errors`, and the fixture that started the upstream fails the test if any was. The proxy
+    hanging up is not an error: it cancels the handler (counted in `cancelled`) or, if it happens
+    mid-write, makes the write raise ConnectionResetError (counted in `hung_up`). A behaviour that
+    finds something wrong calls `fail` (or raises).
+    """
+
+    def __init__(self) -> None:
+        self.seen: list[Seen] = []
+        self.behaviour: Behaviour = answer_json
+        self.cancelled = 0
+        self.hung_up = 0
+        self.errors: list[BaseException] = []
+        self.release = asyncio.Event()
+        self.server: TestServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return str(self.server.make_url("/v1"))
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.handle_chat)
+        app.router.add_get("/v1/models", self.handle_models)
+        return app
+
+    def fail(self, message: str) -> None:
+        """Record a failed expectation: the test fails at teardown, with this message."""
+        self.errors.append(AssertionError(message))
+
+    def report(self) -> str:
+        """What the handlers raised or recorded, with tracebacks where there are any."""
+        return "\n".join("".join(traceback.format_exception(error)) for error in self.errors)
+
+    async def handle_chat(self, request: web.Request) -> web.StreamResponse:
+        self.seen.append(Seen(request.path, dict(request.headers), await request.read()))
+        try:
+            return await self.behaviour(request, self)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        except ConnectionResetError:
+            self.hung_up += 1
+            raise
+        except Exception as error:
+            self.errors.append(error)
+            raise
+
+    async def handle_models(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"object": "list", "data": [{"id": "upstream-model", "object": "model"}]})
+
+
+#: What the `make_upstream` fixture hands out: `await make_upstream(port=None)` starts another one.
+UpstreamFactory = Callable[..., Awaitable[FakeUpstream]]
+
+
+def completion(content: str = "ok", cached: int | None = 90) -> dict[str, Any]:
+    usage: dict[str, Any] = {"prompt_tokens": 100, "completion_tokens": 1, "total_tokens": 101}
+    if cached is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return {
+        "id": "cmpl-1",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "upstream-model",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": usage,
+    }
+
+
+def sse_chunk(content: str) -> bytes:
+    payload = {
+        "id": "cmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "upstream-model",
+        "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}],
+    }
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+async def answer_json(request: web.Request, upstream: FakeUpstream) -> web.StreamResponse:
+    return web.json_response(completion())
+
+
+async def answer_stream(request: web.Request, upstream: FakeUpstream) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    for word in ("Hello", " world"):
+        await response.write(sse_chunk(word))
+    await response.write(b"data: [DONE]\n\n")
+    await response.write_eof()
+    return response
+
+
+async def hang(request: web.Request, upstream: FakeUpstream) -> web.StreamResponse:
+    """Never answer: the proxy must give up (timeout) or hang up (client gone)."""
+    await asyncio.sleep(30)
+    upstream.fail("the proxy should have hung up")
+    return web.json_response(completion())
+
+
+# --- configuration and requests ----------------------------------------------------------------
+
+
+def write_config(directory: Path, sections: dict[str, dict[str, str]]) -> Path:
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            value = textwrap.indent(value, "    ").lstrip() if "\n" in value else value
+            lines.append(f"{key} = {value}")
+    path = directory / "scout.ini"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def proxy_config(tmp_path: Path, repo: GitRepo, upstream_url: str, **sections: dict[str, str]) -> Config:
+    merged: dict[str, dict[str, str]] = {
+        "repository": {"path": str(repo.path)},
+        "upstream": {"url": upstream_url, "connect_timeout": "2s", "first_byte_timeout": "10s", "idle_timeout": "10s"},
+        "context": {"state_dir": str(tmp_path / "state")},
+    }
+    for name, values in sections.items():
+        merged.setdefault(name, {}).update(values)
+    return load_config(write_config(tmp_path, merged))
+
+
+ProxyFactory = Callable[..., Awaitable[TestClient]]
+
+
+def is_warmup(body: dict[str, Any]) -> bool:
+    return body.get("max_tokens") == 1 and body["messages"][-1]["content"] == "Reply with OK."
+
+
+def chat(*messages: dict[str, Any], **fields: Any) -> dict[str, Any]:
+    return {"model": "scout", "messages": list(messages) or [{"role": "user", "content": "Where is main?"}], **fields}
+
+
+QUESTIONS = itertools.count(1)
+
+
+async def injected(client: TestClient, upstream: FakeUpstream) -> tuple[str, str]:
+    """Ask a question never asked before (a new conversation); the snapshot and the working diff
+    the upstream received for it."""
+    question = {"role": "user", "content": f"Where is main? (question {next(QUESTIONS)})"}
+    response = await client.post("/v1/chat/completions", json=chat(question))
+    assert response.status == 200, await response.text()
+    messages = [seen.json for seen in upstream.seen if not is_warmup(seen.json)][-1]["messages"]
+    return messages[0]["content"], messages[1]["content"]
+
+
+# --- waiting -----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def until(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def until_async(probe, expected, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (value := await probe()) != expected:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"got {value}, expected {expected}")
+        await asyncio.sleep(0.05)
+
+
+async def snapshot_ready(client: TestClient) -> None:
+    for _ in range(200):
+        health = await (await client.get("/health")).json()
+        if health["snapshot"]["state"] == "ready":
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"snapshot not ready: {health}")
+
+
+# --- the real process --------------------------------------------------------------------------
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "scout_diff_cache", *args], capture_output=True, text=True, timeout=60, cwd=cwd
+    )
+
+
+class ProxyProcess:
+    """`python -m scout_diff_cache serve --config CONFIG` as a child process, its output in `log`.
+
+    `async with` starts it, waits (bounded) until `/health` says the snapshot is ready, and always
+    stops it: SIGTERM, then SIGKILL if it has not exited in time. `start(wait=False)` and `ready()`
+    are there for tests that watch readiness some other way (the systemd notify socket). The port
+    is the config's `[server] port` unless given (an inherited socket). `env` is added to this
+    process's environment; `wrapper` runs before the interpreter; other keywords go to Popen.
+    """
+
+    def __init__(
+        self,
+        config: Path,
+        log: Path,
+        *,
+        port: int | None = None,
+        env: Mapping[str, str] | None = None,
+        wrapper: Sequence[str] = (),
+        ready_timeout: float = 30.0,
+        **popen: Any,
+    ) -> None:
+        self.config, self.log = config, log
+        self.port = port if port is not None else configured_port(config)
+        self.env, self.wrapper, self.ready_timeout, self.popen = dict(env or {}), tuple(wrapper), ready_timeout, popen
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "not started"
+        return self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """None while it runs (or before it started)."""
+        return None if self.process is None else self.process.poll()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, size: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-size:] if self.log.exists() else "(no log)"
+
+    async def start(self, *, wait: bool = True) -> ProxyProcess:
+        assert self.process is None, "already started"
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [*self.wrapper, sys.executable, "-m", "scout_diff_cache", "serve", "--config", str(self.config)],
+                env={**os.environ, **self.env},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                **self.popen,
+            )
+        if wait:
+            try:
+                await self.ready()
+            except BaseException:
+                self.kill()
+                raise
+        return self
+
+    async def ready(self, timeout: float | None = None) -> None:
+        """Until `/health` answers with the snapshot ready; fails if the process exits or time runs out."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.ready_timeout if timeout is None else timeout)
+        last: object = "no answer"
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            while loop.time() < deadline:
+                if not self.running:
+                    raise AssertionError(
+                        f"the proxy exited ({self.returncode}) before it was ready:\n{self.log_tail()}"
+                    )
+                try:
+                    async with session.get(f"{self.url}/health") as response:
+                        last = response.status
+                        if response.status == 200 and (await response.json())["snapshot"]["state"] == "ready":
+                            return
+                except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+                    last = error
+                await asyncio.sleep(0.05)
+        raise AssertionError(f"the proxy was not ready in time (last: {last!r}):\n{self.log_tail()}")
+
+    def send_signal(self, signum: int) -> None:
+        assert self.process is not None, "not started"
+        self.process.send_signal(signum)
+
+    async def wait(self, timeout: float = 30.0) -> int:
+        """The exit status; TimeoutError (the process left running) if it has not exited in time."""
+        assert self.process is not None, "not started"
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (code := self.process.poll()) is None:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"the proxy has not exited after {timeout}s")
+            await asyncio.sleep(0.05)
+        return code
+
+    async def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM (unless it already exited) and its exit status; SIGKILL and a failure if it hangs."""
+        assert self.process is not None, "not started"
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return await self.wait(timeout)
+        except TimeoutError:
+            self.kill()
+            raise AssertionError(f"the proxy did not stop within {timeout}s of SIGTERM:\n{self.log_tail()}") from None
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    async def __aenter__(self) -> ProxyProcess:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.running:
+            await self.stop()
+
+
+def configured_port(config: Path) -> int:
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(config)
+    return parser.getint("server", "port")
