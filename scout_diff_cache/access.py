@@ -8,6 +8,7 @@ constant time, so timing tells nothing about how much of a key was right.
 from __future__ import annotations
 
 import functools
+import hashlib
 import hmac
 
 import attrs
@@ -37,6 +38,14 @@ def presented_key_is_valid(request: web.Request, keys: tuple[str, ...]) -> bool:
     for key in keys:  # no early exit
         valid |= hmac.compare_digest(presented, key.encode())
     return valid
+
+
+def client_scope(request: web.Request) -> str:
+    """Whose conversations a request may continue: a hash of its key, when keys are configured."""
+    if not request.app[live_key].config.server.api_keys:
+        return ""
+    _, _, token = request.headers.get("Authorization", "").partition(" ")
+    return hashlib.sha256(token.strip().encode()).hexdigest()
 
 
 def require_key(handler: Handler) -> Handler:

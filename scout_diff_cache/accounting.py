@@ -125,6 +125,8 @@ class Exchange:
     stream: bool = False
     #: A chat request that went (or tried to go) upstream: its outcome tells how the upstream is.
     to_upstream: bool = False
+    #: What the request did to its conversation (new, continued, afresh), or "off".
+    conversation: str | None = None
     usage: Usage | None = None
     first_byte_seconds: float | None = None
     outcome: str = "ok"
@@ -141,6 +143,8 @@ class Exchange:
         if self.snapshot_bytes:
             injected = self.snapshot_bytes + self.diff_bytes
             parts.append(f"snapshot={(self.snapshot_commit or 'none')[:12]} injected={injected}")
+        if self.conversation:
+            parts.append(f"conversation={self.conversation}")
         if self.usage is not None:
             parts.append(
                 f"prompt_tokens={_known(self.usage.prompt_tokens)} cached_tokens={_known(self.usage.cached_tokens)}"

@@ -16,6 +16,7 @@ from .access import Admission, admission_key
 from .accounting import Exchange, Totals, Usage
 from .app_keys import Live, exchange_key, live_key, metrics_key, session_key, totals_key
 from .config import Config
+from .conversations import Conversations
 from .diff import WorkingDiff
 from .epochs import Epochs
 from .errors import BodyTooLarge, MethodNotAllowed, NotFound, ProxyError, UpstreamError, error_body
@@ -115,7 +116,9 @@ def make_app(config: Config) -> web.Application:
     async def warmer(snapshot: Snapshot, diff: WorkingDiff) -> Usage | None:
         return await warm_up(app[session_key], app[live_key].config.upstream, snapshot.message, diff.message)
 
-    app[live_key] = Live(config, Epochs(config, metrics, warmer))
+    app[live_key] = Live(
+        config, Epochs(config, metrics, warmer), Conversations(config.context.max_conversations, metrics)
+    )
     add_routes(app)
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_epochs)

@@ -8,17 +8,19 @@ from aiohttp import web
 
 from .accounting import Exchange, Totals
 from .config import Config
+from .conversations import Conversations
 from .epochs import Epochs
 from .metrics import Metrics
 
 
 @attrs.define
 class Live:
-    """What a reload (SIGHUP) may replace while requests run: the configuration, and the epochs
-    when the repository settings changed. Handlers read it per request."""
+    """What a reload (SIGHUP) may replace while requests run: the configuration, and the epochs and
+    conversations when the repository settings changed. Handlers read it per request."""
 
     config: Config
     epochs: Epochs
+    conversations: Conversations
 
 
 live_key = web.AppKey("live", Live)

@@ -209,6 +209,9 @@ class ContextConfig:
     keepalive_interval: float = option(0.0, _interval)
     #: Earlier epochs kept in memory, so a branch switched back to reuses its snapshot's bytes.
     remembered_epochs: int = option(2, _whole)
+    #: Keep each conversation's context put and insert work-tree changes where they happened.
+    conversations: bool = option(True, _bool)
+    max_conversations: int = option(64, _count)
     state_dir: Path = option(attrs.Factory(_state_home), _path)
 
 

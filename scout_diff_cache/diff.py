@@ -40,6 +40,7 @@ fixes, so a restarted process renders it the same.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import attrs
@@ -98,6 +99,8 @@ class WorkingDiff:
     findings: tuple[Finding, ...] = attrs.field(default=(), repr=False)
     #: The uncommitted files in the order shown: committing them keeps that order.
     uncommitted: tuple[str, ...] = attrs.field(default=(), repr=False)
+    #: What the work tree holds (None: nothing) at each path where it differs from HEAD.
+    worktree: Mapping[str, Side | None] = attrs.field(factory=dict, repr=False)
 
 
 @attrs.frozen
@@ -172,10 +175,8 @@ def working_diff(
     committed: list[Group],
 ) -> WorkingDiff:
     """The committed groups plus what is not committed yet, as one system message. Blocking."""
-    try:
-        uncommitted = _group(repo, _worktree_changes(repo, head, rules), rules, "are not committed yet")
-    except (pygit2.GitError, OSError) as error:
-        raise RepositoryError(f"cannot compute the working diff in {repo.workdir}: {error}") from None
+    changes = worktree_changes(repo, head, rules)
+    uncommitted = _group(repo, changes, rules, "are not committed yet")
     base_id = str(base.id) if base is not None else None
     head_id = str(head.id) if head is not None else None
     groups = [*committed, uncommitted]
@@ -183,7 +184,14 @@ def working_diff(
     text = (HEADER + "".join(group.text for group in groups) if files else CLEAN) + _footer(base_id, head_id)
     findings = tuple(finding for group in groups for finding in group.findings)
     return WorkingDiff(
-        base_id, head_id, files, len(text.encode("utf-8")), system_message(text), findings, uncommitted.paths
+        base_id,
+        head_id,
+        files,
+        len(text.encode("utf-8")),
+        system_message(text),
+        findings,
+        uncommitted.paths,
+        {path: new for path, _, new in changes},
     )
 
 
@@ -197,27 +205,30 @@ def _tree_changes(repo: pygit2.Repository, old: pygit2.Tree, new: pygit2.Tree, r
     return [(path, tree_side(repo, old, path, rules), tree_side(repo, new, path, rules)) for path in paths]
 
 
-def _worktree_changes(repo: pygit2.Repository, head: pygit2.Commit | None, rules: ContentRules) -> list[Change]:
+def worktree_changes(repo: pygit2.Repository, head: pygit2.Commit | None, rules: ContentRules) -> list[Change]:
     """HEAD → work tree, path by path: the index and its stat cache only say which paths to look at.
 
     Each path's new side is what the work tree holds now, whatever the index says: a file removed
     from the index but still on disk is there, a conflicted file shows its conflict markers.
     """
-    index = repo.index
-    tree = base_tree(repo, head)
-    paths: set[str] = set()
-    for diff in (tree.diff_to_index(index, FLAGS), index.diff_to_workdir(FLAGS)):
-        for delta in diff.deltas:
-            paths.update((delta.old_file.path, delta.new_file.path))
-    if index.conflicts is not None:
-        for entries in index.conflicts:
-            paths.update(entry.path for entry in entries if entry is not None)
-    changes = []
-    for path in paths:
-        old = tree_side(repo, tree, path, rules)
-        new = worktree_side(repo, path, rules, _tracked_mode(index, path, old))
-        if old != new or (old is not None and old.data is None):
-            changes.append((path, old, new))
+    try:
+        index = repo.index
+        tree = base_tree(repo, head)
+        paths: set[str] = set()
+        for diff in (tree.diff_to_index(index, FLAGS), index.diff_to_workdir(FLAGS)):
+            for delta in diff.deltas:
+                paths.update((delta.old_file.path, delta.new_file.path))
+        if index.conflicts is not None:
+            for entries in index.conflicts:
+                paths.update(entry.path for entry in entries if entry is not None)
+        changes = []
+        for path in paths:
+            old = tree_side(repo, tree, path, rules)
+            new = worktree_side(repo, path, rules, _tracked_mode(index, path, old))
+            if old != new or (old is not None and old.data is None):
+                changes.append((path, old, new))
+    except (pygit2.GitError, OSError) as error:  # a file rewritten while libgit2 hashed it, say
+        raise RepositoryError(f"cannot read the working tree of {repo.workdir}: {error}") from None
     return changes
 
 
@@ -339,3 +350,36 @@ def _footer(base: str | None, head: str | None) -> str:
     if base == head and base is not None:
         return f"=== snapshot commit {base}; HEAD is the same commit ===\n"
     return f"=== snapshot commit {base or 'none'}; HEAD is {head or 'unborn'} ===\n"
+
+
+#: The label of a change message's one group.
+CHANGED_SINCE = "were made in the work tree since it was last shown"
+
+CHANGES_HEADER = """\
+# Work tree changes
+
+These are the changes made in the working tree since it was last shown in this conversation, in \
+the same form as the working diff. They apply on top of the snapshot, the working diff and every \
+earlier message like this one.
+
+"""
+
+
+def change_message(
+    repo: pygit2.Repository,
+    base: pygit2.Commit | None,
+    shown: Mapping[str, Side | None],
+    now: Mapping[str, Side | None],
+    rules: ContentRules,
+) -> bytes | None:
+    """A system message from the work tree as a conversation last `shown` it to the work tree `now`
+    (both given where they differ from `base`); None when nothing visible changed."""
+    tree = base_tree(repo, base)
+    changes = []
+    for path in set(shown) | set(now):
+        old = shown[path] if path in shown else tree_side(repo, tree, path, rules)
+        new = now[path] if path in now else tree_side(repo, tree, path, rules)
+        if old != new or (old is not None and old.data is None):
+            changes.append((path, old, new))
+    group = _group(repo, changes, rules, CHANGED_SINCE)
+    return system_message(CHANGES_HEADER + group.text) if group.text else None

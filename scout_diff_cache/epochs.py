@@ -35,7 +35,7 @@ from .epoch import Epoch, load_epoch, save_epoch, state_file
 from .errors import ProxyError, RepositoryError
 from .metrics import Metrics
 from .policy import budget, closest_remembered, fold_pays, outgrown
-from .reader import Reading, RepositoryReader
+from .reader import Reading, RepositoryReader, WorkState
 from .repository import ContentRules, short
 from .secrets import Finding
 from .shared import Coalesced, SharedTasks
@@ -53,6 +53,8 @@ class Injection:
 
     snapshot: Snapshot
     diff: WorkingDiff
+    #: The work tree where it differs from the snapshot's base, as the diff shows it.
+    state: WorkState = attrs.field(factory=dict, repr=False)
 
 
 @attrs.frozen
@@ -109,6 +111,12 @@ class Epochs:
         """The bases of the epochs kept for a switch back, oldest first."""
         return tuple(self._remembered)
 
+    def snapshot_of(self, base: str | None) -> Snapshot | None:
+        """The snapshot of `base` while the proxy still holds it: the current epoch or a remembered one."""
+        if self.snapshot is not None and self.snapshot.commit == base:
+            return self.snapshot
+        return self._remembered.get(base) if base is not None else None
+
     async def current(self) -> Injection:
         """The snapshot and a diff read after this call began, consistent with each other."""
         self.last_request = time.monotonic()
@@ -137,7 +145,7 @@ class Epochs:
                 self._switch_in_background(reading.head)
             self._metrics.diff_bytes = reading.diff.text_bytes
             self._report_once(reading.diff.findings)
-            return Injection(snapshot, reading.diff)
+            return Injection(snapshot, reading.diff, reading.state)
         if failure is not None:
             raise failure
         raise RepositoryError("the repository kept changing while its state was read; try again")
@@ -197,9 +205,10 @@ class Epochs:
 
     def _outgrown(self, snapshot: Snapshot, reading: Reading) -> bool:
         assert reading.diff is not None
-        return outgrown(reading.diff.text_bytes, reading.head != reading.base, self._budget(snapshot))
+        return outgrown(reading.diff.text_bytes, reading.head != reading.base, self.budget(snapshot))
 
-    def _budget(self, snapshot: Snapshot) -> float:
+    def budget(self, snapshot: Snapshot) -> float:
+        """The bytes a diff (or a conversation's changes) may grow to on `snapshot`."""
         return budget(snapshot.text_bytes, self._policy.rebase_diff_share, self._policy.rebase_min_diff_bytes)
 
     async def _fold(self, snapshot: Snapshot, reading: Reading) -> bool:
@@ -210,7 +219,7 @@ class Epochs:
         net, rebase = await asyncio.to_thread(self.reader.costs, snapshot, reading.head)
         if self._folded == reading.head:
             return True  # another request folded meanwhile
-        if not fold_pays(net, rebase, self._budget(snapshot)) or self.snapshot is not snapshot:
+        if not fold_pays(net, rebase, self.budget(snapshot)) or self.snapshot is not snapshot:
             return False
         self._folded = reading.head
         self._metrics.folds.inc()
@@ -283,7 +292,7 @@ class Epochs:
         if not near or head is None or current is None or not self._remembered:
             return None
         sizes = await asyncio.to_thread(self.reader.net_bytes, tuple(self._remembered.values()), head)
-        chosen = closest_remembered(sizes, self._budget(current))
+        chosen = closest_remembered(sizes, self.budget(current))
         if chosen is None:
             return None
         log.info("HEAD %s is close to the remembered snapshot %s: switching back to it", short(head), short(chosen))

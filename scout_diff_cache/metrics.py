@@ -56,9 +56,14 @@ class Metrics:
     snapshot_builds: Counter = attrs.Factory(lambda: Counter({(): 0.0}))
     rebases: Counter = attrs.Factory(lambda: Counter({(): 0.0}))
     folds: Counter = attrs.Factory(lambda: Counter({(): 0.0}))
-    #: Gauges: the snapshot being served, and the last working diff sent, in bytes of text.
+    #: Conversations by what a request did to them: new, continued, afresh, evicted.
+    conversations: Counter = attrs.Factory(Counter)
+    #: Bytes of work-tree changes inserted into conversations.
+    change_bytes: Counter = attrs.Factory(lambda: Counter({(): 0.0}))
+    #: Gauges: the snapshot being served, the last working diff sent (bytes of text), conversations kept.
     snapshot_bytes: int = 0
     diff_bytes: int = 0
+    conversations_kept: int = 0
     streams_in_flight: int = 0
     #: How the last chat request to the upstream ended ("ok", "upstream_unavailable", ...).
     last_upstream_outcome: str = "none yet"
@@ -123,6 +128,15 @@ def render(metrics: Metrics, totals: Totals) -> str:
         *_gauge("scout_diff_bytes", "Size of the last working diff sent, in bytes of text.", metrics.diff_bytes),
         *_counter("scout_rebases_total", "Snapshot rebases (moves of the base commit).", metrics.rebases),
         *_counter("scout_diff_folds_total", "Folds of the diff's commits into their net changes.", metrics.folds),
+        *_gauge("scout_conversations", "Conversations kept now.", metrics.conversations_kept),
+        *_counter(
+            "scout_conversation_requests_total",
+            "Conversations by outcome: new, continued, afresh (could not continue), evicted.",
+            metrics.conversations,
+        ),
+        *_counter(
+            "scout_change_bytes_total", "Bytes of work-tree changes inserted into conversations.", metrics.change_bytes
+        ),
         *_counter("scout_warmups_total", "Warm-up requests sent upstream, by outcome.", metrics.warmups),
         *_family(
             "scout_upstream_prompt_tokens_total",

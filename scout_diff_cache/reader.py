@@ -13,13 +13,17 @@ from pathlib import Path
 import attrs
 import pygit2
 
-from .diff import Group, WorkingDiff, committed_groups, working_diff
+from .content import Side, tree_side
+from .diff import Group, WorkingDiff, change_message, committed_groups, working_diff, worktree_changes
 from .epoch import Epoch
 from .errors import RepositoryError
 from .lineage import Lineage, trace
 from .order import changed_paths
 from .repository import ContentRules, head_commit, open_repository
 from .snapshot import Snapshot, build_snapshot
+
+#: What the work tree holds (None: nothing) at each path where it differs from a base commit.
+WorkState = dict[str, "Side | None"]
 
 
 @attrs.frozen
@@ -33,6 +37,8 @@ class Reading:
     diff: WorkingDiff | None = None
     #: Where the diff's net group ends (see `lineage.py`); None when there is none.
     anchor: str | None = None
+    #: What the work tree holds where it differs from the base (None: nothing), as the diff shows it.
+    state: WorkState = attrs.field(factory=dict, repr=False)
 
 
 class RepositoryReader:
@@ -46,6 +52,7 @@ class RepositoryReader:
         self._rendered: dict[str, Group] = {}
         self._lineage: Lineage | None = None
         self._shown: WorkingDiff | None = None  # the last diff read: a commit keeps its file order
+        self._committed: tuple[str, str, WorkState] | None = None  # base, HEAD, what HEAD changed
 
     def head(self) -> str | None:
         commit = head_commit(open_repository(self.path))
@@ -76,7 +83,25 @@ class RepositoryReader:
             groups = committed_groups(repo, lineage, rules, self._rendered, self._shown)
             anchored = lineage.anchor if lineage.anchor != lineage.base else None
         diff = self._shown = working_diff(repo, base, head, rules, groups)
-        return Reading(snapshot.commit, head_id, True, diff, anchored)
+        state = {**self._committed_state(repo, base, head), **diff.worktree}
+        return Reading(snapshot.commit, head_id, True, diff, anchored, state)
+
+    def state(self, snapshot: Snapshot) -> WorkState | None:
+        """The work tree where it differs from `snapshot`'s base; None when that base cannot serve."""
+        repo = open_repository(self.path)
+        commits = _commits(repo, snapshot.commit, head_commit(repo))
+        if commits is None:
+            return None
+        base, head = commits
+        worktree = {path: new for path, _, new in worktree_changes(repo, head, self.rules_for(snapshot))}
+        return {**self._committed_state(repo, base, head), **worktree}
+
+    def changes(self, snapshot: Snapshot, shown: WorkState, now: WorkState) -> bytes | None:
+        """The change message from the work tree as `shown` to the work tree `now` (see `diff.py`)."""
+        repo = open_repository(self.path)
+        base = repo.get(snapshot.commit) if snapshot.commit is not None else None
+        assert base is None or isinstance(base, pygit2.Commit)
+        return change_message(repo, base, shown, now, self.rules_for(snapshot))
 
     def diff(self, snapshot: Snapshot) -> WorkingDiff:
         """The working diff against `snapshot` with no fold (a warm-up of a new epoch, a preview)."""
@@ -111,6 +136,20 @@ class RepositoryReader:
     def rules_for(self, snapshot: Snapshot) -> ContentRules:
         """The diff's rules for an epoch: what its snapshot left out stays a stub."""
         return attrs.evolve(self.rules, left_out=snapshot.left_out_paths)
+
+    def _committed_state(
+        self, repo: pygit2.Repository, base: pygit2.Commit | None, head: pygit2.Commit | None
+    ) -> WorkState:
+        """HEAD's side of every path the commits since `base` changed (kept for the last base and HEAD)."""
+        if base is None or head is None or base.id == head.id:
+            return {}
+        key = (str(base.id), str(head.id))
+        cached = self._committed
+        if cached is None or cached[:2] != key:
+            paths = changed_paths(base.tree, head.tree)
+            state = {path: tree_side(repo, head.tree, path, self.rules) for path in paths}
+            cached = self._committed = (*key, state)
+        return cached[2]
 
     def _keep_only(self, base: str) -> None:
         """Groups rendered for other bases are of no more use once a base is read again."""

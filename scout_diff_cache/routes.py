@@ -7,26 +7,36 @@ import attrs
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from .access import limit_concurrency, require_key
+from .access import client_scope, limit_concurrency, require_key
 from .accounting import Exchange
 from .app_keys import exchange_key, live_key, metrics_key, session_key, totals_key
 from .config import is_loopback
-from .epochs import Injection
+from .conversations import Prepared
 from .errors import Forbidden, InvalidRequest, ProxyError
 from .metrics import render as render_metrics
 from .prompt import Body, assemble
 from .relay import relay_json, relay_stream
 from .upstream import fetch_models
-from .validation import parse_chat_request
+from .validation import ChatRequest, parse_chat_request
 
 
-def injection_headers(injection: Injection) -> dict[str, str]:
+def injection_headers(prepared: Prepared) -> dict[str, str]:
     """Tell the client what was injected, so it can check the cache-relevant part at a glance."""
     return {
-        "X-Scout-Snapshot-Commit": injection.snapshot.commit or "none",
-        "X-Scout-Snapshot-Bytes": str(injection.snapshot.text_bytes),
-        "X-Scout-Diff-Bytes": str(injection.diff.text_bytes),
+        "X-Scout-Snapshot-Commit": prepared.snapshot.commit or "none",
+        "X-Scout-Snapshot-Bytes": str(prepared.snapshot.text_bytes),
+        "X-Scout-Diff-Bytes": str(len(prepared.start)),
+        "X-Scout-Conversation": prepared.outcome,
     }
+
+
+async def prepare(request: web.Request, chat: ChatRequest) -> Prepared:
+    """The context and messages for a chat request: its conversation's, or the current ones."""
+    live = request.app[live_key]
+    if live.config.context.conversations:
+        return await live.conversations.prepare(live.epochs, chat, client_scope(request))
+    injection = await live.epochs.current()
+    return Prepared(injection.snapshot, injection.diff.message, chat.messages, "off")
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -39,13 +49,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     headers: dict[str, str] = {}
     body = Body((raw,))
     if config.context.inject:
-        injection = await request.app[live_key].epochs.current()
-        body = assemble(chat.messages, chat.fields, injection.snapshot.message, injection.diff.message)
-        headers = injection_headers(injection)
-        exchange.snapshot_commit = injection.snapshot.commit
-        exchange.snapshot_bytes = injection.snapshot.text_bytes
-        exchange.diff_bytes = injection.diff.text_bytes
-        exchange.client_bytes = len(chat.messages)
+        prepared = await prepare(request, chat)
+        body = assemble(prepared.messages, chat.fields, prepared.snapshot.message, prepared.start)
+        headers = injection_headers(prepared)
+        exchange.snapshot_commit = prepared.snapshot.commit
+        exchange.snapshot_bytes = prepared.snapshot.text_bytes
+        exchange.diff_bytes = len(prepared.start)
+        exchange.client_bytes = len(prepared.messages)
+        exchange.conversation = prepared.outcome
     session = request.app[session_key]
     if chat.stream:
         return await relay_stream(

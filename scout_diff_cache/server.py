@@ -20,6 +20,7 @@ from aiohttp import web
 from .app import make_app
 from .app_keys import live_key, metrics_key
 from .config import Config, load_config, needing_restart
+from .conversations import Conversations
 from .epochs import Epochs
 from .errors import ConfigError, ProxyError
 from .logs import configure_logging
@@ -107,6 +108,7 @@ async def reload(app: web.Application, notifier: Notifier) -> None:
     configure_logging(new.server.log_level, new.server.log_format, os.environ.get("JOURNAL_STREAM"))
     live.config = new
     live.epochs.configure(new.context)
+    live.conversations.resize(new.context.max_conversations)
     if (
         new.repository != old.repository
         or new.security != old.security
@@ -121,6 +123,7 @@ async def reload(app: web.Application, notifier: Notifier) -> None:
             except ProxyError as error:
                 log.warning("preparing the new snapshot failed (%s); switching anyway", error.message)
         retired, live.epochs = live.epochs, replacement
+        live.conversations = Conversations(new.context.max_conversations, app[metrics_key])
         await retired.close()
     log.info("reloaded %s", new.source)
     notifier.notify("READY=1", status_line(app))

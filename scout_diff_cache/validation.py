@@ -18,10 +18,17 @@ class ChatRequest:
     stream: bool
     #: Whether the client asked for the usage chunk; streams always ask upstream, for accounting.
     wants_usage: bool
-    #: The client's messages, JSON-encoded, without the enclosing brackets.
-    messages: bytes
+    #: Each of the client's messages, JSON-encoded: what a conversation is recognised by.
+    parts: tuple[bytes, ...]
     #: Every other field of the client's body (model defaulted), JSON-encoded, without braces.
     fields: bytes
+    #: Each message's role, "assistant+tools" for an assistant message that calls tools.
+    shapes: tuple[str, ...] = ()
+
+    @property
+    def messages(self) -> bytes:
+        """The client's messages, JSON-encoded, without the enclosing brackets."""
+        return b",".join(self.parts)
 
 
 def parse_chat_request(raw: bytes, default_model: str) -> ChatRequest:
@@ -50,8 +57,13 @@ def parse_chat_request(raw: bytes, default_model: str) -> ChatRequest:
     wants_usage = bool(options and options.get("include_usage") is True)
     if stream:
         body["stream_options"] = {**(options or {}), "include_usage": True}
+    shapes = tuple(
+        "assistant+tools" if message["role"] == "assistant" and message.get("tool_calls") else message["role"]
+        for message in messages
+    )
     try:
-        return ChatRequest(stream, wants_usage, encode_json(messages)[1:-1], encode_json(body)[1:-1])
+        parts = tuple(encode_json(message) for message in messages)
+        return ChatRequest(stream, wants_usage, parts, encode_json(body)[1:-1], shapes)
     except UnicodeEncodeError:
         raise InvalidRequest("the request holds a lone UTF-16 surrogate escape, which is not valid text") from None
 

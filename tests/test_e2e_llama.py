@@ -207,3 +207,39 @@ async def test_every_commit_shows_the_cost_that_epochs_remove(
         )
     )
     assert (await (await client.get("/health")).json())["snapshot"]["commit"] == head
+
+
+#: An agent's own system prompt: what a conversation resends in front of its turns (~1,000 tokens).
+AGENT_PROMPT = "You are a careful coding agent. Read the repository before you answer, and say where. " * 50
+
+
+@pytest.mark.parametrize("conversations", ["on", "off"])
+async def test_a_conversation_keeps_its_cache_across_an_edit_and_a_commit(
+    llama_server: str, tmp_path: Path, aiohttp_client: Any, conversations: str
+) -> None:
+    repo = make_repository(tmp_path / "repo")
+    config = proxy_config(
+        tmp_path,
+        repo,
+        f"{llama_server}/v1",
+        context={"conversations": conversations},
+        upstream={"first_byte_timeout": "10m"},
+    )
+    client = await aiohttp_client(make_app(config))
+    REPORT.append(f"a conversation, conversations = {conversations}:")
+    history = [{"role": "system", "content": AGENT_PROMPT}, {"role": "user", "content": "Where are errors built?"}]
+    first = await converse(client, history)
+    REPORT.append(line(f"6{conversations}a. first turn", first, first["prompt"], "prompt"))
+    repo.write("proxy/errors.py", (repo.path / "proxy/errors.py").read_text() + "\n# an edit between turns\n")
+    history += [{"role": "assistant", "content": "In proxy/errors.py."}, {"role": "user", "content": "What changed?"}]
+    second = await converse(client, history)
+    REPORT.append(line(f"6{conversations}b. after an uncommitted edit", second, first["prompt"], "previous prompt"))
+    repo.commit("commit the edit")
+    history += [{"role": "assistant", "content": "A comment."}, {"role": "user", "content": "And now?"}]
+    third = await converse(client, history)
+    REPORT.append(line(f"6{conversations}c. after a commit", third, second["prompt"], "previous prompt"))
+    if conversations == "on":
+        assert second["cached"] >= 0.95 * first["prompt"]
+        assert third["cached"] >= 0.95 * second["prompt"]
+    else:
+        assert second["cached"] < 0.95 * first["prompt"]  # the edit moved the diff in front of the conversation

@@ -1,0 +1,194 @@
+"""Conversations: the context a conversation started with stays put while the conversation grows.
+
+Chat UIs and coding agents resend their whole conversation on every turn, and edit files between
+turns. If every request carried the current working diff in front of the conversation, each edit
+would make the upstream recompute the whole conversation. Instead a conversation keeps the
+snapshot and the working diff it started with, and what changed in the work tree since the upstream
+last saw it goes in as a message of its own where it happened, and stays there, byte for byte:
+
+    [snapshot][working diff at the start][m1 … mk][changes since mk][mk+1 …]
+
+A request continues the conversation whose messages it begins with (compared by a hash of each
+message's encoding; the longest match wins, within the client's key). A fork (a regenerated answer,
+sub-agents sharing a prefix) continues from where it branched. A conversation starts afresh (one
+recompute, counted) when its epoch is no longer held (see `Epochs.snapshot_of`), when the client
+rewrote history past an inserted change, or when its changes outgrow the diff's budget. At most
+`[context] max_conversations` are kept, least recently used first out; they live in memory only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import attrs
+
+from .epochs import Epochs
+from .metrics import Metrics
+from .reader import WorkState
+from .snapshot import Snapshot
+from .validation import ChatRequest
+
+
+@attrs.define
+class Conversation:
+    """One conversation: its context, its messages' hashes, and the changes inserted among them."""
+
+    scope: str
+    #: The epoch it started on (its snapshot is shown while the proxy holds it).
+    base: str | None
+    #: The working diff it started with, as encoded for the upstream.
+    start: bytes
+    hashes: list[bytes]
+    #: Encoded change messages by position: before the client's message at that index.
+    inserts: dict[int, list[bytes]] = attrs.Factory(dict)
+    #: The work tree as the conversation last showed it, where it differs from the base.
+    shown: WorkState = attrs.Factory(dict)
+    inserted_bytes: int = 0
+
+    def messages(self, parts: tuple[bytes, ...]) -> bytes:
+        """The client's messages with every change where it was inserted, encoded, no brackets."""
+        out: list[bytes] = []
+        for position, part in enumerate(parts):
+            out += self.inserts.get(position, [])
+            out.append(part)
+        out += self.inserts.get(len(parts), [])
+        return b",".join(out)
+
+    def branch(self, matched: int) -> Conversation:
+        """A copy that keeps the first `matched` messages (what a fork or a rewrite continues from)."""
+        return attrs.evolve(
+            self,
+            hashes=self.hashes[:matched],
+            inserts={position: list(found) for position, found in self.inserts.items()},
+            shown=dict(self.shown),
+        )
+
+
+@attrs.frozen
+class Prepared:
+    """What goes upstream for one request: the context messages, then the conversation."""
+
+    snapshot: Snapshot
+    start: bytes
+    messages: bytes
+    #: "new", "continued" or "afresh" (a conversation that could not continue), or "off".
+    outcome: str
+
+
+def message_hashes(parts: tuple[bytes, ...]) -> list[bytes]:
+    return [hashlib.sha256(part).digest() for part in parts]
+
+
+def matched_length(seen: list[bytes], new: list[bytes]) -> int:
+    """How many leading messages two conversations share."""
+    count = 0
+    for a, b in zip(seen, new, strict=False):
+        if a != b:
+            break
+        count += 1
+    return count
+
+
+def insertion_point(shapes: tuple[str, ...], boundary: int) -> int:
+    """Where the changes since the upstream last saw the conversation go.
+
+    Before the client's last message when that is a user's new question (the edit came before it),
+    else after everything (an agent's tool results: the edit was the tool call's doing, and nothing
+    may come between a call and its results); never inside what the upstream already saw.
+    """
+    last = len(shapes) - 1
+    if shapes and shapes[-1] == "user" and last >= boundary:
+        return last
+    return len(shapes)
+
+
+class Conversations:
+    """The conversations being kept, least recently used first, at most `capacity`."""
+
+    def __init__(self, capacity: int, metrics: Metrics) -> None:
+        self.capacity = capacity
+        self._metrics = metrics
+        self._kept: dict[int, Conversation] = {}  # by identity, in order of use
+        self._lock = asyncio.Lock()
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def resize(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._evict()
+
+    async def prepare(self, epochs: Epochs, chat: ChatRequest, scope: str) -> Prepared:
+        """The context and messages for `chat`: its conversation continued, or a new one."""
+        injection = await epochs.current()
+        hashes = message_hashes(chat.parts)
+        async with self._lock:  # one request at a time changes a conversation
+            found, matched = self._find(scope, hashes)
+            if found is not None:
+                continued = await self._continue(
+                    epochs, found, matched, chat, hashes, injection.snapshot, injection.state
+                )
+                if continued is not None:
+                    self._metrics.conversations.inc((("outcome", "continued"),))
+                    return continued
+            outcome = "afresh" if found is not None else "new"
+            self._metrics.conversations.inc((("outcome", outcome),))
+            self._keep(
+                Conversation(
+                    scope, injection.snapshot.commit, injection.diff.message, hashes, {}, dict(injection.state)
+                )
+            )
+            return Prepared(injection.snapshot, injection.diff.message, chat.messages, outcome)
+
+    async def _continue(
+        self,
+        epochs: Epochs,
+        conversation: Conversation,
+        matched: int,
+        chat: ChatRequest,
+        hashes: list[bytes],
+        current: Snapshot,
+        current_state: WorkState,
+    ) -> Prepared | None:
+        snapshot = epochs.snapshot_of(conversation.base)
+        if snapshot is None:
+            return None  # its epoch is no longer held: start on the current one
+        if matched < len(conversation.hashes):
+            if any(position > matched for position in conversation.inserts):
+                return None  # history rewritten past a change: what it showed is no longer known
+            conversation = conversation.branch(matched)
+        now = current_state if snapshot is current else await asyncio.to_thread(epochs.reader.state, snapshot)
+        if now is None:
+            return None
+        change = await asyncio.to_thread(epochs.reader.changes, snapshot, conversation.shown, now)
+        if change is not None:
+            if conversation.inserted_bytes + len(change) > epochs.budget(snapshot):
+                return None  # the changes outgrew the budget a working diff has: start afresh
+            conversation.inserts.setdefault(insertion_point(chat.shapes, matched), []).append(change)
+            conversation.inserted_bytes += len(change)
+            self._metrics.change_bytes.inc(amount=len(change))
+        conversation.shown = now
+        conversation.hashes = hashes
+        self._keep(conversation)
+        return Prepared(snapshot, conversation.start, conversation.messages(chat.parts), "continued")
+
+    def _find(self, scope: str, hashes: list[bytes]) -> tuple[Conversation | None, int]:
+        best, best_matched = None, 0
+        for conversation in self._kept.values():
+            if conversation.scope == scope:
+                matched = matched_length(conversation.hashes, hashes)
+                if matched > best_matched:
+                    best, best_matched = conversation, matched
+        return best, best_matched
+
+    def _keep(self, conversation: Conversation) -> None:
+        self._kept.pop(id(conversation), None)
+        self._kept[id(conversation)] = conversation
+        self._evict()
+
+    def _evict(self) -> None:
+        while len(self._kept) > self.capacity:
+            del self._kept[next(iter(self._kept))]
+            self._metrics.conversations.inc((("outcome", "evicted"),))
+        self._metrics.conversations_kept = len(self._kept)
