@@ -429,7 +429,7 @@ def _work_tree_file(repo: pygit2.Repository, root: Path, name: str) -> File | No
     if not stat.S_ISREG(info.st_mode):
         return None
     data = full.read_bytes()
-    filters = repo.load_filter_list(name, pygit2.GIT_FILTER_CLEAN)
+    filters = repo.load_filter_list(name, pygit2.enums.FilterMode.CLEAN)
     if filters is not None:
         data = filters.apply_to_buffer(data)
     text = redact(name, data.decode("utf-8", "replace"))[0]
@@ -458,7 +458,7 @@ def check(
 def compare(rebuilt: State, repo_path: Path, left_out_ok: Callable[[str], bool] = default_left_out) -> State:
     """Assert that what the messages rebuild is exactly the work tree (see `check`)."""
     expected = work_tree(repo_path)
-    wrong = []
+    wrong: list[tuple[str, str, File | None, File | None]] = []
     for path in sorted(set(rebuilt) | set(expected)):
         got, want = rebuilt.get(path), expected.get(path)
         if isinstance(got, Hidden):
@@ -492,8 +492,8 @@ def _what_differs(got: File | None, want: File | None) -> str:
 
 
 def _short_diff(got: list[str], want: list[str], got_name: str, want_name: str, limit: int = 30) -> str:
-    shown = ([repr(line) for line in side] for side in (got, want))
-    lines = list(difflib.unified_diff(*shown, got_name, want_name, n=2, lineterm=""))
+    shown_got, shown_want = ([repr(line) for line in side] for side in (got, want))
+    lines = list(difflib.unified_diff(shown_got, shown_want, got_name, want_name, n=2, lineterm=""))
     if len(lines) > limit:
         lines = [*lines[:limit], f"... {len(lines) - limit} more lines"]
     return "\n".join(lines) + "\n"

@@ -271,7 +271,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-async def until(condition, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+async def until(condition: Callable[[], object], timeout: float = 5.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not condition():
         if asyncio.get_running_loop().time() > deadline:
@@ -279,7 +279,7 @@ async def until(condition, timeout: float = 5.0) -> None:  # type: ignore[no-unt
         await asyncio.sleep(0.02)
 
 
-async def until_async(probe, expected, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+async def until_async(probe: Callable[[], Awaitable[object]], expected: object, timeout: float = 5.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while (value := await probe()) != expected:
         if asyncio.get_running_loop().time() > deadline:

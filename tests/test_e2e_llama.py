@@ -170,13 +170,13 @@ async def test_the_upstream_serves_the_snapshot_from_its_cache(
     rebase = await (await client.post("/admin/rebase")).json()
     # what a rebase keeps: everything before the first file that changed since the base (a header
     # counts its file's lines, so an edited file is re-read from its header on)
-    first = min(order.index(path) for path in ("proxy/errors.py", late))
-    kept = tokens(llama_server, snapshot_text[: snapshot_text.index(f"=== file: {order[first]} [")])
+    first_changed = min(order.index(path) for path in ("proxy/errors.py", late))
+    kept = tokens(llama_server, snapshot_text[: snapshot_text.index(f"=== file: {order[first_changed]} [")])
     warm = rebase["warmup"]
     REPORT.append(
         f"{'4. forced rebase, proxy/errors.py and ' + late + ' changed: warm-up':58} prompt {warm['prompt_tokens']:5}  "
         f"cached {warm['cached_tokens']:5}  processed {warm['processed_tokens']:5}  "
-        f"({warm['cached_tokens'] / kept:.0%} of the {kept} tokens before {order[first]})"
+        f"({warm['cached_tokens'] / kept:.0%} of the {kept} tokens before {order[first_changed]})"
     )
     assert warm["cached_tokens"] >= 0.9 * kept
     after = await ask(client, "And now?")

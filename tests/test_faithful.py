@@ -729,7 +729,9 @@ async def test_a_merge_stopped_on_a_conflict_shows_the_markers(work: Work) -> No
     await work.check()
     assert work.git("merge", "other", ok=False).returncode != 0
     sent = await work.check()
-    assert "<<<<<<< HEAD\n" in sent.state["src/app.py"].text and "+<<<<<<< HEAD\n" in sent.diff
+    app = sent.state["src/app.py"]
+    assert isinstance(app, File), app
+    assert "<<<<<<< HEAD\n" in app.text and "+<<<<<<< HEAD\n" in sent.diff
     work.write("src/app.py", "def main():\n    return 'resolved'\n")
     work.commit("merge other")
     await work.check()

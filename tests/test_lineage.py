@@ -52,7 +52,7 @@ def test_a_reset_back_cuts_the_steps(git_repo: GitRepo) -> None:
 
 def test_a_head_on_another_line_anchors_the_net_change_and_steps_follow(git_repo: GitRepo) -> None:
     base = git_repo.head()
-    parent = git_repo.repo[base].parents  # the fixture's single commit has none
+    parent = git_repo.repo[base].peel(pygit2.Commit).parents  # the fixture's single commit has none
     assert not parent
     other = str(
         git_repo.repo.create_commit(

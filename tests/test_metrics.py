@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import NotRequired, TypedDict
 
 from scout_diff_cache.metrics import Counter, Histogram, _counter, _histogram, escape_label
 
@@ -12,11 +13,18 @@ NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 SAMPLE = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*",?)*\})? (\S+)')
 
 
-def parse(text: str) -> dict[str, dict[str, object]]:
+class Family(TypedDict):
+    """One metric family: its `# TYPE` and its sample lines."""
+
+    type: NotRequired[str]
+    samples: list[str]
+
+
+def parse(text: str) -> dict[str, Family]:
     """Families by name, checking the format's rules on the way."""
     assert text.endswith("\n")
-    families: dict[str, dict[str, object]] = {}
-    current = None
+    families: dict[str, Family] = {}
+    current: Family | None = None
     for line in text.splitlines():
         if line.startswith("# HELP "):
             name = line.split(" ")[2]
@@ -31,7 +39,7 @@ def parse(text: str) -> dict[str, dict[str, object]]:
             assert match, line
             assert current is not None and match[1].startswith(next(reversed(families))), line
             float(match[4].replace("+Inf", "inf"))
-            current["samples"].append(line)  # type: ignore[union-attr]
+            current["samples"].append(line)
     return families
 
 

@@ -7,6 +7,7 @@ in a scratch environment, as a new user would) and is skipped elsewhere.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -16,7 +17,8 @@ from support import FakeUpstream, ProxyFactory, sse_chunk
 openai = pytest.importorskip("openai")
 
 
-async def sdk_client(make_proxy: ProxyFactory):  # type: ignore[no-untyped-def]
+async def sdk_client(make_proxy: ProxyFactory) -> Any:
+    """An `openai.AsyncOpenAI` at a new proxy (the SDK is not installed where mypy runs)."""
     proxy = await make_proxy()
     return openai.AsyncOpenAI(base_url=str(proxy.make_url("/v1")), api_key="unused", max_retries=0)
 

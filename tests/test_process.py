@@ -5,14 +5,27 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from support import FakeUpstream, GitRepo, ProxyProcess, answer_stream, chat, free_port, run_cli, write_config
+from support import (
+    FakeUpstream,
+    GitRepo,
+    ProxyFactory,
+    ProxyProcess,
+    answer_stream,
+    chat,
+    free_port,
+    run_cli,
+    write_config,
+)
+
+#: Writes a config on a free port (with any extra `[server]` settings) and returns its process, not yet started.
+ProcessFactory = Callable[..., ProxyProcess]
 
 
 def test_check_config_prints_the_effective_config_with_secrets_masked(tmp_path: Path, git_repo: GitRepo) -> None:
@@ -55,7 +68,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-def proxy_factory(tmp_path: Path, git_repo: GitRepo, upstream: FakeUpstream):  # type: ignore[no-untyped-def]
+def proxy_factory(tmp_path: Path, git_repo: GitRepo, upstream: FakeUpstream) -> ProcessFactory:
     def make(**server: str) -> ProxyProcess:
         port = free_port()
         config = write_config(
@@ -73,9 +86,9 @@ def proxy_factory(tmp_path: Path, git_repo: GitRepo, upstream: FakeUpstream):  #
 
 
 async def test_two_separately_started_processes_send_byte_identical_snapshots(
-    proxy_factory,
+    proxy_factory: ProcessFactory,
     session: aiohttp.ClientSession,
-    upstream: FakeUpstream,  # type: ignore[no-untyped-def]
+    upstream: FakeUpstream,
 ) -> None:
     for _ in range(2):
         async with proxy_factory() as proxy:
@@ -87,9 +100,9 @@ async def test_two_separately_started_processes_send_byte_identical_snapshots(
 
 
 async def test_logs_say_what_was_loaded_and_never_contents_or_keys(
-    proxy_factory,
+    proxy_factory: ProcessFactory,
     session: aiohttp.ClientSession,
-    upstream: FakeUpstream,  # type: ignore[no-untyped-def]
+    upstream: FakeUpstream,
 ) -> None:
     async with proxy_factory() as proxy:
         body = chat({"role": "user", "content": "PRIVATE-QUESTION-TEXT"})
@@ -105,9 +118,9 @@ async def test_logs_say_what_was_loaded_and_never_contents_or_keys(
 
 
 async def test_sigterm_lets_an_in_flight_stream_finish_then_exits_0(
-    proxy_factory,
+    proxy_factory: ProcessFactory,
     session: aiohttp.ClientSession,
-    upstream: FakeUpstream,  # type: ignore[no-untyped-def]
+    upstream: FakeUpstream,
 ) -> None:
     async def slow(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
         await asyncio.sleep(1.0)
@@ -161,7 +174,7 @@ async def test_inspect_shows_exactly_the_snapshot_the_proxy_sends(
     tmp_path: Path,
     git_repo: GitRepo,
     upstream: FakeUpstream,
-    make_proxy,  # type: ignore[no-untyped-def]
+    make_proxy: ProxyFactory,
 ) -> None:
     client = await make_proxy()
     async with client.post("/v1/chat/completions", json=chat()) as response:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 from aiohttp import web
+from aiohttp.test_utils import TestClient
 
 from support import (
     FakeUpstream,
@@ -26,7 +28,7 @@ async def test_upstream_receives_snapshot_then_diff_then_client_messages_in_orde
     make_proxy: ProxyFactory, upstream: FakeUpstream
 ) -> None:
     client = await make_proxy()
-    sent = [
+    sent: list[dict[str, Any]] = [
         {"role": "system", "content": "You are terse."},
         {"role": "user", "content": "First question"},
         {
@@ -354,5 +356,5 @@ async def test_health_and_ready(make_proxy: ProxyFactory, upstream: FakeUpstream
     assert (await down.get("/health")).status == 200
 
 
-async def ready_status(client) -> int:  # type: ignore[no-untyped-def]
+async def ready_status(client: TestClient) -> int:
     return (await client.get("/ready")).status

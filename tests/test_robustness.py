@@ -6,6 +6,7 @@ import asyncio
 import json
 import random
 import sys
+import types
 from pathlib import Path
 
 import pygit2
@@ -17,10 +18,17 @@ SEED = 20261126
 VALID = json.dumps(chat(stream=False)).encode()
 
 
+def _coroutine(task: asyncio.Task[object]) -> types.CoroutineType[object, object, object]:
+    """The coroutine a task runs (every task here runs one)."""
+    coro = task.get_coro()
+    assert isinstance(coro, types.CoroutineType)
+    return coro
+
+
 def mutations(rng: random.Random, count: int) -> list[bytes]:
     """Random bytes, random JSON values, and byte-level mutations of a valid body."""
     bodies: list[bytes] = []
-    values = [None, True, 0, -1, 1.5, "", "x", [], {}, [{}], {"role": "user"}, "\ud800", 10**30]
+    values: list[object] = [None, True, 0, -1, 1.5, "", "x", [], {}, [{}], {"role": "user"}, "\ud800", 10**30]
     for _ in range(count):
         kind = rng.randrange(4)
         if kind == 0:
@@ -29,8 +37,11 @@ def mutations(rng: random.Random, count: int) -> list[bytes]:
             body = chat()
             for _ in range(rng.randrange(1, 4)):
                 messages = body.get("messages")
-                has_message = isinstance(messages, list) and messages and isinstance(messages[0], dict)
-                target = messages[0] if has_message and rng.random() < 0.5 else body
+                target = (
+                    messages[0]
+                    if isinstance(messages, list) and messages and isinstance(messages[0], dict) and rng.random() < 0.5
+                    else body
+                )
                 target[rng.choice(["messages", "role", "content", "model", "stream", "stream_options", "x"])] = (
                     rng.choice(values)
                 )
@@ -140,8 +151,8 @@ async def test_200_concurrent_streams_deliver_every_byte_in_order(
     metrics = await (await client.get("/metrics")).text()
     assert "scout_streams_in_flight 0" in metrics
     await asyncio.sleep(0.1)
-    ours = [task for task in asyncio.all_tasks() if "scout_diff_cache" in task.get_coro().cr_code.co_filename]
-    assert [task.get_coro().__qualname__ for task in ours] == ["_keep_warm"]  # no task outlives its request
+    ours = [coro for coro in map(_coroutine, asyncio.all_tasks()) if "scout_diff_cache" in coro.cr_code.co_filename]
+    assert [coro.__qualname__ for coro in ours] == ["_keep_warm"]  # no task outlives its request
 
 
 async def test_commits_checkouts_and_resets_while_requests_run_stay_consistent(

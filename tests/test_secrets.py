@@ -35,7 +35,7 @@ def pem(kind: str) -> str:
 
 
 def jwt() -> str:
-    def part(data: dict) -> str:  # type: ignore[type-arg]
+    def part(data: dict[str, object]) -> str:
         return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
 
     return f"{part({'alg': 'HS256', 'typ': 'JWT'})}.{part({'sub': pick(ALNUM, 12), 'admin': True})}.{pick(URLSAFE, 43)}"

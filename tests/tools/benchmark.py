@@ -112,7 +112,8 @@ async def measure(repository: Path, count: int, workdir: Path) -> None:
     text_bytes = sum(p.stat().st_size for p in repository.rglob("*") if p.is_file() and ".git" not in p.parts)
     print(f"repository: {repository} ({text_bytes / 1e6:.1f} MB in the work tree)")
 
-    config = load_config(_write_config(workdir, repository, upstream_port := free_port(), proxy_port := free_port()))
+    config_path = _write_config(workdir, repository, upstream_port := free_port(), proxy_port := free_port())
+    config = load_config(config_path)
     rules = ContentRules.from_config(config)
     repo = open_repository(config.repository.path)
     base = head_commit(repo)
@@ -159,7 +160,7 @@ async def measure(repository: Path, count: int, workdir: Path) -> None:
         [sys.executable, "-m", "tests.tools.benchmark", "--serve-upstream", str(upstream_port)], env=env
     )
     try:
-        async with proxy_process(config.source, workdir, proxy_port):
+        async with proxy_process(config_path, workdir, proxy_port):
             timeout = aiohttp.ClientTimeout(total=None)
             async with aiohttp.ClientSession(timeout=timeout) as session:
                 direct_url = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
@@ -206,10 +207,11 @@ async def load(workdir: Path, upstream_port: int) -> None:
     """200 concurrent streams through a proxy serving a 1 MB snapshot: throughput and peak RSS."""
     small = workdir / "small"
     generate_repository(small, files=100, file_bytes=10_000)
-    config = load_config(_write_config(workdir, small, upstream_port, port := free_port(), name="load.ini"))
+    config_path = _write_config(workdir, small, upstream_port, port := free_port(), name="load.ini")
+    load_config(config_path)  # fails here, not in the child, on a config it rejects
     body = dict(QUESTION, stream=True)
     expected = "".join(f"{number} " for number in range(STREAM_CHUNKS))
-    async with proxy_process(config.source, workdir, port) as proxy:
+    async with proxy_process(config_path, workdir, port) as proxy:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             async with session.get(f"{proxy.url}/health") as health:
                 snapshot_mb = (await health.json())["snapshot"]["bytes"] / 1e6
