@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pygit2
 from aiohttp import web
@@ -36,11 +37,11 @@ from support import (
 )
 
 
-def questions(upstream: FakeUpstream) -> list[dict]:  # type: ignore[type-arg]
+def questions(upstream: FakeUpstream) -> list[dict[str, Any]]:
     return [seen.json for seen in upstream.seen if not is_warmup(seen.json)]
 
 
-def warmups(upstream: FakeUpstream) -> list[dict]:  # type: ignore[type-arg]
+def warmups(upstream: FakeUpstream) -> list[dict[str, Any]]:
     return [seen.json for seen in upstream.seen if is_warmup(seen.json)]
 
 
@@ -143,9 +144,9 @@ async def test_a_diff_of_the_same_file_changed_again_and_again_is_folded_not_reb
     git_repo.commit("a big file late in the order")
     client = await make_proxy(context=FOLD_BUDGET)
     first, _ = await injected(client, upstream)
-    diffs = await commit_versions(client, upstream, git_repo)
-    assert all(snapshot == first for snapshot, _ in diffs)
-    diffs = [diff for _, diff in diffs]
+    versions = await commit_versions(client, upstream, git_repo)
+    assert all(snapshot == first for snapshot, _ in versions)
+    diffs = [diff for _, diff in versions]
     health = await (await client.get("/health")).json()
     assert health["snapshot"]["folds"] == 1 and health["snapshot"]["rebases"] == 0 and warmups(upstream) == []
     folded_at = next(n for n, diff in enumerate(diffs) if "commits up to" in diff)
@@ -254,7 +255,7 @@ async def test_manual_mode_rebases_only_when_asked(
 def amend_head(git_repo: GitRepo, text: str) -> str:
     """Replace HEAD by a commit with the same parent and `text` in src/app.py (what --amend does)."""
     repo = git_repo.repo
-    old = repo[git_repo.head()]
+    old = repo[git_repo.head()].peel(pygit2.Commit)
     git_repo.write("src/app.py", text)
     repo.index.add_all()
     repo.index.write()
@@ -394,7 +395,7 @@ async def test_committing_keeps_the_diff_bytes_up_to_the_new_label(
     git_repo.commit("a binary and a big file")
     client = await make_proxy(context={"rebase": "manual"}, repository={"max_file_bytes": "4KiB"})
     await injected(client, upstream)
-    edits = (
+    edits: tuple[tuple[str, str | bytes], ...] = (
         ("tool.bin", b"\2\3" * 100),
         ("big.txt", "line two\n" * 2000),
         ("d.txt", "work on d\n"),
@@ -470,7 +471,7 @@ def test_initial_order_puts_files_unchanged_in_the_window_first(git_repo: GitRep
     git_repo.commit("readme")
     repo = git_repo.repo
     paths = ["README.md", "src/app.py", "src/util.py", "z_old.txt"]
-    head = repo[repo.head.target]
+    head = repo[repo.head.target].peel(pygit2.Commit)
     assert initial_order(repo, head, paths) == ["src/util.py", "z_old.txt", "src/app.py", "README.md"]
 
 
@@ -498,21 +499,17 @@ async def test_rebase_command_talks_to_the_running_proxy(
         old = git_repo.head()
         git_repo.write("src/app.py", "new\n")
         new = git_repo.commit("new")
-        command = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "scout_diff_cache",
-            "rebase",
-            "--config",
-            str(config),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(command.communicate(), 60)
-        assert command.returncode == 0, err
-        assert f"rebased the snapshot from {old} to {new}" in out.decode()
-        assert "warm-up cached 90 of 100 prompt tokens" in out.decode()
+        returncode, out, err = await rebase_command(config)
+        assert returncode == 0, err
+        assert f"rebased the snapshot from {old} to {new}" in out
+        assert "warm-up cached 90 of 100 prompt tokens" in out
         assert await proxy.stop() == 0
+    returncode, _, err = await rebase_command(config)
+    assert returncode == 1 and "cannot reach the proxy" in err
+
+
+async def rebase_command(config: Path) -> tuple[int | None, str, str]:
+    """`scout-diff-cache rebase`, as a user runs it: its exit status and what it printed."""
     command = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -523,8 +520,8 @@ async def test_rebase_command_talks_to_the_running_proxy(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    _, err = await asyncio.wait_for(command.communicate(), 60)
-    assert command.returncode == 1 and b"cannot reach the proxy" in err
+    out, err = await asyncio.wait_for(command.communicate(), 60)
+    return command.returncode, out.decode(), err.decode()
 
 
 def checkout_branch(git_repo: GitRepo, name: str) -> None:
@@ -536,7 +533,7 @@ async def test_switching_back_to_a_branch_reuses_its_remembered_snapshot(
     make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
 ) -> None:
     main = git_repo.head()
-    git_repo.repo.branches.local.create("main-copy", git_repo.repo[main])
+    git_repo.repo.branches.local.create("main-copy", git_repo.repo[main].peel(pygit2.Commit))
     client = await make_proxy(context={"rebase_min_diff_bytes": "200", "rebase_diff_share": "0.01"})
     first, _ = await injected(client, upstream)
     git_repo.write("src/feature.py", "FEATURE = 'a large enough change to outgrow the budget'\n" * 10)
@@ -576,3 +573,26 @@ async def test_a_merge_of_the_branch_shown_keeps_its_groups(
     footer = shown.rindex("=== snapshot commit")
     assert merged[:footer] == shown[:footer]  # the merge changed nothing in the work tree: nothing re-read
     assert merged.endswith(f"HEAD is {merge} ===\n")
+
+
+async def test_a_background_rebase_ends_with_the_app(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    warming = asyncio.Event()
+
+    async def behaviour(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
+        if is_warmup(await request.json()):
+            warming.set()
+            await asyncio.sleep(3600)  # a warm-up that never ends: the rebase is still running
+        return web.json_response(completion())
+
+    upstream.behaviour = behaviour
+    client = await make_proxy(context={"rebase_min_diff_bytes": "200", "rebase_diff_share": "0.01"})
+    await injected(client, upstream)
+    git_repo.write("src/app.py", "x = 'a large enough change to outgrow the limits'\n" * 10)
+    git_repo.commit("grow")
+    await injected(client, upstream)  # outgrown: the rebase starts in the background
+    await asyncio.wait_for(warming.wait(), 10)
+    await client.close()
+    switches = [task for task in asyncio.all_tasks() if "_switch" in repr(task.get_coro())]
+    assert switches == []  # cancelled and awaited at cleanup, not left behind
