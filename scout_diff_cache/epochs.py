@@ -35,6 +35,7 @@ from .epoch import Epoch, load_epoch, save_epoch, state_file
 from .errors import ProxyError, RepositoryError
 from .metrics import Metrics
 from .policy import budget, closest_remembered, fold_pays, outgrown
+from .pool import EpochPool
 from .reader import Reading, RepositoryReader, WorkState
 from .repository import ContentRules, short
 from .secrets import Finding
@@ -82,7 +83,7 @@ class Epochs:
         self._reading = SharedTasks()
         self._read = Coalesced(self._read_current, self._reading)
         self._folded: str | None = None
-        self._remembered: dict[str, Snapshot] = {}  # earlier epochs, oldest first
+        self.remembered = EpochPool(config.context.remembered_epochs)
         self._reported: tuple[Finding, ...] = ()
         self.snapshot: Snapshot | None = None
         self.last_request = 0.0
@@ -92,7 +93,7 @@ class Epochs:
     def configure(self, policy: ContextConfig) -> None:
         """Take new context settings (a reload); the next request follows them."""
         self._policy = policy
-        self._forget_beyond(policy.remembered_epochs)
+        self.remembered.resize(policy.remembered_epochs)
 
     async def close(self) -> None:
         await self._switching.close()
@@ -106,16 +107,11 @@ class Epochs:
             return "failed"
         return "ready" if self.snapshot is not None else "not built"
 
-    @property
-    def remembered(self) -> tuple[str, ...]:
-        """The bases of the epochs kept for a switch back, oldest first."""
-        return tuple(self._remembered)
-
     def snapshot_of(self, base: str | None) -> Snapshot | None:
         """The snapshot of `base` while the proxy still holds it: the current epoch or a remembered one."""
         if self.snapshot is not None and self.snapshot.commit == base:
             return self.snapshot
-        return self._remembered.get(base) if base is not None else None
+        return self.remembered.get(base)
 
     async def current(self) -> Injection:
         """The snapshot and a diff read after this call began, consistent with each other."""
@@ -250,9 +246,8 @@ class Epochs:
         self.last_rebase = Rebase(
             previous.commit if previous else None, snapshot.commit, usage, time.monotonic() - started
         )
-        if previous is not None and previous.commit is not None:
-            self._remembered[previous.commit] = previous
-            self._forget_beyond(self._policy.remembered_epochs)
+        if previous is not None:
+            self.remembered.keep(previous)
         self._serve(snapshot)
         self._folded = None
         self._metrics.rebases.inc()
@@ -287,20 +282,16 @@ class Epochs:
     async def _recall(self, head: str | None, current: Snapshot | None, near: bool) -> Snapshot | None:
         """A remembered epoch to switch to instead of building: HEAD's own, or (`near`) the one
         whose diff to HEAD is smallest within the budget."""
-        if head in self._remembered:
-            return self._remembered.pop(head)
-        if not near or head is None or current is None or not self._remembered:
+        if (own := self.remembered.take(head)) is not None:
+            return own
+        if not near or head is None or current is None or not self.remembered.bases:
             return None
-        sizes = await asyncio.to_thread(self.reader.net_bytes, tuple(self._remembered.values()), head)
+        sizes = await asyncio.to_thread(self.reader.net_bytes, self.remembered.snapshots, head)
         chosen = closest_remembered(sizes, self.budget(current))
         if chosen is None:
             return None
         log.info("HEAD %s is close to the remembered snapshot %s: switching back to it", short(head), short(chosen))
-        return self._remembered.pop(chosen)
-
-    def _forget_beyond(self, capacity: int) -> None:
-        while len(self._remembered) > capacity:
-            del self._remembered[next(iter(self._remembered))]
+        return self.remembered.take(chosen)
 
     async def _build(self, commit: str | None, previous: Epoch | None) -> Snapshot:
         self._metrics.snapshot_builds.inc()

@@ -99,7 +99,7 @@ async def health(request: web.Request) -> web.Response:
                 "builds": metrics.snapshot_builds.total,
                 "rebases": metrics.rebases.total,
                 "folds": metrics.folds.total,
-                "remembered": list(epochs.remembered),
+                "remembered": list(epochs.remembered.bases),
                 "error": epochs.last_error,
             },
             "last_rebase": attrs.asdict(rebase) if rebase else None,

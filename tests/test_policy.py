@@ -1,8 +1,10 @@
-"""The epoch policy's arithmetic, as plain values."""
+"""The epoch policy's arithmetic, and the pool of remembered epochs, as plain values."""
 
 from __future__ import annotations
 
 from scout_diff_cache.policy import budget, closest_remembered, fold_pays, outgrown
+from scout_diff_cache.pool import EpochPool
+from scout_diff_cache.snapshot import Snapshot
 
 
 def test_the_budget_is_a_share_of_the_snapshot_with_a_floor() -> None:
@@ -30,3 +32,19 @@ def test_the_closest_remembered_epoch_within_the_budget_is_chosen() -> None:
     assert closest_remembered({"a" * 40: 300, "b" * 40: 300}, limit=1_000) == "a" * 40  # ties: by id
     assert closest_remembered({"a" * 40: 5_000}, limit=1_000) is None
     assert closest_remembered({}, limit=1_000) is None
+
+
+def snapshot_of(base: str) -> Snapshot:
+    return Snapshot(base, (), 0, (), (), (), (), b"")
+
+
+def test_the_pool_keeps_the_newest_epochs_within_its_capacity() -> None:
+    pool = EpochPool(2)
+    for base in ("a", "b", "c"):
+        pool.keep(snapshot_of(base))
+    assert pool.bases == ("b", "c")  # the oldest went first
+    assert pool.take("b") is not None and pool.bases == ("c",)  # served again: out of the pool
+    assert pool.get("c") is not None and pool.get(None) is None and pool.take("gone") is None
+    pool.keep(snapshot_of("d"))
+    pool.resize(1)
+    assert pool.bases == ("d",)
