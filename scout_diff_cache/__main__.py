@@ -20,7 +20,7 @@ from .logs import configure_logging
 from .metrics import Metrics
 from .report import render_report
 from .server import serve
-from .systemd import Notifier, inherited_sockets, render_socket, render_unit
+from .systemd import Notifier, inherited_sockets, render_socket, render_template, render_unit
 
 log = logging.getLogger("scout_diff_cache")
 
@@ -48,6 +48,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         if name == "systemd-unit":
             command.add_argument("--user", action="store_true", help="for `systemctl --user` (default: a system unit)")
             command.add_argument("--socket", action="store_true", help="print the matching .socket unit instead")
+            command.add_argument(
+                "--template",
+                action="store_true",
+                help="print scout-diff-cache@.service: instance NAME serves with %%E/scout-diff-cache/NAME.ini",
+            )
     return parser.parse_args(argv)
 
 
@@ -75,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "rebase":
         return request_rebase(config)
     if args.command == "systemd-unit":
+        if args.template:
+            print(render_template(user=args.user), end="")
+            return 0
         return print_unit(config, user=args.user, socket_unit=args.socket)
     if args.command == "inspect":
         return inspect(config, args.show)

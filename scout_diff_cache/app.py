@@ -22,6 +22,7 @@ from .epochs import Epochs
 from .errors import BodyTooLarge, MethodNotAllowed, NotFound, ProxyError, UpstreamError, error_body
 from .metrics import Metrics
 from .routes import add_routes
+from .routing import Routing
 from .snapshot import Snapshot
 from .upstream import open_session, warm_up
 
@@ -114,7 +115,8 @@ def make_app(config: Config) -> web.Application:
     app[metrics_key] = metrics = Metrics()
 
     async def warmer(snapshot: Snapshot, diff: WorkingDiff) -> Usage | None:
-        return await warm_up(app[session_key], app[live_key].config.upstream, snapshot.message, diff.message)
+        live = app[live_key]
+        return await warm_up(app[session_key], live.config.upstream, live.routing, snapshot.message, diff.message)
 
     app[live_key] = Live(
         config, Epochs(config, metrics, warmer), Conversations(config.context.max_conversations, metrics)
@@ -128,7 +130,10 @@ def make_app(config: Config) -> web.Application:
 
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
-    async with open_session(app[live_key].config.upstream) as session:
+    """The one upstream session; every request on it carries the repository's routing key."""
+    live = app[live_key]
+    live.routing = Routing(await asyncio.to_thread(live.epochs.reader.repository_key))
+    async with open_session(live.config.upstream) as session:
         app[session_key] = session
         yield
 

@@ -11,6 +11,7 @@ from .config import Config
 from .conversations import Conversations
 from .epochs import Epochs
 from .metrics import Metrics
+from .routing import Routing
 
 
 @attrs.define
@@ -21,6 +22,7 @@ class Live:
     config: Config
     epochs: Epochs
     conversations: Conversations
+    routing: Routing = attrs.Factory(Routing)
 
 
 live_key = web.AppKey("live", Live)

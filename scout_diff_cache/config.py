@@ -155,6 +155,19 @@ class ServerConfig:
     api_keys: tuple[str, ...] = attrs.field(default=(), repr=False)
 
 
+def _routing_key(raw: str) -> str:
+    if raw.strip() not in ("auto", "off"):
+        raise ValueError("expected auto or off")
+    return raw.strip()
+
+
+def _header_names(raw: str) -> tuple[str, ...]:
+    names = tuple(raw.split())
+    if not names or not all(re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", name) for name in names):
+        raise ValueError("expected one or more HTTP header names, separated by spaces")
+    return names
+
+
 @attrs.frozen
 class UpstreamConfig:
     url: str = option("http://127.0.0.1:8000/v1", _url)
@@ -165,6 +178,12 @@ class UpstreamConfig:
     first_byte_timeout: float = option(600.0, _duration)
     idle_timeout: float = option(120.0, _duration)
     max_connections: int = option(100, _count, restart=True)
+    #: auto: send the repository's routing key to routers in front of the upstream; off: send none.
+    routing_key: str = option("auto", _routing_key)
+    #: The headers the key goes in: vllm-router's consistent hash reads X-Session-ID, smg's X-SMG-Routing-Key.
+    routing_key_headers: tuple[str, ...] = option(("X-Session-ID", "X-SMG-Routing-Key"), _header_names)
+    #: A top-level cache_salt in every chat body: only requests with the same salt share cached blocks.
+    cache_salt: str | None = option(None, _text, secret=True)
 
 
 @attrs.frozen

@@ -35,10 +35,10 @@ class Body:
         return sum(map(len, self.chunks))
 
 
-def assemble(messages: bytes, fields: bytes, snapshot_message: bytes, diff_message: bytes) -> Body:
-    """A chat body: the two injected messages, then the client's `messages` (encoded, without their
-    brackets), then its other `fields` (encoded, without their braces)."""
-    chunks = [b'{"messages":[', snapshot_message, b",", diff_message, b",", messages, b"]"]
+def assemble(messages: bytes, fields: bytes, *injected: bytes) -> Body:
+    """A chat body: the `injected` messages (encoded), then the client's `messages` (encoded, without
+    their brackets), then its other `fields` (encoded, without their braces)."""
+    chunks = [b'{"messages":[', *(part for message in injected for part in (message, b",")), messages, b"]"]
     if fields:
         chunks += [b",", fields]
     chunks.append(b"}")

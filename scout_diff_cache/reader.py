@@ -19,7 +19,7 @@ from .epoch import Epoch
 from .errors import RepositoryError
 from .lineage import Lineage, trace
 from .order import changed_paths
-from .repository import ContentRules, head_commit, open_repository
+from .repository import ContentRules, head_commit, open_repository, repository_key
 from .snapshot import Snapshot, build_snapshot
 
 #: What the work tree holds (None: nothing) at each path where it differs from a base commit.
@@ -61,6 +61,12 @@ class RepositoryReader:
     def usable(self, base: str | None) -> bool:
         repo = open_repository(self.path)
         return _commits(repo, base, head_commit(repo)) is not None
+
+    def repository_key(self) -> str | None:
+        """The repository's name for routers (see `repository_key`); None before its first commit."""
+        repo = open_repository(self.path)
+        head = head_commit(repo)
+        return repository_key(repo, head) if head is not None else None
 
     def build(self, commit: str | None, previous: Epoch | None) -> Snapshot:
         return build_snapshot(self.path, commit, self.rules, self._max_snapshot_bytes, previous)

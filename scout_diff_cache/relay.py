@@ -20,25 +20,32 @@ from .app_keys import metrics_key
 from .config import UpstreamConfig
 from .errors import ProxyError, error_body
 from .prompt import Body
+from .routing import Routing
 from .upstream import check_status, next_chunk, no_first_byte, read_json_answer, send_chat
 
 KEEPALIVE = b": keep-alive\n\n"
 
 
 async def relay_json(
-    session: aiohttp.ClientSession, config: UpstreamConfig, body: Body, headers: Mapping[str, str], exchange: Exchange
+    session: aiohttp.ClientSession,
+    config: UpstreamConfig,
+    body: Body,
+    *,
+    routing: Routing,
+    headers: Mapping[str, str],
+    exchange: Exchange,
 ) -> web.Response:
     started = time.monotonic()
-    data, payload = await read_json_answer(session, config, body)
+    data, payload = await read_json_answer(session, config, body, routing)
     exchange.first_byte_seconds = time.monotonic() - started  # a JSON answer comes in one piece
     exchange.usage = usage_of(payload)
     return web.Response(body=data, content_type="application/json", headers=headers)
 
 
 async def _open_stream(
-    session: aiohttp.ClientSession, config: UpstreamConfig, body: Body
+    session: aiohttp.ClientSession, config: UpstreamConfig, body: Body, routing: Routing
 ) -> tuple[aiohttp.ClientResponse, bytes]:
-    response = await send_chat(session, config, body)
+    response = await send_chat(session, config, body, routing)
     try:
         await check_status(response, config.idle_timeout)
         return response, await next_chunk(response, config.idle_timeout)
@@ -53,6 +60,7 @@ async def relay_stream(
     config: UpstreamConfig,
     body: Body,
     *,
+    routing: Routing,
     keepalive_interval: float,
     strip_usage: bool,
     headers: Mapping[str, str],
@@ -63,7 +71,7 @@ async def relay_stream(
     loop = asyncio.get_running_loop()
     started = loop.time()
     deadline = started + config.first_byte_timeout
-    opening = asyncio.ensure_future(_open_stream(session, config, body))
+    opening = asyncio.ensure_future(_open_stream(session, config, body, routing))
     client: web.StreamResponse | None = None
     metrics = request.app[metrics_key]
     metrics.streams_in_flight += 1

@@ -7,10 +7,13 @@ repository that was repaired or replaced since the last call.
 
 from __future__ import annotations
 
+import collections
+import hashlib
 from pathlib import Path
 
 import attrs
 import pygit2
+from pygit2.enums import SortMode
 
 from .config import Config
 from .errors import RepositoryError
@@ -69,6 +72,18 @@ def head_commit(repo: pygit2.Repository) -> pygit2.Commit | None:
         return repo.head.peel(pygit2.Commit)
     except (pygit2.GitError, KeyError) as error:
         raise RepositoryError(f"cannot resolve HEAD in {repo.workdir}: {error}") from None
+
+
+def repository_key(repo: pygit2.Repository, commit: pygit2.Commit) -> str:
+    """A name for the repository that every clone shares and no rebase changes: its first commit's.
+
+    Walks `commit`'s first-parent line to its root once (a build, a start), never per request.
+    """
+    walker = repo.walk(commit.id, SortMode.NONE)
+    walker.simplify_first_parent()
+    last = collections.deque(walker, maxlen=1)
+    root = last[0] if last else commit
+    return "scout-" + hashlib.sha256(str(root.id).encode()).hexdigest()[:16]
 
 
 def base_tree(repo: pygit2.Repository, base: pygit2.Commit | None) -> pygit2.Tree:

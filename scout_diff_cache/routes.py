@@ -40,14 +40,16 @@ async def prepare(request: web.Request, chat: ChatRequest) -> Prepared:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    config = request.app[live_key].config
+    live = request.app[live_key]
+    config = live.config
     raw = await request.read()
-    chat = parse_chat_request(raw, config.upstream.model)
+    chat = parse_chat_request(raw, config.upstream.model, config.upstream.cache_salt)
     exchange: Exchange = request[exchange_key]
     exchange.to_upstream = True
     exchange.stream = chat.stream
     headers: dict[str, str] = {}
-    body = Body((raw,))
+    # without injection the client's body goes as it came, unless a cache_salt must go in
+    body = Body((raw,)) if config.upstream.cache_salt is None else assemble(chat.messages, chat.fields)
     if config.context.inject:
         prepared = await prepare(request, chat)
         body = assemble(prepared.messages, chat.fields, prepared.snapshot.message, prepared.start)
@@ -64,18 +66,20 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             session,
             config.upstream,
             body,
+            routing=live.routing,
             keepalive_interval=config.server.sse_keepalive_interval,
-            strip_usage=not chat.wants_usage and config.context.inject,
+            strip_usage=not chat.wants_usage and body.chunks != (raw,),
             headers=headers,
             exchange=exchange,
         )
-    return await relay_json(session, config.upstream, body, headers, exchange)
+    return await relay_json(session, config.upstream, body, routing=live.routing, headers=headers, exchange=exchange)
 
 
 async def models(request: web.Request) -> web.Response:
     config = request.app[live_key].config.upstream
     try:
-        return web.Response(body=await fetch_models(request.app[session_key], config), content_type="application/json")
+        answer = await fetch_models(request.app[session_key], config, request.app[live_key].routing)
+        return web.Response(body=answer, content_type="application/json")
     except ProxyError:
         listed = {"id": config.model, "object": "model", "created": 0, "owned_by": "scout-diff-cache"}
         return web.json_response({"object": "list", "data": [listed]})
@@ -115,7 +119,9 @@ async def ready(request: web.Request) -> web.Response:
     if request.app[live_key].config.context.inject and epochs.snapshot is None:
         reasons.append(f"the snapshot is {epochs.state}" + (f": {epochs.last_error}" if epochs.last_error else ""))
     try:
-        await fetch_models(request.app[session_key], request.app[live_key].config.upstream)
+        await fetch_models(
+            request.app[session_key], request.app[live_key].config.upstream, request.app[live_key].routing
+        )
     except ProxyError as error:
         reasons.append(error.message)
     return web.json_response({"ready": not reasons, "reasons": reasons}, status=503 if reasons else 200)

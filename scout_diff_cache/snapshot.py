@@ -42,13 +42,13 @@ from .epoch import Epoch
 from .errors import RepositoryError
 from .order import carry_order, changed_paths, initial_order, last_changes
 from .prompt import system_message
-from .repository import ContentRules, open_repository
+from .repository import ContentRules, open_repository, repository_key
 from .secrets import Finding
 
 HEADER = """\
 # Repository snapshot
 
-This message holds the committed source of the repository at one commit, named on its last line: \
+Repository {key}. This message holds the committed source of the repository at one commit, named on its last line: \
 the text of every file, one after another, the least often changed first. Each file starts with a \
 line of its own, "=== file: PATH [N lines] ===", followed by exactly those N lines of its text; \
 "no newline at end" says its last line has no line break in the file, "executable" that it is. A \
@@ -120,7 +120,7 @@ def build_snapshot(
             raw.decode("utf-8", "surrogateescape"): (mode, oid) for raw, mode, oid in _walk(repo, target.tree, b"")
         }
         order = _order(repo, target, previous, entries)
-        parts = [HEADER]
+        parts = [HEADER.format(key=repository_key(repo, target))]
         left_out: list[LeftOut] = []
         excluded: list[str] = []
         findings: list[Finding] = []

@@ -68,9 +68,28 @@ def inherited_sockets(environ: MutableMapping[str, str]) -> list[socket.socket]:
 
 def render_unit(config: Path, repository: Path, state_dir: Path, *, user: bool) -> str:
     """A service unit for this interpreter and config file; `user` for `systemctl --user`."""
+    owner = repository.owner() if repository.exists() else "nobody"
+    return _unit("", str(config), [f"User={owner}", *_state_directory(state_dir)], user=user)
+
+
+def render_template(*, user: bool) -> str:
+    """`scout-diff-cache@.service`: one proxy per repository, instance NAME reading
+    `%E/scout-diff-cache/NAME.ini` (~/.config/… for a user manager, /etc/… for the system one).
+
+    A system instance runs as the user a drop-in names (`systemctl edit scout-diff-cache@NAME`:
+    `[Service]` `User=OWNER`), with its state under /var/lib/scout-diff-cache/NAME.
+    """
+    system = [
+        "# User= comes from a drop-in: systemctl edit scout-diff-cache@NAME",
+        "StateDirectory=scout-diff-cache/%i",
+    ]
+    return _unit(" (%i)", "%E/scout-diff-cache/%i.ini", system, user=user)
+
+
+def _unit(name: str, config: str, system: list[str], *, user: bool) -> str:
     lines = [
         "[Unit]",
-        "Description=scout-diff-cache: git-aware prefix-caching proxy for a local model server",
+        f"Description=scout-diff-cache{name}: git-aware prefix-caching proxy for a local model server",
         "After=network-online.target",
         "Wants=network-online.target",
     ]
@@ -87,12 +106,10 @@ def render_unit(config: Path, repository: Path, state_dir: Path, *, user: bool) 
         "TimeoutStopSec=60s",
     ]
     if not user:  # the sandbox needs a system manager; a user manager would need user namespaces
-        owner = repository.owner() if repository.exists() else "nobody"
         lines += [
-            f"User={owner}",
+            *system,
             "ProtectSystem=strict",
             "ProtectHome=read-only",
-            *_state_directory(state_dir),
             "PrivateTmp=yes",
             "PrivateDevices=yes",
             "ProtectKernelTunables=yes",

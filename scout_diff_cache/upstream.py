@@ -17,6 +17,7 @@ from .accounting import Usage, usage_of
 from .config import UpstreamConfig
 from .errors import ProxyError, UpstreamBadResponse, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from .prompt import Body, assemble, encode_json
+from .routing import Routing
 
 #: An error body longer than this is cut before it is read whole.
 MAX_ERROR_BODY = 64 * 1024
@@ -37,29 +38,34 @@ def _connect_only(config: UpstreamConfig) -> aiohttp.ClientTimeout:
     return aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout)
 
 
-def _headers(config: UpstreamConfig) -> dict[str, str]:
-    headers = {"Accept-Encoding": "identity"}
+def _headers(config: UpstreamConfig, routing: Routing) -> dict[str, str]:
+    """Our key for the upstream (never a client's), and the repository's routing headers."""
+    headers = {"Accept-Encoding": "identity", **routing.headers(config)}
     if config.api_key:
         headers["Authorization"] = f"Bearer {config.api_key}"
     return headers
 
 
-async def send_chat(session: aiohttp.ClientSession, config: UpstreamConfig, body: Body) -> aiohttp.ClientResponse:
+async def send_chat(
+    session: aiohttp.ClientSession, config: UpstreamConfig, body: Body, routing: Routing
+) -> aiohttp.ClientResponse:
     """POST the body (written chunk by chunk, with its length) and return once headers arrive."""
 
     async def chunks() -> AsyncIterator[bytes]:
         for chunk in body.chunks:
             yield chunk
 
-    headers = _headers(config) | {"Content-Type": "application/json", "Content-Length": str(body.length)}
+    headers = _headers(config, routing) | {"Content-Type": "application/json", "Content-Length": str(body.length)}
     try:
-        return await session.post(
+        response = await session.post(
             f"{config.url}/chat/completions", data=chunks(), headers=headers, timeout=_connect_only(config)
         )
     except (aiohttp.ClientConnectorError, aiohttp.ServerTimeoutError) as error:
         raise UpstreamUnavailable(f"cannot reach the upstream at {config.url}: {error}") from None
     except aiohttp.ClientError as error:
         raise UpstreamBadResponse(f"the upstream at {config.url} failed before answering: {error}") from None
+    routing.remember(response.headers)
+    return response
 
 
 async def next_chunk(response: aiohttp.ClientResponse, idle_timeout: float) -> bytes:
@@ -116,10 +122,12 @@ def no_first_byte(config: UpstreamConfig) -> UpstreamTimeout:
     return UpstreamTimeout(f"the upstream sent no answer within first_byte_timeout ({config.first_byte_timeout:g}s)")
 
 
-async def read_json_answer(session: aiohttp.ClientSession, config: UpstreamConfig, body: Body) -> tuple[bytes, Any]:
+async def read_json_answer(
+    session: aiohttp.ClientSession, config: UpstreamConfig, body: Body, routing: Routing
+) -> tuple[bytes, Any]:
     """A non-streaming exchange: the answer's bytes, untouched, and their parsed JSON."""
     try:
-        response = await asyncio.wait_for(send_chat(session, config, body), config.first_byte_timeout)
+        response = await asyncio.wait_for(send_chat(session, config, body, routing), config.first_byte_timeout)
     except asyncio.TimeoutError:
         raise no_first_byte(config) from None
     try:
@@ -136,21 +144,28 @@ async def read_json_answer(session: aiohttp.ClientSession, config: UpstreamConfi
 
 
 async def warm_up(
-    session: aiohttp.ClientSession, config: UpstreamConfig, snapshot_message: bytes, diff_message: bytes
+    session: aiohttp.ClientSession,
+    config: UpstreamConfig,
+    routing: Routing,
+    snapshot_message: bytes,
+    diff_message: bytes,
 ) -> Usage | None:
     """Have the upstream process (and so cache) the prefix, generating a single token."""
     messages = encode_json([{"role": "user", "content": "Reply with OK."}])[1:-1]
-    fields = encode_json({"model": config.model, "max_tokens": 1, "temperature": 0})[1:-1]
-    _, payload = await read_json_answer(session, config, assemble(messages, fields, snapshot_message, diff_message))
+    fields: dict[str, Any] = {"model": config.model, "max_tokens": 1, "temperature": 0}
+    if config.cache_salt is not None:
+        fields["cache_salt"] = config.cache_salt
+    body = assemble(messages, encode_json(fields)[1:-1], snapshot_message, diff_message)
+    _, payload = await read_json_answer(session, config, body, routing)
     return usage_of(payload)
 
 
-async def fetch_models(session: aiohttp.ClientSession, config: UpstreamConfig) -> bytes:
+async def fetch_models(session: aiohttp.ClientSession, config: UpstreamConfig, routing: Routing) -> bytes:
     """The upstream's model list, bounded by the connect timeout (a probe, not a generation)."""
     try:
         async with session.get(
             f"{config.url}/models",
-            headers=_headers(config),
+            headers=_headers(config, routing),
             timeout=aiohttp.ClientTimeout(total=config.connect_timeout),
         ) as response:
             await check_status(response, config.connect_timeout)

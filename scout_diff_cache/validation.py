@@ -31,7 +31,8 @@ class ChatRequest:
         return b",".join(self.parts)
 
 
-def parse_chat_request(raw: bytes, default_model: str) -> ChatRequest:
+def parse_chat_request(raw: bytes, default_model: str, cache_salt: str | None = None) -> ChatRequest:
+    """The request checked and encoded; `cache_salt`, when configured, replaces the client's."""
     try:
         body = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -46,6 +47,8 @@ def parse_chat_request(raw: bytes, default_model: str) -> ChatRequest:
     for position, message in enumerate(messages):
         _check_message(position, message)
     body.setdefault("model", default_model)
+    if cache_salt is not None:
+        body["cache_salt"] = cache_salt
     if not isinstance(body["model"], str) or not body["model"]:
         raise InvalidRequest("'model' must be a non-empty string")
     stream = body.get("stream", False)

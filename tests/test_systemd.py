@@ -382,3 +382,29 @@ async def test_sighup_rereads_the_client_keys(tmp_path: Path, git_repo: GitRepo,
         await service.reload()
         assert (await status_with("old-key"), await status_with("new-key")) == (401, 200)
     assert "old-key" not in service.log.read_text() and "new-key" not in service.log.read_text()
+
+
+@pytest.mark.parametrize("user", [False, True])
+def test_the_template_unit_serves_one_repository_per_instance(tmp_path: Path, git_repo: GitRepo, user: bool) -> None:
+    result = run_cli("systemd-unit", "--template", *(["--user"] if user else []), cwd=git_repo.path)
+    assert result.returncode == 0, result.stderr
+    template = result.stdout
+    assert f"ExecStart={sys.executable} -m scout_diff_cache serve --config %E/scout-diff-cache/%i.ini" in template
+    assert ("StateDirectory=scout-diff-cache/%i" in template) is not user and "User=" not in template.replace(
+        "# User=", ""
+    )
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed here; the unit text was checked above")
+    units = tmp_path / "units"
+    units.mkdir()
+    (units / "scout-diff-cache@.service").write_text(template)
+    runtime = tmp_path / "runtime"
+    runtime.mkdir(mode=0o700)
+    verify = subprocess.run(
+        ["systemd-analyze", *(["--user"] if user else []), "verify", str(units / "scout-diff-cache@project.service")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)},
+        timeout=60,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
