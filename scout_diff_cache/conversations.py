@@ -153,10 +153,12 @@ class Conversations:
     ) -> Prepared | None:
         snapshot = epochs.snapshot_of(conversation.base)
         if snapshot is None:
+            self._drop(conversation)
             return None  # its epoch is no longer held: start on the current one
+        found = conversation
         if matched < len(conversation.hashes):
             if any(position > matched for position in conversation.inserts):
-                return None  # history rewritten past a change: what it showed is no longer known
+                return None  # history rewritten past a change: the other branch may still go on
             conversation = conversation.branch(matched)
         now = current_state if snapshot is current else await asyncio.to_thread(epochs.reader.state, snapshot)
         if now is None:
@@ -164,6 +166,7 @@ class Conversations:
         change = await asyncio.to_thread(epochs.reader.changes, snapshot, conversation.shown, now)
         if change is not None:
             if conversation.inserted_bytes + len(change) > epochs.budget(snapshot):
+                self._drop(found)
                 return None  # the changes outgrew the budget a working diff has: start afresh
             conversation.inserts.setdefault(insertion_point(chat.shapes, matched), []).append(change)
             conversation.inserted_bytes += len(change)
@@ -174,13 +177,20 @@ class Conversations:
         return Prepared(snapshot, conversation.start, conversation.messages(chat.parts), "continued")
 
     def _find(self, scope: str, hashes: list[bytes]) -> tuple[Conversation | None, int]:
-        best, best_matched = None, 0
-        for conversation in self._kept.values():
+        """The conversation sharing the most leading messages; of equals, one that can go on from
+        there (no change inserted past that point), then the most recently used."""
+        best, best_rank = None, (0, False)
+        for conversation in reversed(self._kept.values()):
             if conversation.scope == scope:
                 matched = matched_length(conversation.hashes, hashes)
-                if matched > best_matched:
-                    best, best_matched = conversation, matched
-        return best, best_matched
+                rank = (matched, all(position <= matched for position in conversation.inserts))
+                if matched and rank > best_rank:
+                    best, best_rank = conversation, rank
+        return best, best_rank[0]
+
+    def _drop(self, conversation: Conversation) -> None:
+        """A conversation that cannot go on (its epoch gone, its changes over budget): make room."""
+        self._kept.pop(id(conversation), None)
 
     def _keep(self, conversation: Conversation) -> None:
         self._kept.pop(id(conversation), None)

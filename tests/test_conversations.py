@@ -193,8 +193,12 @@ async def test_changes_that_outgrow_the_budget_start_afresh(
     )
     await turn(client, upstream, AGENT, FIRST)
     git_repo.write("src/big.py", "VALUE = 'a line that makes the change large'\n" * 100)
-    seen, outcome = await turn(client, upstream, AGENT, FIRST, ANSWER, SECOND)
+    seen, outcome = await turn(client, upstream, AGENT, FIRST)  # the same messages again, a retry say
     assert outcome == "afresh" and "src/big.py" in seen.json["messages"][1]["content"]
+    git_repo.write("src/app.py", "def main():\n    return 'small'\n")
+    again, outcome = await turn(client, upstream, AGENT, FIRST)
+    assert outcome == "continued"  # the fresh start goes on: the one over budget is gone, not chosen again
+    assert again.raw.startswith(messages_prefix(seen))
 
 
 async def test_conversations_are_kept_per_client_key(
