@@ -69,7 +69,7 @@ from aiohttp import web
 from pygit2.enums import ResetMode
 
 from scout_diff_cache.app import make_app
-from scout_diff_cache.config import load_config
+from scout_diff_cache.config import Config, load_config
 from scout_diff_cache.diff import working_diff
 from scout_diff_cache.epoch import Epoch
 from scout_diff_cache.repository import ContentRules, open_repository
@@ -78,7 +78,6 @@ from scout_diff_cache.snapshot import build_snapshot
 BYTES_PER_TOKEN = 4
 BLOCK = 16 * BYTES_PER_TOKEN
 REMEMBERED = 8
-VERBOSE = False
 QUESTION = "What does the change I am making do, and is anything broken by it?"
 START = 1_700_000_000
 
@@ -153,79 +152,206 @@ class Floor:
         for path, data in tree.items():
             versions = [seen[path] for seen in self.remembered if path in seen]
             if data not in versions:  # a version still in the cache costs nothing
-                held = functools.reduce(operator.or_, map(_lines, versions), collections.Counter())  # most of each
+                held: collections.Counter[bytes] = functools.reduce(
+                    operator.or_, map(_lines, versions), collections.Counter()
+                )  # most of each
                 unseen += sum(len(line) * count for line, count in (_lines(data) - held).items())
         self.remembered = [tree, *self.remembered[: REMEMBERED - 1]]
         return unseen
 
 
 @attrs.frozen
+class Variant:
+    """One configuration of ours, run as a proxy of its own."""
+
+    name: str
+    row: str  # its row in the table
+    context: tuple[str, ...]  # its [context] settings
+
+
+@attrs.frozen
+class Plan:
+    """How the replay asks: one-shot questions or a growing conversation, through which variants of ours."""
+
+    context: tuple[str, ...] = ()
+    conversation: bool = False
+    system_bytes: int = 46_000
+    answer_bytes: int = 1_800
+    verbose: bool = False
+
+    def variants(self) -> tuple[Variant, ...]:
+        if not self.conversation:
+            return (Variant("ours", "ours (epochs, stable order, warm-ups)", self.context),)
+        return (
+            Variant(
+                "ours, conversations off", "ours, conversations off (diff first)", (*self.context, "conversations=off")
+            ),
+            Variant(
+                "ours, conversations on",
+                "ours, conversations on (changes in place)",
+                (*self.context, "conversations=on"),
+            ),
+        )
+
+
+@attrs.define
+class Client:
+    """What the client sends after each step: the one question, or its whole conversation so far.
+
+    A conversation starts with a system prompt and a question; every later request adds the answer to
+    the previous question (the client's own fixed-size text: the recording upstream only says "ok")
+    and a new question.
+    """
+
+    plan: Plan
+    messages: list[dict[str, str]] = attrs.Factory(list)
+    asked: int = 0
+
+    def next(self) -> tuple[list[dict[str, str]], int]:
+        """The messages of the next request, and the bytes of those no earlier request held."""
+        self.asked += 1
+        if not self.plan.conversation:  # a new question each time: a one-shot client starts no conversation
+            new = [_message("user", f"{QUESTION} (asked {self.asked})")]
+            self.messages = new
+        else:
+            number = sum(message["role"] == "user" for message in self.messages) + 1
+            if number == 1:
+                before = _message("system", prose(self.plan.system_bytes, "system prompt"))
+            else:
+                before = _message("assistant", prose(self.plan.answer_bytes, f"answer {number - 1}"))
+            new = [before, _message("user", f"{QUESTION} (question {number})")]
+            self.messages = [*self.messages, *new]
+        return self.messages, sum(len(message["content"].encode()) for message in new)
+
+
+def _message(role: str, content: str) -> dict[str, str]:
+    return {"role": role, "content": content}
+
+
+def prose(size: int, seed: str) -> str:
+    """`size` bytes of text (ASCII), paragraphs of generated sentences, the same for the same seed."""
+    rng, words, paragraphs, length = random.Random(seed), vocabulary(random.Random(0)), [], 0
+    for _ in range(size):  # bounded: every paragraph adds at least a byte
+        if length >= size:
+            break
+        paragraphs.append(textwrap.fill(" ".join(_sentence(rng, words) for _ in range(rng.randint(2, 6))), 88) + "\n\n")
+        length += len(paragraphs[-1])
+    return "".join(paragraphs)[:size]
+
+
+@attrs.frozen
+class Spent:
+    """What one variant of ours recomputed for one step."""
+
+    tokens: int
+    prompts: int  # prompts its upstream received for the step (the question and any warm-ups)
+    outcome: str  # the question's X-Scout-Conversation
+
+
+@attrs.define
+class Ours:
+    """One proxy (a variant of ours) over the scratch clone, and the upstream recording what it sends."""
+
+    variant: Variant
+    url: str
+    recorder: Recorder
+    cache: PrefixCache = attrs.Factory(PrefixCache)
+    counted: int = 0  # prompts already sent through `cache`
+    outcomes: list[str] = attrs.Factory(list)  # each question's X-Scout-Conversation
+    epochs: dict[str, Any] = attrs.Factory(dict)  # the proxy's last /health "snapshot"
+
+    async def ask(self, http: aiohttp.ClientSession, messages: list[dict[str, str]]) -> Spent:
+        async with http.post(f"{self.url}/v1/chat/completions", json={"messages": messages}) as response:
+            assert response.status == 200, await response.text()
+            self.outcomes.append(response.headers.get("X-Scout-Conversation", "none"))
+        await self.settle(http)
+        before = self.counted
+        return Spent(self.tally(), self.counted - before, self.outcomes[-1])
+
+    async def settle(self, http: aiohttp.ClientSession) -> None:
+        """Wait (boundedly) for a rebase the question started: a developer reads the answer before going on."""
+        for _ in range(600):
+            async with http.get(f"{self.url}/health") as response:
+                self.epochs = (await response.json())["snapshot"]
+            if self.epochs["state"] != "building":
+                return
+            await asyncio.sleep(0.05)
+
+    def tally(self) -> int:
+        """Send the prompts received since the last tally through the cache model: the tokens they recomputed."""
+        fresh = self.recorder.prompts[self.counted :]
+        self.counted += len(fresh)
+        return sum(map(self.cache.send, fresh))
+
+
+@attrs.frozen
 class Step:
     label: str
-    prompts: int  # prompts the upstream had received when this step's answer came
+    ours: tuple[Spent, ...]  # each variant's
     original: int  # tokens the original design recomputed for it
     lower: int  # tokens the lower bound counts for it
 
 
 @attrs.define
 class Session:
-    """The real proxy over the scratch clone, the upstream recording what it sends, the other designs' counts."""
+    """The variants of ours over the scratch clone, the client asking them, the other designs' counts."""
 
-    client: aiohttp.ClientSession
-    proxy: str
+    http: aiohttp.ClientSession
+    ours: list[Ours]
     scratch: Path
     rules: ContentRules
     cap: int
-    recorder: Recorder
+    plan: Plan
+    client: Client
     original: PrefixCache = attrs.Factory(PrefixCache)
     floor: Floor = attrs.Factory(Floor)
     steps: list[Step] = attrs.Factory(list)
-    epochs: dict[str, Any] = attrs.Factory(dict)  # the proxy's last /health "snapshot"
 
     async def ask(self, label: str) -> None:
-        """The question after a step; the first prompt is the cold start, counted in full by `report`."""
+        """The request after a step; the first prompt is the cold start, counted in full by `report`."""
         unseen = self.floor.send(work_tree(self.scratch))
-        body = {"messages": [{"role": "user", "content": QUESTION}]}
-        async with self.client.post(f"{self.proxy}/v1/chat/completions", json=body) as response:
-            assert response.status == 200, await response.text()
-        await self.settle()
-        original = self.original.send(original_prompt(self.scratch, self.rules, self.cap))
-        lower = (unseen + len(QUESTION)) // BYTES_PER_TOKEN if self.steps else 0
-        self.steps.append(Step(label, len(self.recorder.prompts), original, lower))
-
-    async def settle(self) -> None:
-        """Wait (boundedly) for a rebase the question started: a developer reads the answer before going on."""
-        for _ in range(600):
-            async with self.client.get(f"{self.proxy}/health") as response:
-                self.epochs = (await response.json())["snapshot"]
-            if self.epochs["state"] != "building":
-                return
-            await asyncio.sleep(0.05)
+        messages, new = self.client.next()
+        spent = [await ours.ask(self.http, messages) for ours in self.ours]
+        original = self.original.send(original_prompt(self.scratch, self.rules, self.cap, messages))
+        lower = (unseen + new) // BYTES_PER_TOKEN if self.steps else 0
+        self.steps.append(Step(label, tuple(spent), original, lower))
 
 
 @contextlib.asynccontextmanager
-async def proxied(scratch: Path, workdir: Path, context: list[str]) -> AsyncIterator[Session]:
-    """The real proxy over `scratch` in front of a recording upstream, both on 127.0.0.1."""
+async def proxied(scratch: Path, workdir: Path, plan: Plan) -> AsyncIterator[Session]:
+    """A proxy per variant of ours over `scratch`, each in front of its recording upstream, all on 127.0.0.1."""
+    async with contextlib.AsyncExitStack() as stack, aiohttp.ClientSession() as http:
+        started = [
+            await stack.enter_async_context(_proxy(scratch, workdir / f"proxy-{number}", variant))
+            for number, variant in enumerate(plan.variants())
+        ]
+        config = started[0][1]
+        ours = [found for found, _ in started]
+        rules, cap = ContentRules.from_config(config), config.repository.max_snapshot_bytes
+        yield Session(http, ours, scratch, rules, cap, plan, Client(plan))
+        for each in ours:
+            await each.settle(http)
+
+
+@contextlib.asynccontextmanager
+async def _proxy(scratch: Path, workdir: Path, variant: Variant) -> AsyncIterator[tuple[Ours, Config]]:
+    """The real proxy over `scratch` with the variant's settings, in front of a recording upstream."""
     recorder = Recorder()
     upstream = web.Application(client_max_size=2**31)
     upstream.router.add_post("/v1/chat/completions", recorder.handle)
     upstream_runner = await _serve(upstream)
     try:
+        workdir.mkdir(parents=True, exist_ok=True)
         config_path = workdir / "replay.ini"
         config_path.write_text(
             f"[server]\nlog_level = warning\n[upstream]\nurl = http://127.0.0.1:{_port(upstream_runner)}/v1\n"
             f"[repository]\npath = {scratch}\nmax_snapshot_bytes = 1GiB\n[context]\nstate_dir = {workdir / 'state'}\n"
-            + "".join(f"{setting.replace('=', ' = ', 1)}\n" for setting in context)
+            + "".join(f"{setting.replace('=', ' = ', 1)}\n" for setting in variant.context)
         )
         config = load_config(config_path)
         proxy_runner = await _serve(make_app(config))
         try:
-            async with aiohttp.ClientSession() as client:
-                proxy = f"http://127.0.0.1:{_port(proxy_runner)}"
-                rules = ContentRules.from_config(config)
-                session = Session(client, proxy, scratch, rules, config.repository.max_snapshot_bytes, recorder)
-                yield session
-                await session.settle()
+            yield Ours(variant, f"http://127.0.0.1:{_port(proxy_runner)}", recorder), config
         finally:
             await proxy_runner.cleanup()
     finally:
@@ -240,43 +366,77 @@ async def _serve(app: web.Application) -> web.AppRunner:
 
 
 def _port(runner: web.AppRunner) -> int:
-    return runner.addresses[0][1]
+    port: int = runner.addresses[0][1]
+    return port
 
 
 def report(session: Session, replayed: str) -> None:
-    """The three designs' totals, with and without the cold start."""
-    prompts, ours = session.recorder.prompts, PrefixCache()
-    costs = [ours.send(prompt) for prompt in prompts]
-    if VERBOSE:
-        first = 0
-        for step in session.steps:
-            print(
-                f"{step.label:56} ours {sum(costs[first : step.prompts]):>9,} in {step.prompts - first} prompts, "
-                f"original {step.original:>9,}, lower {step.lower:>7,}"
-            )
-            first = step.prompts
-    questions, epochs = len(session.steps), session.epochs
+    """The designs' totals, with and without the cold start; with --verbose, each step's first."""
+    for ours in session.ours:
+        ours.tally()  # warm-ups after the last question
+    if session.plan.verbose:
+        _breakdown(session)
+    first_prompt = session.ours[0].recorder.prompts[0]
     print(
-        f"{replayed}: {questions} questions ({len(prompts) - questions} warm-ups), first snapshot "
-        f"{session.recorder.snapshot_bytes / 1e6:.2f} MB; "
-        f"ours rebased {epochs['rebases']} times, folded {epochs['folds']} times"
+        f"{replayed}: {len(session.steps)} questions, first snapshot "
+        f"{session.ours[0].recorder.snapshot_bytes / 1e6:.2f} MB, first prompt {len(first_prompt) / 1e6:.2f} MB"
     )
+    for ours in session.ours:
+        epochs, outcomes = ours.epochs, sorted(collections.Counter(ours.outcomes).items())
+        print(
+            f"  {ours.variant.name}: {len(ours.recorder.prompts) - len(session.steps)} warm-ups, "
+            f"rebased {epochs['rebases']} times, folded {epochs['folds']} times; "
+            f"X-Scout-Conversation: {', '.join(f'{outcome} {count}' for outcome, count in outcomes)}"
+        )
+    if session.plan.conversation:
+        sent = session.client.messages
+        print(
+            f"  conversation: system prompt {session.plan.system_bytes:,} bytes, answers {session.plan.answer_bytes:,} "
+            f"bytes; the last request had {len(sent)} messages, {sum(len(m['content']) for m in sent):,} bytes"
+        )
     print(f"{'design':48}{'recomputed tokens':>18}{'vs original':>13}{'after the cold start':>22}{'vs original':>13}")
-    lower = sum(step.lower for step in session.steps)
-    original = session.original
-    rows = (
+    original, lower = session.original, sum(step.lower for step in session.steps)
+    floor = (lower + len(first_prompt) // BYTES_PER_TOKEN, lower)
+    rows = [
         ("original (every commit, id first, path order)", original.recomputed, original.recomputed - original.cold),
-        ("ours (epochs, stable order, warm-ups)", ours.recomputed, ours.recomputed - ours.cold),
-        ("lower bound (only unremembered bytes)", lower + len(prompts[0]) // BYTES_PER_TOKEN, lower),
-    )
+        *((ours.variant.row, ours.cache.recomputed, ours.cache.recomputed - ours.cache.cold) for ours in session.ours),
+        ("lower bound (only unremembered bytes)", *floor),
+    ]
     for label, total, steady in rows:
         print(
             f"{label:48}{total:>18,}{total / max(rows[0][1], 1):>13.1%}{steady:>22,}{steady / max(rows[0][2], 1):>13.1%}"
         )
-    print(
-        f"ours / lower bound: {rows[1][1] / max(rows[2][1], 1):.2f}x, after the cold start "
-        f"{rows[1][2] / max(rows[2][2], 1):.2f}x; prompt tokens sent: original {original.total:,}, ours {ours.total:,}"
-    )
+    for ours in session.ours:
+        cache = ours.cache
+        print(
+            f"{ours.variant.name} / lower bound: {cache.recomputed / max(floor[0], 1):.2f}x, "
+            f"after the cold start {(cache.recomputed - cache.cold) / max(floor[1], 1):.2f}x"
+        )
+    totals = "".join(f", {ours.variant.name} {ours.cache.total:,}" for ours in session.ours)
+    print(f"prompt tokens sent: original {original.total:,}{totals}")
+
+
+def _breakdown(session: Session) -> None:
+    """Each step's recomputed tokens, design by design; then, after the cold start, where ours spent them."""
+    for step in session.steps:
+        spent = "; ".join(
+            f"{ours.variant.name} {each.tokens:>9,} in {each.prompts} ({each.outcome})"
+            for ours, each in zip(session.ours, step.ours, strict=True)
+        )
+        print(f"{step.label:44} {spent}; original {step.original:>9,}, lower {step.lower:>7,}")
+    for index, ours in enumerate(session.ours):
+        kinds: dict[str, list[Step]] = {"started afresh": [], "with a warm-up": [], "other": []}
+        for step in session.steps[1:]:
+            this = step.ours[index]
+            kinds[
+                "started afresh" if this.outcome == "afresh" else "with a warm-up" if this.prompts > 1 else "other"
+            ].append(step)
+        where = ", ".join(
+            f"{len(steps)} steps {kind} {sum(step.ours[index].tokens for step in steps):,} "
+            f"(lower bound {sum(step.lower for step in steps):,})"
+            for kind, steps in kinds.items()
+        )
+        print(f"{ours.variant.name}, after the cold start: {where}")
 
 
 def history_from_pypi(package: str, releases: int, until: str | None, workdir: Path) -> Path:
@@ -338,7 +498,7 @@ def _commit_all(repo: pygit2.Repository, message: str) -> str:
             index.remove(entry.path)
     index.write()
     parents = [] if repo.head_is_unborn else [repo.head.target]
-    when = START if repo.head_is_unborn else repo[repo.head.target].commit_time + 3600  # an hour apart
+    when = START if repo.head_is_unborn else repo.head.peel(pygit2.Commit).commit_time + 3600  # an hour apart
     author = pygit2.Signature("replay", "replay@example.com", when, 0)
     return str(repo.create_commit("HEAD", author, author, message, index.write_tree(), parents))
 
@@ -354,31 +514,32 @@ def _scratch_clone(source: Path, path: Path) -> pygit2.Repository:
 def original_snapshot(workdir: Path, commit: str, rules: Any, cap: int) -> str:
     """The original design's snapshot: commit id first, files in path order."""
     repo = open_repository(workdir)
-    paths = tuple(sorted(_paths(repo, repo[commit].peel(pygit2.Tree))))
+    paths = tuple(sorted(_paths(repo[commit].peel(pygit2.Tree))))
     snapshot = build_snapshot(workdir, commit, rules, cap, Epoch(commit, paths))
     return f"Commit {commit}\n" + json.loads(snapshot.message)["content"]
 
 
-def original_prompt(workdir: Path, rules: Any, cap: int) -> bytes:
-    """The original design's prompt: its snapshot of HEAD, then the diff against HEAD."""
+def original_prompt(workdir: Path, rules: Any, cap: int, messages: list[dict[str, str]]) -> bytes:
+    """The original design's prompt: its snapshot of HEAD, then the diff against HEAD, then the messages."""
     repo = open_repository(workdir)
     head = repo.head.peel(pygit2.Commit)
     diff = working_diff(repo, head, head, rules, [])
     snapshot = original_snapshot(workdir, str(head.id), rules, cap)
-    return "\n".join([snapshot, json.loads(diff.message)["content"], QUESTION]).encode()
+    contents = [message["content"] for message in messages]
+    return "\n".join([snapshot, json.loads(diff.message)["content"], *contents]).encode()
 
 
-def _paths(repo: pygit2.Repository, tree: pygit2.Tree, prefix: str = "") -> list[str]:
+def _paths(tree: pygit2.Tree, prefix: str = "") -> list[str]:
     found = []
     for entry in tree:
         if entry.type_str == "tree":
-            found += _paths(repo, repo[entry.id], f"{prefix}{entry.name}/")
+            found += _paths(entry.peel(pygit2.Tree), f"{prefix}{entry.name}/")
         else:
-            found.append(prefix + entry.name)
+            found.append(f"{prefix}{entry.name}")
     return found
 
 
-async def replay(source: Path, commits: int, steps: int, workdir: Path, context: list[str]) -> None:
+async def replay(source: Path, commits: int, steps: int, workdir: Path, plan: Plan) -> None:
     history = pygit2.Repository(str(source))
     chain = []
     walker = history.walk(history.head.target)
@@ -391,7 +552,7 @@ async def replay(source: Path, commits: int, steps: int, workdir: Path, context:
     scratch_path = workdir / "replay"
     scratch = _scratch_clone(source, scratch_path)  # the history up to the window, too
     scratch.reset(chain[0].id, ResetMode.HARD)
-    async with proxied(scratch_path, workdir, context) as session:
+    async with proxied(scratch_path, workdir, plan) as session:
         for number, (previous, commit) in enumerate(itertools.pairwise(chain), 1):
             deltas = list(previous.tree.diff_to_tree(commit.tree).deltas)
             size = max(1, -(-len(deltas) // steps))
@@ -412,7 +573,7 @@ def _apply(history: pygit2.Repository, delta: pygit2.DiffDelta, root: Path) -> N
     if old_path != new_path:
         old_path.unlink(missing_ok=True)
     new_path.parent.mkdir(parents=True, exist_ok=True)
-    new_path.write_bytes(history[delta.new_file.id].data)
+    new_path.write_bytes(history[delta.new_file.id].peel(pygit2.Blob).data)
 
 
 # The working day: a generated repository, its edits, and the day's script.
@@ -551,10 +712,10 @@ def editable_files(repo: pygit2.Repository, rng: random.Random) -> list[str]:
     """HEAD's UTF-8 text files of 1 to 100 kB, shuffled: the day edits them."""
     tree = repo.head.peel(pygit2.Tree)
     found = []
-    for path in sorted(_paths(repo, tree)):
+    for path in sorted(_paths(tree)):
         if tree[path].type_str != "blob":
             continue  # a submodule
-        blob = repo[tree[path].id]
+        blob = tree[path].peel(pygit2.Blob)
         if 1000 <= blob.size <= 100_000 and not blob.is_binary:
             with contextlib.suppress(UnicodeDecodeError):
                 blob.data.decode("utf-8")
@@ -667,7 +828,7 @@ def day(git: Git, main: str, upstream: Path, files: list[str], rng: random.Rando
     yield edit(files[7])
 
 
-async def working_day(source: Path | None, seed: int, workdir: Path, context: list[str]) -> None:
+async def working_day(source: Path | None, seed: int, workdir: Path, plan: Plan) -> None:
     rng, words = random.Random(f"day {seed}"), vocabulary(random.Random(seed))
     origin = source or generated_repository(seed, workdir)
     scratch_path = workdir / "replay"
@@ -679,7 +840,7 @@ async def working_day(source: Path | None, seed: int, workdir: Path, context: li
     main = "main" if scratch.head_is_detached else scratch.head.shorthand
     git = Git(scratch_path, scratch.head.peel(pygit2.Commit).commit_time)
     git("checkout", "-B", main)
-    async with proxied(scratch_path, workdir, context) as session:
+    async with proxied(scratch_path, workdir, plan) as session:
         for label in day(git, main, upstream, files[:8], rng, words):
             await session.ask(label)
     on = source.name if source else "the generated repository"
@@ -719,7 +880,29 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="a [context] setting for the proxy, e.g. rebase_diff_share=0.05 (repeatable)",
     )
+    parser.add_argument(
+        "--conversation",
+        action="store_true",
+        help="the client resends a growing conversation (a system prompt, then a question and an answer a step) "
+        "instead of a one-shot question; ours runs twice, conversations off and on",
+    )
+    parser.add_argument(
+        "--system-bytes",
+        type=int,
+        default=46_000,
+        help="with --conversation: the system prompt's size (default 46000)",
+    )
+    parser.add_argument(
+        "--answer-bytes",
+        type=int,
+        default=1_800,
+        help="with --conversation: each answer's size (default 1800)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="print what each step recomputed, design by design")
     args = parser.parse_args()
+    if args.conversation and any(setting.partition("=")[0].strip() == "conversations" for setting in args.context):
+        parser.error("--conversation runs ours with conversations off and on; leave conversations out of --context")
+    plan = Plan(tuple(args.context), args.conversation, args.system_bytes, args.answer_bytes, args.verbose)
     if args.working_day and args.pypi is not None:
         parser.error("--working-day replays on a REPOSITORY or a generated one, not --pypi")
     if not args.working_day and (args.repository is None) == (args.pypi is None):
@@ -728,10 +911,10 @@ def main() -> None:
         workdir = Path(scratch)
         if args.working_day:
             source = args.repository.resolve() if args.repository else None
-            asyncio.run(working_day(source, args.seed, workdir, args.context))
+            asyncio.run(working_day(source, args.seed, workdir, plan))
             return
         source = args.repository or history_from_pypi(args.pypi, args.history + args.commits + 1, args.until, workdir)
-        asyncio.run(replay(source.resolve(), args.commits, args.steps, workdir, args.context))
+        asyncio.run(replay(source.resolve(), args.commits, args.steps, workdir, plan))
 
 
 if __name__ == "__main__":
