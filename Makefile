@@ -6,7 +6,7 @@ CONFIG ?=
 
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_USE_PREBUILT_UI=OFF
 
-.PHONY: run test lint e2e bench bench-replay check-config clean
+.PHONY: run test lint e2e routers bench bench-replay check-config clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ check-config: $(VENV)/.installed
 	$(BIN)/python -m scout_diff_cache check-config $(if $(CONFIG),--config $(CONFIG))
 
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q -m "not e2e" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not e2e and not routers" $(PYTEST_ARGS)
 
 $(VENV)/.installed-lint: setup.cfg $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
@@ -52,20 +52,40 @@ $(VENV)/.installed-e2e: $(VENV)/.installed-test
 e2e: $(VENV)/.installed-e2e
 	$(BIN)/python -m pytest -q -s -m e2e tests/test_e2e_llama.py
 
+# Two real routers from PyPI (prebuilt wheels, seconds to install), each with its consistent-hash
+# policy in front of three fake upstreams on 127.0.0.1.
+$(VENV)/.installed-routers: $(VENV)/.installed-test
+	$(BIN)/python -m pip install --quiet vllm-router==0.1.17 smg==1.13.0
+	touch $@
+
+routers: $(VENV)/.installed-routers
+	$(BIN)/python -m pytest -q -s -m routers tests/test_routers.py
+
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m tests.tools.benchmark $(BENCH_ARGS)
 
 # This project's own history, then 30 releases of three PyPI packages (up to 4 MB of source), then a
 # working day of branch work on a generated 4.5 MB repository, with the default budget and a small one.
+# Each history is replayed twice: one-shot questions, then as a growing conversation (--conversation:
+# ours with conversations off and on, side by side). The conversation runs of sqlglot and pygments
+# replay their last 10 releases, not 30: each runs two proxies over a 3-4 MB snapshot, and 10 keeps
+# the whole target within about 30 minutes on 2 cores.
 REPLAY_ARGS ?=
 bench-replay: $(VENV)/.installed-test
 ifeq ($(REPLAY_ARGS),)
 	$(BIN)/python -m tests.tools.replay . --commits 30
+	$(BIN)/python -m tests.tools.replay . --commits 30 --conversation
 	$(BIN)/python -m tests.tools.replay --pypi hypothesis --until 6.170.17 --commits 30
+	$(BIN)/python -m tests.tools.replay --pypi hypothesis --until 6.170.17 --commits 30 --conversation
 	$(BIN)/python -m tests.tools.replay --pypi sqlglot --until 30.30.0 --commits 30
+	$(BIN)/python -m tests.tools.replay --pypi sqlglot --until 30.30.0 --commits 10 --conversation
 	$(BIN)/python -m tests.tools.replay --pypi pygments --until 2.21.0 --commits 30
+	$(BIN)/python -m tests.tools.replay --pypi pygments --until 2.21.0 --commits 10 --conversation
 	$(BIN)/python -m tests.tools.replay --working-day
+	$(BIN)/python -m tests.tools.replay --working-day --conversation
 	$(BIN)/python -m tests.tools.replay --working-day --context rebase_min_diff_bytes=16KiB --context rebase_diff_share=0.01
+	$(BIN)/python -m tests.tools.replay --working-day --conversation --context rebase_min_diff_bytes=16KiB \
+		--context rebase_diff_share=0.01
 else
 	$(BIN)/python -m tests.tools.replay $(REPLAY_ARGS)
 endif
