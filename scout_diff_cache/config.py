@@ -210,6 +210,12 @@ def _share(raw: str) -> float:
     return value
 
 
+def _placement(raw: str) -> str:
+    if raw.strip() not in ("system", "user"):
+        raise ValueError("expected system or user")
+    return raw.strip()
+
+
 def _interval(raw: str) -> float:
     return 0.0 if raw.strip().lower() == "off" else _duration(raw)
 
@@ -231,6 +237,8 @@ class ContextConfig:
     #: Keep each conversation's context put and insert work-tree changes where they happened.
     conversations: bool = option(True, _bool)
     max_conversations: int = option(64, _count)
+    #: system: a change is a system message of its own; user: it opens the next user message.
+    change_placement: str = option("system", _placement)
     state_dir: Path = option(attrs.Factory(_state_home), _path)
 
 

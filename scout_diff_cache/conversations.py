@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 
 import attrs
 
 from .epochs import Epochs
 from .metrics import Metrics
+from .prompt import encode_json, system_message
 from .reader import WorkState
 from .snapshot import Snapshot
 from .validation import ChatRequest
@@ -40,8 +42,10 @@ class Conversation:
     #: The working diff it started with, as encoded for the upstream.
     start: bytes
     hashes: list[bytes]
-    #: Encoded change messages by position: before the client's message at that index.
-    inserts: dict[int, list[bytes]] = attrs.Factory(dict)
+    #: "system": changes are system messages of their own; "user": they open a user message.
+    placement: str = "system"
+    #: Change texts by position: before (or, placed "user", at the start of) the client's message there.
+    inserts: dict[int, list[str]] = attrs.Factory(dict)
     #: The work tree as the conversation last showed it, where it differs from the base.
     shown: WorkState = attrs.Factory(dict)
     inserted_bytes: int = 0
@@ -50,9 +54,13 @@ class Conversation:
         """The client's messages with every change where it was inserted, encoded, no brackets."""
         out: list[bytes] = []
         for position, part in enumerate(parts):
-            out += self.inserts.get(position, [])
-            out.append(part)
-        out += self.inserts.get(len(parts), [])
+            texts = self.inserts.get(position, [])
+            if self.placement == "user":
+                out.append(_opened_with(part, texts) if texts else part)
+            else:
+                out += [system_message(text) for text in texts]
+                out.append(part)
+        out += [system_message(text) for text in self.inserts.get(len(parts), [])]
         return b",".join(out)
 
     def branch(self, matched: int) -> Conversation:
@@ -90,17 +98,28 @@ def matched_length(seen: list[bytes], new: list[bytes]) -> int:
     return count
 
 
-def insertion_point(shapes: tuple[str, ...], boundary: int) -> int:
-    """Where the changes since the upstream last saw the conversation go.
+def insertion_point(shapes: tuple[str, ...], boundary: int, placement: str = "system") -> int | None:
+    """Where the changes since the upstream last saw the conversation go (None: not yet).
 
     Before the client's last message when that is a user's new question (the edit came before it),
     else after everything (an agent's tool results: the edit was the tool call's doing, and nothing
-    may come between a call and its results); never inside what the upstream already saw.
+    may come between a call and its results); never inside what the upstream already saw. Placed
+    "user", a change opens the new question, and waits for one when there is none.
     """
     last = len(shapes) - 1
     if shapes and shapes[-1] == "user" and last >= boundary:
         return last
-    return len(shapes)
+    return len(shapes) if placement == "system" else None
+
+
+def _opened_with(part: bytes, texts: list[str]) -> bytes:
+    """A user message whose content starts with `texts` (a text part first, for a list of parts)."""
+    message = json.loads(part)
+    content, text = message.get("content"), "".join(texts)
+    message["content"] = (
+        [{"type": "text", "text": text}, *content] if isinstance(content, list) else text + (content or "")
+    )
+    return encode_json(message)
 
 
 class Conversations:
@@ -119,8 +138,9 @@ class Conversations:
         self.capacity = capacity
         self._evict()
 
-    async def prepare(self, epochs: Epochs, chat: ChatRequest, scope: str) -> Prepared:
-        """The context and messages for `chat`: its conversation continued, or a new one."""
+    async def prepare(self, epochs: Epochs, chat: ChatRequest, scope: str, placement: str = "system") -> Prepared:
+        """The context and messages for `chat`: its conversation continued, or a new one (whose
+        changes will be placed as `placement` says)."""
         injection = await epochs.current()
         hashes = message_hashes(chat.parts)
         async with self._lock:  # one request at a time changes a conversation
@@ -134,10 +154,9 @@ class Conversations:
                     return continued
             outcome = "afresh" if found is not None else "new"
             self._metrics.conversations.inc((("outcome", outcome),))
+            start = injection.diff.message
             self._keep(
-                Conversation(
-                    scope, injection.snapshot.commit, injection.diff.message, hashes, {}, dict(injection.state)
-                )
+                Conversation(scope, injection.snapshot.commit, start, hashes, placement, shown=dict(injection.state))
             )
             return Prepared(injection.snapshot, injection.diff.message, chat.messages, outcome)
 
@@ -164,14 +183,18 @@ class Conversations:
         if now is None:
             return None
         change = await asyncio.to_thread(epochs.reader.changes, snapshot, conversation.shown, now)
-        if change is not None:
-            if conversation.inserted_bytes + len(change) > epochs.budget(snapshot):
+        point = insertion_point(chat.shapes, matched, conversation.placement)
+        if change is not None and point is not None:
+            size = len(change.encode())
+            if conversation.inserted_bytes + size > epochs.budget(snapshot):
                 self._drop(found)
                 return None  # the changes outgrew the budget a working diff has: start afresh
-            conversation.inserts.setdefault(insertion_point(chat.shapes, matched), []).append(change)
-            conversation.inserted_bytes += len(change)
-            self._metrics.change_bytes.inc(amount=len(change))
-        conversation.shown = now
+            conversation.inserts.setdefault(point, []).append(change)
+            conversation.inserted_bytes += size
+            self._metrics.change_bytes.inc(amount=size)
+            conversation.shown = now
+        elif change is None:
+            conversation.shown = now
         conversation.hashes = hashes
         self._keep(conversation)
         return Prepared(snapshot, conversation.start, conversation.messages(chat.parts), "continued")

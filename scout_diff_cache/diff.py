@@ -371,9 +371,9 @@ def change_message(
     shown: Mapping[str, Side | None],
     now: Mapping[str, Side | None],
     rules: ContentRules,
-) -> bytes | None:
-    """A system message from the work tree as a conversation last `shown` it to the work tree `now`
-    (both given where they differ from `base`); None when nothing visible changed."""
+) -> str | None:
+    """The change from the work tree as a conversation last `shown` it to the work tree `now` (both
+    given where they differ from `base`); None when nothing visible changed."""
     tree = base_tree(repo, base)
     changes = []
     for path in set(shown) | set(now):
@@ -382,4 +382,4 @@ def change_message(
         if old != new or (old is not None and old.data is None):
             changes.append((path, old, new))
     group = _group(repo, changes, rules, CHANGED_SINCE)
-    return system_message(CHANGES_HEADER + group.text) if group.text else None
+    return CHANGES_HEADER + group.text if group.text else None

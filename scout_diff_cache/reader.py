@@ -102,7 +102,7 @@ class RepositoryReader:
         worktree = {path: new for path, _, new in worktree_changes(repo, head, self.rules_for(snapshot))}
         return {**self._committed_state(repo, base, head), **worktree}
 
-    def changes(self, snapshot: Snapshot, shown: WorkState, now: WorkState) -> bytes | None:
+    def changes(self, snapshot: Snapshot, shown: WorkState, now: WorkState) -> str | None:
         """The change message from the work tree as `shown` to the work tree `now` (see `diff.py`)."""
         repo = open_repository(self.path)
         base = repo.get(snapshot.commit) if snapshot.commit is not None else None

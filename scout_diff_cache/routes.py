@@ -34,7 +34,8 @@ async def prepare(request: web.Request, chat: ChatRequest) -> Prepared:
     """The context and messages for a chat request: its conversation's, or the current ones."""
     live = request.app[live_key]
     if live.config.context.conversations:
-        return await live.conversations.prepare(live.epochs, chat, client_scope(request))
+        placement = live.config.context.change_placement
+        return await live.conversations.prepare(live.epochs, chat, client_scope(request), placement)
     injection = await live.epochs.current()
     return Prepared(injection.snapshot, injection.diff.message, chat.messages, "off")
 

@@ -502,6 +502,19 @@ def _short_diff(got: list[str], want: list[str], got_name: str, want_name: str, 
 CHANGED_SINCE = "were made in the work tree since it was last shown"
 
 
+def _change_text(message: dict[str, object]) -> str | None:
+    """The change a message holds: all of a system message's text, or a user message's opening."""
+    content = message.get("content")
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        content = content[0].get("text")
+    if not isinstance(content, str) or not content.startswith("# Work tree changes"):
+        return None
+    if message.get("role") == "system":
+        return content
+    label = f"=== the changes above {CHANGED_SINCE} ===\n"
+    return content[: content.index(label) + len(label)]
+
+
 def parse_change_message(text: str) -> Group:
     """A conversation's change message: the title, a fixed paragraph, changes, then one label."""
     lines = Lines(text, "change message")
@@ -525,13 +538,10 @@ def check_conversation(
     messages: list[dict[str, object]], repo_path: Path, left_out_ok: Callable[[str], bool] = default_left_out
 ) -> State:
     """`check` for a conversation's upstream messages: the snapshot, the working diff it started with,
-    then every change message among the client's messages, applied in order."""
-    snapshot, start, *rest = (str(message.get("content")) for message in messages)
-    changes = [
-        parse_change_message(text)
-        for message, text in zip(messages[2:], rest, strict=True)
-        if message.get("role") == "system" and text.startswith("# Work tree changes")
-    ]
+    then every change among the client's messages (a system message of its own, or the start of a
+    user message), applied in order."""
+    snapshot, start = (str(message.get("content")) for message in messages[:2])
+    changes = [parse_change_message(text) for message in messages[2:] if (text := _change_text(message))]
     diff = parse_diff(start)
     rebuilt = reconstruct(parse_snapshot(snapshot), attrs.evolve(diff, groups=(*diff.groups, *changes)))
     return compare(rebuilt, repo_path, left_out_ok)

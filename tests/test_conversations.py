@@ -251,3 +251,27 @@ async def test_a_streamed_conversation_with_tools_gets_the_same_layout_and_its_f
         "system",
     ]
     check_conversation(body["messages"], git_repo.path)
+
+
+async def test_placed_in_user_messages_a_change_opens_the_next_question_and_waits_for_one(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    client = await make_proxy(context={"change_placement": "user"})
+    await turn(client, upstream, AGENT, FIRST)
+    git_repo.write("src/app.py", "def main():\n    return 'by the tool'\n")
+    waiting, _ = await turn(client, upstream, AGENT, FIRST, CALL, RESULT)  # no user message: not yet
+    assert [m["role"] for m in waiting.json["messages"]] == ["system", "system", "system", "user", "assistant", "tool"]
+    question = {"role": "user", "content": [{"type": "text", "text": "And now?"}]}
+    seen, outcome = await turn(client, upstream, AGENT, FIRST, CALL, RESULT, question)
+    assert outcome == "continued" and seen.raw.startswith(messages_prefix(waiting))
+    sent = seen.json["messages"]
+    assert [m["role"] for m in sent] == ["system", "system", "system", "user", "assistant", "tool", "user"]
+    opening, asked = sent[-1]["content"]
+    assert opening["text"].startswith("# Work tree changes") and asked == question["content"][0]
+    check_conversation(sent, git_repo.path)
+    git_repo.write("src/util.py", "def add(a, b):\n    return a - b\n")
+    later, _ = await turn(client, upstream, AGENT, FIRST, CALL, RESULT, question, ANSWER, SECOND)
+    assert later.json["messages"][-1]["content"].startswith("# Work tree changes") and later.raw.startswith(
+        messages_prefix(seen)
+    )
+    check_conversation(later.json["messages"], git_repo.path)
