@@ -31,8 +31,17 @@ def fold_pays(net: int, rebase: int, limit: float) -> bool:
     return net < limit and net * limit < rebase * (limit - net)
 
 
+#: How much of the budget a remembered epoch's diff to HEAD may take for a switch back to it.
+RECALL_SHARE = 0.1
+
+
 def closest_remembered(net_bytes: Mapping[str, int], limit: float) -> str | None:
-    """The remembered epoch whose diff to HEAD is smallest, if one fits the budget: switching back
-    to it costs nothing, since the upstream may still hold its snapshot byte for byte."""
-    fitting = {base: size for base, size in net_bytes.items() if size <= limit}
+    """The remembered epoch whose diff to HEAD is smallest, if it is small: a tenth of the budget.
+
+    Switching back costs nothing only while the upstream still holds that snapshot, which nothing
+    here can know; a branch switched back to has a diff near zero, while an epoch whose diff would
+    nearly fill the budget would be outgrown again soon, each time re-read in full if it was evicted
+    meanwhile. Beyond that share, a new epoch at HEAD (an empty diff) is the better bet.
+    """
+    fitting = {base: size for base, size in net_bytes.items() if size <= RECALL_SHARE * limit}
     return min(fitting, key=lambda base: (fitting[base], base)) if fitting else None

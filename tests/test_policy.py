@@ -27,11 +27,11 @@ def test_a_fold_pays_when_the_net_change_is_small_against_the_rebase() -> None:
     assert not fold_pays(net=1_000, rebase=10**9, limit=1_000)
 
 
-def test_the_closest_remembered_epoch_within_the_budget_is_chosen() -> None:
-    assert closest_remembered({"a" * 40: 300, "b" * 40: 200, "c" * 40: 5_000}, limit=1_000) == "b" * 40
-    assert closest_remembered({"a" * 40: 300, "b" * 40: 300}, limit=1_000) == "a" * 40  # ties: by id
-    assert closest_remembered({"a" * 40: 5_000}, limit=1_000) is None
-    assert closest_remembered({}, limit=1_000) is None
+def test_the_closest_remembered_epoch_with_a_small_diff_is_chosen() -> None:
+    assert closest_remembered({"a" * 40: 300, "b" * 40: 200, "c" * 40: 5_000}, limit=10_000) == "b" * 40
+    assert closest_remembered({"a" * 40: 300, "b" * 40: 300}, limit=10_000) == "a" * 40  # ties: by id
+    assert closest_remembered({"a" * 40: 900}, limit=5_000) is None  # fits the budget, but would soon fill it
+    assert closest_remembered({}, limit=10_000) is None
 
 
 def snapshot_of(base: str) -> Snapshot:
