@@ -131,9 +131,6 @@ class Conversations:
         self._kept: dict[int, Conversation] = {}  # by identity, in order of use
         self._lock = asyncio.Lock()
 
-    def __len__(self) -> int:
-        return len(self._kept)
-
     def resize(self, capacity: int) -> None:
         self.capacity = capacity
         self._evict()
