@@ -98,6 +98,7 @@ class Epochs:
     async def close(self) -> None:
         await self._switching.close()
         await self._reading.close()
+        await asyncio.to_thread(self.reader.close)
 
     @property
     def state(self) -> str:
@@ -241,7 +242,7 @@ class Epochs:
             return Rebase(head, head, None, 0.0)  # a switch that finished while this one was asked for
         snapshot = await self._recall(head, previous, near=prewarm)
         if snapshot is None:
-            snapshot = await self._build(head, previous.epoch if previous else None)
+            snapshot = await self._build(head, previous.epoch if previous else None, previous)
         usage = await self._warm_up(snapshot) if prewarm else None
         self.last_rebase = Rebase(
             previous.commit if previous else None, snapshot.commit, usage, time.monotonic() - started
@@ -293,11 +294,11 @@ class Epochs:
         log.info("HEAD %s is close to the remembered snapshot %s: switching back to it", short(head), short(chosen))
         return self.remembered.take(chosen)
 
-    async def _build(self, commit: str | None, previous: Epoch | None) -> Snapshot:
+    async def _build(self, commit: str | None, previous: Epoch | None, reuse: Snapshot | None = None) -> Snapshot:
         self._metrics.snapshot_builds.inc()
         started = time.monotonic()
         try:
-            snapshot = await asyncio.to_thread(self.reader.build, commit, previous)
+            snapshot = await asyncio.to_thread(self.reader.build, commit, previous, reuse)
         except ProxyError as error:
             self.last_error = error.message
             log.error("snapshot build for %s failed: %s", short(commit), error.message)

@@ -18,12 +18,20 @@ def encode_json(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+#: How a system message's encoding opens and closes around its content.
+SYSTEM_OPEN = b'{"role":"system","content":"'
+SYSTEM_CLOSE = b'"}'
+
+#: An encoded message: in one piece, or as chunks (a snapshot's) that are sent one after another.
+Encoded = bytes | tuple[bytes, ...]
+
+
 def system_message(*parts: str) -> bytes:
     """A system message whose content is one string: the parts joined (Llama 4 renders only a
     list's first part). Encoded part by part, the same bytes as encoding the joined text, so that
-    a 50 MB snapshot never holds the GIL (and so the event loop) for one long call."""
+    a large message never holds the GIL (and so the event loop) for one long call."""
     encoded = [encode_json(part)[1:-1] for part in parts]
-    return b'{"role":"system","content":"' + b"".join(encoded) + b'"}'
+    return SYSTEM_OPEN + b"".join(encoded) + SYSTEM_CLOSE
 
 
 @attrs.frozen
@@ -35,10 +43,14 @@ class Body:
         return sum(map(len, self.chunks))
 
 
-def assemble(messages: bytes, fields: bytes, *injected: bytes) -> Body:
+def assemble(messages: bytes, fields: bytes, *injected: Encoded) -> Body:
     """A chat body: the `injected` messages (encoded), then the client's `messages` (encoded, without
     their brackets), then its other `fields` (encoded, without their braces)."""
-    chunks = [b'{"messages":[', *(part for message in injected for part in (message, b",")), messages, b"]"]
+    chunks = [b'{"messages":[']
+    for message in injected:
+        chunks += [message] if isinstance(message, bytes) else message
+        chunks.append(b",")
+    chunks += [messages, b"]"]
     if fields:
         chunks += [b",", fields]
     chunks.append(b"}")

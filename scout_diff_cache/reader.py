@@ -21,6 +21,7 @@ from .lineage import Lineage, trace
 from .order import changed_paths
 from .repository import ContentRules, head_commit, open_repository, repository_key
 from .snapshot import Snapshot, build_snapshot
+from .workers import Workers
 
 #: What the work tree holds (None: nothing) at each path where it differs from a base commit.
 WorkState = dict[str, "Side | None"]
@@ -44,10 +45,13 @@ class Reading:
 class RepositoryReader:
     """Reads one repository under fixed content rules, keeping what it rendered per base commit."""
 
-    def __init__(self, path: Path, rules: ContentRules, max_snapshot_bytes: int) -> None:
+    def __init__(
+        self, path: Path, rules: ContentRules, max_snapshot_bytes: int, workers: Workers | None = None
+    ) -> None:
         self.path = path
         self.rules = rules
         self._max_snapshot_bytes = max_snapshot_bytes
+        self.workers = workers or Workers()
         self._base: str | None = None
         self._rendered: dict[str, Group] = {}
         self._lineage: Lineage | None = None
@@ -68,8 +72,15 @@ class RepositoryReader:
         head = head_commit(repo)
         return repository_key(repo, head) if head is not None else None
 
-    def build(self, commit: str | None, previous: Epoch | None) -> Snapshot:
-        return build_snapshot(self.path, commit, self.rules, self._max_snapshot_bytes, previous)
+    def build(self, commit: str | None, previous: Epoch | None, reuse: Snapshot | None = None) -> Snapshot:
+        """The snapshot of `commit`, taking from `reuse` every section of an unchanged entry."""
+        return build_snapshot(
+            self.path, commit, self.rules, self._max_snapshot_bytes, previous, workers=self.workers, reuse=reuse
+        )
+
+    def close(self) -> None:
+        """Stop the worker processes, if a build started them (blocking)."""
+        self.workers.close()
 
     def read(self, snapshot: Snapshot, anchor: str | None) -> Reading:
         """HEAD and the working diff against `snapshot`, its net group ending at `anchor`."""

@@ -19,7 +19,7 @@ def _content(message: bytes) -> str:
 def render_report(config: Config, injection: Injection, show: str | None) -> str:
     snapshot, diff = injection.snapshot, injection.diff
     if show == "snapshot":
-        return _content(snapshot.message)
+        return _content(snapshot.encoded())
     if show == "diff":
         return _content(diff.message)
     if show == "files":

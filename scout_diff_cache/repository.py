@@ -7,7 +7,6 @@ repository that was repaired or replaced since the last call.
 
 from __future__ import annotations
 
-import collections
 import hashlib
 from pathlib import Path
 
@@ -74,15 +73,19 @@ def head_commit(repo: pygit2.Repository) -> pygit2.Commit | None:
         raise RepositoryError(f"cannot resolve HEAD in {repo.workdir}: {error}") from None
 
 
-def repository_key(repo: pygit2.Repository, commit: pygit2.Commit) -> str:
+def repository_key(repo: pygit2.Repository, commit: pygit2.Commit, known: tuple[str, str] | None = None) -> str:
     """A name for the repository that every clone shares and no rebase changes: its first commit's.
 
-    Walks `commit`'s first-parent line to its root once (a build, a start), never per request.
+    Walks `commit`'s first-parent line to its root once (a start), never per request; a rebase stops
+    at the `known` (commit, name) of the previous base when it meets it, since their roots agree.
     """
     walker = repo.walk(commit.id, SortMode.NONE)
     walker.simplify_first_parent()
-    last = collections.deque(walker, maxlen=1)
-    root = last[0] if last else commit
+    root = commit
+    for seen in walker:
+        if known is not None and str(seen.id) == known[0]:
+            return known[1]
+        root = seen
     return "scout-" + hashlib.sha256(str(root.id).encode()).hexdigest()[:16]
 
 

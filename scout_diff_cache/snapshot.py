@@ -31,19 +31,30 @@ fits, otherwise it is listed as over the cap (and its diffs stay stubs: see `Con
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Executor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import attrs
 import pygit2
 from pygit2.enums import FileMode
 
-from .content import entry_side, is_binary, screened_text, section, spell
+from .content import spell
 from .epoch import Epoch
 from .errors import RepositoryError
 from .order import carry_order, changed_paths, initial_order, last_changes
-from .prompt import system_message
+from .prompt import SYSTEM_CLOSE, SYSTEM_OPEN, encode_json, system_message
 from .repository import ContentRules, open_repository, repository_key
 from .secrets import Finding
+from .sections import EXCLUDED, Section, SectionKey, render_entries
+from .workers import InlineExecutor, Workers, release_freed_memory
+
+#: The snapshot's message is kept as chunks of about this size: never one huge bytes object to
+#: allocate and copy in one call (the GIL is held meanwhile), and few enough writes per request.
+CHUNK_BYTES = 1 << 20
+
+#: Render batches per build: small enough to share the work evenly between processes, few enough to be cheap.
+BATCHES = 16
 
 HEADER = """\
 # Repository snapshot
@@ -78,6 +89,18 @@ class LeftOut:
 
 
 @attrs.frozen
+class Rendered:
+    """The sections a snapshot was assembled from, by entry, under one set of rules: what a rebase
+    reuses. Inlined sections are views into the snapshot's own chunks, so they cost no memory."""
+
+    rules: ContentRules
+    sections: dict[SectionKey, Section] = attrs.field(repr=False)
+
+    def usable(self, rules: ContentRules) -> dict[SectionKey, Section]:
+        return self.sections if rules == self.rules else {}
+
+
+@attrs.frozen
 class Snapshot:
     commit: str | None
     #: (path, bytes) of every file whose text is in the snapshot, in snapshot order.
@@ -91,8 +114,11 @@ class Snapshot:
     findings: tuple[Finding, ...] = attrs.field(repr=False)
     #: Every path of the base tree, in snapshot order: what the next epoch's order starts from.
     order: tuple[str, ...] = attrs.field(repr=False)
-    #: The system message, JSON-encoded once, spliced into every request's body.
-    message: bytes = attrs.field(repr=False)
+    #: The system message, JSON-encoded once, as chunks spliced into every request's body.
+    message: tuple[bytes, ...] = attrs.field(repr=False)
+    rendered: Rendered | None = attrs.field(default=None, repr=False, eq=False)
+    #: The repository's name in the header (see `repository_key`); None before the first commit.
+    key: str | None = attrs.field(default=None, repr=False)
 
     @property
     def files(self) -> int:
@@ -106,66 +132,161 @@ class Snapshot:
     def epoch(self) -> Epoch:
         return Epoch(self.commit, self.order)
 
+    def encoded(self) -> bytes:
+        """The message in one piece: for inspection and tests, never per request."""
+        return b"".join(self.message)
+
 
 def build_snapshot(
-    path: Path, commit: str | None, rules: ContentRules, max_snapshot_bytes: int, previous: Epoch | None
+    path: Path,
+    commit: str | None,
+    rules: ContentRules,
+    max_snapshot_bytes: int,
+    previous: Epoch | None,
+    *,
+    workers: Workers | None = None,
+    reuse: Snapshot | None = None,
 ) -> Snapshot:
-    """Render `commit` (None: no commits yet), ordered from the `previous` epoch. Blocking."""
+    """Render `commit` (None: no commits yet), ordered from the `previous` epoch, taking every
+    section `reuse` has for an unchanged entry. Blocking; the rendering runs on `workers`."""
     if commit is None:
-        return _finish(None, [UNBORN], [], [], [], [], ())
-    repo = open_repository(path)
+        return Snapshot(None, (), len(UNBORN.encode("utf-8")), (), (), (), (), (system_message(UNBORN),))
     try:
+        repo = open_repository(path)
         target = repo[commit].peel(pygit2.Commit)
-        entries = {
-            raw.decode("utf-8", "surrogateescape"): (mode, oid) for raw, mode, oid in _walk(repo, target.tree, b"")
-        }
-        order = _order(repo, target, previous, entries)
-        parts = [HEADER.format(key=repository_key(repo, target))]
-        left_out: list[LeftOut] = []
-        excluded: list[str] = []
-        findings: list[Finding] = []
-        inlined: list[tuple[str, int]] = []
-        budget = max_snapshot_bytes
-        for key in order:
-            mode, oid = entries[key]
-            path_text = key.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-            if rules.exclude.excludes(path_text):
-                excluded.append(path_text)
-                continue
-            if rules.secret_by_name(path_text):
-                left_out.append(LeftOut(path_text, "secret by its name", "not read"))
-                continue
-            side = entry_side(repo, mode, oid, rules)
-            assert side is not None  # _walk yields no trees
-            if side.kind == "submodule":
-                left_out.append(LeftOut(path_text, "submodule", f"at {oid}"))
-                continue
-            if side.data is None:
-                left_out.append(LeftOut(path_text, "too large", f"{side.size} bytes"))
-                continue
-            if side.kind == "file" and is_binary(side.data):
-                left_out.append(LeftOut(path_text, "binary", f"{side.size} bytes"))
-                continue
-            text, found = screened_text(side, path_text, rules)
-            findings += found
-            if text is None:
-                left_out.append(LeftOut(path_text, "holds a secret", f"{len(found)} found"))
-                continue
-            rendered = section(side.kind, path_text, text, side.executable)
-            cost = len(rendered.encode("utf-8"))
-            if cost > budget:
-                left_out.append(LeftOut(path_text, "over the snapshot cap", f"{side.size} bytes"))
-                continue
-            budget -= cost
-            inlined.append((path_text, side.size))
-            parts.append(rendered)
-        if left_out:
-            parts.append(f"=== not included [{len(left_out)} entries] ===\n")
-            parts.extend(item.render() + "\n" for item in left_out)
-        parts.append(f"=== end of snapshot: commit {commit} ===\n")
-        return _finish(commit, parts, inlined, left_out, excluded, findings, tuple(order))
+        entries = [
+            (raw.decode("utf-8", "surrogateescape"), mode, str(oid)) for raw, mode, oid in _walk(repo, target.tree, b"")
+        ]
+        executor = workers.executor(len(entries)) if workers is not None else InlineExecutor()
+        try:
+            sections, order, key = _render(path, commit, rules, previous, entries, reuse, executor)
+        except BrokenProcessPool:  # a worker died (killed, out of memory): this build goes on here
+            assert workers is not None
+            workers.discard(executor)
+            sections, order, key = _render(path, commit, rules, previous, entries, reuse, InlineExecutor())
     except (pygit2.GitError, KeyError, ValueError) as error:
         raise RepositoryError(f"cannot read commit {commit} in {path}: {error}") from None
+    by_path = {entry[0]: entry for entry in entries}
+    snapshot = _assemble(commit, key, [by_path[item] for item in order], sections, max_snapshot_bytes, rules)
+    del sections  # copied into the chunks: their memory goes back before the trim
+    release_freed_memory()
+    return snapshot
+
+
+def order_and_key(
+    path: Path, commit: str, previous: Epoch | None, paths: list[str], known: tuple[str, str] | None
+) -> tuple[list[str], str]:
+    """The snapshot's file order and the repository's name: the history walks of a build."""
+    repo = open_repository(path)
+    target = repo[commit].peel(pygit2.Commit)
+    return _order(repo, target, previous, paths), repository_key(repo, target, known)
+
+
+def _render(
+    path: Path,
+    commit: str,
+    rules: ContentRules,
+    previous: Epoch | None,
+    entries: list[SectionKey],
+    reuse: Snapshot | None,
+    executor: Executor,
+) -> tuple[dict[SectionKey, Section], list[str], str]:
+    """Every entry's section (those `reuse` has as they are), the order and the name, side by side."""
+    named = (reuse.commit, reuse.key) if reuse is not None and reuse.commit and reuse.key else None
+    ordering = executor.submit(order_and_key, path, commit, previous, [entry[0] for entry in entries], named)
+    known = reuse.rendered.usable(rules) if reuse is not None and reuse.rendered is not None else {}
+    todo = [entry for entry in entries if entry not in known]
+    size = max(1, -(-len(todo) // BATCHES))
+    batches = [todo[start : start + size] for start in range(0, len(todo), size)]
+    futures = [executor.submit(render_entries, path, batch, rules) for batch in batches]
+    sections = {entry: known[entry] for entry in entries if entry in known}
+    for batch, future in zip(batches, futures, strict=True):
+        sections.update(zip(batch, future.result(), strict=True))
+    order, key = ordering.result()
+    return sections, order, key
+
+
+def _assemble(
+    commit: str,
+    key: str,
+    entries: list[SectionKey],
+    sections: dict[SectionKey, Section],
+    max_snapshot_bytes: int,
+    rules: ContentRules,
+) -> Snapshot:
+    """The sections in snapshot order, the first that fit under the cap inlined, the rest listed."""
+    header = HEADER.format(key=key)
+    left_out: list[LeftOut] = []
+    excluded: list[str] = []
+    findings: list[Finding] = []
+    inlined: list[tuple[str, int]] = []
+    pieces: list[tuple[SectionKey | None, bytes | memoryview]] = [(None, SYSTEM_OPEN + encode_json(header)[1:-1])]
+    text_bytes = len(header.encode("utf-8"))
+    kept: dict[SectionKey, Section] = {}
+    budget = max_snapshot_bytes
+    for entry in entries:
+        item = sections[entry]
+        if item.reason == EXCLUDED:
+            excluded.append(item.path)
+        elif item.reason is not None:
+            left_out.append(LeftOut(item.path, item.reason, item.detail))
+        elif item.cost > budget:
+            left_out.append(LeftOut(item.path, "over the snapshot cap", f"{item.size} bytes"))
+            findings += item.findings
+            continue  # not kept: its text would be held outside the chunks
+        else:
+            budget -= item.cost
+            text_bytes += item.cost
+            inlined.append((item.path, item.size))
+            pieces.append((entry, item.encoded))
+        findings += item.findings
+        kept[entry] = item
+    tail = [f"=== not included [{len(left_out)} entries] ===\n"] if left_out else []
+    tail += [item.render() + "\n" for item in left_out]
+    tail.append(f"=== end of snapshot: commit {commit} ===\n")
+    text = "".join(tail)
+    text_bytes += len(text.encode("utf-8"))
+    pieces.append((None, encode_json(text)[1:-1] + SYSTEM_CLOSE))
+    chunks, views = _chunks(pieces)
+    rendered = Rendered(
+        rules,
+        {entry: attrs.evolve(item, encoded=views[entry]) if entry in views else item for entry, item in kept.items()},
+    )
+    return Snapshot(
+        commit,
+        tuple(inlined),
+        text_bytes,
+        tuple(left_out),
+        tuple(excluded),
+        tuple(findings),
+        tuple(entry[0] for entry in entries),
+        chunks,
+        rendered,
+        key,
+    )
+
+
+def _chunks(
+    pieces: list[tuple[SectionKey | None, bytes | memoryview]],
+) -> tuple[tuple[bytes, ...], dict[SectionKey, memoryview]]:
+    """The pieces joined into chunks of about CHUNK_BYTES, and a view of each keyed piece in its chunk."""
+    chunks: list[bytes] = []
+    views: dict[SectionKey, memoryview] = {}
+    group: list[tuple[SectionKey | None, bytes | memoryview]] = []
+    size = 0
+    for number, (entry, piece) in enumerate(pieces):
+        group.append((entry, piece))
+        size += len(piece)
+        if size >= CHUNK_BYTES or number == len(pieces) - 1:
+            chunk = b"".join(piece for _, piece in group)
+            whole, start = memoryview(chunk), 0
+            for key, part in group:
+                if key is not None:
+                    views[key] = whole[start : start + len(part)]
+                start += len(part)
+            chunks.append(chunk)
+            group, size = [], 0
+    return tuple(chunks), views
 
 
 def _order(repo: pygit2.Repository, target: pygit2.Commit, previous: Epoch | None, paths: Iterable[str]) -> list[str]:
@@ -185,18 +306,3 @@ def _walk(repo: pygit2.Repository, tree: pygit2.Tree, prefix: bytes) -> Iterator
             yield from _walk(repo, repo[entry.id].peel(pygit2.Tree), raw_path + b"/")
         else:
             yield raw_path, entry.filemode, entry.id
-
-
-def _finish(
-    commit: str | None,
-    parts: list[str],
-    inlined: list[tuple[str, int]],
-    left_out: list[LeftOut],
-    excluded: list[str],
-    findings: list[Finding],
-    order: tuple[str, ...],
-) -> Snapshot:
-    size = sum(len(part.encode("utf-8")) for part in parts)
-    return Snapshot(
-        commit, tuple(inlined), size, tuple(left_out), tuple(excluded), tuple(findings), order, system_message(*parts)
-    )

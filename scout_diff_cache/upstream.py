@@ -16,7 +16,7 @@ import aiohttp
 from .accounting import Usage, usage_of
 from .config import UpstreamConfig
 from .errors import ProxyError, UpstreamBadResponse, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
-from .prompt import Body, assemble, encode_json
+from .prompt import Body, Encoded, assemble, encode_json
 from .routing import Routing
 
 #: An error body longer than this is cut before it is read whole.
@@ -147,7 +147,7 @@ async def warm_up(
     session: aiohttp.ClientSession,
     config: UpstreamConfig,
     routing: Routing,
-    snapshot_message: bytes,
+    snapshot_message: Encoded,
     diff_message: bytes,
 ) -> Usage | None:
     """Have the upstream process (and so cache) the prefix, generating a single token."""

@@ -35,7 +35,7 @@ def test_the_closest_remembered_epoch_with_a_small_diff_is_chosen() -> None:
 
 
 def snapshot_of(base: str) -> Snapshot:
-    return Snapshot(base, (), 0, (), (), (), (), b"")
+    return Snapshot(base, (), 0, (), (), (), (), ())
 
 
 def test_the_pool_keeps_the_newest_epochs_within_its_capacity() -> None:

@@ -1,0 +1,71 @@
+"""One tree entry as the snapshot shows it: read, screened for secrets, rendered and JSON-encoded.
+
+This is the expensive part of a snapshot (reading every blob, scanning it, escaping it), and it
+depends only on the entry's path, mode and blob id and on the content rules: never on the file
+order or on the other files. So it runs in worker processes, in batches, and a rebase takes every
+section whose entry did not change from the previous snapshot instead of rendering it again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import attrs
+import pygit2
+
+from .content import entry_side, is_binary, screened_text, section
+from .prompt import encode_json
+from .repository import ContentRules, open_repository
+from .secrets import Finding
+
+#: What identifies a section: the tree's path (surrogate-escaped), the file mode, the blob id.
+SectionKey = tuple[str, int, str]
+
+#: The reason of an entry the exclude patterns keep out of the snapshot's text altogether.
+EXCLUDED = "excluded"
+
+
+@attrs.frozen
+class Section:
+    """A rendered entry: either inlined (`reason` None, `encoded` its JSON-escaped text) or not."""
+
+    path: str
+    size: int
+    #: Why the text is not included ("binary", "too large", ..., or EXCLUDED); None when it is.
+    reason: str | None = None
+    detail: str = ""
+    findings: tuple[Finding, ...] = ()
+    #: The rendered section, JSON-encoded without quotes (a view into a snapshot chunk once assembled).
+    encoded: bytes | memoryview = attrs.field(default=b"", repr=False, eq=False)
+    #: Bytes of the rendered section in UTF-8: what it costs against the snapshot cap.
+    cost: int = 0
+
+
+def render_entry(repo: pygit2.Repository, key: SectionKey, rules: ContentRules) -> Section:
+    """The section of one entry, with the same tests in the same order as the snapshot always made."""
+    raw, mode, oid = key
+    path = raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if rules.exclude.excludes(path):
+        return Section(path, 0, EXCLUDED)
+    if rules.secret_by_name(path):
+        return Section(path, 0, "secret by its name", "not read")
+    side = entry_side(repo, mode, pygit2.Oid(hex=oid), rules)
+    assert side is not None  # trees are walked, never rendered
+    if side.kind == "submodule":
+        return Section(path, side.size, "submodule", f"at {oid}")
+    if side.data is None:
+        return Section(path, side.size, "too large", f"{side.size} bytes")
+    if side.kind == "file" and is_binary(side.data):
+        return Section(path, side.size, "binary", f"{side.size} bytes")
+    text, found = screened_text(side, path, rules)
+    if text is None:
+        return Section(path, side.size, "holds a secret", f"{len(found)} found", tuple(found))
+    rendered = section(side.kind, path, text, side.executable)
+    return Section(path, side.size, None, "", tuple(found), encode_json(rendered)[1:-1], len(rendered.encode("utf-8")))
+
+
+def render_entries(repository: Path, keys: Iterable[SectionKey], rules: ContentRules) -> list[Section]:
+    """Sections for `keys`, in their order: the unit of work a worker process is given."""
+    repo = open_repository(repository)
+    return [render_entry(repo, key, rules) for key in keys]

@@ -1,0 +1,100 @@
+"""Worker processes for a snapshot's heavy work, so the event loop only ever receives finished bytes.
+
+Python's `re` and `json` hold the GIL for a whole call: scanning or escaping a large file in a
+thread still freezes the event loop for that long. So a large tree is rendered in a small process
+pool (spawned, never forked: the server has threads; at a lower CPU priority, so that the event
+loop is scheduled first when they share the cores), started by the first large build and shut
+down with the application. A small tree costs less than starting a process, and a pool that cannot
+start (a sandbox without semaphores, say) or that broke is no reason to stop serving: then the
+same functions run in the calling thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Trees with fewer entries are rendered in the calling thread: a pool's start costs more.
+POOL_MIN_ENTRIES = 500
+
+#: How much less CPU priority the worker processes have than the server (see `os.nice`).
+WORKER_NICENESS = 10
+
+
+class InlineExecutor(Executor):
+    """Runs each call at once in the calling thread: the pool's stand-in."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as error:  # handed to whoever asks the future, as a pool would
+            future.set_exception(error)
+        return future
+
+
+class Workers:
+    """A process pool started on first need, or the calling thread for small or pool-less work."""
+
+    def __init__(self, processes: int | None = None, min_entries: int = POOL_MIN_ENTRIES) -> None:
+        self.processes = processes or os.cpu_count() or 1
+        self._min_entries = min_entries
+        self._pool: ProcessPoolExecutor | None = None
+        self._unavailable = False
+        self._lock = threading.Lock()  # builds run in threads: one pool, however many ask at once
+
+    def executor(self, entries: int) -> Executor:
+        """Where to run the work of a tree of `entries`: the pool when it is large and can run."""
+        if entries < self._min_entries:
+            return InlineExecutor()
+        with self._lock:
+            if self._pool is None and not self._unavailable:
+                try:
+                    self._pool = ProcessPoolExecutor(
+                        self.processes,
+                        mp_context=multiprocessing.get_context("spawn"),
+                        initializer=os.nice,
+                        initargs=(WORKER_NICENESS,),
+                    )
+                except (OSError, NotImplementedError, ImportError) as error:
+                    self._unavailable = True
+                    log.warning("no worker processes (%s): snapshots are rendered in a thread", error)
+            return self._pool or InlineExecutor()
+
+    def discard(self, executor: Executor) -> None:
+        """Drop a pool that broke (a worker was killed); the next large build starts a new one."""
+        with self._lock:
+            if executor is self._pool:
+                self._pool = None
+        executor.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        """Stop the worker processes (blocking until they exit)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def release_freed_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc only; elsewhere nothing to do).
+
+    A build unpacks every section, then copies them into the snapshot's chunks: the freed sections
+    leave holes in the heap that the allocator keeps, about the snapshot's size again, unless asked.
+    """
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)  # ctypes releases the GIL for the call

@@ -1,0 +1,137 @@
+"""Rendering in worker processes, reusing sections and keeping chunks change no byte that is sent.
+
+Each test builds the same snapshot with the renderer as it was before (`snapshot_before.py`, one
+thread, one joined message) and with the current one, and compares every byte and every field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pygit2
+import pytest
+from pygit2.enums import FileMode
+
+from scout_diff_cache.epoch import Epoch
+from scout_diff_cache.patterns import compile_patterns
+from scout_diff_cache.repository import ContentRules
+from scout_diff_cache.snapshot import CHUNK_BYTES, Snapshot, build_snapshot
+from scout_diff_cache.workers import Workers
+
+import snapshot_before
+from support import SIGNATURE, GitRepo
+
+SECRET = "AKIA" + "ABCDEFGHIJKLMNOP"
+
+
+@pytest.fixture
+def varied(git_repo: GitRepo) -> GitRepo:
+    """Every kind of entry the snapshot treats differently, and enough files to need several batches."""
+    for number in range(60):
+        git_repo.write(f"pkg/module{number:02d}.py", f"# module {number}\n" + "value = 1\n" * number)
+    git_repo.write("tool.sh", "#!/bin/sh\necho hi\n").chmod(0o755)
+    git_repo.write("no-newline.txt", "last line")
+    git_repo.write("empty.txt", "")
+    git_repo.write("logo.png", b"\x89PNG\r\n\x1a\n\x00\x00binary")
+    git_repo.write("data/big.txt", "x" * 5000 + "\n")
+    git_repo.write("package-lock.json", '{"lock": 1}\n')
+    git_repo.write(".env", "TOKEN=abc\n")
+    git_repo.write("settings.py", f'AWS_ACCESS_KEY_ID = "{SECRET}"\n')
+    git_repo.write("latin1.txt", "caf\xe9\n".encode("latin-1"))
+    git_repo.write('quote"d\tname.txt', 'say "hi" \\ \u2603\n')
+    git_repo.write("wide/\u00fcnicode.md", "\u00fc\U0001f600\n" * 3)
+    (git_repo.path / "link").symlink_to("src/app.py")
+    git_repo.commit("varied")
+    index = git_repo.repo.index
+    index.add(pygit2.IndexEntry("vendored/lib", pygit2.Oid(hex="12" * 20), FileMode.COMMIT))
+    index.write()
+    git_repo.repo.create_commit(
+        "HEAD", SIGNATURE, SIGNATURE, "submodule", index.write_tree(), [git_repo.repo.head.target]
+    )
+    return git_repo
+
+
+@pytest.fixture
+def pool() -> Iterator[Workers]:
+    workers = Workers(processes=2, min_entries=0)
+    yield workers
+    workers.close()
+
+
+def rules(secrets: str = "redact") -> ContentRules:
+    return ContentRules(compile_patterns(["package-lock.json"]), 4096, secrets)
+
+
+def assert_same(before: snapshot_before.Snapshot, now: Snapshot) -> None:
+    assert now.encoded() == before.message
+    assert [(item.path, item.reason, item.detail) for item in now.left_out] == [
+        (item.path, item.reason, item.detail) for item in before.left_out
+    ]
+    assert (now.commit, now.inlined, now.text_bytes, now.excluded, now.findings, now.order) == (
+        before.commit,
+        before.inlined,
+        before.text_bytes,
+        before.excluded,
+        before.findings,
+        before.order,
+    )
+
+
+@pytest.mark.parametrize("secrets", ["redact", "exclude-file", "off"])
+def test_a_snapshot_rendered_in_the_thread_is_the_same_bytes_as_before(varied: GitRepo, secrets: str) -> None:
+    before = snapshot_before.build_snapshot(varied.path, varied.head(), rules(secrets), 1 << 30, None)
+    assert_same(before, build_snapshot(varied.path, varied.head(), rules(secrets), 1 << 30, None))
+
+
+def test_a_snapshot_rendered_by_worker_processes_is_the_same_bytes_as_before(varied: GitRepo, pool: Workers) -> None:
+    before = snapshot_before.build_snapshot(varied.path, varied.head(), rules(), 1 << 30, None)
+    assert_same(before, build_snapshot(varied.path, varied.head(), rules(), 1 << 30, None, workers=pool))
+
+
+def test_the_cap_leaves_out_the_same_files_as_before(varied: GitRepo, pool: Workers) -> None:
+    before = snapshot_before.build_snapshot(varied.path, varied.head(), rules(), 3000, None)
+    assert any(item.reason == "over the snapshot cap" for item in before.left_out)
+    assert_same(before, build_snapshot(varied.path, varied.head(), rules(), 3000, None, workers=pool))
+
+
+def test_a_rebase_reusing_sections_is_the_same_bytes_as_a_fresh_build(varied: GitRepo, pool: Workers) -> None:
+    first = build_snapshot(varied.path, varied.head(), rules(), 1 << 30, None, workers=pool)
+    varied.write("pkg/module07.py", "# changed\n")
+    varied.write("pkg/added.py", "# added\n")
+    (varied.path / "pkg/module08.py").unlink()
+    varied.repo.index.remove("pkg/module08.py")
+    varied.commit("a few files")
+    epoch = Epoch(first.commit, first.order)
+    before = snapshot_before.build_snapshot(varied.path, varied.head(), rules(), 1 << 30, epoch)
+    rebased = build_snapshot(varied.path, varied.head(), rules(), 1 << 30, epoch, workers=pool, reuse=first)
+    assert_same(before, rebased)
+    assert rebased.key == first.key
+    assert rebased.order[-2:] == ("pkg/added.py", "pkg/module07.py")
+
+
+def test_sections_are_reused_only_under_the_same_rules(varied: GitRepo) -> None:
+    first = build_snapshot(varied.path, varied.head(), rules("off"), 1 << 30, None)
+    before = snapshot_before.build_snapshot(varied.path, varied.head(), rules(), 1 << 30, first.epoch)
+    assert_same(before, build_snapshot(varied.path, varied.head(), rules(), 1 << 30, first.epoch, reuse=first))
+    assert SECRET in first.encoded().decode()
+
+
+def test_a_large_snapshot_is_kept_as_chunks_of_bounded_size(git_repo: GitRepo, pool: Workers) -> None:
+    for number in range(40):
+        git_repo.write(f"big/{number:02d}.txt", f"line {number}\n" * 10_000)
+    git_repo.commit("large")
+    big = ContentRules(compile_patterns([]), 1 << 20)
+    before = snapshot_before.build_snapshot(git_repo.path, git_repo.head(), big, 1 << 30, None)
+    now = build_snapshot(git_repo.path, git_repo.head(), big, 1 << 30, None, workers=pool)
+    assert_same(before, now)
+    assert len(now.message) > 1
+    assert max(map(len, now.message)) < 2 * CHUNK_BYTES
+
+
+def test_an_unborn_repository_renders_as_before(tmp_path: Path) -> None:
+    repo = GitRepo(tmp_path / "unborn")
+    assert_same(
+        snapshot_before.build_snapshot(repo.path, None, rules(), 1 << 30, None),
+        build_snapshot(repo.path, None, rules(), 1 << 30, None),
+    )
