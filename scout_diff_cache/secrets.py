@@ -47,6 +47,9 @@ class Rule:
     #: The regex group holding the secret (0: the whole match).
     group: int = 0
     config_only: bool = False
+    #: Exact substrings one of which every match contains, for a rule whose matches never span a line
+    #: break: then only the lines holding one are scanned (the same matches, in a fraction of the time).
+    anchors: tuple[str, ...] = ()
 
 
 RULES = (
@@ -58,7 +61,12 @@ RULES = (
             re.S,
         ),
     ),
-    Rule("aws-access-key-id", ("akia", "asia", "abia", "acca"), re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b")),
+    Rule(
+        "aws-access-key-id",
+        ("akia", "asia", "abia", "acca"),
+        re.compile(r"\b(?:AKIA|ASIA|ABIA|ACCA)[0-9A-Z]{16}\b"),
+        anchors=("AKIA", "ASIA", "ABIA", "ACCA"),
+    ),
     Rule(
         "aws-secret-access-key",
         ("aws",),
@@ -67,26 +75,39 @@ RULES = (
         ),
         group=1,
     ),
-    Rule("google-api-key", ("aiza",), re.compile(r"\bAIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-])")),
+    Rule("google-api-key", ("aiza",), re.compile(r"\bAIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-])"), anchors=("AIza",)),
     Rule(
         "github-token",
         ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
         re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36}|github_pat_[A-Za-z0-9_]{82})\b"),
+        anchors=("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
     ),
-    Rule("gitlab-token", ("glpat-",), re.compile(r"\bglpat-[A-Za-z0-9_\-]{20}(?![A-Za-z0-9_\-])")),
-    Rule("slack-token", ("xox",), re.compile(r"\bxox[baprs]-[A-Za-z0-9-]{10,}")),
+    Rule("gitlab-token", ("glpat-",), re.compile(r"\bglpat-[A-Za-z0-9_\-]{20}(?![A-Za-z0-9_\-])"), anchors=("glpat-",)),
+    Rule("slack-token", ("xox",), re.compile(r"\bxox[baprs]-[A-Za-z0-9-]{10,}"), anchors=("xox",)),
     Rule(
         "slack-webhook",
         ("hooks.slack.com",),
         re.compile(r"https://hooks\.slack\.com/services/T[A-Za-z0-9]+/B[A-Za-z0-9]+/[A-Za-z0-9]+"),
+        anchors=("https://hooks.slack.com/services/",),
     ),
-    Rule("stripe-key", ("_live_", "_test_"), re.compile(r"\b(?:sk|rk)_(?:live|test)_[0-9a-zA-Z]{16,}\b")),
-    Rule("jwt", ("eyj",), re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}")),
+    Rule(
+        "stripe-key",
+        ("_live_", "_test_"),
+        re.compile(r"\b(?:sk|rk)_(?:live|test)_[0-9a-zA-Z]{16,}\b"),
+        anchors=("_live_", "_test_"),
+    ),
+    Rule(
+        "jwt",
+        ("eyj",),
+        re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
+        anchors=("eyJ",),
+    ),
     Rule(
         "password-in-url",
         ("://",),
         re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@\"']+:([^\s/@\"']+)@[^\s/\"']+"),
         group=1,
+        anchors=("://",),
     ),
     Rule(
         "assigned-secret",
@@ -118,23 +139,46 @@ def placeholder(rule: str, value: str) -> str:
     return f"[REDACTED:{rule}:{hashlib.sha256(value.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}]"
 
 
-def _matches(path: str, text: str) -> Iterator[tuple[int, int, int, str]]:
+def matches(path: str, text: str) -> Iterator[tuple[int, int, int, str]]:
     """(start, rule's rank, end, rule) of every match: at one position the more specific rule wins."""
     config_like = CONFIG_LIKE.search(path) is not None
     lowered = text.lower()
     for rank, rule in enumerate(RULES):
-        if (rule.config_only and not config_like) or not any(hint in lowered for hint in rule.hints):
+        if rule.config_only and not config_like:
             continue
-        for match in rule.pattern.finditer(text):
-            value = match.group(rule.group)
-            if value and not (rule.group and PLACEHOLDER.match(value)):
-                yield match.start(rule.group), rank, match.end(rule.group), rule.name
+        if rule.anchors:
+            spans = _lines_holding(text, rule.anchors)
+        else:
+            spans = [(0, len(text))] if any(hint in lowered for hint in rule.hints) else []
+        for start, end in spans:
+            for match in rule.pattern.finditer(text, start, end):
+                value = match.group(rule.group)
+                if value and not (rule.group and PLACEHOLDER.match(value)):
+                    yield match.start(rule.group), rank, match.end(rule.group), rule.name
+
+
+def _lines_holding(text: str, anchors: tuple[str, ...]) -> list[tuple[int, int]]:
+    """(start, end) of every line of `text` that holds one of `anchors`, in order, each once.
+
+    Scanning from a line's start sees the same word boundary as scanning the whole text (`re`
+    looks at the character before `pos`), and a match that cannot span a line break ends by its end.
+    """
+    spans = set()
+    for anchor in anchors:
+        found = text.find(anchor)
+        while found != -1:
+            start = text.rfind("\n", 0, found) + 1
+            end = text.find("\n", found)
+            end = len(text) if end == -1 else end
+            spans.add((start, end))
+            found = text.find(anchor, end)
+    return sorted(spans)
 
 
 def redact(path: str, text: str) -> tuple[str, list[Finding]]:
     """`text` with every secret replaced, and where each one was (of overlapping matches, the first)."""
     spans: list[tuple[int, int, str]] = []
-    for start, _, end, rule in sorted(_matches(path, text)):
+    for start, _, end, rule in sorted(matches(path, text)):
         if spans and start < spans[-1][1]:
             continue  # overlaps a secret already claimed
         spans.append((start, end, rule))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from scout_diff_cache.secrets import placeholder, redact
+from scout_diff_cache.secrets import CONFIG_LIKE, PLACEHOLDER, RULES, matches, placeholder, redact
 
 from support import FakeUpstream, GitRepo, ProxyFactory, header_of, injected, run_cli, write_config
 
@@ -128,6 +128,36 @@ async def test_secrets_in_the_snapshot_and_the_diff_never_reach_the_upstream(
     log = caplog.text
     assert "secrets found, redacted" in log and "src/db.py:1 (password-in-url)" in log
     assert not any(value in log for *_, value in CORPUS)
+
+
+def full_scan(path: str, text: str) -> list[tuple[int, int, int, str]]:
+    """Every rule over the whole text, as the scan was before it looked only at anchored lines."""
+    config_like, lowered, found = CONFIG_LIKE.search(path) is not None, text.lower(), []
+    for rank, rule in enumerate(RULES):
+        if (rule.config_only and not config_like) or not any(hint in lowered for hint in rule.hints):
+            continue
+        for match in rule.pattern.finditer(text):
+            value = match.group(rule.group)
+            if value and not (rule.group and PLACEHOLDER.match(value)):
+                found.append((match.start(rule.group), rank, match.end(rule.group), rule.name))
+    return sorted(found)
+
+
+def test_scanning_only_the_anchored_lines_finds_what_a_full_scan_finds() -> None:
+    texts = [text for _, _, text, _ in corpus()]
+    url = "postgres://admin:s3cretpass@db.example.com/app"
+    texts += [
+        url,
+        f"x{url}",
+        f"\u0130{url} and ghp_{'a' * 36}",
+        f"a=https://u:p4ssword1@h/x\nsk_live_{'b' * 20}\r\nAKIA{'C' * 16}x AKIA{'D' * 16}",
+        "see ://not-a-url and https://example.org/a:b@c/ and eyJ" + "e" * 20,
+        "AIza" + "f" * 35 + "\n" + "AIza" + "g" * 34,
+    ]
+    texts += ["\n".join(texts), "\r\n".join(texts) + "\n"]
+    for text in texts:
+        for path in ("src/app.py", "deploy/app.yaml"):
+            assert sorted(matches(path, text)) == full_scan(path, text), text
 
 
 def test_inspect_lists_findings_without_values(tmp_path: Path, git_repo: GitRepo) -> None:
