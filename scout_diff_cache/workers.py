@@ -12,7 +12,6 @@ same functions run in the calling thread.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import multiprocessing
 import os
@@ -93,8 +92,6 @@ def release_freed_memory() -> None:
     A build unpacks every section, then copies them into the snapshot's chunks: the freed sections
     leave holes in the heap that the allocator keeps, about the snapshot's size again, unless asked.
     """
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    trim = getattr(libc, "malloc_trim", None)
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # the C library the process runs on
     if trim is not None:
         trim(0)  # ctypes releases the GIL for the call
