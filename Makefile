@@ -6,7 +6,7 @@ CONFIG ?=
 
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_USE_PREBUILT_UI=OFF
 
-.PHONY: run test lint e2e routers bench bench-replay check-config clean
+.PHONY: run test lint e2e routers bench bench-floor bench-replay check-config clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,12 @@ routers: $(VENV)/.installed-routers
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m tests.tools.benchmark $(BENCH_ARGS)
+
+# The upstream's own floor: time to first token of a fully cached prompt of 1k, 4k and 16k tokens on
+# the real llama-server of `make e2e`, directly and through the proxy, beside its /tokenize time.
+FLOOR_ARGS ?=
+bench-floor: $(VENV)/.installed-e2e
+	$(BIN)/python -m tests.tools.floor $(FLOOR_ARGS)
 
 # This project's own history, then 30 releases of three PyPI packages (up to 4 MB of source), then a
 # working day of branch work on a generated 4.5 MB repository, with the default budget and a small one.

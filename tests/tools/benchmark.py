@@ -1,10 +1,14 @@
-"""`make bench`: what the proxy costs per request, measured side by side in one run.
+"""`make bench`: what the proxy costs, measured side by side with its physical references in one run.
 
     python -m tests.tools.benchmark [REPOSITORY] [--requests N]
 
-Without REPOSITORY it generates one of about 50 MB of text in 5,000 files. It starts a minimal
+Without REPOSITORY it generates one the size of the mission (about 40 MB of text, 10M tokens:
+files of varied, realistic sizes, a few large ones, a short history). First the snapshot, as the
+proxy builds it (worker processes, secrets scanned), beside `git archive` of the same tree; the
+longest event-loop stall meanwhile; a rebase from HEAD's first parent reusing sections; the working
+diff beside libgit2's own index-assisted diff; memory, in a fresh process. Then it starts a minimal
 upstream (reads and discards each body, answers a small completion) and the real proxy, each in its
-own process on loopback, then times, for the same upstream body:
+own process on loopback, and times, for the same upstream body:
   direct   the client POSTs the fully assembled body straight to the upstream (the loopback cost);
   proxy    the client POSTs its small body to the proxy, which injects snapshot and diff;
   naive    json.dumps of that whole body, as a proxy that re-serialises per request would.
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
@@ -21,32 +26,45 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 import pygit2
 from aiohttp import web
 
-from scout_diff_cache.config import load_config
-from scout_diff_cache.diff import working_diff
+from scout_diff_cache.config import Config, load_config
+from scout_diff_cache.diff import FLAGS, working_diff
+from scout_diff_cache.order import HISTORY_WINDOW, changed_paths
 from scout_diff_cache.prompt import assemble
+from scout_diff_cache.reader import RepositoryReader
 from scout_diff_cache.repository import ContentRules, head_commit, open_repository
-from scout_diff_cache.snapshot import build_snapshot
+from scout_diff_cache.server import settle_heap
+from scout_diff_cache.snapshot import Snapshot, order_and_key
 from scout_diff_cache.validation import parse_chat_request
+from scout_diff_cache.workers import Workers
 from tests.support import ProxyProcess, free_port
 
 #: The project root, so that the child processes find `scout_diff_cache` and `tests`.
 ROOT = Path(__file__).resolve().parents[2]
 
+#: The mission's scale: 10M tokens of text at about 4 bytes a token.
+MISSION_BYTES = 40_000_000
+
+T = TypeVar("T")
+
 STREAM_CHUNKS = 50
+CONVERSATIONS = 20
 CONCURRENT = 200
 QUESTION = {"model": "bench", "messages": [{"role": "user", "content": "Where is the cache invalidated?"}]}
 ANSWER = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}]}).encode()
 
 
 def generate_repository(path: Path, files: int = 5000, file_bytes: int = 10_000) -> None:
-    """Deterministic source-like text (same seed, same repository), plus one uncommitted edit."""
+    """Deterministic source-like text of uniform files (same seed, same repository), plus one uncommitted edit."""
     rng = random.Random(42)
     words = ["def", "return", "self", "value", "cache", "snapshot", "import", "class", "for", "in", "if", "None"]
     repo = pygit2.init_repository(str(path), initial_head="main")
@@ -59,11 +77,91 @@ def generate_repository(path: Path, files: int = 5000, file_bytes: int = 10_000)
             lines.append(line)
             size += len(line)
         target.write_text("".join(lines))
+    _commit(repo, "generated")
+    (path / "pkg00" / "module0000.py").write_text("# an uncommitted edit\n")
+
+
+#: Extensions and their share of the generated mission-size repository's files.
+KINDS = (("py", 30), ("c", 15), ("h", 8), ("js", 12), ("md", 10), ("json", 5), ("yaml", 5), ("txt", 5), ("sh", 3))
+
+
+def generate_mission_repository(path: Path, target_bytes: int = MISSION_BYTES) -> None:
+    """About 40 MB of text (10M tokens) in files of varied sizes (log-normal, median 4 KB, up to 400 KB),
+    three large ones (1-2 MB), a few binaries and fake secrets, and a short history whose last commit
+    touches three files: deterministic, same seed, same repository; the work tree left clean."""
+    rng = random.Random(14)
+    words = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz_") for _ in range(rng.randint(2, 12))) for _ in range(3000)]
+    extras = ["# see https://example.org/docs/page for details", "token = lookup_key(name)", "    return value"]
+    lines = [
+        "    " * rng.randint(0, 3) + " ".join(rng.choice(words) for _ in range(rng.randint(1, 14)))
+        for _ in range(20_000)
+    ] + extras * 50
+    folders = [
+        "/".join(f"{rng.choice(words)[:8]}{rng.randint(0, 9)}" for _ in range(rng.randint(1, 4))) for _ in range(300)
+    ]
+
+    def text(size: int) -> str:
+        out, total = [], 0
+        while total < size:
+            line = rng.choice(lines) + "\n"
+            out.append(line)
+            total += len(line)
+        return "".join(out)
+
+    repo = pygit2.init_repository(str(path), initial_head="main")
+    names = [kind for kind, share in KINDS for _ in range(share)]
+    written, number, paths = 0, 0, []
+    for large in range(3):
+        size = 1_000_000 + large * 500_000
+        target = path / "data" / f"fixture{large}.json"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text(size))
+        written += size
+    for number in range(5):
+        (path / "assets").mkdir(exist_ok=True)
+        (path / "assets" / f"image{number}.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00" + rng.randbytes(20_000))
+    (path / "config").mkdir(exist_ok=True)
+    (path / "config" / "deploy.yaml").write_text("aws_access_key_id: AKIA" + "Q" * 16 + "\npassword: hunter2hunter2\n")
+    while written < target_bytes:
+        size = min(400_000, int(rng.lognormvariate(8.3, 1.1)))
+        relative = f"{rng.choice(folders)}/{rng.choice(words)}{number}.{rng.choice(names)}"
+        target = path / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text(size))
+        paths.append(relative)
+        written += size
+        number += 1
+    _commit(repo, "generated")
+    for commit in range(20):
+        for relative in rng.sample(paths, 3 if commit == 19 else rng.randint(1, 8)):
+            with (path / relative).open("a") as out:
+                out.write(text(200))
+        _commit(repo, f"change {commit}")
+    settle_index(path)
+
+
+def settle_index(path: Path) -> None:
+    """Pack the objects, as a clone's are; and date the files an hour back, recorded in the index, as
+    a checkout long ago would (files written in the second the index was are "racily clean": every
+    diff would hash them again)."""
+    subprocess.run(["git", "-C", str(path), "repack", "-a", "-d", "-q"], check=True)
+    subprocess.run(["git", "-C", str(path), "prune-packed", "-q"], check=True)
+    past = time.time() - 3600
+    for file in path.rglob("*"):
+        if file.is_file() and ".git" not in file.parts:
+            os.utime(file, (past, past))
+    repo = pygit2.Repository(str(path))
+    repo.index.read()
+    repo.index.add_all()
+    repo.index.write()
+
+
+def _commit(repo: pygit2.Repository, message: str) -> None:
     repo.index.add_all()
     repo.index.write()
     author = pygit2.Signature("bench", "bench@example.com", 1_700_000_000, 0)
-    repo.create_commit("HEAD", author, author, "generated", repo.index.write_tree(), [])
-    (path / "pkg00" / "module0000.py").write_text("# an uncommitted edit\n")
+    parents = [] if repo.head_is_unborn else [repo.head.target]
+    repo.create_commit("HEAD", author, author, message, repo.index.write_tree(), parents)
 
 
 async def discard(request: web.Request) -> web.StreamResponse:
@@ -108,6 +206,152 @@ def spread(times: list[float]) -> tuple[float, float]:
     return statistics.median(times), statistics.quantiles(times, n=100)[98] if len(times) > 1 else times[0]
 
 
+async def stall_while(work: Callable[[], T]) -> tuple[T, float, float]:
+    """`work` in a thread, its seconds, and the longest the event loop was held meanwhile."""
+    started = time.perf_counter()
+    running = asyncio.ensure_future(asyncio.to_thread(work))
+    stall = 0.0
+    while not running.done():
+        tick = time.perf_counter()
+        await asyncio.sleep(0.001)
+        stall = max(stall, time.perf_counter() - tick - 0.001)
+    return running.result(), time.perf_counter() - started, stall
+
+
+def git_archive(repository: Path, commit: str) -> float:
+    """Seconds for `git archive` of `commit` (to /dev/null): reading every blob, in C."""
+    started = time.perf_counter()
+    subprocess.run(["git", "-C", str(repository), "archive", commit], stdout=subprocess.DEVNULL, check=True)
+    return time.perf_counter() - started
+
+
+def libgit2_diff(repository: Path) -> int:
+    """libgit2's own index-assisted diff, HEAD → index → work tree, as the proxy asks it: the changed paths."""
+    repo = open_repository(repository)
+    head = head_commit(repo)
+    assert head is not None
+    index = repo.index
+    diffs = (head.tree.diff_to_index(index, FLAGS), index.diff_to_workdir(FLAGS))
+    return sum(1 for diff in diffs for _ in diff.deltas)
+
+
+def timed(work: Callable[[], object], count: int) -> list[float]:
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def anonymous_rss(pid: int | str = "self") -> int:
+    """Bytes of anonymous memory (not file-backed maps such as libgit2's packs) of a process."""
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("RssAnon:"))
+
+
+async def snapshot_costs(repository: Path, config: Config) -> Snapshot:
+    """The snapshot as the proxy builds it, beside `git archive`; a rebase; the diff beside libgit2's."""
+    rules = ContentRules.from_config(config)
+    cap = config.repository.max_snapshot_bytes
+    repo = open_repository(repository)
+    head = head_commit(repo)
+    assert head is not None, "the benchmark needs a repository with commits"
+    parent = head.parents[0] if head.parents else head
+    changed = len(changed_paths(parent.tree, head.tree))
+    reader = RepositoryReader(repository, rules, cap, Workers())
+    try:
+        archive = git_archive(repository, str(parent.id))
+        first, build, stall = await stall_while(lambda: reader.build(str(parent.id), None))
+        archive = min(archive, git_archive(repository, str(parent.id)))
+        paths = list(first.order)
+        _, ordering, _ = await stall_while(lambda: order_and_key(repository, str(parent.id), None, paths, None))
+        snapshot, rebase, rebase_stall = await stall_while(lambda: reader.build(str(head.id), first.epoch, first))
+    finally:
+        reader.close()
+    megabytes = first.text_bytes / 1e6
+    print(
+        f"snapshot build, cold (HEAD^, secrets scanned, {Workers().processes} worker processes): {build:.2f} s for "
+        f"{megabytes:.1f} MB, {first.files} files; git archive of the same tree: {archive:.2f} s; "
+        f"ratio {build / archive:.1f}x (goal <= 3)"
+    )
+    print(
+        f"  of which the first epoch's file order (up to {HISTORY_WINDOW} commits of history, one worker, "
+        f"alongside the rendering): {ordering:.2f} s alone"
+    )
+    _, _, idle = await stall_while(lambda: time.sleep(build / 4))
+    print(
+        f"  longest event-loop stall during the build: {stall * 1000:.1f} ms (goal <= 20); with nothing "
+        f"running, for a quarter as long (the machine's own noise): {idle * 1000:.1f} ms"
+    )
+    print(
+        f"rebase HEAD^ -> HEAD ({changed} files changed), reusing sections: {rebase:.2f} s = "
+        f"{rebase / build:.1%} of the cold build (goal <= 10%); longest stall {rebase_stall * 1000:.1f} ms"
+    )
+    diff_times, libgit2_times = [], []
+    for _ in range(20):  # interleaved, so drift in the machine hits both alike
+        diff_times += timed(lambda: working_diff(open_repository(repository), head, head, rules, []), 1)
+        libgit2_times += timed(lambda: libgit2_diff(repository), 1)
+    files = working_diff(open_repository(repository), head, head, rules, []).files
+    diff_ms, libgit2_ms = statistics.median(diff_times) * 1000, statistics.median(libgit2_times) * 1000
+    print(
+        f"working diff ({files} changed files): {diff_ms:.1f} ms; libgit2's index-assisted diff alone: "
+        f"{libgit2_ms:.1f} ms; ratio {diff_ms / libgit2_ms:.2f} (goal <= 1.2)"
+    )
+    return snapshot
+
+
+def memory_costs(repository: Path, config_path: Path) -> dict[str, int]:
+    """In this (fresh) process: anonymous RSS empty, with one epoch, its peak during a rebase, with
+    the old epoch remembered, and the worker processes'."""
+    config = load_config(config_path)
+    rules = ContentRules.from_config(config)
+    repo = open_repository(repository)
+    head = head_commit(repo)
+    assert head is not None
+    parent = head.parents[0] if head.parents else head
+    gc.collect()
+    figures = {"empty": anonymous_rss()}
+    reader = RepositoryReader(repository, rules, config.repository.max_snapshot_bytes, Workers())
+    first = reader.build(str(parent.id), None)
+    gc.collect()
+    figures["one epoch"] = anonymous_rss()
+    figures["snapshot bytes"] = sum(map(len, first.message))
+    figures["workers"] = sum(anonymous_rss(pid) for pid in children(os.getpid()))
+    peak, done = [0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.002):
+            peak[0] = max(peak[0], anonymous_rss())
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    second = reader.build(str(head.id), first.epoch, first)
+    done.set()
+    sampler.join()
+    gc.collect()
+    figures["rebase peak"] = peak[0]
+    figures["two epochs"] = anonymous_rss()  # the old one remembered
+    del first
+    gc.collect()
+    figures["after rebase"] = anonymous_rss()
+    reader.close()
+    assert second.commit == str(head.id)
+    return figures
+
+
+def report_memory(figures: dict[str, int]) -> None:
+    size, empty = figures["snapshot bytes"], figures["empty"]
+    steady = figures["after rebase"] - empty
+    print(
+        f"anonymous RSS (fresh process, empty {empty / 2**20:.0f} MiB): one epoch of a {size / 1e6:.1f} MB snapshot "
+        f"adds {steady / 1e6:.1f} MB = {steady / size:.2f}x its bytes (goal <= 2); peak during a rebase "
+        f"+{(figures['rebase peak'] - empty) / 1e6:.1f} MB; each remembered epoch "
+        f"+{(figures['two epochs'] - figures['after rebase']) / 1e6:.1f} MB; worker processes "
+        f"{figures['workers'] / 1e6:.1f} MB"
+    )
+
+
 async def measure(repository: Path, count: int, workdir: Path) -> None:
     text_bytes = sum(p.stat().st_size for p in repository.rglob("*") if p.is_file() and ".git" not in p.parts)
     print(f"repository: {repository} ({text_bytes / 1e6:.1f} MB in the work tree)")
@@ -117,32 +361,18 @@ async def measure(repository: Path, count: int, workdir: Path) -> None:
     rules = ContentRules.from_config(config)
     repo = open_repository(config.repository.path)
     base = head_commit(repo)
-    started = time.perf_counter()
-    building = asyncio.ensure_future(
-        asyncio.to_thread(
-            build_snapshot,
-            config.repository.path,
-            str(base.id) if base else None,
-            rules,
-            config.repository.max_snapshot_bytes,
-            None,
-        )
+    settle_heap()  # as the server does once it is set up
+    snapshot = await snapshot_costs(repository, config)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    memory = subprocess.run(
+        [sys.executable, "-m", "tests.tools.benchmark", "--memory", str(repository), "--config", str(config_path)],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     )
-    stall = 0.0
-    while not building.done():  # how long the event loop is held while a build runs in its thread
-        tick = time.perf_counter()
-        await asyncio.sleep(0.001)
-        stall = max(stall, time.perf_counter() - tick - 0.001)
-    snapshot = building.result()
-    build_seconds = time.perf_counter() - started
-    started = time.perf_counter()
+    report_memory(json.loads(memory.stdout))
     diff = working_diff(repo, base, base, rules, [])
-    diff_seconds = time.perf_counter() - started
-    print(
-        f"snapshot build: {build_seconds:.2f} s for {snapshot.text_bytes / 1e6:.1f} MB, {snapshot.files} files inlined; "
-        f"longest event-loop stall meanwhile {stall * 1000:.0f} ms"
-    )
-    print(f"working diff: {diff_seconds * 1000:.1f} ms ({diff.files} changed files)")
 
     question = parse_chat_request(json.dumps(QUESTION).encode(), "bench")
     body = b"".join(assemble(question.messages, question.fields, snapshot.message, diff.message).chunks)
@@ -155,12 +385,11 @@ async def measure(repository: Path, count: int, workdir: Path) -> None:
         assemble(chat.messages, chat.fields, snapshot.message, diff_now.message)
         own.append(time.perf_counter() - started)
 
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
     upstream = subprocess.Popen(
         [sys.executable, "-m", "tests.tools.benchmark", "--serve-upstream", str(upstream_port)], env=env
     )
     try:
-        async with proxy_process(config_path, workdir, proxy_port):
+        async with proxy_process(config_path, workdir, proxy_port) as proxy:
             timeout = aiohttp.ClientTimeout(total=None)
             async with aiohttp.ClientSession(timeout=timeout) as session:
                 direct_url = f"http://127.0.0.1:{upstream_port}/v1/chat/completions"
@@ -172,6 +401,14 @@ async def measure(repository: Path, count: int, workdir: Path) -> None:
                 for _ in range(count):  # interleaved, so drift in the machine hits both alike
                     direct += await timed_posts(session, direct_url, body, 1)
                     through += await timed_posts(session, proxy_url, small, 1)
+                gc.collect()
+                serving = anonymous_rss(proxy.pid)
+                for number in range(CONVERSATIONS):  # each a conversation of its own
+                    asked = dict(QUESTION, messages=[{"role": "user", "content": f"Question {number}?"}])
+                    await timed_posts(session, proxy_url, json.dumps(asked).encode(), 1)
+                conversations = anonymous_rss(proxy.pid)
+                workers = sum(anonymous_rss(pid) for pid in children(proxy.pid))
+            empty = await empty_proxy_rss(workdir, upstream_port)
             await load(workdir, upstream_port)
     finally:
         upstream.terminate()
@@ -201,6 +438,33 @@ async def measure(repository: Path, count: int, workdir: Path) -> None:
         f"added / loopback send: {cost / direct_median:.2f}  (goal <= 2; added taken as at least the proxy's own work)"
     )
     print(f"naive re-serialising / added: {naive_median / cost:.1f}x  (goal >= 5)")
+    size = sum(map(len, snapshot.message))
+    print(
+        f"proxy anonymous RSS serving one epoch: {serving / 2**20:.0f} MiB; an empty proxy (one-file repository) "
+        f"{empty / 2**20:.0f} MiB; difference {(serving - empty) / size:.2f}x the {size / 1e6:.1f} MB snapshot "
+        f"(goal <= 2); each conversation +{(conversations - serving) / CONVERSATIONS / 1e3:.0f} kB "
+        f"({CONVERSATIONS} opened); idle worker processes {workers / 2**20:.0f} MiB"
+    )
+
+
+def children(pid: int) -> list[int]:
+    return [
+        int(child) for task in Path(f"/proc/{pid}/task").iterdir() for child in (task / "children").read_text().split()
+    ]
+
+
+async def empty_proxy_rss(workdir: Path, upstream_port: int) -> int:
+    """Anonymous RSS of a proxy serving a one-file repository, after one request: the empty process."""
+    tiny = workdir / "tiny"
+    repo = pygit2.init_repository(str(tiny), initial_head="main")
+    (tiny / "README").write_text("tiny\n")
+    _commit(repo, "tiny")
+    config_path = _write_config(workdir, tiny, upstream_port, port := free_port(), name="tiny.ini")
+    async with proxy_process(config_path, workdir, port) as proxy:
+        async with aiohttp.ClientSession() as session:
+            await timed_posts(session, f"{proxy.url}/v1/chat/completions", json.dumps(QUESTION).encode(), 3)
+        gc.collect()
+        return anonymous_rss(proxy.pid)
 
 
 async def load(workdir: Path, upstream_port: int) -> None:
@@ -247,7 +511,7 @@ def _write_config(
         f"[server]\nport = {proxy_port}\nlog_level = warning\nmax_body_bytes = 1MiB\n"
         f"max_concurrent_requests = {CONCURRENT}\n"
         f"[upstream]\nurl = http://127.0.0.1:{upstream_port}/v1\n"
-        f"[repository]\npath = {repository}\nmax_snapshot_bytes = 1GiB\n"
+        f"[repository]\npath = {repository}\nmax_snapshot_bytes = 1GiB\nmax_file_bytes = 4MiB\n"
         f"[context]\nstate_dir = {workdir / 'state'}\n"
     )
     return path
@@ -255,12 +519,19 @@ def _write_config(
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.tools.benchmark", description=__doc__.split("\n\n")[0])
-    parser.add_argument("repository", nargs="?", type=Path, help="a git work tree (default: a generated 50 MB one)")
+    parser.add_argument(
+        "repository", nargs="?", type=Path, help="a git work tree (default: a generated 40 MB one, 10M tokens)"
+    )
     parser.add_argument("--requests", type=int, default=50, help="requests per path (default 50)")
     parser.add_argument("--serve-upstream", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--memory", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--config", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:
         serve_upstream(args.serve_upstream)
+        return
+    if args.memory:
+        print(json.dumps(memory_costs(args.memory, args.config)))
         return
     with tempfile.TemporaryDirectory(prefix="scout-bench-") as scratch:
         workdir = Path(scratch)
@@ -268,8 +539,8 @@ def main() -> None:
         if repository is None:
             repository = workdir / "generated"
             started = time.perf_counter()
-            generate_repository(repository)
-            print(f"generated a repository of 5,000 files in {time.perf_counter() - started:.1f} s")
+            generate_mission_repository(repository)
+            print(f"generated a mission-size repository in {time.perf_counter() - started:.1f} s")
         asyncio.run(measure(repository.resolve(), args.requests, workdir))
 
 
