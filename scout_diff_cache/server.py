@@ -10,7 +10,6 @@ configuration (RELOADING=1 with MONOTONIC_USEC=, then READY=1).
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -18,6 +17,7 @@ import socket
 
 from aiohttp import web
 
+from . import heap
 from .app import make_app
 from .app_keys import live_key, metrics_key
 from .config import Config, load_config, needing_restart
@@ -43,24 +43,13 @@ def status_line(app: web.Application) -> str:
     return f"STATUS=serving {config.repository.path} ({served}) to {config.upstream.url} (last answer: {upstream})"
 
 
-def settle_heap() -> None:
-    """Exempt what exists once the app is set up (modules, the app) from the cyclic collector.
-
-    Each of its full passes walks every tracked object holding the GIL, so the event loop, for the
-    whole walk: about 50 ms over a fresh process on this project's machine, and snapshot builds
-    allocate enough to set one off. These objects live as long as the process anyway.
-    """
-    gc.collect()
-    gc.freeze()
-
-
 async def serve(config: Config, notifier: Notifier, inherited: list[socket.socket]) -> None:
     app = make_app(config)
     runner = web.AppRunner(
         app, handler_cancellation=True, access_log=None, shutdown_timeout=config.server.shutdown_grace
     )
     await runner.setup()
-    settle_heap()
+    heap.settle()
     if inherited:
         sites: list[web.BaseSite] = [web.SockSite(runner, sock) for sock in inherited]
     else:

@@ -11,7 +11,6 @@ same functions run in the calling thread.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import multiprocessing
 import os
@@ -19,6 +18,8 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any, TypeVar
+
+from . import heap
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,7 @@ class Workers:
                     self._pool = ProcessPoolExecutor(
                         self.processes,
                         mp_context=multiprocessing.get_context("spawn"),
-                        initializer=os.nice,
-                        initargs=(WORKER_NICENESS,),
+                        initializer=_start_worker,
                     )
                 except (OSError, NotImplementedError, ImportError) as error:
                     self._unavailable = True
@@ -86,12 +86,7 @@ class Workers:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
-def release_freed_memory() -> None:
-    """Hand the heap's free pages back to the system (glibc only; elsewhere nothing to do).
-
-    A build unpacks every section, then copies them into the snapshot's chunks: the freed sections
-    leave holes in the heap that the allocator keeps, about the snapshot's size again, unless asked.
-    """
-    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)  # the C library the process runs on
-    if trim is not None:
-        trim(0)  # ctypes releases the GIL for the call
+def _start_worker() -> None:
+    """A worker yields the cores to the server, and frees its large results at once (see `heap.py`)."""
+    os.nice(WORKER_NICENESS)
+    heap.map_large_blocks()

@@ -38,11 +38,11 @@ from aiohttp import web
 
 from scout_diff_cache.config import Config, load_config
 from scout_diff_cache.diff import FLAGS, working_diff
+from scout_diff_cache.heap import settle
 from scout_diff_cache.order import HISTORY_WINDOW, changed_paths
 from scout_diff_cache.prompt import assemble
 from scout_diff_cache.reader import RepositoryReader
 from scout_diff_cache.repository import ContentRules, head_commit, open_repository
-from scout_diff_cache.server import settle_heap
 from scout_diff_cache.snapshot import Snapshot, order_and_key
 from scout_diff_cache.validation import parse_chat_request
 from scout_diff_cache.workers import Workers
@@ -310,7 +310,7 @@ def memory_costs(repository: Path, config_path: Path) -> dict[str, int]:
     head = head_commit(repo)
     assert head is not None
     parent = head.parents[0] if head.parents else head
-    gc.collect()
+    settle()  # as the server does once it is set up
     figures = {"empty": anonymous_rss()}
     reader = RepositoryReader(repository, rules, config.repository.max_snapshot_bytes, Workers())
     first = reader.build(str(parent.id), None)
@@ -361,7 +361,7 @@ async def measure(repository: Path, count: int, workdir: Path) -> None:
     rules = ContentRules.from_config(config)
     repo = open_repository(config.repository.path)
     base = head_commit(repo)
-    settle_heap()  # as the server does once it is set up
+    settle()  # as the server does once it is set up
     snapshot = await snapshot_costs(repository, config)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     memory = subprocess.run(
