@@ -17,7 +17,7 @@ import socket
 
 from aiohttp import web
 
-from . import heap
+from . import runtime
 from .app import make_app
 from .app_keys import live_key, metrics_key
 from .config import Config, load_config, needing_restart
@@ -49,7 +49,7 @@ async def serve(config: Config, notifier: Notifier, inherited: list[socket.socke
         app, handler_cancellation=True, access_log=None, shutdown_timeout=config.server.shutdown_grace
     )
     await runner.setup()
-    heap.settle()
+    runtime.settle()
     if inherited:
         sites: list[web.BaseSite] = [web.SockSite(runner, sock) for sock in inherited]
     else:

@@ -42,10 +42,10 @@ from pygit2.enums import FileMode
 from .content import spell
 from .epoch import Epoch
 from .errors import RepositoryError
-from .heap import release_freed_memory
 from .order import carry_order, changed_paths, initial_order, last_changes
 from .prompt import SYSTEM_CLOSE, SYSTEM_OPEN, encode_json, system_message
 from .repository import ContentRules, open_repository, repository_key
+from .runtime import release_freed_memory
 from .secrets import Finding
 from .sections import EXCLUDED, Section, SectionKey, render_entries
 from .workers import InlineExecutor, Workers

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any, TypeVar
 
-from . import heap
+from . import runtime
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,6 @@ class Workers:
 
 
 def _start_worker() -> None:
-    """A worker yields the cores to the server, and frees its large results at once (see `heap.py`)."""
+    """A worker yields the cores to the server, and frees its large results at once (see `runtime.py`)."""
     os.nice(WORKER_NICENESS)
-    heap.map_large_blocks()
+    runtime.map_large_blocks()

@@ -1,8 +1,11 @@
-"""The server's heap: what the cyclic collector walks, and what freed memory goes back to the system.
+"""The server's Python runtime, set for an event loop that must not stall while snapshots are made.
 
-A snapshot is tens of megabytes of bytes objects, made once per epoch, and the event loop must not
-stall while one is made or dropped. Two things stand in the way, both fixed here for the process:
+A snapshot is tens of megabytes of bytes objects, made once per epoch in a thread beside the event
+loop, which must not stall meanwhile (every stream and health check would). Three things stand in
+the way, all set here for the process:
 
+- a thread running Python holds the GIL until the interpreter's switch interval (5 ms by default)
+  makes it yield, and under load the loop waits for several such turns: the interval is 1 ms;
 - every full pass of the cyclic collector walks every tracked object with the GIL held (about
   50 ms over a fresh process on this project's machine), and a build allocates enough to set one
   off: what exists once the app is set up is exempted (it lives as long as the process anyway);
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import sys
 
 #: glibc's mallopt parameter for the size from which a block is mapped on its own.
 M_MMAP_THRESHOLD = -3
@@ -24,12 +28,17 @@ M_MMAP_THRESHOLD = -3
 #: Blocks this large or larger are mapped on their own (the snapshot's chunks are about 1 MiB).
 MAPPED_FROM = 256 * 1024
 
+#: Seconds a thread runs Python before it hands the GIL to another that waits (the loop).
+SWITCH_INTERVAL = 0.001
+
 
 def settle() -> None:
-    """Once the app is set up: exempt what exists from the collector, map large blocks on their own."""
+    """Once the app is set up: exempt what exists from the collector, map large blocks on their own,
+    hand the GIL over sooner."""
     gc.collect()
     gc.freeze()
     map_large_blocks()
+    sys.setswitchinterval(SWITCH_INTERVAL)
 
 
 def map_large_blocks() -> None:
