@@ -19,7 +19,7 @@ from .epoch import Epoch
 from .errors import RepositoryError
 from .lineage import Lineage, trace
 from .order import changed_paths
-from .repository import ContentRules, head_commit, open_repository, repository_key
+from .repository import ContentRules, head_commit, opened, repository_key
 from .snapshot import Snapshot, build_snapshot
 from .workers import Workers
 
@@ -59,18 +59,19 @@ class RepositoryReader:
         self._committed: tuple[str, str, WorkState] | None = None  # base, HEAD, what HEAD changed
 
     def head(self) -> str | None:
-        commit = head_commit(open_repository(self.path))
+        with opened(self.path) as repo:
+            commit = head_commit(repo)
         return str(commit.id) if commit is not None else None
 
     def usable(self, base: str | None) -> bool:
-        repo = open_repository(self.path)
-        return _commits(repo, base, head_commit(repo)) is not None
+        with opened(self.path) as repo:
+            return _commits(repo, base, head_commit(repo)) is not None
 
     def repository_key(self) -> str | None:
         """The repository's name for routers (see `repository_key`); None before its first commit."""
-        repo = open_repository(self.path)
-        head = head_commit(repo)
-        return repository_key(repo, head) if head is not None else None
+        with opened(self.path) as repo:
+            head = head_commit(repo)
+            return repository_key(repo, head) if head is not None else None
 
     def build(self, commit: str | None, previous: Epoch | None, reuse: Snapshot | None = None) -> Snapshot:
         """The snapshot of `commit`, taking from `reuse` every section of an unchanged entry."""
@@ -84,41 +85,41 @@ class RepositoryReader:
 
     def read(self, snapshot: Snapshot, anchor: str | None) -> Reading:
         """HEAD and the working diff against `snapshot`, its net group ending at `anchor`."""
-        repo = open_repository(self.path)
-        head = head_commit(repo)
-        head_id = str(head.id) if head is not None else None
-        commits = _commits(repo, snapshot.commit, head)
-        if commits is None:
-            return Reading(snapshot.commit, head_id, False)
-        base, head = commits
-        rules = self.rules_for(snapshot)
-        groups: list[Group] = []
-        anchored = None
-        if base is not None and head is not None:
-            self._keep_only(str(base.id))
-            lineage = self._lineage = trace(repo, base, head, self._lineage, anchor)
-            groups = committed_groups(repo, lineage, rules, self._rendered, self._shown)
-            anchored = lineage.anchor if lineage.anchor != lineage.base else None
-        diff = self._shown = working_diff(repo, base, head, rules, groups)
-        state = {**self._committed_state(repo, base, head), **diff.worktree}
-        return Reading(snapshot.commit, head_id, True, diff, anchored, state)
+        with opened(self.path) as repo:
+            head = head_commit(repo)
+            head_id = str(head.id) if head is not None else None
+            commits = _commits(repo, snapshot.commit, head)
+            if commits is None:
+                return Reading(snapshot.commit, head_id, False)
+            base, head = commits
+            rules = self.rules_for(snapshot)
+            groups: list[Group] = []
+            anchored = None
+            if base is not None and head is not None:
+                self._keep_only(str(base.id))
+                lineage = self._lineage = trace(repo, base, head, self._lineage, anchor)
+                groups = committed_groups(repo, lineage, rules, self._rendered, self._shown)
+                anchored = lineage.anchor if lineage.anchor != lineage.base else None
+            diff = self._shown = working_diff(repo, base, head, rules, groups)
+            state = {**self._committed_state(repo, base, head), **diff.worktree}
+            return Reading(snapshot.commit, head_id, True, diff, anchored, state)
 
     def state(self, snapshot: Snapshot) -> WorkState | None:
         """The work tree where it differs from `snapshot`'s base; None when that base cannot serve."""
-        repo = open_repository(self.path)
-        commits = _commits(repo, snapshot.commit, head_commit(repo))
-        if commits is None:
-            return None
-        base, head = commits
-        worktree = {path: new for path, _, new in worktree_changes(repo, head, self.rules_for(snapshot))}
-        return {**self._committed_state(repo, base, head), **worktree}
+        with opened(self.path) as repo:
+            commits = _commits(repo, snapshot.commit, head_commit(repo))
+            if commits is None:
+                return None
+            base, head = commits
+            worktree = {path: new for path, _, new in worktree_changes(repo, head, self.rules_for(snapshot))}
+            return {**self._committed_state(repo, base, head), **worktree}
 
     def changes(self, snapshot: Snapshot, shown: WorkState, now: WorkState) -> str | None:
         """The change message from the work tree as `shown` to the work tree `now` (see `diff.py`)."""
-        repo = open_repository(self.path)
-        base = repo.get(snapshot.commit) if snapshot.commit is not None else None
-        assert base is None or isinstance(base, pygit2.Commit)
-        return change_message(repo, base, shown, now, self.rules_for(snapshot))
+        with opened(self.path) as repo:
+            base = repo.get(snapshot.commit) if snapshot.commit is not None else None
+            assert base is None or isinstance(base, pygit2.Commit)
+            return change_message(repo, base, shown, now, self.rules_for(snapshot))
 
     def diff(self, snapshot: Snapshot) -> WorkingDiff:
         """The working diff against `snapshot` with no fold (a warm-up of a new epoch, a preview)."""
@@ -130,25 +131,25 @@ class RepositoryReader:
     def costs(self, snapshot: Snapshot, head_id: str) -> tuple[int, int]:
         """Bytes the upstream re-reads after a fold (the net diff) and after a rebase (the snapshot's tail)."""
         assert snapshot.commit is not None
-        repo = open_repository(self.path)
-        base, head = repo[snapshot.commit].peel(pygit2.Commit), repo[head_id].peel(pygit2.Commit)
-        net = self.net_bytes((snapshot,), head_id)[snapshot.commit]
-        changed = changed_paths(base.tree, head.tree)
-        first = next((n for n, (path, _) in enumerate(snapshot.inlined) if path in changed), len(snapshot.inlined))
-        return net, sum(size for _, size in snapshot.inlined[first:])
+        with opened(self.path) as repo:
+            base, head = repo[snapshot.commit].peel(pygit2.Commit), repo[head_id].peel(pygit2.Commit)
+            net = self.net_bytes((snapshot,), head_id)[snapshot.commit]
+            changed = changed_paths(base.tree, head.tree)
+            first = next((n for n, (path, _) in enumerate(snapshot.inlined) if path in changed), len(snapshot.inlined))
+            return net, sum(size for _, size in snapshot.inlined[first:])
 
     def net_bytes(self, snapshots: tuple[Snapshot, ...], head_id: str) -> dict[str, int]:
         """For each snapshot, the bytes of its net change to HEAD, as the diff would show it."""
-        repo = open_repository(self.path)
-        head = repo[head_id].peel(pygit2.Commit)
-        sizes: dict[str, int] = {}
-        for snapshot in snapshots:
-            base = repo.get(snapshot.commit) if snapshot.commit is not None else None
-            if isinstance(base, pygit2.Commit):
-                lineage = trace(repo, base, head, None, head_id)
-                groups = committed_groups(repo, lineage, self.rules_for(snapshot), dict(self._rendered), None)
-                sizes[str(base.id)] = sum(len(group.text.encode("utf-8")) for group in groups)
-        return sizes
+        with opened(self.path) as repo:
+            head = repo[head_id].peel(pygit2.Commit)
+            sizes: dict[str, int] = {}
+            for snapshot in snapshots:
+                base = repo.get(snapshot.commit) if snapshot.commit is not None else None
+                if isinstance(base, pygit2.Commit):
+                    lineage = trace(repo, base, head, None, head_id)
+                    groups = committed_groups(repo, lineage, self.rules_for(snapshot), dict(self._rendered), None)
+                    sizes[str(base.id)] = sum(len(group.text.encode("utf-8")) for group in groups)
+            return sizes
 
     def rules_for(self, snapshot: Snapshot) -> ContentRules:
         """The diff's rules for an epoch: what its snapshot left out stays a stub."""

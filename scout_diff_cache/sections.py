@@ -16,7 +16,7 @@ import pygit2
 
 from .content import entry_side, is_binary, screened_text, section
 from .prompt import encode_json
-from .repository import ContentRules, open_repository
+from .repository import ContentRules, opened
 from .secrets import Finding
 
 #: What identifies a section: the tree's path (surrogate-escaped), the file mode, the blob id.
@@ -67,5 +67,5 @@ def render_entry(repo: pygit2.Repository, key: SectionKey, rules: ContentRules) 
 
 def render_entries(repository: Path, keys: Iterable[SectionKey], rules: ContentRules) -> list[Section]:
     """Sections for `keys`, in their order: the unit of work a worker process is given."""
-    repo = open_repository(repository)
-    return [render_entry(repo, key, rules) for key in keys]
+    with opened(repository) as repo:
+        return [render_entry(repo, key, rules) for key in keys]

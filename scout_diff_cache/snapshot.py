@@ -44,7 +44,7 @@ from .epoch import Epoch
 from .errors import RepositoryError
 from .order import carry_order, changed_paths, initial_order, last_changes
 from .prompt import SYSTEM_CLOSE, SYSTEM_OPEN, encode_json, system_message
-from .repository import ContentRules, open_repository, repository_key
+from .repository import ContentRules, opened, repository_key
 from .runtime import release_freed_memory
 from .secrets import Finding
 from .sections import EXCLUDED, Section, SectionKey, render_entries
@@ -153,18 +153,19 @@ def build_snapshot(
     if commit is None:
         return Snapshot(None, (), len(UNBORN.encode("utf-8")), (), (), (), (), (system_message(UNBORN),))
     try:
-        repo = open_repository(path)
-        target = repo[commit].peel(pygit2.Commit)
-        entries = [
-            (raw.decode("utf-8", "surrogateescape"), mode, str(oid)) for raw, mode, oid in _walk(repo, target.tree, b"")
-        ]
-        executor = workers.executor(len(entries)) if workers is not None else InlineExecutor()
-        try:
-            sections, order, key = _render(path, commit, rules, previous, entries, reuse, executor)
-        except BrokenProcessPool:  # a worker died (killed, out of memory): this build goes on here
-            assert workers is not None
-            workers.discard(executor)
-            sections, order, key = _render(path, commit, rules, previous, entries, reuse, InlineExecutor())
+        with opened(path) as repo:
+            target = repo[commit].peel(pygit2.Commit)
+            entries = [
+                (raw.decode("utf-8", "surrogateescape"), mode, str(oid))
+                for raw, mode, oid in _walk(repo, target.tree, b"")
+            ]
+            executor = workers.executor(len(entries)) if workers is not None else InlineExecutor()
+            try:
+                sections, order, key = _render(path, commit, rules, previous, entries, reuse, executor)
+            except BrokenProcessPool:  # a worker died (killed, out of memory): this build goes on here
+                assert workers is not None
+                workers.discard(executor)
+                sections, order, key = _render(path, commit, rules, previous, entries, reuse, InlineExecutor())
     except (pygit2.GitError, KeyError, ValueError) as error:
         raise RepositoryError(f"cannot read commit {commit} in {path}: {error}") from None
     by_path = {entry[0]: entry for entry in entries}
@@ -178,9 +179,9 @@ def order_and_key(
     path: Path, commit: str, previous: Epoch | None, paths: list[str], known: tuple[str, str] | None
 ) -> tuple[list[str], str]:
     """The snapshot's file order and the repository's name: the history walks of a build."""
-    repo = open_repository(path)
-    target = repo[commit].peel(pygit2.Commit)
-    return _order(repo, target, previous, paths), repository_key(repo, target, known)
+    with opened(path) as repo:
+        target = repo[commit].peel(pygit2.Commit)
+        return _order(repo, target, previous, paths), repository_key(repo, target, known)
 
 
 def _render(
