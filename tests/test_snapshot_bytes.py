@@ -6,21 +6,25 @@ thread, one joined message) and with the current one, and compares every byte an
 
 from __future__ import annotations
 
+import json
+import multiprocessing
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pygit2
 import pytest
 from pygit2.enums import FileMode
 
+from scout_diff_cache.app import make_app
 from scout_diff_cache.epoch import Epoch
 from scout_diff_cache.patterns import compile_patterns
 from scout_diff_cache.repository import ContentRules
 from scout_diff_cache.snapshot import CHUNK_BYTES, Snapshot, build_snapshot
-from scout_diff_cache.workers import Workers
+from scout_diff_cache.workers import POOL_MIN_ENTRIES, Workers
 
 import snapshot_before
-from support import SIGNATURE, GitRepo
+from support import SIGNATURE, FakeUpstream, GitRepo, injected, proxy_config, snapshot_ready
 
 SECRET = "AKIA" + "ABCDEFGHIJKLMNOP"
 
@@ -135,3 +139,22 @@ def test_an_unborn_repository_renders_as_before(tmp_path: Path) -> None:
         snapshot_before.build_snapshot(repo.path, None, rules(), 1 << 30, None),
         build_snapshot(repo.path, None, rules(), 1 << 30, None),
     )
+
+
+async def test_a_large_tree_is_rendered_by_worker_processes_that_end_with_the_app(
+    tmp_path: Path, git_repo: GitRepo, upstream: FakeUpstream, aiohttp_client: Any
+) -> None:
+    for number in range(POOL_MIN_ENTRIES):
+        git_repo.write(f"many/{number:03d}.py", f"value = {number}\n")
+    git_repo.commit("many files")
+    config = proxy_config(tmp_path, git_repo, upstream.url)
+    before = snapshot_before.build_snapshot(
+        git_repo.path, git_repo.head(), ContentRules.from_config(config), config.repository.max_snapshot_bytes, None
+    )
+    client = await aiohttp_client(make_app(config))
+    await snapshot_ready(client)
+    assert multiprocessing.active_children(), "no worker process rendered the snapshot"
+    snapshot, _ = await injected(client, upstream)
+    assert snapshot == json.loads(before.message)["content"]
+    await client.close()
+    assert not multiprocessing.active_children()

@@ -37,11 +37,11 @@ import pygit2
 from aiohttp import web
 
 from scout_diff_cache.config import Config, load_config
-from scout_diff_cache.diff import FLAGS, working_diff
+from scout_diff_cache.diff import FLAGS, WorkingDiff, working_diff
 from scout_diff_cache.order import HISTORY_WINDOW, changed_paths
 from scout_diff_cache.prompt import assemble
 from scout_diff_cache.reader import RepositoryReader
-from scout_diff_cache.repository import ContentRules, head_commit, open_repository
+from scout_diff_cache.repository import ContentRules, head_commit, open_repository, opened
 from scout_diff_cache.runtime import settle
 from scout_diff_cache.snapshot import Snapshot, order_and_key
 from scout_diff_cache.validation import parse_chat_request
@@ -224,12 +224,18 @@ def git_archive(repository: Path, commit: str) -> float:
 
 def libgit2_diff(repository: Path) -> int:
     """libgit2's own index-assisted diff, HEAD → index → work tree, as the proxy asks it: the changed paths."""
-    repo = open_repository(repository)
-    head = head_commit(repo)
-    assert head is not None
-    index = repo.index
-    diffs = (head.tree.diff_to_index(index, FLAGS), index.diff_to_workdir(FLAGS))
-    return sum(1 for diff in diffs for _ in diff.deltas)
+    with opened(repository) as repo:
+        head = head_commit(repo)
+        assert head is not None
+        index = repo.index
+        diffs = (head.tree.diff_to_index(index, FLAGS), index.diff_to_workdir(FLAGS))
+        return sum(1 for diff in diffs for _ in diff.deltas)
+
+
+def proxy_diff(repository: Path, head: pygit2.Commit, rules: ContentRules) -> WorkingDiff:
+    """The working diff as the proxy reads it per request (a repository handle of its own, released)."""
+    with opened(repository) as repo:
+        return working_diff(repo, head, head, rules, [])
 
 
 def timed(work: Callable[[], object], count: int) -> list[float]:
@@ -287,9 +293,9 @@ async def snapshot_costs(repository: Path, config: Config) -> Snapshot:
     )
     diff_times, libgit2_times = [], []
     for _ in range(20):  # interleaved, so drift in the machine hits both alike
-        diff_times += timed(lambda: working_diff(open_repository(repository), head, head, rules, []), 1)
+        diff_times += timed(lambda: proxy_diff(repository, head, rules), 1)
         libgit2_times += timed(lambda: libgit2_diff(repository), 1)
-    files = working_diff(open_repository(repository), head, head, rules, []).files
+    files = proxy_diff(repository, head, rules).files
     diff_ms, libgit2_ms = statistics.median(diff_times) * 1000, statistics.median(libgit2_times) * 1000
     print(
         f"working diff ({files} changed files): {diff_ms:.1f} ms; libgit2's index-assisted diff alone: "
@@ -358,6 +364,7 @@ async def measure(repository: Path, count: int, workdir: Path) -> None:
     rules = ContentRules.from_config(config)
     repo = open_repository(config.repository.path)
     base = head_commit(repo)
+    assert base is not None, "the benchmark needs a repository with commits"
     settle()  # as the server does once it is set up
     snapshot = await snapshot_costs(repository, config)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -378,7 +385,7 @@ async def measure(repository: Path, count: int, workdir: Path) -> None:
     for _ in range(min(count, 20)):  # what the proxy itself does per request, minus the network
         started = time.perf_counter()
         chat = parse_chat_request(json.dumps(QUESTION).encode(), "bench")
-        diff_now = working_diff(open_repository(repository), base, base, rules, [])
+        diff_now = proxy_diff(repository, base, rules)
         assemble(chat.messages, chat.fields, snapshot.message, diff_now.message)
         own.append(time.perf_counter() - started)
 
