@@ -120,17 +120,21 @@ def make_app(config: Config) -> web.Application:
     app[tokens_key] = tokens = InjectedTokens()
 
     async def warmer(snapshot: Snapshot, diff: WorkingDiff) -> Usage | None:
+        """Warm the prefix up; with `usage = client`, learn its tokens from the upstream's count.
+        The question alone goes first (once), so the warmed prefix is what the upstream holds last."""
         live = app[live_key]
         session, upstream = app[session_key], live.config.upstream
+        measuring = live.config.context.usage == "client"
+        where = (upstream.url, upstream.model)
+        if measuring and where not in tokens.bare:
+            alone = await warm_up(session, upstream, live.routing)
+            if alone is not None and alone.prompt_tokens is not None:
+                tokens.bare[where] = alone.prompt_tokens
         usage = await warm_up(session, upstream, live.routing, snapshot.message, diff.message)
-        if live.config.context.usage == "client" and usage is not None and usage.prompt_tokens is not None:
-            bare = tokens.bare.get((upstream.url, upstream.model))
-            if bare is None:
-                alone = await warm_up(session, upstream, live.routing)
-                bare = alone.prompt_tokens if alone is not None else None
-            if bare is not None:
-                tokens.bare[(upstream.url, upstream.model)] = bare
-                tokens.learn(snapshot.commit, snapshot.text_bytes + diff.text_bytes, usage.prompt_tokens - bare)
+        if measuring and usage is not None and usage.prompt_tokens is not None and where in tokens.bare:
+            tokens.learn(
+                snapshot.commit, snapshot.text_bytes + diff.text_bytes, usage.prompt_tokens - tokens.bare[where]
+            )
         return usage
 
     app[live_key] = Live(
