@@ -20,6 +20,8 @@ class Totals:
     cached_tokens: int = 0
     snapshot_tokens: float = 0.0
     snapshot_tokens_cached: float = 0.0
+    #: Prompt and cached tokens by the API the requests came in on.
+    by_api: dict[str, list[int]] = attrs.Factory(dict)
 
     def add(self, exchange: Exchange) -> None:
         self.requests += 1
@@ -28,6 +30,9 @@ class Totals:
             return
         self.prompt_tokens += usage.prompt_tokens
         self.cached_tokens += usage.cached_tokens
+        api = self.by_api.setdefault(exchange.api or "other", [0, 0])
+        api[0] += usage.prompt_tokens
+        api[1] += usage.cached_tokens
         expected = exchange.expected_snapshot_tokens()
         if expected:
             self.snapshot_tokens += expected

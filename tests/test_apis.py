@@ -318,6 +318,9 @@ async def test_usage_client_takes_the_injected_tokens_out_on_every_api(
     metrics = await (await client.get("/metrics")).text()
     total = sum(counted(seen.raw) for seen in upstream.asked)
     assert f"scout_upstream_prompt_tokens_total {total}" in metrics
+    for api in requests:
+        own = sum(counted(seen.raw) for seen in upstream.asked if seen.path == requests[api][0])
+        assert f'scout_api_prompt_tokens_total{{api="{api}"}} {own}' in metrics
     warmups = [seen for seen in upstream.seen if seen not in upstream.asked]
     assert len(warmups) == 2  # one measuring warm-up, and the question alone, once
 
