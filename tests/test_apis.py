@@ -365,3 +365,26 @@ async def test_the_concurrency_cap_holds_on_every_upstream_route(
         assert refused.status == 429, path
     upstream.release.set()
     assert (await first).status == 200
+
+
+async def test_a_stalled_stream_ends_with_each_apis_own_error_event(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    async def stalls(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(stream_events(request.path, 10)[0])
+        await asyncio.sleep(5)
+        return response
+
+    upstream.behaviour = stalls
+    client = await make_proxy(upstream={"idle_timeout": "300ms"})
+    sent = await client.post("/v1/messages", json=messages_request(user(QUESTION), stream=True))
+    last = (await sent.read()).split(b"\n\n")[-2].split(b"\n")
+    assert last[0] == b"event: error"
+    assert json.loads(last[1][5:])["error"]["type"] == "api_error"
+    sent = await client.post("/v1/responses", json=responses_request(user(QUESTION), stream=True))
+    last = (await sent.read()).split(b"\n\n")[-2].split(b"\n")
+    assert last[0] == b"event: error"
+    error = json.loads(last[1][5:])
+    assert error["type"] == "error" and error["code"] == "upstream_timeout"
