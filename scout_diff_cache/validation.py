@@ -48,11 +48,7 @@ class ClientRequest:
 def parse_chat_request(raw: bytes, default_model: str, cache_salt: str | None = None) -> ClientRequest:
     """A chat completions request; `cache_salt`, when configured, replaces the client's."""
     body = _object(raw)
-    messages = body.pop("messages", None)
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest("'messages' must be a non-empty array of message objects")
-    for position, message in enumerate(messages):
-        _check_message(f"messages[{position}]", message, CHAT_ROLES, null_content="assistant")
+    messages = _messages(body, CHAT_ROLES, null_content="assistant")
     stream = _common(body, default_model, cache_salt)
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
@@ -101,11 +97,7 @@ def parse_responses_request(raw: bytes, default_model: str, cache_salt: str | No
 def parse_messages_request(raw: bytes, default_model: str, cache_salt: str | None = None) -> ClientRequest:
     """An Anthropic Messages request (or a count_tokens one): `system` and `messages` are placed."""
     body = _object(raw)
-    messages = body.pop("messages", None)
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest("'messages' must be a non-empty array of message objects")
-    for position, message in enumerate(messages):
-        _check_message(f"messages[{position}]", message, MESSAGES_ROLES, null_content=None)
+    messages = _messages(body, MESSAGES_ROLES, null_content=None)
     system = body.pop("system", None)
     if isinstance(system, list):
         for index, block in enumerate(system):
@@ -129,6 +121,16 @@ def _object(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
     return body
+
+
+def _messages(body: dict[str, Any], roles: frozenset[str], null_content: str | None) -> list[Any]:
+    """The body's `messages`, taken out of it and checked."""
+    messages = body.pop("messages", None)
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("'messages' must be a non-empty array of message objects")
+    for position, message in enumerate(messages):
+        _check_message(f"messages[{position}]", message, roles, null_content)
+    return messages
 
 
 def _common(body: dict[str, Any], default_model: str, cache_salt: str | None) -> bool:
