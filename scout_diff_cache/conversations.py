@@ -155,7 +155,7 @@ class Conversations:
         """The context and messages for `request`: its conversation continued, or a new one (whose
         changes will be placed as `placement` says). Conversations of different APIs never mix."""
         injection = await epochs.current()
-        hashes = message_hashes(request.parts)
+        hashes = message_hashes(request.identities)
         scope = f"{api.name}:{scope}"
         async with self._lock:  # one request at a time changes a conversation
             found, matched = self._find(scope, hashes)

@@ -38,6 +38,14 @@ class ClientRequest:
     system: bytes = b""
     #: Responses' `previous_response_id`: the upstream holds the earlier turns itself.
     continues_response: bool = False
+    #: What each message is recognised by from turn to turn, where that is not its encoding:
+    #: Anthropic clients move their `cache_control` markers to the newest turn on every request.
+    marks: tuple[bytes, ...] = ()
+
+    @property
+    def identities(self) -> tuple[bytes, ...]:
+        """What a conversation recognises each message by."""
+        return self.marks or self.parts
 
     @property
     def messages(self) -> bytes:
@@ -108,7 +116,8 @@ def parse_messages_request(raw: bytes, default_model: str, cache_salt: str | Non
     stream = _common(body, default_model, cache_salt)
     shapes = tuple(_message_shape(message) for message in messages)
     encoded_system = encode_json(system) if system else b""
-    return attrs.evolve(_encoded(stream, True, messages, body, shapes), system=encoded_system)
+    marks = tuple(encode_json(_unmarked(message)) for message in messages)
+    return attrs.evolve(_encoded(stream, True, messages, body, shapes), system=encoded_system, marks=marks)
 
 
 def _object(raw: bytes) -> dict[str, Any]:
@@ -172,6 +181,15 @@ def _check_message(where: str, message: Any, roles: frozenset[str], null_content
                 raise InvalidRequest(f"{where}.content[{index}] must be an object with a string 'type'")
     elif not isinstance(content, str):
         raise InvalidRequest(f"{where}.content must be a string, an array of content parts, or null")
+
+
+def _unmarked(value: Any) -> Any:
+    """`value` without its `cache_control` markers, at any depth."""
+    if isinstance(value, dict):
+        return {key: _unmarked(item) for key, item in value.items() if key != "cache_control"}
+    if isinstance(value, list):
+        return [_unmarked(item) for item in value]
+    return value
 
 
 def _item_shape(item: dict[str, Any]) -> str:

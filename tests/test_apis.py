@@ -388,3 +388,20 @@ async def test_a_stalled_stream_ends_with_each_apis_own_error_event(
     assert last[0] == b"event: error"
     error = json.loads(last[1][5:])
     assert error["type"] == "error" and error["code"] == "upstream_timeout"
+
+
+async def test_a_messages_conversation_continues_when_the_client_moves_its_cache_markers(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    """Claude Code marks its newest turn with cache_control on every request: the turns it marked
+    before come back unmarked, and are still the same turns."""
+    client = await make_proxy()
+    marked = {"type": "text", "text": QUESTION, "cache_control": {"type": "ephemeral"}}
+    first = await client.post("/v1/messages", json=messages_request({"role": "user", "content": [marked]}))
+    assert first.headers["X-Scout-Conversation"] == "new"
+    unmarked = {"role": "user", "content": [{"type": "text", "text": QUESTION}]}
+    answer = {"role": "assistant", "content": [{"type": "text", "text": "hello"}]}
+    newest = {"role": "user", "content": [{**marked, "text": "And now?"}]}
+    second = await client.post("/v1/messages", json=messages_request(unmarked, answer, newest))
+    assert second.headers["X-Scout-Conversation"] == "continued"
+    assert upstream.asked[-1].json["messages"][2] == newest  # sent as the client sent it
