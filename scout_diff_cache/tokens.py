@@ -34,6 +34,9 @@ class InjectedTokens:
 
     def __init__(self) -> None:
         self._counts: dict[str | None, Count] = {}
+        #: Epochs whose warm-up reported no prompt tokens: not measured again (an upstream that
+        #: reports no usage would otherwise be warmed on every request).
+        self._unmeasurable: set[str | None] = set()
         #: Prompt tokens of the warm-up question alone, by (upstream URL, model).
         self.bare: dict[tuple[str, str], int] = {}
 
@@ -43,8 +46,12 @@ class InjectedTokens:
         while len(self._counts) > KEPT:
             del self._counts[next(iter(self._counts))]
 
+    def unmeasurable(self, commit: str | None) -> None:
+        self._unmeasurable.add(commit)
+
     def known(self, commit: str | None) -> bool:
-        return commit in self._counts
+        """Whether `commit`'s epoch was measured (or cannot be)."""
+        return commit in self._counts or commit in self._unmeasurable
 
     def count(self, commit: str | None, text_bytes: int) -> int | None:
         """The injected tokens of a request on `commit` injecting `text_bytes`; None: not measured."""

@@ -405,3 +405,17 @@ async def test_a_messages_conversation_continues_when_the_client_moves_its_cache
     second = await client.post("/v1/messages", json=messages_request(unmarked, answer, newest))
     assert second.headers["X-Scout-Conversation"] == "continued"
     assert upstream.asked[-1].json["messages"][2] == newest  # sent as the client sent it
+
+
+async def test_an_upstream_that_reports_no_usage_is_measured_once_and_relayed_as_it_came(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    async def no_usage(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
+        return web.json_response({"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}]})
+
+    upstream.behaviour = no_usage
+    client = await make_proxy(context={"usage": "client"})
+    for _ in range(3):
+        response = await client.post("/v1/chat/completions", json={"messages": [user(QUESTION)]})
+        assert await response.json() == {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}]}
+    assert len(upstream.seen) - len(upstream.asked) == 2  # the question alone and one warm-up, not one per request
