@@ -131,10 +131,14 @@ def make_app(config: Config) -> web.Application:
             if alone is not None and alone.prompt_tokens is not None:
                 tokens.bare[where] = alone.prompt_tokens
         usage = await warm_up(session, upstream, live.routing, snapshot.message, diff.message)
-        if measuring and usage is not None and usage.prompt_tokens is not None and where in tokens.bare:
-            tokens.learn(
-                snapshot.commit, snapshot.text_bytes + diff.text_bytes, usage.prompt_tokens - tokens.bare[where]
-            )
+        if not measuring:
+            return usage
+        if usage is not None and usage.prompt_tokens is not None and where in tokens.bare:
+            injected = snapshot.text_bytes + diff.text_bytes
+            tokens.learn(snapshot.commit, injected, usage.prompt_tokens - tokens.bare[where])
+        else:
+            tokens.unmeasurable(snapshot.commit)
+            log.warning("the upstream reports no prompt tokens: usage is relayed as it counted it")
         return usage
 
     app[live_key] = Live(
