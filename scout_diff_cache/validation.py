@@ -14,7 +14,9 @@ from .prompt import encode_json
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 RESPONSES_ROLES = frozenset({"system", "developer", "user", "assistant"})
-MESSAGES_ROLES = frozenset({"user", "assistant"})
+#: Anthropic's API takes user and assistant turns; Claude Code also sends system messages among
+#: them (vLLM moves them into the system prompt, llama.cpp renders them in place).
+MESSAGES_ROLES = frozenset({"user", "assistant", "system"})
 
 
 @attrs.frozen
@@ -207,4 +209,6 @@ def _message_shape(message: dict[str, Any]) -> str:
     kinds = {block.get("type") for block in blocks}
     if message["role"] == "user":
         return "tool" if "tool_result" in kinds else "user"
-    return "assistant+tools" if "tool_use" in kinds else "assistant"
+    if message["role"] == "assistant":
+        return "assistant+tools" if "tool_use" in kinds else "assistant"
+    return str(message["role"])

@@ -172,6 +172,18 @@ async def test_messages_keep_the_clients_system_blocks_after_the_whole_snapshot(
     assert "notes.txt" in diff
 
 
+async def test_messages_take_system_turns_among_the_messages_as_claude_code_sends_them(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    client = await make_proxy()
+    agents = {"role": "system", "content": "Available agent types for the Agent tool: ..."}
+    response = await client.post("/v1/messages", json=messages_request(user(QUESTION), agents))
+    assert response.status == 200, await response.text()
+    body = upstream.asked[-1].json
+    assert body["messages"][1] == agents
+    check(*messages_context(body, QUESTION), git_repo.path)
+
+
 async def test_messages_with_a_string_system_and_a_list_first_message(
     make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
 ) -> None:
