@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
+from scout_diff_cache.apis import CHAT, MESSAGES, RESPONSES
 from scout_diff_cache.conversations import insertion_point
+from scout_diff_cache.prompt import encode_json
 from scout_diff_cache.tokens import Count, InjectedTokens
 from scout_diff_cache.usage import SseUsage, read_usage, take_out
 
@@ -109,3 +111,21 @@ def test_insertion_points_for_each_placement() -> None:
     assert insertion_point(results, 1, "user") is None
     assert insertion_point(results, 1, "attached") == (2, "close")
     assert insertion_point(results, 3, "attached") is None  # the upstream saw those results already
+
+
+def test_a_change_attached_to_a_message_on_each_api() -> None:
+    listed = encode_json({"role": "user", "content": [{"type": "input_text", "text": "Q"}]})
+    assert json.loads(RESPONSES.opened(listed, b"C\\n"))["content"] == [
+        {"type": "input_text", "text": "C\n"},
+        {"type": "input_text", "text": "Q"},
+    ]
+    assert json.loads(CHAT.opened(encode_json({"role": "user", "content": "Q"}), b"C\\n")) == {
+        "role": "user",
+        "content": "C\nQ",
+    }
+    results = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "out"}]}
+    closed = json.loads(MESSAGES.closed(encode_json(results), b"C"))
+    assert closed["content"] == [{"type": "tool_result", "tool_use_id": "t", "content": "out\n\nC"}]
+    blocks = {**results, "content": [{**results["content"][0], "content": [{"type": "text", "text": "out"}]}]}
+    closed = json.loads(MESSAGES.closed(encode_json(blocks), b"C"))
+    assert closed["content"][0]["content"] == [{"type": "text", "text": "out"}, {"type": "text", "text": "\n\nC"}]
