@@ -123,9 +123,9 @@ def test_a_change_attached_to_a_message_on_each_api() -> None:
         "role": "user",
         "content": "C\nQ",
     }
-    results = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t", "content": "out"}]}
-    closed = json.loads(MESSAGES.closed(encode_json(results), b"C"))
-    assert closed["content"] == [{"type": "tool_result", "tool_use_id": "t", "content": "out\n\nC"}]
-    blocks = {**results, "content": [{**results["content"][0], "content": [{"type": "text", "text": "out"}]}]}
+    result: dict[str, Any] = {"type": "tool_result", "tool_use_id": "t", "content": "out"}
+    closed = json.loads(MESSAGES.closed(encode_json({"role": "user", "content": [result]}), b"C"))
+    assert closed["content"] == [{**result, "content": "out\n\nC"}]
+    blocks = {"role": "user", "content": [{**result, "content": [{"type": "text", "text": "out"}]}]}
     closed = json.loads(MESSAGES.closed(encode_json(blocks), b"C"))
     assert closed["content"][0]["content"] == [{"type": "text", "text": "out"}, {"type": "text", "text": "\n\nC"}]
