@@ -62,7 +62,7 @@ class Api:
         if self.name == "responses":
             return assemble_responses(b",".join(parts), request.fields, snapshot, start, request.system)
         if self.name == "messages":
-            first = self.opened(parts[0], bytes(system_text(start)))
+            first = self.opened(parts[0], b"".join(system_text(start)))
             return assemble_messages(b",".join((first, *parts[1:])), request.fields, snapshot, request.system)
         return assemble(b",".join(parts), request.fields, snapshot, start)
 

@@ -39,12 +39,12 @@ SYSTEM_OPEN = b'{"role":"system","content":"'
 SYSTEM_CLOSE = b'"}'
 
 
-def system_text(message: bytes) -> memoryview:
-    """The encoded text of a message made by `system_message`, without its quotes, and no copy."""
-    return memoryview(message)[len(SYSTEM_OPEN) : len(message) - len(SYSTEM_CLOSE)]
-
-
 Chunk = bytes | memoryview
+
+
+def system_text(message: bytes) -> tuple[Chunk, ...]:
+    """The encoded text of a message made by `system_message`, without its quotes, and no copy."""
+    return (memoryview(message)[len(SYSTEM_OPEN) : len(message) - len(SYSTEM_CLOSE)],)
 
 
 @attrs.frozen
@@ -70,7 +70,7 @@ def assemble_responses(input_items: bytes, fields: bytes, snapshot: bytes, start
     """A Responses body: `instructions` is the snapshot's text, then the client's `instructions`
     (encoded, with quotes) after a blank line; `input` is the `start` system item, then the
     client's items."""
-    chunks: list[Chunk] = [b'{"instructions":"', system_text(snapshot)]
+    chunks: list[Chunk] = [b'{"instructions":"', *system_text(snapshot)]
     if instructions:
         chunks += [b"\\n", instructions[1:-1]]
     chunks += [b'","input":[', start, b",", input_items, b"]"]
@@ -83,7 +83,7 @@ def assemble_responses(input_items: bytes, fields: bytes, snapshot: bytes, start
 def assemble_messages(messages: bytes, fields: bytes, snapshot: bytes, system: bytes) -> Body:
     """A Messages body: `system` is the snapshot's text as the first block, then the client's
     `system` (encoded: a string becomes one text block; a list's blocks follow as they came)."""
-    chunks: list[Chunk] = [b'{"system":[{"type":"text","text":"', system_text(snapshot), b'\\n"}']
+    chunks: list[Chunk] = [b'{"system":[{"type":"text","text":"', *system_text(snapshot), b'\\n"}']
     if system.startswith(b"["):
         chunks += [b",", system[1:-1]]
     elif system:
