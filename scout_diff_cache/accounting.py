@@ -50,6 +50,8 @@ class Exchange:
     diff_bytes: int = 0
     #: The client's messages as encoded (close to their text's size).
     client_bytes: int = 0
+    #: Bytes of text the proxy put in: snapshot, working diff, and the changes inserted in a conversation.
+    injected_bytes: int = 0
     stream: bool = False
     #: A chat request that went (or tried to go) upstream: its outcome tells how the upstream is.
     to_upstream: bool = False
@@ -73,8 +75,7 @@ class Exchange:
             + (["stream"] if self.stream else [])
         )
         if self.snapshot_bytes:
-            injected = self.snapshot_bytes + self.diff_bytes
-            parts.append(f"snapshot={(self.snapshot_commit or 'none')[:12]} injected={injected}")
+            parts.append(f"snapshot={(self.snapshot_commit or 'none')[:12]} injected={self.injected_bytes}")
         if self.conversation:
             parts.append(f"conversation={self.conversation}")
         if self.usage is not None:

@@ -98,6 +98,7 @@ async def forward(request: web.Request, api: Api) -> web.StreamResponse:
         exchange.snapshot_bytes = prepared.snapshot.text_bytes
         exchange.diff_bytes = len(prepared.start)
         exchange.client_bytes = len(client.messages) + len(client.system)
+        exchange.injected_bytes = prepared.injected_bytes
         exchange.conversation = prepared.outcome
         strip = api.name == "chat" and not client.wants_usage
         outbound = Outbound(api.name, api.path, body, strip, await injected_tokens(request, prepared))

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import attrs
+import pytest
 from aiohttp import web
 
 from reconstruction import (
@@ -198,8 +201,9 @@ async def test_messages_with_a_string_system_and_a_list_first_message(
 
 
 async def test_messages_place_a_change_inside_the_last_tool_result(
-    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, "scout_diff_cache")
     client = await make_proxy()
     call = {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "edit", "input": {}}]}
     result = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "edited"}]}
@@ -216,6 +220,8 @@ async def test_messages_place_a_change_inside_the_last_tool_result(
     parsed = parse_diff(diff)
     changed = attrs.evolve(parsed, groups=(*parsed.groups, parse_change_message(change)))
     compare(reconstruct(parse_snapshot(snapshot), changed), git_repo.path)
+    logged = [int(found[1]) for record in caplog.records if (found := re.search(r"injected=(\d+)", record.message))]
+    assert logged[-1] == logged[-2] + len(change.encode())  # the log counts the change it put in
 
 
 async def test_messages_stream_and_errors_in_anthropics_envelope(
