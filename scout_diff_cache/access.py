@@ -1,8 +1,9 @@
 """Who gets in: client keys, and a cap on chat requests handled at once.
 
 Keys come from `[server] api_keys_file` (re-read on reload); when set, every route the route table
-does not mark open (`/health`) needs `Authorization: Bearer KEY`. A presented key is compared with every configured key in
-constant time, so timing tells nothing about how much of a key was right.
+does not mark open (`/health`, `HEAD /`) needs a key, sent as `Authorization: Bearer KEY` or as
+`x-api-key: KEY` (how Anthropic clients send it). A presented key is compared with every configured
+key in constant time, so timing tells nothing about how much of a key was right.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .errors import TooManyRequests, Unauthorized
 
 @attrs.define
 class Admission:
-    """Chat requests being handled now."""
+    """Requests to the upstream being handled now."""
 
     active: int = 0
 
@@ -29,11 +30,18 @@ class Admission:
 admission_key = web.AppKey("admission", Admission)
 
 
-def presented_key_is_valid(request: web.Request, keys: tuple[str, ...]) -> bool:
+def presented_key(request: web.Request) -> str:
+    """The client's key: a bearer token, else an `x-api-key` header; empty when there is none."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get("x-api-key", "").strip()
+
+
+def presented_key_is_valid(request: web.Request, keys: tuple[str, ...]) -> bool:
+    presented = presented_key(request).encode()
+    if not presented:
         return False
-    presented = token.strip().encode()
     valid = False
     for key in keys:  # no early exit
         valid |= hmac.compare_digest(presented, key.encode())
@@ -44,8 +52,7 @@ def client_scope(request: web.Request) -> str:
     """Whose conversations a request may continue: a hash of its key, when keys are configured."""
     if not request.app[live_key].config.server.api_keys:
         return ""
-    _, _, token = request.headers.get("Authorization", "").partition(" ")
-    return hashlib.sha256(token.strip().encode()).hexdigest()
+    return hashlib.sha256(presented_key(request).encode()).hexdigest()
 
 
 def require_key(handler: Handler) -> Handler:
@@ -55,7 +62,9 @@ def require_key(handler: Handler) -> Handler:
     async def checked(request: web.Request) -> web.StreamResponse:
         keys = request.app[live_key].config.server.api_keys
         if keys and not presented_key_is_valid(request, keys):
-            raise Unauthorized("a valid API key is required: send it as 'Authorization: Bearer KEY'")
+            raise Unauthorized(
+                "a valid API key is required: send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY'"
+            )
         return await handler(request)
 
     return checked
@@ -70,7 +79,7 @@ def limit_concurrency(handler: Handler) -> Handler:
         limit = request.app[live_key].config.server.max_concurrent_requests
         if admission.active >= limit:
             raise TooManyRequests(
-                f"the proxy is handling {limit} chat requests already (max_concurrent_requests); retry shortly"
+                f"the proxy is handling {limit} requests already (max_concurrent_requests); retry shortly"
             )
         admission.active += 1
         try:

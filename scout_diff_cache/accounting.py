@@ -6,88 +6,9 @@ only with --enable-prompt-tokens-details, and some versions not at all.
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import attrs
 
-#: A streamed line longer than this with no end in sight is not a usage event; stop buffering it.
-MAX_LINE = 256 * 1024
-
-
-@attrs.frozen
-class Usage:
-    prompt_tokens: int | None
-    cached_tokens: int | None
-    #: Tokens the upstream actually processed (llama.cpp's timings.prompt_n).
-    processed_tokens: int | None
-
-
-def _int(mapping: Any, key: str) -> int | None:
-    value = mapping.get(key) if isinstance(mapping, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def usage_of(payload: Any) -> Usage | None:
-    """Reuse figures from a completion (or a streamed chunk), if it carries any."""
-    if not isinstance(payload, dict):
-        return None
-    usage, timings = payload.get("usage"), payload.get("timings")
-    if not isinstance(usage, dict) and not isinstance(timings, dict):
-        return None
-    cached = _int(usage.get("prompt_tokens_details") if isinstance(usage, dict) else None, "cached_tokens")
-    if cached is None:
-        cached = _int(timings, "cache_n")
-    return Usage(_int(usage, "prompt_tokens"), cached, _int(timings, "prompt_n"))
-
-
-class SseUsageFilter:
-    """Reads usage off a relayed SSE stream and, when asked, drops the usage-only event.
-
-    Streams are always asked for their usage upstream (`stream_options.include_usage`), so the
-    proxy can account for every request; a client that did not ask for that event does not get
-    it. Without stripping, chunks pass through as they come; with it, whole events do.
-    """
-
-    def __init__(self, strip: bool) -> None:
-        self._strip = strip
-        self._tail = b""
-        self.usage: Usage | None = None
-
-    def feed(self, chunk: bytes) -> bytes:
-        data = self._tail + chunk
-        cut = data.rfind(b"\n\n" if self._strip else b"\n") + 1
-        if self._strip and cut:
-            cut += 1
-        complete, self._tail = data[:cut], data[cut:]
-        if len(self._tail) > MAX_LINE:  # no event is that long: pass it on unread
-            complete, self._tail = data, b""
-        if not self._strip:
-            self._read_usage(complete.split(b"\n"))
-            return chunk
-        kept = [event for event in complete.split(b"\n\n") if event and not self._usage_only(event)]
-        return b"".join(event + b"\n\n" for event in kept)
-
-    def flush(self) -> bytes:
-        rest, self._tail = self._tail, b""
-        return rest if self._strip else b""
-
-    def _usage_only(self, event: bytes) -> bool:
-        payload = self._read_usage(event.split(b"\n"))
-        return isinstance(payload, dict) and payload.get("choices") == [] and "usage" in payload
-
-    def _read_usage(self, lines: list[bytes]) -> Any:
-        payload = None
-        for line in lines:
-            if line.startswith(b"data:") and (b'"usage"' in line or b'"timings"' in line):
-                try:
-                    payload = json.loads(line[5:])
-                except ValueError:
-                    continue
-                found = usage_of(payload)
-                if found is not None and (found.prompt_tokens is not None or found.cached_tokens is not None):
-                    self.usage = found
-        return payload
+from .usage import Usage
 
 
 @attrs.define
@@ -99,6 +20,8 @@ class Totals:
     cached_tokens: int = 0
     snapshot_tokens: float = 0.0
     snapshot_tokens_cached: float = 0.0
+    #: Prompt and cached tokens by the API the requests came in on.
+    by_api: dict[str, list[int]] = attrs.Factory(dict)
 
     def add(self, exchange: Exchange) -> None:
         self.requests += 1
@@ -107,6 +30,9 @@ class Totals:
             return
         self.prompt_tokens += usage.prompt_tokens
         self.cached_tokens += usage.cached_tokens
+        api = self.by_api.setdefault(exchange.api or "other", [0, 0])
+        api[0] += usage.prompt_tokens
+        api[1] += usage.cached_tokens
         expected = exchange.expected_snapshot_tokens()
         if expected:
             self.snapshot_tokens += expected
@@ -117,11 +43,15 @@ class Totals:
 class Exchange:
     """The per-request record behind the one log line each request gets."""
 
+    #: The API the request came in on (chat, responses, messages), if it was one of them.
+    api: str | None = None
     snapshot_commit: str | None = None
     snapshot_bytes: int = 0
     diff_bytes: int = 0
     #: The client's messages as encoded (close to their text's size).
     client_bytes: int = 0
+    #: Bytes of text the proxy put in: snapshot, working diff, and the changes inserted in a conversation.
+    injected_bytes: int = 0
     stream: bool = False
     #: A chat request that went (or tried to go) upstream: its outcome tells how the upstream is.
     to_upstream: bool = False
@@ -139,10 +69,13 @@ class Exchange:
         return self.usage.prompt_tokens * self.snapshot_bytes / total
 
     def describe(self) -> str:
-        parts = [f"outcome={self.outcome}"] + (["stream"] if self.stream else [])
+        parts = (
+            [f"outcome={self.outcome}"]
+            + ([f"api={self.api}"] if self.api else [])
+            + (["stream"] if self.stream else [])
+        )
         if self.snapshot_bytes:
-            injected = self.snapshot_bytes + self.diff_bytes
-            parts.append(f"snapshot={(self.snapshot_commit or 'none')[:12]} injected={injected}")
+            parts.append(f"snapshot={(self.snapshot_commit or 'none')[:12]} injected={self.injected_bytes}")
         if self.conversation:
             parts.append(f"conversation={self.conversation}")
         if self.usage is not None:

@@ -13,8 +13,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from .access import Admission, admission_key
-from .accounting import Exchange, Totals, Usage
-from .app_keys import Live, exchange_key, live_key, metrics_key, session_key, totals_key
+from .accounting import Exchange, Totals
+from .app_keys import Live, exchange_key, live_key, metrics_key, session_key, tokens_key, totals_key
 from .config import Config
 from .conversations import Conversations
 from .diff import WorkingDiff
@@ -24,7 +24,9 @@ from .metrics import Metrics
 from .routes import add_routes
 from .routing import Routing
 from .snapshot import Snapshot
+from .tokens import InjectedTokens
 from .upstream import open_session, warm_up
+from .usage import Usage
 
 log = logging.getLogger("scout_diff_cache")
 
@@ -73,7 +75,8 @@ def _record(request: web.Request, exchange: Exchange, status: int | str, elapsed
 
 @web.middleware
 async def errors_to_envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The one place an error becomes an OpenAI error envelope."""
+    """The one place an error becomes an error envelope: Anthropic's on the Messages API's routes,
+    OpenAI's everywhere else."""
     try:
         return await handler(request)
     except web.HTTPException as http_error:
@@ -86,8 +89,9 @@ async def errors_to_envelope(request: web.Request, handler: Handler) -> web.Stre
         log.exception("unexpected error on %s %s", request.method, request.path)
         error = ProxyError("internal error in the proxy; see its log")
     request[exchange_key].outcome = error.code
+    anthropic = request.path.startswith("/v1/messages")
     return web.Response(
-        status=error.status, body=error_body(error), content_type="application/json", headers=error.headers
+        status=error.status, body=error_body(error, anthropic), content_type="application/json", headers=error.headers
     )
 
 
@@ -113,10 +117,29 @@ def make_app(config: Config) -> web.Application:
     app[admission_key] = Admission()
     app[totals_key] = Totals()
     app[metrics_key] = metrics = Metrics()
+    app[tokens_key] = tokens = InjectedTokens()
 
     async def warmer(snapshot: Snapshot, diff: WorkingDiff) -> Usage | None:
+        """Warm the prefix up; with `usage = client`, learn its tokens from the upstream's count.
+        The question alone goes first (once), so the warmed prefix is what the upstream holds last."""
         live = app[live_key]
-        return await warm_up(app[session_key], live.config.upstream, live.routing, snapshot.message, diff.message)
+        session, upstream = app[session_key], live.config.upstream
+        measuring = live.config.context.usage == "client"
+        where = (upstream.url, upstream.model)
+        if measuring and where not in tokens.bare:
+            alone = await warm_up(session, upstream, live.routing)
+            if alone is not None and alone.prompt_tokens is not None:
+                tokens.bare[where] = alone.prompt_tokens
+        usage = await warm_up(session, upstream, live.routing, snapshot.message, diff.message)
+        if not measuring:
+            return usage
+        if usage is not None and usage.prompt_tokens is not None and where in tokens.bare:
+            injected = snapshot.text_bytes + diff.text_bytes
+            tokens.learn(snapshot.commit, injected, usage.prompt_tokens - tokens.bare[where])
+        else:
+            tokens.unmeasurable(snapshot.commit)
+            log.warning("the upstream reports no prompt tokens: usage is relayed as it counted it")
+        return usage
 
     app[live_key] = Live(
         config, Epochs(config, metrics, warmer), Conversations(config.context.max_conversations, metrics)

@@ -12,6 +12,7 @@ from .conversations import Conversations
 from .epochs import Epochs
 from .metrics import Metrics
 from .routing import Routing
+from .tokens import InjectedTokens
 
 
 @attrs.define
@@ -29,4 +30,5 @@ live_key = web.AppKey("live", Live)
 session_key = web.AppKey("session", aiohttp.ClientSession)
 totals_key = web.AppKey("totals", Totals)
 metrics_key = web.AppKey("metrics", Metrics)
+tokens_key = web.AppKey("tokens", InjectedTokens)
 exchange_key = web.RequestKey("exchange", Exchange)

@@ -216,6 +216,12 @@ def _placement(raw: str) -> str:
     return raw.strip()
 
 
+def _usage(raw: str) -> str:
+    if raw.strip() not in ("client", "upstream"):
+        raise ValueError("expected client or upstream")
+    return raw.strip()
+
+
 def _interval(raw: str) -> float:
     return 0.0 if raw.strip().lower() == "off" else _duration(raw)
 
@@ -239,6 +245,9 @@ class ContextConfig:
     max_conversations: int = option(64, _count)
     #: system: a change is a system message of its own; user: it opens the next user message.
     change_placement: str = option("system", _placement)
+    #: client: the usage clients are told leaves out the injected context's tokens (their context
+    #: meters see their own conversation); upstream: as the upstream counted it.
+    usage: str = option("client", _usage)
     state_dir: Path = option(attrs.Factory(_state_home), _path)
 
 

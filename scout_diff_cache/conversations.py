@@ -20,16 +20,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 
 import attrs
 
+from .apis import Api
 from .epochs import Epochs
 from .metrics import Metrics
-from .prompt import encode_json, system_message
+from .prompt import encode_json
 from .reader import WorkState
 from .snapshot import Snapshot
-from .validation import ChatRequest
+from .validation import ClientRequest
+
+#: Where a change sits: (position, "before") as a message of its own before the client's message
+#: there (or after all of them); (position, "open" or "close") attached to that message's text.
+Point = tuple[int, str]
 
 
 @attrs.define
@@ -39,36 +43,42 @@ class Conversation:
     scope: str
     #: The epoch it started on (its snapshot is shown while the proxy holds it).
     base: str | None
-    #: The working diff it started with, as encoded for the upstream.
+    #: The working diff it started with, as encoded for the upstream, and its bytes of text.
     start: bytes
+    start_bytes: int
     hashes: list[bytes]
-    #: "system": changes are system messages of their own; "user": they open a user message.
+    #: "system": changes are system messages of their own; "user": they open a user message;
+    #: "attached" (the Messages API): they open the user's question or close its tool results.
     placement: str = "system"
-    #: Change texts by position: before (or, placed "user", at the start of) the client's message there.
-    inserts: dict[int, list[str]] = attrs.Factory(dict)
+    #: Change texts by where they were inserted.
+    inserts: dict[Point, list[str]] = attrs.Factory(dict)
     #: The work tree as the conversation last showed it, where it differs from the base.
     shown: WorkState = attrs.Factory(dict)
     inserted_bytes: int = 0
 
-    def messages(self, parts: tuple[bytes, ...]) -> bytes:
-        """The client's messages with every change where it was inserted, encoded, no brackets."""
+    def render(self, parts: tuple[bytes, ...], api: Api) -> tuple[bytes, ...]:
+        """The client's messages with every change where it was inserted, each encoded."""
         out: list[bytes] = []
         for position, part in enumerate(parts):
-            texts = self.inserts.get(position, [])
-            if self.placement == "user":
-                out.append(_opened_with(part, texts) if texts else part)
-            else:
-                out += [system_message(text) for text in texts]
-                out.append(part)
-        out += [system_message(text) for text in self.inserts.get(len(parts), [])]
-        return b",".join(out)
+            out += [api.separate(text) for text in self.inserts.get((position, "before"), [])]
+            if texts := self.inserts.get((position, "open")):
+                part = api.opened(part, encode_json("".join(texts))[1:-1])
+            if texts := self.inserts.get((position, "close")):
+                part = api.closed(part, encode_json("".join(texts))[1:-1])
+            out.append(part)
+        out += [api.separate(text) for text in self.inserts.get((len(parts), "before"), [])]
+        return tuple(out)
+
+    def settled_within(self, matched: int) -> bool:
+        """Whether every inserted change lies within the first `matched` messages (or just after)."""
+        return all(_end(point) <= matched for point in self.inserts)
 
     def branch(self, matched: int) -> Conversation:
         """A copy that keeps the first `matched` messages (what a fork or a rewrite continues from)."""
         return attrs.evolve(
             self,
             hashes=self.hashes[:matched],
-            inserts={position: list(found) for position, found in self.inserts.items()},
+            inserts={point: list(found) for point, found in self.inserts.items()},
             shown=dict(self.shown),
         )
 
@@ -79,9 +89,11 @@ class Prepared:
 
     snapshot: Snapshot
     start: bytes
-    messages: bytes
+    parts: tuple[bytes, ...]
     #: "new", "continued" or "afresh" (a conversation that could not continue), or "off".
     outcome: str
+    #: Bytes of text the proxy put in: the snapshot, the working diff, the changes inserted.
+    injected_bytes: int
 
 
 def message_hashes(parts: tuple[bytes, ...]) -> list[bytes]:
@@ -98,28 +110,30 @@ def matched_length(seen: list[bytes], new: list[bytes]) -> int:
     return count
 
 
-def insertion_point(shapes: tuple[str, ...], boundary: int, placement: str = "system") -> int | None:
+def insertion_point(shapes: tuple[str, ...], boundary: int, placement: str = "system") -> Point | None:
     """Where the changes since the upstream last saw the conversation go (None: not yet).
 
     Before the client's last message when that is a user's new question (the edit came before it),
     else after everything (an agent's tool results: the edit was the tool call's doing, and nothing
     may come between a call and its results); never inside what the upstream already saw. Placed
-    "user", a change opens the new question, and waits for one when there is none.
+    "user", a change opens the new question, and waits for one when there is none. Placed
+    "attached", it opens the new question, or closes the new tool results.
     """
     last = len(shapes) - 1
-    if shapes and shapes[-1] == "user" and last >= boundary:
-        return last
-    return len(shapes) if placement == "system" else None
+    fresh = bool(shapes) and last >= boundary
+    if fresh and shapes[-1] == "user":
+        return (last, "before") if placement == "system" else (last, "open")
+    if placement == "system":
+        return (len(shapes), "before")
+    if placement == "attached" and fresh and shapes[-1] == "tool":
+        return (last, "close")
+    return None
 
 
-def _opened_with(part: bytes, texts: list[str]) -> bytes:
-    """A user message whose content starts with `texts` (a text part first, for a list of parts)."""
-    message = json.loads(part)
-    content, text = message.get("content"), "".join(texts)
-    message["content"] = (
-        [{"type": "text", "text": text}, *content] if isinstance(content, list) else text + (content or "")
-    )
-    return encode_json(message)
+def _end(point: Point) -> int:
+    """The number of messages the upstream must have seen for a change at `point` to be behind it."""
+    position, edge = point
+    return position if edge == "before" else position + 1
 
 
 class Conversations:
@@ -135,34 +149,46 @@ class Conversations:
         self.capacity = capacity
         self._evict()
 
-    async def prepare(self, epochs: Epochs, chat: ChatRequest, scope: str, placement: str = "system") -> Prepared:
-        """The context and messages for `chat`: its conversation continued, or a new one (whose
-        changes will be placed as `placement` says)."""
+    async def prepare(
+        self, epochs: Epochs, request: ClientRequest, api: Api, scope: str, placement: str = "system"
+    ) -> Prepared:
+        """The context and messages for `request`: its conversation continued, or a new one (whose
+        changes will be placed as `placement` says). Conversations of different APIs never mix."""
         injection = await epochs.current()
-        hashes = message_hashes(chat.parts)
+        hashes = message_hashes(request.identities)
+        scope = f"{api.name}:{scope}"
         async with self._lock:  # one request at a time changes a conversation
             found, matched = self._find(scope, hashes)
             if found is not None:
                 continued = await self._continue(
-                    epochs, found, matched, chat, hashes, injection.snapshot, injection.state
+                    epochs, found, matched, request, api, hashes, injection.snapshot, injection.state
                 )
                 if continued is not None:
                     self._metrics.conversations.inc((("outcome", "continued"),))
                     return continued
             outcome = "afresh" if found is not None else "new"
             self._metrics.conversations.inc((("outcome", outcome),))
-            start = injection.diff.message
-            self._keep(
-                Conversation(scope, injection.snapshot.commit, start, hashes, placement, shown=dict(injection.state))
+            diff = injection.diff
+            started = Conversation(
+                scope,
+                injection.snapshot.commit,
+                diff.message,
+                diff.text_bytes,
+                hashes,
+                api.placement(placement),
+                shown=dict(injection.state),
             )
-            return Prepared(injection.snapshot, injection.diff.message, chat.messages, outcome)
+            self._keep(started)
+            injected = injection.snapshot.text_bytes + diff.text_bytes
+            return Prepared(injection.snapshot, diff.message, request.parts, outcome, injected)
 
     async def _continue(
         self,
         epochs: Epochs,
         conversation: Conversation,
         matched: int,
-        chat: ChatRequest,
+        request: ClientRequest,
+        api: Api,
         hashes: list[bytes],
         current: Snapshot,
         current_state: WorkState,
@@ -173,14 +199,14 @@ class Conversations:
             return None  # its epoch is no longer held: start on the current one
         found = conversation
         if matched < len(conversation.hashes):
-            if any(position > matched for position in conversation.inserts):
+            if not conversation.settled_within(matched):
                 return None  # history rewritten past a change: the other branch may still go on
             conversation = conversation.branch(matched)
         now = current_state if snapshot is current else await asyncio.to_thread(epochs.reader.state, snapshot)
         if now is None:
             return None
         change = await asyncio.to_thread(epochs.reader.changes, snapshot, conversation.shown, now)
-        point = insertion_point(chat.shapes, matched, conversation.placement)
+        point = insertion_point(request.shapes, matched, conversation.placement)
         if change is not None and point is not None:
             size = len(change.encode())
             if conversation.inserted_bytes + size > epochs.budget(snapshot):
@@ -194,7 +220,9 @@ class Conversations:
             conversation.shown = now
         conversation.hashes = hashes
         self._keep(conversation)
-        return Prepared(snapshot, conversation.start, conversation.messages(chat.parts), "continued")
+        injected = snapshot.text_bytes + conversation.start_bytes + conversation.inserted_bytes
+        parts = conversation.render(request.parts, api)
+        return Prepared(snapshot, conversation.start, parts, "continued", injected)
 
     def _find(self, scope: str, hashes: list[bytes]) -> tuple[Conversation | None, int]:
         """The conversation sharing the most leading messages; of equals, one that can go on from
@@ -203,7 +231,7 @@ class Conversations:
         for conversation in reversed(self._kept.values()):
             if conversation.scope == scope:
                 matched = matched_length(conversation.hashes, hashes)
-                rank = (matched, all(position <= matched for position in conversation.inserts))
+                rank = (matched, conversation.settled_within(matched))
                 if matched and rank > best_rank:
                     best, best_rank = conversation, rank
         return best, best_rank[0]

@@ -28,7 +28,6 @@ from collections.abc import Awaitable, Callable
 
 import attrs
 
-from .accounting import Usage
 from .config import Config, ContextConfig
 from .diff import WorkingDiff
 from .epoch import Epoch, load_epoch, save_epoch, state_file
@@ -41,6 +40,7 @@ from .repository import ContentRules, short
 from .secrets import Finding
 from .shared import Coalesced, SharedTasks
 from .snapshot import Snapshot
+from .usage import Usage
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ class Epochs:
         self._state_file = state_file(config.context.state_dir, repository.path)
         self._switching = SharedTasks()  # the first epoch and every switch, by target
         self._reading = SharedTasks()
+        self._warming = SharedTasks()
         self._read = Coalesced(self._read_current, self._reading)
         self._folded: str | None = None
         self.remembered = EpochPool(config.context.remembered_epochs)
@@ -98,6 +99,7 @@ class Epochs:
     async def close(self) -> None:
         await self._switching.close()
         await self._reading.close()
+        await self._warming.close()
         await asyncio.to_thread(self.reader.close)
 
     @property
@@ -166,6 +168,10 @@ class Epochs:
         if self.warmer is None:
             return None
         return await self.warmer(snapshot, await asyncio.to_thread(self.reader.diff, snapshot))
+
+    async def warm_shared(self) -> Usage | None:
+        """`warm_now`, shared by every caller that asks while one is under way."""
+        return await self._warming.join("warm", self.warm_now)
 
     async def preview(self) -> Injection:
         """What a server started now would send, without saving or switching anything."""

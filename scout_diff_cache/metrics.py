@@ -150,6 +150,24 @@ def render(metrics: Metrics, totals: Totals) -> str:
             "Prompt tokens the upstream served from its cache.",
             [_sample("scout_upstream_cached_tokens_total", (), totals.cached_tokens)],
         ),
+        *_family(
+            "scout_api_prompt_tokens_total",
+            "counter",
+            "Prompt tokens the upstream reported, by the API the requests came in on (chat, responses, messages).",
+            [
+                _sample("scout_api_prompt_tokens_total", (("api", api),), both[0])
+                for api, both in sorted(totals.by_api.items())
+            ],
+        ),
+        *_family(
+            "scout_api_cached_tokens_total",
+            "counter",
+            "Prompt tokens the upstream served from its cache, by the API the requests came in on.",
+            [
+                _sample("scout_api_cached_tokens_total", (("api", api),), both[1])
+                for api, both in sorted(totals.by_api.items())
+            ],
+        ),
         *_gauge(
             "scout_snapshot_cached_ratio",
             "Share of the snapshot's tokens served from the upstream's cache, over all requests that reported it.",

@@ -3,6 +3,15 @@
 The snapshot arrives already JSON-encoded (once per snapshot); per request only the diff, the
 client's messages and its other fields are encoded, and the body goes out as a list of chunks
 with a known length, so a 50 MB snapshot is never copied or re-serialised per request.
+
+Each API puts the snapshot where its upstream renders it first:
+- chat completions: the first system message, the working diff the second, then the client's;
+- Responses: `instructions` (rendered before any input) holds the snapshot, then after a blank
+  line the client's own instructions; the working diff is a system item opening `input`;
+- Messages: `system` is a list whose first block is the whole snapshot, the client's system
+  blocks following untouched (upstreams join the blocks into one system message; Llama 4's
+  template, given a list, renders only its first part); the working diff opens the first message.
+So the client's stable parts (instructions, system prompt, tools) stay ahead of the volatile diff.
 """
 
 from __future__ import annotations
@@ -34,9 +43,22 @@ def system_message(*parts: str) -> bytes:
     return SYSTEM_OPEN + b"".join(encoded) + SYSTEM_CLOSE
 
 
+Chunk = bytes | memoryview
+
+
+def system_text(message: Encoded) -> tuple[Chunk, ...]:
+    """The encoded text of a message made by `system_message` (or a snapshot's chunks of one),
+    without its quotes, and no copy."""
+    chunks = (message,) if isinstance(message, bytes) else message
+    if len(chunks) == 1:
+        return (memoryview(chunks[0])[len(SYSTEM_OPEN) : len(chunks[0]) - len(SYSTEM_CLOSE)],)
+    first, *middle, last = chunks
+    return (memoryview(first)[len(SYSTEM_OPEN) :], *middle, memoryview(last)[: len(last) - len(SYSTEM_CLOSE)])
+
+
 @attrs.frozen
 class Body:
-    chunks: tuple[bytes, ...]
+    chunks: tuple[Chunk, ...]
 
     @property
     def length(self) -> int:
@@ -51,6 +73,35 @@ def assemble(messages: bytes, fields: bytes, *injected: Encoded) -> Body:
         chunks += [message] if isinstance(message, bytes) else message
         chunks.append(b",")
     chunks += [messages, b"]"]
+    if fields:
+        chunks += [b",", fields]
+    chunks.append(b"}")
+    return Body(tuple(chunks))
+
+
+def assemble_responses(input_items: bytes, fields: bytes, snapshot: Encoded, start: bytes, instructions: bytes) -> Body:
+    """A Responses body: `instructions` is the snapshot's text, then the client's `instructions`
+    (encoded, with quotes) after a blank line; `input` is the `start` system item, then the
+    client's items."""
+    chunks: list[Chunk] = [b'{"instructions":"', *system_text(snapshot)]
+    if instructions:
+        chunks += [b"\\n", instructions[1:-1]]
+    chunks += [b'","input":[', start, b",", input_items, b"]"]
+    if fields:
+        chunks += [b",", fields]
+    chunks.append(b"}")
+    return Body(tuple(chunks))
+
+
+def assemble_messages(messages: bytes, fields: bytes, snapshot: Encoded, system: bytes) -> Body:
+    """A Messages body: `system` is the snapshot's text as the first block, then the client's
+    `system` (encoded: a string becomes one text block; a list's blocks follow as they came)."""
+    chunks: list[Chunk] = [b'{"system":[{"type":"text","text":"', *system_text(snapshot), b'\\n"}']
+    if system.startswith(b"["):
+        chunks += [b",", system[1:-1]]
+    elif system:
+        chunks += [b',{"type":"text","text":', system, b"}"]
+    chunks += [b'],"messages":[', messages, b"]"]
     if fields:
         chunks += [b",", fields]
     chunks.append(b"}")

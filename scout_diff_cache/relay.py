@@ -13,39 +13,60 @@ import time
 from collections.abc import Mapping
 
 import aiohttp
+import attrs
 from aiohttp import web
 
-from .accounting import Exchange, SseUsageFilter, usage_of
+from .accounting import Exchange
 from .app_keys import metrics_key
 from .config import UpstreamConfig
-from .errors import ProxyError, error_body
-from .prompt import Body
+from .errors import ProxyError, error_event
+from .prompt import Body, encode_json
 from .routing import Routing
-from .upstream import check_status, next_chunk, no_first_byte, read_json_answer, send_chat
+from .upstream import check_status, next_chunk, no_first_byte, read_json_answer, request_any, send
+from .usage import SseUsage, read_usage, take_out, usage_fields
 
 KEEPALIVE = b": keep-alive\n\n"
+
+
+@attrs.frozen
+class Outbound:
+    """One request for the upstream, and what to do to the usage in its answer."""
+
+    #: chat, responses or messages: how the answer's usage reads, and its errors' envelope.
+    api: str
+    #: Under the upstream's base URL.
+    path: str
+    body: Body
+    #: Drop chat's usage-only event (asked for on the client's behalf).
+    strip_usage: bool = False
+    #: Injected tokens to take out of the usage the client sees (None: report the upstream's).
+    injected: int | None = None
 
 
 async def relay_json(
     session: aiohttp.ClientSession,
     config: UpstreamConfig,
-    body: Body,
+    outbound: Outbound,
     *,
     routing: Routing,
     headers: Mapping[str, str],
     exchange: Exchange,
 ) -> web.Response:
     started = time.monotonic()
-    data, payload = await read_json_answer(session, config, body, routing)
+    data, payload = await read_json_answer(session, config, outbound.body, routing, outbound.path)
     exchange.first_byte_seconds = time.monotonic() - started  # a JSON answer comes in one piece
-    exchange.usage = usage_of(payload)
+    exchange.usage = read_usage(outbound.api, payload)
+    usage = usage_fields(payload)
+    if outbound.injected and usage is not None:
+        take_out(outbound.api, usage, outbound.injected)
+        data = encode_json(payload)
     return web.Response(body=data, content_type="application/json", headers=headers)
 
 
 async def _open_stream(
-    session: aiohttp.ClientSession, config: UpstreamConfig, body: Body, routing: Routing
+    session: aiohttp.ClientSession, config: UpstreamConfig, outbound: Outbound, routing: Routing
 ) -> tuple[aiohttp.ClientResponse, bytes]:
-    response = await send_chat(session, config, body, routing)
+    response = await send(session, config, outbound.path, outbound.body, routing)
     try:
         await check_status(response, config.idle_timeout)
         return response, await next_chunk(response, config.idle_timeout)
@@ -58,20 +79,18 @@ async def relay_stream(
     request: web.Request,
     session: aiohttp.ClientSession,
     config: UpstreamConfig,
-    body: Body,
+    outbound: Outbound,
     *,
     routing: Routing,
     keepalive_interval: float,
-    strip_usage: bool,
     headers: Mapping[str, str],
     exchange: Exchange,
 ) -> web.StreamResponse:
-    """Relay the upstream's SSE answer as it comes; `strip_usage` drops the usage-only event the
-    proxy asked for on the client's behalf."""
+    """Relay the upstream's SSE answer as it comes, its usage read (and rewritten, if asked)."""
     loop = asyncio.get_running_loop()
     started = loop.time()
     deadline = started + config.first_byte_timeout
-    opening = asyncio.ensure_future(_open_stream(session, config, body, routing))
+    opening = asyncio.ensure_future(_open_stream(session, config, outbound, routing))
     client: web.StreamResponse | None = None
     metrics = request.app[metrics_key]
     metrics.streams_in_flight += 1
@@ -87,7 +106,7 @@ async def relay_stream(
         upstream, chunk = opening.result()
         exchange.first_byte_seconds = loop.time() - started
         client = client or await _start_sse(request, headers)
-        usage = SseUsageFilter(strip=strip_usage)
+        usage = SseUsage(outbound.api, outbound.strip_usage, outbound.injected)
         while chunk:
             if relayed := usage.feed(chunk):
                 await client.write(relayed)
@@ -101,7 +120,7 @@ async def relay_stream(
         if client is None:
             raise
         exchange.outcome = error.code
-        await client.write(b"data: " + error_body(error) + b"\n\n")
+        await client.write(error_event(error, outbound.api))
         await client.write_eof()
         return client
     except ConnectionResetError:
@@ -126,3 +145,61 @@ async def _start_sse(request: web.Request, headers: Mapping[str, str]) -> web.St
     )
     await response.prepare(request)
     return response
+
+
+#: Headers that stay behind: per hop, the client's keys, and what the session sets itself.
+NOT_FORWARDED = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "accept-encoding",
+        "authorization",
+        "x-api-key",
+    }
+)
+
+
+async def relay_any(
+    request: web.Request,
+    session: aiohttp.ClientSession,
+    config: UpstreamConfig,
+    body: bytes,
+    routing: Routing,
+    exchange: Exchange,
+) -> web.StreamResponse:
+    """Pass a request through to the same path upstream, and its answer back as it comes, status
+    and headers included. Errors before the answer's headers get the proxy's envelope."""
+    path = request.match_info["tail"] + (f"?{request.query_string}" if request.query_string else "")
+    headers = {name: value for name, value in request.headers.items() if name.lower() not in NOT_FORWARDED}
+    started = time.monotonic()
+    opening = request_any(session, config, request.method, path, body, headers, routing)
+    try:
+        upstream = await asyncio.wait_for(opening, config.first_byte_timeout)
+    except asyncio.TimeoutError:
+        raise no_first_byte(config) from None
+    try:
+        exchange.first_byte_seconds = time.monotonic() - started
+        kept = {name: value for name, value in upstream.headers.items() if name.lower() not in NOT_FORWARDED}
+        client = web.StreamResponse(status=upstream.status, headers=kept)
+        await client.prepare(request)
+        try:
+            while chunk := await next_chunk(upstream, config.idle_timeout):
+                await client.write(chunk)
+        except ProxyError as error:
+            exchange.outcome = error.code  # the status is out: the answer just ends short
+            return client
+        await client.write_eof()
+        return client
+    except ConnectionResetError:
+        exchange.outcome = "client_closed"
+        return web.StreamResponse()
+    finally:
+        upstream.close()

@@ -3,21 +3,27 @@ route table that says, once per route, which concerns apply to it."""
 
 from __future__ import annotations
 
+import json
+import logging
+
 import attrs
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from .access import client_scope, limit_concurrency, require_key
 from .accounting import Exchange
-from .app_keys import exchange_key, live_key, metrics_key, session_key, totals_key
+from .apis import CHAT, MESSAGES, RESPONSES, Api
+from .app_keys import exchange_key, live_key, metrics_key, session_key, tokens_key, totals_key
 from .config import is_loopback
 from .conversations import Prepared
 from .errors import Forbidden, InvalidRequest, ProxyError
 from .metrics import render as render_metrics
-from .prompt import Body, assemble
-from .relay import relay_json, relay_stream
+from .prompt import Body, encode_json
+from .relay import Outbound, relay_any, relay_json, relay_stream
 from .upstream import fetch_models
-from .validation import ChatRequest, parse_chat_request
+from .validation import ClientRequest, parse_messages_request
+
+log = logging.getLogger(__name__)
 
 
 def injection_headers(prepared: Prepared) -> dict[str, str]:
@@ -30,50 +36,134 @@ def injection_headers(prepared: Prepared) -> dict[str, str]:
     }
 
 
-async def prepare(request: web.Request, chat: ChatRequest) -> Prepared:
-    """The context and messages for a chat request: its conversation's, or the current ones."""
+async def prepare(request: web.Request, client: ClientRequest, api: Api) -> Prepared:
+    """The context and messages for a request: its conversation's, or the current ones.
+
+    A Responses request that names `previous_response_id` continues a conversation the upstream
+    holds, which the proxy does not see: it gets the snapshot (instructions are not carried over
+    from the earlier response) and the current working diff before its new input, so the model
+    reads the work tree's state after everything it saw before.
+    """
     live = request.app[live_key]
-    if live.config.context.conversations:
-        placement = live.config.context.change_placement
-        return await live.conversations.prepare(live.epochs, chat, client_scope(request), placement)
+    context = live.config.context
+    if context.conversations and not client.continues_response:
+        return await live.conversations.prepare(
+            live.epochs, client, api, client_scope(request), context.change_placement
+        )
     injection = await live.epochs.current()
-    return Prepared(injection.snapshot, injection.diff.message, chat.messages, "off")
+    injected = injection.snapshot.text_bytes + injection.diff.text_bytes
+    return Prepared(injection.snapshot, injection.diff.message, client.parts, "off", injected)
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
+async def injected_tokens(request: web.Request, prepared: Prepared) -> int | None:
+    """The injected tokens to take out of the usage the client sees (None: leave it as counted).
+
+    The first request on an epoch no warm-up has measured yet waits for one: it caches the same
+    prefix the request itself needs, so the upstream does that work once either way.
+    """
+    live = request.app[live_key]
+    if live.config.context.usage != "client":
+        return None
+    tokens = request.app[tokens_key]
+    if not tokens.known(prepared.snapshot.commit) and live.epochs.snapshot is prepared.snapshot:
+        try:
+            await live.epochs.warm_shared()
+        except ProxyError as error:
+            log.warning("could not measure the injected context's tokens: %s", error.message)
+    return tokens.count(prepared.snapshot.commit, prepared.injected_bytes)
+
+
+def salted(raw: bytes, salt: str | None) -> Body:
+    """The client's body as it came, with the configured cache_salt in it, if any."""
+    if salt is None:
+        return Body((raw,))
+    return Body((encode_json({**json.loads(raw), "cache_salt": salt}),))
+
+
+async def forward(request: web.Request, api: Api) -> web.StreamResponse:
+    """A chat, Responses or Messages request: the repository context put in, the answer relayed."""
     live = request.app[live_key]
     config = live.config
     raw = await request.read()
-    chat = parse_chat_request(raw, config.upstream.model, config.upstream.cache_salt)
+    client = api.parse(raw, config.upstream.model, config.upstream.cache_salt)
     exchange: Exchange = request[exchange_key]
-    exchange.to_upstream = True
-    exchange.stream = chat.stream
+    exchange.api, exchange.to_upstream, exchange.stream = api.name, True, client.stream
     headers: dict[str, str] = {}
-    # without injection the client's body goes as it came, unless a cache_salt must go in
-    body = Body((raw,)) if config.upstream.cache_salt is None else assemble(chat.messages, chat.fields)
+    outbound = Outbound(api.name, api.path, salted(raw, config.upstream.cache_salt))
     if config.context.inject:
-        prepared = await prepare(request, chat)
-        body = assemble(prepared.messages, chat.fields, prepared.snapshot.message, prepared.start)
+        prepared = await prepare(request, client, api)
+        body = api.body(client, prepared.parts, prepared.snapshot.message, prepared.start)
         headers = injection_headers(prepared)
         exchange.snapshot_commit = prepared.snapshot.commit
         exchange.snapshot_bytes = prepared.snapshot.text_bytes
         exchange.diff_bytes = len(prepared.start)
-        exchange.client_bytes = len(prepared.messages)
+        exchange.client_bytes = len(client.messages) + len(client.system)
+        exchange.injected_bytes = prepared.injected_bytes
         exchange.conversation = prepared.outcome
+        strip = api.name == "chat" and not client.wants_usage
+        outbound = Outbound(api.name, api.path, body, strip, await injected_tokens(request, prepared))
     session = request.app[session_key]
-    if chat.stream:
+    if client.stream:
         return await relay_stream(
             request,
             session,
             config.upstream,
-            body,
+            outbound,
             routing=live.routing,
             keepalive_interval=config.server.sse_keepalive_interval,
-            strip_usage=not chat.wants_usage and body.chunks != (raw,),
             headers=headers,
             exchange=exchange,
         )
-    return await relay_json(session, config.upstream, body, routing=live.routing, headers=headers, exchange=exchange)
+    return await relay_json(
+        session, config.upstream, outbound, routing=live.routing, headers=headers, exchange=exchange
+    )
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    return await forward(request, CHAT)
+
+
+async def responses(request: web.Request) -> web.StreamResponse:
+    return await forward(request, RESPONSES)
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    return await forward(request, MESSAGES)
+
+
+async def count_tokens(request: web.Request) -> web.StreamResponse:
+    """Anthropic's token count. With `usage = client` the client's own request is counted, as it
+    came (exact, and the upstream has no snapshot to tokenise); with `upstream`, the request as
+    the proxy would send it."""
+    live = request.app[live_key]
+    config = live.config
+    raw = await request.read()
+    client = parse_messages_request(raw, config.upstream.model, config.upstream.cache_salt)
+    exchange: Exchange = request[exchange_key]
+    exchange.api, exchange.to_upstream = "messages", True
+    body = salted(raw, config.upstream.cache_salt)
+    if config.context.inject and config.context.usage == "upstream":
+        injection = await live.epochs.current()
+        body = MESSAGES.body(client, client.parts, injection.snapshot.message, injection.diff.message)
+    outbound = Outbound("messages", "/messages/count_tokens", body)
+    session = request.app[session_key]
+    return await relay_json(session, config.upstream, outbound, routing=live.routing, headers={}, exchange=exchange)
+
+
+async def passthrough(request: web.Request) -> web.StreamResponse:
+    """Any other /v1 route (embeddings, completions, tokenize, audio...): to the upstream as it
+    came, its answer streamed back as it comes. Only the client's key stays behind."""
+    live = request.app[live_key]
+    exchange: Exchange = request[exchange_key]
+    exchange.to_upstream = True
+    return await relay_any(
+        request, request.app[session_key], live.config.upstream, await request.read(), live.routing, exchange
+    )
+
+
+async def root(request: web.Request) -> web.Response:
+    """A client's probe of the base URL (Claude Code sends `HEAD /` first): quick, and open."""
+    return web.Response(text="scout-diff-cache\n")
 
 
 async def models(request: web.Request) -> web.Response:
@@ -155,9 +245,15 @@ class Route:
     limited: bool = False
 
 
+#: In the order they are matched: the catch-all /v1 route last.
 ROUTES = (
     Route("POST", "/v1/chat/completions", chat_completions, limited=True),
-    Route("GET", "/v1/models", models),
+    Route("POST", "/v1/responses", responses, limited=True),
+    Route("POST", "/v1/messages", messages, limited=True),
+    Route("POST", "/v1/messages/count_tokens", count_tokens, limited=True),
+    Route("GET", "/v1/models", models, limited=True),
+    Route("*", "/v1/{tail:.+}", passthrough, limited=True),
+    Route("HEAD", "/", root, open=True),
     Route("GET", "/health", health, open=True),
     Route("GET", "/ready", ready),
     Route("GET", "/metrics", metrics),

@@ -13,11 +13,11 @@ from typing import Any
 
 import aiohttp
 
-from .accounting import Usage, usage_of
 from .config import UpstreamConfig
 from .errors import ProxyError, UpstreamBadResponse, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from .prompt import Body, Encoded, assemble, encode_json
 from .routing import Routing
+from .usage import Usage, read_usage
 
 #: An error body longer than this is cut before it is read whole.
 MAX_ERROR_BODY = 64 * 1024
@@ -46,19 +46,49 @@ def _headers(config: UpstreamConfig, routing: Routing) -> dict[str, str]:
     return headers
 
 
-async def send_chat(
-    session: aiohttp.ClientSession, config: UpstreamConfig, body: Body, routing: Routing
+async def send(
+    session: aiohttp.ClientSession, config: UpstreamConfig, path: str, body: Body, routing: Routing
 ) -> aiohttp.ClientResponse:
-    """POST the body (written chunk by chunk, with its length) and return once headers arrive."""
+    """POST the body to `path` (written chunk by chunk, with its length); return once headers arrive."""
 
-    async def chunks() -> AsyncIterator[bytes]:
+    async def chunks() -> AsyncIterator[bytes | memoryview]:
         for chunk in body.chunks:
             yield chunk
 
-    headers = _headers(config, routing) | {"Content-Type": "application/json", "Content-Length": str(body.length)}
+    headers = {"Content-Type": "application/json", "Content-Length": str(body.length)}
+    return await _request(session, config, "POST", path, chunks(), headers, routing)
+
+
+async def request_any(
+    session: aiohttp.ClientSession,
+    config: UpstreamConfig,
+    method: str,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    routing: Routing,
+) -> aiohttp.ClientResponse:
+    """Send a client's request on to the upstream's `path` (relative to its base URL) as it came."""
+    return await _request(session, config, method, f"/{path}", body or None, headers, routing)
+
+
+async def _request(
+    session: aiohttp.ClientSession,
+    config: UpstreamConfig,
+    method: str,
+    path: str,
+    data: Any,
+    headers: dict[str, str],
+    routing: Routing,
+) -> aiohttp.ClientResponse:
+    """Our key for the upstream (never a client's) and the routing headers go with every request."""
     try:
-        response = await session.post(
-            f"{config.url}/chat/completions", data=chunks(), headers=headers, timeout=_connect_only(config)
+        response = await session.request(
+            method,
+            f"{config.url}{path}",
+            data=data,
+            headers=headers | _headers(config, routing),
+            timeout=_connect_only(config),
         )
     except (aiohttp.ClientConnectorError, aiohttp.ServerTimeoutError) as error:
         raise UpstreamUnavailable(f"cannot reach the upstream at {config.url}: {error}") from None
@@ -123,11 +153,15 @@ def no_first_byte(config: UpstreamConfig) -> UpstreamTimeout:
 
 
 async def read_json_answer(
-    session: aiohttp.ClientSession, config: UpstreamConfig, body: Body, routing: Routing
+    session: aiohttp.ClientSession,
+    config: UpstreamConfig,
+    body: Body,
+    routing: Routing,
+    path: str = "/chat/completions",
 ) -> tuple[bytes, Any]:
     """A non-streaming exchange: the answer's bytes, untouched, and their parsed JSON."""
     try:
-        response = await asyncio.wait_for(send_chat(session, config, body, routing), config.first_byte_timeout)
+        response = await asyncio.wait_for(send(session, config, path, body, routing), config.first_byte_timeout)
     except asyncio.TimeoutError:
         raise no_first_byte(config) from None
     try:
@@ -144,20 +178,17 @@ async def read_json_answer(
 
 
 async def warm_up(
-    session: aiohttp.ClientSession,
-    config: UpstreamConfig,
-    routing: Routing,
-    snapshot_message: Encoded,
-    diff_message: bytes,
+    session: aiohttp.ClientSession, config: UpstreamConfig, routing: Routing, *injected: Encoded
 ) -> Usage | None:
-    """Have the upstream process (and so cache) the prefix, generating a single token."""
+    """Have the upstream process (and so cache) the `injected` messages, generating a single
+    token. Sent with none, it tells how many tokens the question alone takes."""
     messages = encode_json([{"role": "user", "content": "Reply with OK."}])[1:-1]
     fields: dict[str, Any] = {"model": config.model, "max_tokens": 1, "temperature": 0}
     if config.cache_salt is not None:
         fields["cache_salt"] = config.cache_salt
-    body = assemble(messages, encode_json(fields)[1:-1], snapshot_message, diff_message)
+    body = assemble(messages, encode_json(fields)[1:-1], *injected)
     _, payload = await read_json_answer(session, config, body, routing)
-    return usage_of(payload)
+    return read_usage("chat", payload)
 
 
 async def fetch_models(session: aiohttp.ClientSession, config: UpstreamConfig, routing: Routing) -> bytes:

@@ -1,4 +1,6 @@
-"""Checking a client's chat request and encoding its parts once, before anything is sent."""
+"""Checking a client's request, on any of the three APIs, and encoding its parts once before
+anything is sent. A request that fails a check gets a 400 naming the field, and nothing goes
+upstream."""
 
 from __future__ import annotations
 
@@ -10,20 +12,42 @@ import attrs
 from .errors import InvalidRequest
 from .prompt import encode_json
 
-ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+RESPONSES_ROLES = frozenset({"system", "developer", "user", "assistant"})
+#: Anthropic's API takes user and assistant turns; Claude Code also sends system messages among
+#: them (vLLM moves them into the system prompt, llama.cpp renders them in place).
+MESSAGES_ROLES = frozenset({"user", "assistant", "system"})
 
 
 @attrs.frozen
-class ChatRequest:
+class ClientRequest:
+    """A client's request split into what the proxy places (its messages, its own system text)
+    and what it passes on as it came (every other field)."""
+
     stream: bool
-    #: Whether the client asked for the usage chunk; streams always ask upstream, for accounting.
+    #: Whether the client asked for chat's usage chunk; chat streams always ask upstream, for accounting.
     wants_usage: bool
-    #: Each of the client's messages, JSON-encoded: what a conversation is recognised by.
+    #: Each of the client's messages (or Responses input items), JSON-encoded: what a conversation
+    #: is recognised by.
     parts: tuple[bytes, ...]
     #: Every other field of the client's body (model defaulted), JSON-encoded, without braces.
     fields: bytes
-    #: Each message's role, "assistant+tools" for an assistant message that calls tools.
+    #: Each message's shape: its role, "assistant+tools" for a turn that calls tools, "tool" for
+    #: tool results (an Anthropic user message holding them included).
     shapes: tuple[str, ...] = ()
+    #: The client's own system text, JSON-encoded: Responses' `instructions` (a string) or
+    #: Messages' `system` (a string or a list of blocks); empty when it sent none.
+    system: bytes = b""
+    #: Responses' `previous_response_id`: the upstream holds the earlier turns itself.
+    continues_response: bool = False
+    #: What each message is recognised by from turn to turn, where that is not its encoding:
+    #: Anthropic clients move their `cache_control` markers to the newest turn on every request.
+    marks: tuple[bytes, ...] = ()
+
+    @property
+    def identities(self) -> tuple[bytes, ...]:
+        """What a conversation recognises each message by."""
+        return self.marks or self.parts
 
     @property
     def messages(self) -> bytes:
@@ -31,29 +55,11 @@ class ChatRequest:
         return b",".join(self.parts)
 
 
-def parse_chat_request(raw: bytes, default_model: str, cache_salt: str | None = None) -> ChatRequest:
-    """The request checked and encoded; `cache_salt`, when configured, replaces the client's."""
-    try:
-        body = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise InvalidRequest("the request body is not UTF-8") from None
-    except ValueError as error:
-        raise InvalidRequest(f"the request body is not valid JSON: {error}") from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    messages = body.pop("messages", None)
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest("'messages' must be a non-empty array of message objects")
-    for position, message in enumerate(messages):
-        _check_message(position, message)
-    body.setdefault("model", default_model)
-    if cache_salt is not None:
-        body["cache_salt"] = cache_salt
-    if not isinstance(body["model"], str) or not body["model"]:
-        raise InvalidRequest("'model' must be a non-empty string")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise InvalidRequest("'stream' must be true or false")
+def parse_chat_request(raw: bytes, default_model: str, cache_salt: str | None = None) -> ClientRequest:
+    """A chat completions request; `cache_salt`, when configured, replaces the client's."""
+    body = _object(raw)
+    messages = _messages(body, CHAT_ROLES, null_content="assistant")
+    stream = _common(body, default_model, cache_salt)
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise InvalidRequest("'stream_options' must be an object")
@@ -64,23 +70,112 @@ def parse_chat_request(raw: bytes, default_model: str, cache_salt: str | None = 
         "assistant+tools" if message["role"] == "assistant" and message.get("tool_calls") else message["role"]
         for message in messages
     )
+    return _encoded(stream, wants_usage, messages, body, shapes)
+
+
+def parse_responses_request(raw: bytes, default_model: str, cache_salt: str | None = None) -> ClientRequest:
+    """A Responses API request: `input` (a string, or items) and `instructions` are placed; a
+    string input becomes one user message, which the upstream reads the same way."""
+    body = _object(raw)
+    items = body.pop("input", None)
+    if isinstance(items, str):
+        items = [{"role": "user", "content": items}]
+    if not isinstance(items, list) or not items:
+        raise InvalidRequest("'input' must be a non-empty string or a non-empty array of input items")
+    for position, item in enumerate(items):
+        where = f"input[{position}]"
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"{where} must be an object")
+        if item.get("type", "message") == "message":
+            _check_message(where, item, RESPONSES_ROLES, null_content=None)
+        elif not isinstance(item.get("type"), str):
+            raise InvalidRequest(f"{where}.type must be a string")
+    instructions = body.pop("instructions", None)
+    if instructions is not None and not isinstance(instructions, str):
+        raise InvalidRequest("'instructions' must be a string")
+    previous = body.get("previous_response_id")
+    if previous is not None and not isinstance(previous, str):
+        raise InvalidRequest("'previous_response_id' must be a string")
+    stream = _common(body, default_model, cache_salt)
+    shapes = tuple(_item_shape(item) for item in items)
+    system = encode_json(instructions) if instructions else b""
+    return attrs.evolve(
+        _encoded(stream, True, items, body, shapes), system=system, continues_response=previous is not None
+    )
+
+
+def parse_messages_request(raw: bytes, default_model: str, cache_salt: str | None = None) -> ClientRequest:
+    """An Anthropic Messages request (or a count_tokens one): `system` and `messages` are placed."""
+    body = _object(raw)
+    messages = _messages(body, MESSAGES_ROLES, null_content=None)
+    system = body.pop("system", None)
+    if isinstance(system, list):
+        for index, block in enumerate(system):
+            if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
+                raise InvalidRequest(f"system[{index}] must be a text block: {{'type': 'text', 'text': '...'}}")
+    elif system is not None and not isinstance(system, str):
+        raise InvalidRequest("'system' must be a string or an array of text blocks")
+    stream = _common(body, default_model, cache_salt)
+    shapes = tuple(_message_shape(message) for message in messages)
+    encoded_system = encode_json(system) if system else b""
+    marks = tuple(encode_json(_unmarked(message)) for message in messages)
+    return attrs.evolve(_encoded(stream, True, messages, body, shapes), system=encoded_system, marks=marks)
+
+
+def _object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidRequest("the request body is not UTF-8") from None
+    except ValueError as error:
+        raise InvalidRequest(f"the request body is not valid JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return body
+
+
+def _messages(body: dict[str, Any], roles: frozenset[str], null_content: str | None) -> list[Any]:
+    """The body's `messages`, taken out of it and checked."""
+    messages = body.pop("messages", None)
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("'messages' must be a non-empty array of message objects")
+    for position, message in enumerate(messages):
+        _check_message(f"messages[{position}]", message, roles, null_content)
+    return messages
+
+
+def _common(body: dict[str, Any], default_model: str, cache_salt: str | None) -> bool:
+    """Check and default what every API shares (model, stream, cache_salt); the stream flag."""
+    body.setdefault("model", default_model)
+    if cache_salt is not None:
+        body["cache_salt"] = cache_salt
+    if not isinstance(body["model"], str) or not body["model"]:
+        raise InvalidRequest("'model' must be a non-empty string")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be true or false")
+    return stream
+
+
+def _encoded(
+    stream: bool, wants_usage: bool, messages: list[Any], body: dict[str, Any], shapes: tuple[str, ...]
+) -> ClientRequest:
     try:
         parts = tuple(encode_json(message) for message in messages)
-        return ChatRequest(stream, wants_usage, parts, encode_json(body)[1:-1], shapes)
+        return ClientRequest(stream, wants_usage, parts, encode_json(body)[1:-1], shapes)
     except UnicodeEncodeError:
         raise InvalidRequest("the request holds a lone UTF-16 surrogate escape, which is not valid text") from None
 
 
-def _check_message(position: int, message: Any) -> None:
-    where = f"messages[{position}]"
+def _check_message(where: str, message: Any, roles: frozenset[str], null_content: str | None) -> None:
     if not isinstance(message, dict):
         raise InvalidRequest(f"{where} must be an object")
     role = message.get("role")
-    if not isinstance(role, str) or role not in ROLES:
-        raise InvalidRequest(f"{where}.role must be one of {', '.join(sorted(ROLES))}")
+    if not isinstance(role, str) or role not in roles:
+        raise InvalidRequest(f"{where}.role must be one of {', '.join(sorted(roles))}")
     content = message.get("content")
     if content is None:
-        if role != "assistant":
+        if role != null_content:
             raise InvalidRequest(f"{where}.content is required for role {role!r}")
     elif isinstance(content, list):
         for index, part in enumerate(content):
@@ -88,3 +183,32 @@ def _check_message(position: int, message: Any) -> None:
                 raise InvalidRequest(f"{where}.content[{index}] must be an object with a string 'type'")
     elif not isinstance(content, str):
         raise InvalidRequest(f"{where}.content must be a string, an array of content parts, or null")
+
+
+def _unmarked(value: Any) -> Any:
+    """`value` without its `cache_control` markers, at any depth."""
+    if isinstance(value, dict):
+        return {key: _unmarked(item) for key, item in value.items() if key != "cache_control"}
+    if isinstance(value, list):
+        return [_unmarked(item) for item in value]
+    return value
+
+
+def _item_shape(item: dict[str, Any]) -> str:
+    kind = item.get("type", "message")
+    if kind == "message":
+        return "system" if item["role"] == "developer" else str(item["role"])
+    if kind.endswith("_output"):
+        return "tool"  # function_call_output and its kin: results of a call
+    return "assistant+tools" if kind.endswith("_call") else "assistant"
+
+
+def _message_shape(message: dict[str, Any]) -> str:
+    content = message.get("content")
+    blocks = content if isinstance(content, list) else []
+    kinds = {block.get("type") for block in blocks}
+    if message["role"] == "user":
+        return "tool" if "tool_result" in kinds else "user"
+    if message["role"] == "assistant":
+        return "assistant+tools" if "tool_use" in kinds else "assistant"
+    return str(message["role"])

@@ -133,8 +133,17 @@ class FakeUpstream:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self.handle_chat)
+        app.router.add_post("/v1/responses", self.handle_chat)
+        app.router.add_post("/v1/messages", self.handle_chat)
+        app.router.add_post("/v1/messages/count_tokens", self.handle_chat)
         app.router.add_get("/v1/models", self.handle_models)
+        app.router.add_route("*", "/v1/{tail:.+}", self.handle_chat)
         return app
+
+    @property
+    def asked(self) -> list[Seen]:
+        """The requests that were not warm-ups (nor the proxy's measuring of its injected tokens)."""
+        return [seen for seen in self.seen if not (seen.raw.startswith(b"{") and is_warmup(seen.json))]
 
     def fail(self, message: str) -> None:
         """Record a failed expectation: the test fails at teardown, with this message."""
@@ -145,7 +154,7 @@ class FakeUpstream:
         return "\n".join("".join(traceback.format_exception(error)) for error in self.errors)
 
     async def handle_chat(self, request: web.Request) -> web.StreamResponse:
-        self.seen.append(Seen(request.path, dict(request.headers), await request.read()))
+        self.seen.append(Seen(request.path_qs, dict(request.headers), await request.read()))
         try:
             return await self.behaviour(request, self)
         except asyncio.CancelledError:
@@ -191,18 +200,136 @@ def sse_chunk(content: str) -> bytes:
     return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
 
+def counted(raw: bytes) -> int:
+    """The fake's token count of a body: a token per 4 bytes, so more text is more tokens."""
+    return len(raw) // 4
+
+
+def response_object(prompt: int, text: str = "ok", status: str = "completed") -> dict[str, Any]:
+    """A Responses API answer, usage as llama.cpp reports it (input_tokens include the cached)."""
+    usage = {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": prompt * 9 // 10},
+        "output_tokens": 1,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": prompt + 1,
+    }
+    message = {
+        "type": "message",
+        "id": "msg_1",
+        "role": "assistant",
+        "status": "completed",
+        "content": [{"type": "output_text", "text": text, "annotations": []}],
+    }
+    return {
+        "id": "resp_1",
+        "object": "response",
+        "created_at": 1,
+        "status": status,
+        "model": "upstream-model",
+        "output": [message] if status == "completed" else [],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": usage if status == "completed" else None,
+    }
+
+
+def anthropic_message(prompt: int, text: str = "ok") -> dict[str, Any]:
+    """A Messages API answer, usage as llama.cpp reports it (input_tokens exclude cache reads)."""
+    cached = prompt * 9 // 10
+    return {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": "upstream-model",
+        "content": [{"type": "text", "text": text}] if text else [],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": {"input_tokens": prompt - cached, "cache_read_input_tokens": cached, "output_tokens": 1},
+    }
+
+
+def sse_event(name: str, payload: dict[str, Any]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(payload)}\n\n".encode()
+
+
 async def answer_json(request: web.Request, upstream: FakeUpstream) -> web.StreamResponse:
+    raw = await request.read()
+    if request.path == "/v1/responses":
+        return web.json_response(response_object(counted(raw)))
+    if request.path == "/v1/messages":
+        return web.json_response(anthropic_message(counted(raw)))
+    if request.path == "/v1/messages/count_tokens":
+        return web.json_response({"input_tokens": counted(raw)})
+    if request.path != "/v1/chat/completions":  # any other route: say what arrived
+        return web.json_response({"method": request.method, "path": request.path_qs}, status=201)
     return web.json_response(completion())
 
 
 async def answer_stream(request: web.Request, upstream: FakeUpstream) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
-    for word in ("Hello", " world"):
-        await response.write(sse_chunk(word))
-    await response.write(b"data: [DONE]\n\n")
+    for event in stream_events(request.path, counted(await request.read())):
+        await response.write(event)
     await response.write_eof()
     return response
+
+
+def stream_events(path: str, prompt: int) -> list[bytes]:
+    """A streamed answer "Hello world" as llama.cpp sends it on each API."""
+    if path == "/v1/responses":
+        item = {"type": "message", "id": "msg_1", "role": "assistant", "status": "in_progress", "content": []}
+        part = {"type": "output_text", "text": "", "annotations": []}
+        where = {"item_id": "msg_1", "output_index": 0, "content_index": 0}
+        return [
+            sse_event(
+                "response.created", {"type": "response.created", "response": response_object(0, "", "in_progress")}
+            ),
+            sse_event(
+                "response.output_item.added", {"type": "response.output_item.added", "output_index": 0, "item": item}
+            ),
+            sse_event("response.content_part.added", {"type": "response.content_part.added", **where, "part": part}),
+            *(
+                sse_event("response.output_text.delta", {"type": "response.output_text.delta", **where, "delta": word})
+                for word in ("Hello", " world")
+            ),
+            sse_event(
+                "response.output_text.done", {"type": "response.output_text.done", **where, "text": "Hello world"}
+            ),
+            sse_event(
+                "response.completed", {"type": "response.completed", "response": response_object(prompt, "Hello world")}
+            ),
+        ]
+    if path == "/v1/messages":
+        start = {**anthropic_message(prompt, ""), "stop_reason": None}
+        start["usage"] = {**start["usage"], "output_tokens": 0}
+        return [
+            sse_event("message_start", {"type": "message_start", "message": start}),
+            sse_event(
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            ),
+            sse_event("ping", {"type": "ping"}),
+            *(
+                sse_event(
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}},
+                )
+                for word in ("Hello", " world")
+            ),
+            sse_event("content_block_stop", {"type": "content_block_stop", "index": 0}),
+            sse_event(
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                    "usage": {"output_tokens": 2},
+                },
+            ),
+            sse_event("message_stop", {"type": "message_stop"}),
+        ]
+    return [sse_chunk("Hello"), sse_chunk(" world"), b"data: [DONE]\n\n"]
 
 
 async def hang(request: web.Request, upstream: FakeUpstream) -> web.StreamResponse:
@@ -228,10 +355,13 @@ def write_config(directory: Path, sections: dict[str, dict[str, str]]) -> Path:
 
 
 def proxy_config(tmp_path: Path, repo: GitRepo, upstream_url: str, **sections: dict[str, str]) -> Config:
+    """A config for the repository and upstream. Usage is reported as the upstream counted it
+    unless a test asks for `usage = client` (the default), whose first request waits for a
+    measuring warm-up: tests that count upstream requests need not count that one."""
     merged: dict[str, dict[str, str]] = {
         "repository": {"path": str(repo.path)},
         "upstream": {"url": upstream_url, "connect_timeout": "2s", "first_byte_timeout": "10s", "idle_timeout": "10s"},
-        "context": {"state_dir": str(tmp_path / "state")},
+        "context": {"state_dir": str(tmp_path / "state"), "usage": "upstream"},
     }
     for name, values in sections.items():
         merged.setdefault(name, {}).update(values)
@@ -242,7 +372,8 @@ ProxyFactory = Callable[..., Awaitable[TestClient]]
 
 
 def is_warmup(body: dict[str, Any]) -> bool:
-    return body.get("max_tokens") == 1 and body["messages"][-1]["content"] == "Reply with OK."
+    messages = body.get("messages") or [{}]
+    return body.get("max_tokens") == 1 and messages[-1].get("content") == "Reply with OK."
 
 
 def chat(*messages: dict[str, Any], **fields: Any) -> dict[str, Any]:

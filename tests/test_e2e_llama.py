@@ -243,3 +243,64 @@ async def test_a_conversation_keeps_its_cache_across_an_edit_and_a_commit(
         assert third["cached"] >= 0.95 * second["prompt"]
     else:
         assert second["cached"] < 0.95 * first["prompt"]  # the edit moved the diff in front of the conversation
+
+
+async def upstream_totals(client: TestClient) -> tuple[int, int]:
+    """The upstream's own prompt and cached token totals, as /metrics keeps them."""
+    text = await (await client.get("/metrics")).text()
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("scout_upstream_"))
+    return int(values["scout_upstream_prompt_tokens_total"]), int(values["scout_upstream_cached_tokens_total"])
+
+
+async def agent_turn(client: TestClient, api: str, turns: list[str], stream: bool) -> dict[str, int]:
+    """One request on `api` with the agent's system prompt: what the client was told (its own
+    prompt tokens) and what the upstream really counted (from /metrics)."""
+    before = await upstream_totals(client)
+    messages: list[dict[str, Any]] = [
+        {"role": "user" if index % 2 == 0 else "assistant", "content": text} for index, text in enumerate(turns)
+    ]
+    if api == "responses":
+        for message in messages:
+            message["type"] = "message"  # llama.cpp takes an assistant item only with its type
+        body: dict[str, Any] = {"instructions": AGENT_PROMPT, "input": messages, "max_output_tokens": 1}
+    else:
+        body = {"system": [{"type": "text", "text": AGENT_PROMPT}], "messages": messages, "max_tokens": 1}
+    response = await client.post(f"/v1/{api}", json={"model": "gemma", "temperature": 0, "stream": stream, **body})
+    assert response.status == 200, await response.text()
+    if stream:
+        events = [json.loads(line[5:]) for line in (await response.read()).split(b"\n") if line.startswith(b"data:")]
+        usage = next(
+            e["response"]["usage"] if api == "responses" else e["message"]["usage"]
+            for e in events
+            if e["type"] in ("response.completed", "message_start")
+        )
+    else:
+        usage = (await response.json())["usage"]
+    told = usage["input_tokens"] + usage.get("cache_read_input_tokens", 0)
+    after = await upstream_totals(client)
+    return {"told": told, "prompt": after[0] - before[0], "cached": after[1] - before[1]}
+
+
+@pytest.mark.parametrize("api", ["responses", "messages"])
+async def test_the_responses_and_messages_apis_keep_the_cache_across_an_edit(
+    llama_server: str, tmp_path: Path, aiohttp_client: Any, api: str
+) -> None:
+    repo = make_repository(tmp_path / "repo")
+    config = proxy_config(
+        tmp_path, repo, f"{llama_server}/v1", context={"usage": "client"}, upstream={"first_byte_timeout": "10m"}
+    )
+    client = await aiohttp_client(make_app(config))
+    first = await agent_turn(client, api, ["Where are errors built?"], stream=False)
+    repo.write("proxy/errors.py", (repo.path / "proxy/errors.py").read_text() + "\n# an edit between turns\n")
+    second = await agent_turn(client, api, ["Where are errors built?", "In proxy/errors.py.", "What changed?"], True)
+    for name, figures, reference in (
+        ("first turn", first, first["prompt"]),
+        ("after an edit", second, first["prompt"]),
+    ):
+        REPORT.append(
+            f"{api + ', ' + name:58} prompt {figures['prompt']:5}  cached {figures['cached']:5}  told the client "
+            f"{figures['told']:5}  ({figures['cached'] / reference:.0%} of the first prompt)"
+        )
+    assert second["cached"] >= 0.95 * first["prompt"]  # everything the upstream saw before, from its cache
+    assert 0 < first["told"] < 0.5 * first["prompt"]  # the client is told of its own request, not the repository
+    assert 0 < second["told"] < second["prompt"] - 0.9 * first["prompt"] + 600

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from support import FakeUpstream, ProxyFactory, sse_chunk
+from support import FakeUpstream, ProxyFactory, answer_stream, counted, sse_chunk
 
 openai = pytest.importorskip("openai")
 
@@ -73,3 +73,26 @@ async def test_sdk_sees_errors_with_status_and_message(make_proxy: ProxyFactory,
     with pytest.raises(openai.BadRequestError) as caught:
         await client.chat.completions.create(model="scout", messages=[])
     assert "'messages' must be a non-empty array" in caught.value.message
+
+
+async def test_sdk_responses_non_streaming_and_streaming(make_proxy: ProxyFactory, upstream: FakeUpstream) -> None:
+    client = await sdk_client(make_proxy)
+    answer = await client.responses.create(model="scout", instructions="Be brief.", input="Where is main?")
+    assert answer.output_text == "ok" and answer.usage.input_tokens_details.cached_tokens > 0
+    sent = upstream.asked[-1].json
+    assert sent["instructions"].startswith("# Repository snapshot") and sent["instructions"].endswith("\n\nBe brief.")
+    assert sent["input"][1] == {"role": "user", "content": "Where is main?"}
+
+    upstream.behaviour = answer_stream
+    stream = await client.responses.create(model="scout", input="Where is main?", stream=True)
+    events = [event async for event in stream]
+    assert [event.type for event in events][-1] == "response.completed"
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "Hello world"
+    assert events[-1].response.usage.input_tokens == counted(upstream.asked[-1].raw)
+
+
+async def test_sdk_responses_errors_come_in_openais_envelope(make_proxy: ProxyFactory, upstream: FakeUpstream) -> None:
+    client = await sdk_client(make_proxy)
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.responses.create(model="scout", input=[])
+    assert "'input' must be a non-empty string" in caught.value.message

@@ -95,7 +95,7 @@ async def test_two_separately_started_processes_send_byte_identical_snapshots(
             async with session.post(f"{proxy.url}/v1/chat/completions", json=chat()) as response:
                 assert response.status == 200
             assert await proxy.stop() == 0
-    first, second = (seen.raw.split(b',{"role":"system"', 1)[0] for seen in upstream.seen)
+    first, second = (seen.raw.split(b',{"role":"system"', 1)[0] for seen in upstream.asked)
     assert first == second and b"=== file: src/app.py [2 lines] ===" in first
 
 
@@ -182,7 +182,7 @@ async def test_inspect_shows_exactly_the_snapshot_the_proxy_sends(
     git_repo.write("src/app.py", "def main():\n    return 'committed later'\n")
     git_repo.commit("a commit the epoch carries in its diff")
     shown = await asyncio.to_thread(run_cli, "inspect", "--config", str(tmp_path / "scout.ini"), "--show", "snapshot")
-    assert shown.stdout == upstream.seen[0].json["messages"][0]["content"]
+    assert shown.stdout == upstream.asked[0].json["messages"][0]["content"]
 
 
 def test_inspect_fails_with_1_when_the_repository_is_broken(tmp_path: Path, git_repo: GitRepo) -> None:

@@ -323,10 +323,10 @@ async def test_bad_requests_get_a_400_envelope(make_proxy: ProxyFactory, upstrea
 
 async def test_unknown_route_wrong_method_and_huge_body(make_proxy: ProxyFactory, upstream: FakeUpstream) -> None:
     client = await make_proxy(server={"max_body_bytes": "1KiB"})
-    response = await client.get("/v1/nothing")
+    response = await client.get("/nothing")
     assert response.status == 404 and (await response.json())["error"]["code"] == "not_found"
-    response = await client.get("/v1/chat/completions")
-    assert response.status == 405 and "POST" in (await response.json())["error"]["message"]
+    response = await client.post("/health")
+    assert response.status == 405 and "GET" in (await response.json())["error"]["message"]
     response = await client.post("/v1/chat/completions", json=chat(padding="x" * 2000))
     assert response.status == 413 and "max_body_bytes" in (await response.json())["error"]["message"]
     assert upstream.seen == []

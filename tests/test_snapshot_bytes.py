@@ -19,6 +19,7 @@ from pygit2.enums import FileMode
 from scout_diff_cache.app import make_app
 from scout_diff_cache.epoch import Epoch
 from scout_diff_cache.patterns import compile_patterns
+from scout_diff_cache.prompt import system_text
 from scout_diff_cache.repository import ContentRules
 from scout_diff_cache.snapshot import CHUNK_BYTES, Snapshot, build_snapshot
 from scout_diff_cache.workers import POOL_MIN_ENTRIES, Workers
@@ -131,6 +132,7 @@ def test_a_large_snapshot_is_kept_as_chunks_of_bounded_size(git_repo: GitRepo, p
     assert_same(before, now)
     assert len(now.message) > 1
     assert max(map(len, now.message)) < 2 * CHUNK_BYTES
+    assert b"".join(system_text(now.message)) == b"".join(system_text(before.message))
 
 
 def test_an_unborn_repository_renders_as_before(tmp_path: Path) -> None:

@@ -310,7 +310,7 @@ async def test_sighup_applies_a_new_upstream_without_dropping_a_stream(
     config = service_config(tmp_path, port, upstream.url)
     async with Service(config, tmp_path, port) as service, ClientSession() as session:
         streaming = asyncio.ensure_future(session.post(service.url("/v1/chat/completions"), json=chat(stream=True)))
-        while not upstream.seen:
+        while not upstream.asked:
             await asyncio.sleep(0.02)
         service_config(tmp_path, port, second.url, level="debug")
         reloading, ready = await service.reload()
@@ -320,7 +320,7 @@ async def test_sighup_applies_a_new_upstream_without_dropping_a_stream(
         assert (await response.text()).endswith("data: [DONE]\n\n")  # the stream in flight finished
         async with session.post(service.url("/v1/chat/completions"), json=chat()) as answer:
             assert answer.status == 200
-        assert len(second.seen) == 1 and len(upstream.seen) == 1
+        assert len(second.asked) == 1 and len(upstream.asked) == 1
     assert f"reloaded {config}" in service.log.read_text()
 
 
@@ -334,7 +334,7 @@ async def test_sighup_with_a_bad_file_keeps_the_running_configuration(
         await service.reload()
         async with session.post(service.url("/v1/chat/completions"), json=chat()) as answer:
             assert answer.status == 200
-        assert len(upstream.seen) == 1
+        assert len(upstream.asked) == 1
     log = service.log.read_text()
     assert "reload refused, the running configuration stays in force" in log and "[server] port = 'not-a-port'" in log
 
