@@ -92,6 +92,7 @@ async def relay_stream(
     deadline = started + config.first_byte_timeout
     opening = asyncio.ensure_future(_open_stream(session, config, outbound, routing))
     client: web.StreamResponse | None = None
+    usage = SseUsage(outbound.api, outbound.strip_usage, outbound.injected)
     metrics = request.app[metrics_key]
     metrics.streams_in_flight += 1
     try:
@@ -106,14 +107,12 @@ async def relay_stream(
         upstream, chunk = opening.result()
         exchange.first_byte_seconds = loop.time() - started
         client = client or await _start_sse(request, headers)
-        usage = SseUsage(outbound.api, outbound.strip_usage, outbound.injected)
         while chunk:
             if relayed := usage.feed(chunk):
                 await client.write(relayed)
             chunk = await next_chunk(upstream, config.idle_timeout)
         if rest := usage.flush():
             await client.write(rest)
-        exchange.usage = usage.usage
         await client.write_eof()
         return client
     except ProxyError as error:
@@ -127,6 +126,7 @@ async def relay_stream(
         exchange.outcome = "client_closed"
         return client or web.StreamResponse()
     finally:  # whatever happened, the upstream request ends here (vLLM and llama.cpp then stop)
+        exchange.usage = usage.usage  # counted even when the client left after the usage event
         metrics.streams_in_flight -= 1
         if not opening.done():
             opening.cancel()

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import re
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from support import (
     counted,
     response_object,
     stream_events,
+    until_async,
 )
 
 TOOLS = [{"type": "function", "name": "read", "parameters": {"type": "object", "properties": {}}}]
@@ -437,3 +439,35 @@ async def test_an_upstream_that_reports_no_usage_is_measured_once_and_relayed_as
         response = await client.post("/v1/chat/completions", json={"messages": [user(QUESTION)]})
         assert await response.json() == {"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}]}
     assert len(upstream.seen) - len(upstream.asked) == 2  # the question alone and one warm-up, not one per request
+
+
+async def test_usage_is_counted_when_the_client_leaves_after_the_completed_event(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    """Codex CLI hangs up once it has `response.completed`, before the upstream ends its stream."""
+
+    async def lingers(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for event in stream_events(request.path, 1000):
+            await response.write(event)
+        await asyncio.sleep(1)  # the proxy notices the client gone when it next writes
+        return response
+
+    upstream.behaviour = lingers
+    client = await make_proxy()
+    response = await client.post("/v1/responses", json=responses_request(user(QUESTION), stream=True))
+    seen = b""
+    while b"response.completed" not in seen:
+        seen += await response.content.readany()
+    response.close()
+
+    async def counted_tokens() -> str:
+        return await (await client.get("/metrics")).text()
+
+    line = 'scout_api_prompt_tokens_total{api="responses"} 1000'
+    await until_async(lambda: _has(counted_tokens(), line), True, timeout=10)
+
+
+async def _has(text: Awaitable[str], line: str) -> bool:
+    return line in (await text).splitlines()
