@@ -45,7 +45,7 @@ from .errors import RepositoryError
 from .order import carry_order, changed_paths, initial_order, last_changes
 from .prompt import SYSTEM_CLOSE, SYSTEM_OPEN, encode_json, system_message
 from .repository import ContentRules, opened, repository_key
-from .runtime import release_freed_memory
+from .runtime import exempt_from_collection, release_freed_memory
 from .secrets import Finding
 from .sections import EXCLUDED, Section, SectionKey, render_entries
 from .workers import InlineExecutor, Workers
@@ -172,6 +172,7 @@ def build_snapshot(
     snapshot = _assemble(commit, key, [by_path[item] for item in order], sections, max_snapshot_bytes, rules)
     del sections  # copied into the chunks: their memory goes back before the trim
     release_freed_memory()
+    exempt_from_collection()
     return snapshot
 
 

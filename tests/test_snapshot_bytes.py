@@ -6,8 +6,10 @@ thread, one joined message) and with the current one, and compares every byte an
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -120,6 +122,16 @@ def test_sections_are_reused_only_under_the_same_rules(varied: GitRepo) -> None:
     before = snapshot_before.build_snapshot(varied.path, varied.head(), rules(), 1 << 30, first.epoch)
     assert_same(before, build_snapshot(varied.path, varied.head(), rules(), 1 << 30, first.epoch, reuse=first))
     assert SECRET in first.encoded().decode()
+
+
+def test_a_built_snapshot_is_left_out_of_the_collectors_passes_yet_freed_when_dropped(varied: GitRepo) -> None:
+    snapshot = build_snapshot(varied.path, varied.head(), rules(), 1 << 30, None)
+    assert snapshot.rendered is not None
+    walked = {id(item) for item in gc.get_objects()}  # every generation the collector passes over
+    assert not walked & {id(snapshot), id(snapshot.rendered), *map(id, snapshot.rendered.sections.values())}
+    dropped = weakref.ref(snapshot)
+    del snapshot
+    assert dropped() is None
 
 
 def test_a_large_snapshot_is_kept_as_chunks_of_bounded_size(git_repo: GitRepo, pool: Workers) -> None:

@@ -268,7 +268,12 @@ async def snapshot_costs(repository: Path, config: Config) -> Snapshot:
         first, build, stall = await stall_while(lambda: reader.build(str(parent.id), None))
         archive = min(archive, git_archive(repository, str(parent.id)))
         paths = list(first.order)
-        _, ordering, _ = await stall_while(lambda: order_and_key(repository, str(parent.id), None, paths, None))
+        # In a worker process, as a build runs it: here, libgit2 freeing the history walk's memory
+        # holds the GIL for tens of milliseconds, and the next build's first allocation as long.
+        pool = reader.workers.executor(len(paths))
+        _, ordering, _ = await stall_while(
+            lambda: pool.submit(order_and_key, repository, str(parent.id), None, paths, None).result()
+        )
         snapshot, rebase, rebase_stall = await stall_while(lambda: reader.build(str(head.id), first.epoch, first))
     finally:
         reader.close()
