@@ -28,7 +28,7 @@ log = logging.getLogger("scout_diff_cache")
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="scout-diff-cache",
-        description="OpenAI-compatible proxy that puts a stable git snapshot in front of every chat request.",
+        description="OpenAI-compatible proxy that puts a stable git snapshot in front of every chat, Responses and Messages request.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--config", type=Path, metavar="PATH", help=CONFIG_HELP)

@@ -1,4 +1,4 @@
-"""Who gets in: client keys, and a cap on chat requests handled at once.
+"""Who gets in: client keys, and a cap on requests to the upstream handled at once.
 
 Keys come from `[server] api_keys_file` (re-read on reload); when set, every route the route table
 does not mark open (`/health`, `HEAD /`) needs a key, sent as `Authorization: Bearer KEY` or as

@@ -53,7 +53,7 @@ class Exchange:
     #: Bytes of text the proxy put in: snapshot, working diff, and the changes inserted in a conversation.
     injected_bytes: int = 0
     stream: bool = False
-    #: A chat request that went (or tried to go) upstream: its outcome tells how the upstream is.
+    #: A request that went (or tried to go) upstream: its outcome tells how the upstream is.
     to_upstream: bool = False
     #: What the request did to its conversation (new, continued, afresh), or "off".
     conversation: str | None = None

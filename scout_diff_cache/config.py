@@ -146,7 +146,7 @@ class ServerConfig:
     sse_keepalive_interval: float = option(15.0, _duration)
     #: How long in-flight requests may run on after SIGTERM before the process exits.
     shutdown_grace: float = option(30.0, _duration, restart=True)
-    #: Chat requests handled at once; past it, 429 with Retry-After.
+    #: Requests to the upstream handled at once; past it, 429 with Retry-After.
     max_concurrent_requests: int = option(64, _count)
     #: One client key per line; when set, every route but /health needs `Authorization: Bearer KEY`.
     api_keys_file: Path | None = option(None, _path)

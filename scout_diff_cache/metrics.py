@@ -65,7 +65,7 @@ class Metrics:
     diff_bytes: int = 0
     conversations_kept: int = 0
     streams_in_flight: int = 0
-    #: How the last chat request to the upstream ended ("ok", "upstream_unavailable", ...).
+    #: How the last request to the upstream ended ("ok", "upstream_unavailable", ...).
     last_upstream_outcome: str = "none yet"
 
 
@@ -118,7 +118,7 @@ def render(metrics: Metrics, totals: Totals) -> str:
         *_histogram("scout_request_duration_seconds", "Time to answer a request, by route.", metrics.request_seconds),
         *_histogram(
             "scout_upstream_first_byte_seconds",
-            "Time from sending a chat request upstream to its first byte.",
+            "Time from sending a request upstream to its first byte.",
             metrics.first_byte_seconds,
         ),
         *_gauge("scout_streams_in_flight", "Streaming answers being relayed now.", metrics.streams_in_flight),
