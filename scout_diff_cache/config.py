@@ -88,17 +88,23 @@ def _text(raw: str) -> str:
     return raw.strip()
 
 
-def _log_format(raw: str) -> str:
-    if raw.strip() not in ("text", "json"):
-        raise ValueError("expected text or json")
-    return raw.strip()
-
-
 def _bool(raw: str) -> bool:
     states = configparser.ConfigParser.BOOLEAN_STATES
     if raw.strip().lower() not in states:
         raise ValueError("expected true or false (also yes/no, on/off, 1/0)")
     return states[raw.strip().lower()]
+
+
+def one_of(*choices: str) -> Callable[[str], str]:
+    """A parser that takes one of `choices` and refuses anything else, naming them."""
+    allowed = f"{', '.join(choices[:-1])} or {choices[-1]}"
+
+    def parse(raw: str) -> str:
+        if raw.strip() not in choices:
+            raise ValueError(f"expected {allowed}")
+        return raw.strip()
+
+    return parse
 
 
 def _log_level(raw: str) -> str:
@@ -141,7 +147,7 @@ class ServerConfig:
     port: int = option(8787, _port, restart=True)
     max_body_bytes: int = option(32 * MiB, _positive_size, restart=True)
     log_level: str = option("info", _log_level)
-    log_format: str = option("text", _log_format)
+    log_format: str = option("text", one_of("text", "json"))
     #: SSE comment pings while a streaming request waits for the upstream's first byte.
     sse_keepalive_interval: float = option(15.0, _duration)
     #: How long in-flight requests may run on after SIGTERM before the process exits.
@@ -153,12 +159,6 @@ class ServerConfig:
     allow_unauthenticated_remote: bool = option(False, _bool)
     #: The keys read from api_keys_file (not an INI key).
     api_keys: tuple[str, ...] = attrs.field(default=(), repr=False)
-
-
-def _routing_key(raw: str) -> str:
-    if raw.strip() not in ("auto", "off"):
-        raise ValueError("expected auto or off")
-    return raw.strip()
 
 
 def _header_names(raw: str) -> tuple[str, ...]:
@@ -179,7 +179,7 @@ class UpstreamConfig:
     idle_timeout: float = option(120.0, _duration)
     max_connections: int = option(100, _count, restart=True)
     #: auto: send the repository's routing key to routers in front of the upstream; off: send none.
-    routing_key: str = option("auto", _routing_key)
+    routing_key: str = option("auto", one_of("auto", "off"))
     #: The headers the key goes in: vllm-router's consistent hash reads X-Session-ID, smg's X-SMG-Routing-Key.
     routing_key_headers: tuple[str, ...] = option(("X-Session-ID", "X-SMG-Routing-Key"), _header_names)
     #: A top-level cache_salt in every chat body: only requests with the same salt share cached blocks.
@@ -194,12 +194,6 @@ class RepositoryConfig:
     max_snapshot_bytes: int = option(64 * MiB, _positive_size)
 
 
-def _rebase(raw: str) -> str:
-    if raw.strip() not in ("auto", "every-commit", "manual"):
-        raise ValueError("expected auto, every-commit or manual")
-    return raw.strip()
-
-
 def _share(raw: str) -> float:
     try:
         value = float(raw)
@@ -208,18 +202,6 @@ def _share(raw: str) -> float:
     if not 0 < value <= 100:
         raise ValueError("expected a share of the snapshot's size above 0, such as 0.1 for 10%")
     return value
-
-
-def _placement(raw: str) -> str:
-    if raw.strip() not in ("system", "user"):
-        raise ValueError("expected system or user")
-    return raw.strip()
-
-
-def _usage(raw: str) -> str:
-    if raw.strip() not in ("client", "upstream"):
-        raise ValueError("expected client or upstream")
-    return raw.strip()
 
 
 def _interval(raw: str) -> float:
@@ -234,7 +216,7 @@ def _state_home() -> Path:
 @attrs.frozen
 class ContextConfig:
     inject: bool = option(True, _bool)
-    rebase: str = option("auto", _rebase)
+    rebase: str = option("auto", one_of("auto", "every-commit", "manual"))
     rebase_diff_share: float = option(0.5, _share)
     rebase_min_diff_bytes: int = option(256 * KiB, _size)
     keepalive_interval: float = option(0.0, _interval)
@@ -244,24 +226,18 @@ class ContextConfig:
     conversations: bool = option(True, _bool)
     max_conversations: int = option(64, _count)
     #: system: a change is a system message of its own; user: it opens the next user message.
-    change_placement: str = option("system", _placement)
+    change_placement: str = option("system", one_of("system", "user"))
     #: client: the usage clients are told leaves out the injected context's tokens (their context
     #: meters see their own conversation); upstream: as the upstream counted it.
-    usage: str = option("client", _usage)
+    usage: str = option("client", one_of("client", "upstream"))
     state_dir: Path = option(attrs.Factory(_state_home), _path)
-
-
-def _secrets_mode(raw: str) -> str:
-    if raw.strip() not in ("redact", "exclude-file", "off"):
-        raise ValueError("expected redact, exclude-file or off")
-    return raw.strip()
 
 
 @attrs.frozen
 class SecurityConfig:
     #: redact: secrets become [REDACTED:RULE:HASH]; exclude-file: files holding one are left out;
     #: off: nothing is scanned, and files that are secrets by name are sent too.
-    secrets: str = option("redact", _secrets_mode)
+    secrets: str = option("redact", one_of("redact", "exclude-file", "off"))
 
 
 @attrs.frozen
