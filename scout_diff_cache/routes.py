@@ -100,8 +100,8 @@ async def forward(request: web.Request, api: Api) -> web.StreamResponse:
         exchange.client_bytes = len(client.messages) + len(client.system)
         exchange.injected_bytes = prepared.injected_bytes
         exchange.conversation = prepared.outcome
-        strip = api.name == "chat" and not client.wants_usage
-        outbound = Outbound(api.name, api.path, body, strip, await injected_tokens(request, prepared))
+        # chat streams ask upstream for usage on the client's behalf; the other APIs always carry it
+        outbound = Outbound(api.name, api.path, body, not client.wants_usage, await injected_tokens(request, prepared))
     session = request.app[session_key]
     if client.stream:
         return await relay_stream(

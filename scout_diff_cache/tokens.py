@@ -24,9 +24,13 @@ class Count:
     tokens: int
     text_bytes: int
 
+    @property
+    def rate(self) -> float:
+        """Tokens per byte."""
+        return self.tokens / self.text_bytes if self.text_bytes else 0.0
+
     def estimate(self, text_bytes: int) -> int:
-        rate = self.tokens / self.text_bytes if self.text_bytes else 0.0
-        return max(0, round(self.tokens + (text_bytes - self.text_bytes) * rate))
+        return max(0, round(self.tokens + (text_bytes - self.text_bytes) * self.rate))
 
 
 class InjectedTokens:
@@ -60,5 +64,4 @@ class InjectedTokens:
             return found.estimate(text_bytes)
         if not self._counts:
             return None
-        latest = next(reversed(self._counts.values()))
-        return round(text_bytes * latest.tokens / latest.text_bytes) if latest.text_bytes else 0
+        return round(text_bytes * next(reversed(self._counts.values())).rate)
