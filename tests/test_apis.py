@@ -37,6 +37,7 @@ from support import (
     counted,
     response_object,
     stream_events,
+    until,
     until_async,
 )
 
@@ -377,8 +378,7 @@ async def test_the_concurrency_cap_holds_on_every_upstream_route(
     upstream.behaviour = held
     client = await make_proxy(server={"max_concurrent_requests": "1"}, context={"inject": "false"})
     first = asyncio.ensure_future(client.post("/v1/embeddings", json={}))
-    while not upstream.seen:
-        await asyncio.sleep(0.01)
+    await until(lambda: upstream.seen)
     routes = {"/v1/responses": {"input": "x"}, "/v1/messages": messages_request(user("x")), "/v1/tokenize": {}}
     for path, body in routes.items():
         refused = await client.post(path, json=body)
