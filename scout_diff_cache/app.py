@@ -170,13 +170,20 @@ async def _epochs(app: web.Application) -> AsyncIterator[None]:
 def _background(
     job: Callable[[web.Application], Coroutine[Any, Any, None]],
 ) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
-    """A task that runs for the application's life and is cancelled at shutdown."""
+    """A task that runs for the application's life and is cancelled at shutdown.
+
+    Cancelled again until it ends: on Python 3.11, `asyncio.wait_for` returns its result instead of
+    raising when the cancellation arrives just as the awaited call completes, so a loop such as the
+    keep-alive pings can swallow one cancellation and go on (and shutdown would wait forever).
+    """
 
     @contextlib.asynccontextmanager
     async def context(app: web.Application) -> AsyncIterator[None]:
         task = asyncio.create_task(job(app))
         yield
-        task.cancel()
+        while not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=1.0)
         with contextlib.suppress(asyncio.CancelledError):
             await task
 

@@ -12,6 +12,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from scout_diff_cache.app import _background
+
 from support import (
     FakeUpstream,
     GitRepo,
@@ -191,3 +193,23 @@ def test_inspect_fails_with_1_when_the_repository_is_broken(tmp_path: Path, git_
     result = run_cli("inspect", "--config", str(config))
     assert result.returncode == 1
     assert result.stderr.startswith("scout-diff-cache: ") and len(result.stderr.strip().splitlines()) == 1
+
+
+async def test_a_background_task_that_swallows_a_cancellation_still_ends_at_shutdown() -> None:
+    """As `asyncio.wait_for` does on Python 3.11 when the cancellation meets a finished call."""
+    cancellations = 0
+
+    async def stubborn(app: web.Application) -> None:
+        nonlocal cancellations
+        while True:
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                cancellations += 1
+                if cancellations > 1:
+                    raise
+
+    async with asyncio.timeout(10) as bound:  # a shutdown that would wait forever is cut short
+        async with _background(stubborn)(web.Application()):
+            await asyncio.sleep(0.05)
+    assert not bound.expired() and cancellations == 2
