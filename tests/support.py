@@ -1,7 +1,7 @@
 """What the tests share: real git repositories, a fake upstream, configs, waits, the real process.
 
 The fixtures that hand these out are in conftest.py; test modules import from here, never from
-each other. `ProxyProcess` is the one way the suite (and `tests/tools/benchmark.py`) runs
+each other. `ProxyProcess` is the one way the suite (and `tests/tools/benchmark`) runs
 `python -m scout_diff_cache serve` as a child process.
 """
 

@@ -552,6 +552,3 @@ def main() -> None:
             print(f"generated a mission-size repository in {time.perf_counter() - started:.1f} s")
         asyncio.run(measure(repository.resolve(), args.requests, workdir))
 
-
-if __name__ == "__main__":
-    main()
