@@ -8,9 +8,10 @@ never sent, logged or shown. Findings carry path, line and rule only.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import attrs
 
@@ -50,6 +51,19 @@ class Rule:
     #: Exact substrings one of which every match contains, for a rule whose matches never span a line
     #: break: then only the lines holding one are scanned (the same matches, in a fraction of the time).
     anchors: tuple[str, ...] = ()
+    #: For a rule whose every match starts at a hint, or at most a run of these characters before one
+    #: (any case): in ASCII text the pattern is tried only at those places, not along the whole text.
+    lead: str | None = None
+
+    @property
+    def anchor(self) -> re.Pattern[str]:
+        """The anchors as one pattern: `re` searches for their common prefix far faster than `find` each."""
+        return _any_of(self.anchors)
+
+
+@functools.cache
+def _any_of(words: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile("|".join(map(re.escape, words)))
 
 
 RULES = (
@@ -74,6 +88,7 @@ RULES = (
             r"(?i)aws[a-z0-9_.\- ]{0,20}(?:secret|sk)[a-z0-9_.\- ]{0,20}[\"']?\s*[:=]\s*[\"']?([A-Za-z0-9/+=]{40})(?![A-Za-z0-9/+=])"
         ),
         group=1,
+        lead="",
     ),
     Rule("google-api-key", ("aiza",), re.compile(r"\bAIza[0-9A-Za-z_\-]{35}(?![0-9A-Za-z_\-])"), anchors=("AIza",)),
     Rule(
@@ -118,6 +133,7 @@ RULES = (
         ),
         group=1,
         config_only=True,
+        lead="abcdefghijklmnopqrstuvwxyz0123456789_.-",
     ),
 )
 
@@ -140,39 +156,77 @@ def placeholder(rule: str, value: str) -> str:
 
 
 def matches(path: str, text: str) -> Iterator[tuple[int, int, int, str]]:
-    """(start, rule's rank, end, rule) of every match: at one position the more specific rule wins."""
+    """(start, rule's rank, end, rule) of every match: at one position the more specific rule wins.
+
+    Each rule's pattern runs only where a match can be (see `Rule`), and finds there what running it
+    over the whole text would.
+    """
     config_like = CONFIG_LIKE.search(path) is not None
     lowered = text.lower()
+    ascii_text = text.isascii()  # then `lowered` is `text` letter for letter, and so is `(?i)`
     for rank, rule in enumerate(RULES):
         if rule.config_only and not config_like:
             continue
         if rule.anchors:
-            spans = _lines_holding(text, rule.anchors)
+            found: Iterable[re.Match[str]] = (
+                match
+                for start, end in _lines_holding(text, rule.anchor)
+                for match in rule.pattern.finditer(text, start, end)
+            )
+        elif rule.lead is not None and ascii_text:
+            found = _matches_at(rule.pattern, text, _starts(lowered, rule.hints, rule.lead))
+        elif any(hint in lowered for hint in rule.hints):
+            found = rule.pattern.finditer(text)
         else:
-            spans = [(0, len(text))] if any(hint in lowered for hint in rule.hints) else []
-        for start, end in spans:
-            for match in rule.pattern.finditer(text, start, end):
-                value = match.group(rule.group)
-                if value and not (rule.group and PLACEHOLDER.match(value)):
-                    yield match.start(rule.group), rank, match.end(rule.group), rule.name
+            continue
+        for match in found:
+            value = match.group(rule.group)
+            if value and not (rule.group and PLACEHOLDER.match(value)):
+                yield match.start(rule.group), rank, match.end(rule.group), rule.name
 
 
-def _lines_holding(text: str, anchors: tuple[str, ...]) -> list[tuple[int, int]]:
-    """(start, end) of every line of `text` that holds one of `anchors`, in order, each once.
+def _lines_holding(text: str, anchor: re.Pattern[str]) -> list[tuple[int, int]]:
+    """(start, end) of every line of `text` that holds a match of `anchor`, in order, each once.
 
     Scanning from a line's start sees the same word boundary as scanning the whole text (`re`
     looks at the character before `pos`), and a match that cannot span a line break ends by its end.
     """
-    spans = set()
-    for anchor in anchors:
-        found = text.find(anchor)
+    spans = []
+    found = anchor.search(text)
+    while found is not None:
+        start = text.rfind("\n", 0, found.start()) + 1
+        end = text.find("\n", found.start())
+        end = len(text) if end == -1 else end
+        spans.append((start, end))
+        found = anchor.search(text, end)
+    return spans
+
+
+def _starts(lowered: str, hints: tuple[str, ...], lead: str) -> list[int]:
+    """Every position from which a match could start: each hint, and the run of `lead` characters
+    just before it. In order, each once."""
+    starts: set[int] = set()
+    for hint in hints:
+        found = lowered.find(hint)
         while found != -1:
-            start = text.rfind("\n", 0, found) + 1
-            end = text.find("\n", found)
-            end = len(text) if end == -1 else end
-            spans.add((start, end))
-            found = text.find(anchor, end)
-    return sorted(spans)
+            start = found
+            while start > 0 and lowered[start - 1] in lead:
+                start -= 1
+            starts.update(range(start, found + 1))
+            found = lowered.find(hint, found + 1)
+    return sorted(starts)
+
+
+def _matches_at(pattern: re.Pattern[str], text: str, starts: list[int]) -> Iterator[re.Match[str]]:
+    """What `pattern.finditer(text)` finds, when no match can start anywhere but at `starts`."""
+    end = 0
+    for start in starts:
+        if start < end:
+            continue  # inside the previous match: finditer goes on from its end
+        match = pattern.match(text, start)
+        if match is not None:
+            yield match
+            end = max(match.end(), start + 1)
 
 
 def redact(path: str, text: str) -> tuple[str, list[Finding]]:

@@ -154,8 +154,34 @@ def test_scanning_only_the_anchored_lines_finds_what_a_full_scan_finds() -> None
         "see ://not-a-url and https://example.org/a:b@c/ and eyJ" + "e" * 20,
         "AIza" + "f" * 35 + "\n" + "AIza" + "g" * 34,
     ]
-    texts += ["\n".join(texts), "\r\n".join(texts) + "\n"]
+    key = "AbCdEfGhIjKlMnOpQrStUvWxYz0123456789+/=="
+    texts += [
+        f"my_aws_secret_access_key = '{key}'",
+        f"AWS_SECRET_ACCESS_KEY={key}x",
+        f"awsaws sk:\n\n  {key}",
+        "db.password: hunter2hunter2\nAPI-KEY = abcdefghijk\ntoken_secret=abcdefgh12345",
+        "x.y-z.passwd\n  =  'abcdefghij'\npassword=changeme\nkeykeykey=abcdefghij # k",
+    ]
+    texts += ["\n".join(texts), "\r\n".join(texts) + "\n", "\u0130 " + "\n".join(texts)]
     for text in texts:
+        for path in ("src/app.py", "deploy/app.yaml"):
+            assert sorted(matches(path, text)) == full_scan(path, text), text
+
+
+def test_trying_a_pattern_only_where_a_match_can_start_finds_what_a_full_scan_finds() -> None:
+    """Random assignments pieced together from the words the rules look for, their separators and values."""
+    words = ["db", "my", "aws", "AWS", "x1", "api", "access", "pass", "word", "secret", "sk", "token", "Key", "PASSWD"]
+    values = ["AbCdEfGhIjKlMnOpQrStUvWxYz0123456789+/==", "hunter2hunter2", "changeme", "x1", "${VAR}", "s3cr3t-v4lue"]
+    rng = random.Random(9)
+
+    def statement() -> str:
+        name = "".join(rng.choice(words) + rng.choice(["_", "-", ".", " ", ""]) for _ in range(rng.randint(1, 4)))
+        quote, space = rng.choice(["", "'", '"']), rng.choice(["", " ", "\n", "\t  "])
+        value, end = rng.choice(values), rng.choice(["", quote, " # c", "\n"])
+        return f"{name}{quote}{space}{rng.choice('=:')}{space}{quote}{value}{end}"
+
+    for _ in range(3000):
+        text = rng.choice(["", "\u0130 "]) + "\n".join(statement() for _ in range(rng.randint(1, 4)))
         for path in ("src/app.py", "deploy/app.yaml"):
             assert sorted(matches(path, text)) == full_scan(path, text), text
 
