@@ -26,7 +26,7 @@ import attrs
 from .apis import Api
 from .epochs import Epochs
 from .metrics import Metrics
-from .prompt import encode_json
+from .prompt import encode_text
 from .reader import WorkState
 from .snapshot import Snapshot
 from .validation import ClientRequest
@@ -62,9 +62,9 @@ class Conversation:
         for position, part in enumerate(parts):
             out += [api.separate(text) for text in self.inserts.get((position, "before"), [])]
             if texts := self.inserts.get((position, "open")):
-                part = api.opened(part, encode_json("".join(texts))[1:-1])
+                part = api.opened(part, encode_text("".join(texts)))
             if texts := self.inserts.get((position, "close")):
-                part = api.closed(part, encode_json("".join(texts))[1:-1])
+                part = api.closed(part, encode_text("".join(texts)))
             out.append(part)
         out += [api.separate(text) for text in self.inserts.get((len(parts), "before"), [])]
         return tuple(out)

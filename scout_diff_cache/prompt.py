@@ -27,6 +27,20 @@ def encode_json(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
+#: Control characters other than line feed and tab: rare in text, escaped by `json` as it does.
+_RARE_CONTROLS = bytes(code for code in range(32) if code not in (9, 10))
+
+
+def encode_text(text: str) -> bytes:
+    """`encode_json(text)` without its quotes, byte for byte; a few times faster on source text:
+    when the only characters to escape are quotes, backslashes, line feeds and tabs, `bytes.replace`
+    does it (a snapshot is tens of megabytes of such text)."""
+    data = text.encode("utf-8")
+    if len(data.translate(None, _RARE_CONTROLS)) != len(data):
+        return encode_json(text)[1:-1]
+    return data.replace(b"\\", b"\\\\").replace(b'"', b'\\"').replace(b"\n", b"\\n").replace(b"\t", b"\\t")
+
+
 #: How a system message's encoding opens and closes around its content.
 SYSTEM_OPEN = b'{"role":"system","content":"'
 SYSTEM_CLOSE = b'"}'
@@ -39,7 +53,7 @@ def system_message(*parts: str) -> bytes:
     """A system message whose content is one string: the parts joined (Llama 4 renders only a
     list's first part). Encoded part by part, the same bytes as encoding the joined text, so that
     a large message never holds the GIL (and so the event loop) for one long call."""
-    encoded = [encode_json(part)[1:-1] for part in parts]
+    encoded = [encode_text(part) for part in parts]
     return SYSTEM_OPEN + b"".join(encoded) + SYSTEM_CLOSE
 
 

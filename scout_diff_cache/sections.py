@@ -15,7 +15,7 @@ import attrs
 import pygit2
 
 from .content import entry_side, is_binary, screened_text, section
-from .prompt import encode_json
+from .prompt import encode_text
 from .repository import ContentRules, opened
 from .secrets import Finding
 
@@ -62,7 +62,7 @@ def render_entry(repo: pygit2.Repository, key: SectionKey, rules: ContentRules) 
     if text is None:
         return Section(path, side.size, "holds a secret", f"{len(found)} found", tuple(found))
     rendered = section(side.kind, path, text, side.executable)
-    return Section(path, side.size, None, "", tuple(found), encode_json(rendered)[1:-1], len(rendered.encode("utf-8")))
+    return Section(path, side.size, None, "", tuple(found), encode_text(rendered), len(rendered.encode("utf-8")))
 
 
 def render_entries(repository: Path, keys: Iterable[SectionKey], rules: ContentRules) -> list[Section]:

@@ -43,7 +43,7 @@ from .content import spell
 from .epoch import Epoch
 from .errors import RepositoryError
 from .order import carry_order, changed_paths, initial_order, last_changes
-from .prompt import SYSTEM_CLOSE, SYSTEM_OPEN, encode_json, system_message
+from .prompt import SYSTEM_CLOSE, SYSTEM_OPEN, encode_text, system_message
 from .repository import ContentRules, opened, repository_key
 from .runtime import exempt_from_collection, release_freed_memory
 from .secrets import Finding
@@ -223,7 +223,7 @@ def _assemble(
     excluded: list[str] = []
     findings: list[Finding] = []
     inlined: list[tuple[str, int]] = []
-    pieces: list[tuple[SectionKey | None, bytes | memoryview]] = [(None, SYSTEM_OPEN + encode_json(header)[1:-1])]
+    pieces: list[tuple[SectionKey | None, bytes | memoryview]] = [(None, SYSTEM_OPEN + encode_text(header))]
     text_bytes = len(header.encode("utf-8"))
     kept: dict[SectionKey, Section] = {}
     budget = max_snapshot_bytes
@@ -249,7 +249,7 @@ def _assemble(
     tail.append(f"=== end of snapshot: commit {commit} ===\n")
     text = "".join(tail)
     text_bytes += len(text.encode("utf-8"))
-    pieces.append((None, encode_json(text)[1:-1] + SYSTEM_CLOSE))
+    pieces.append((None, encode_text(text) + SYSTEM_CLOSE))
     chunks, views = _chunks(pieces)
     rendered = Rendered(
         rules,
