@@ -14,6 +14,10 @@ from collections.abc import Iterable
 import attrs
 
 
+#: How many directories' verdicts a matcher keeps.
+REMEMBERED_DIRECTORIES = 1 << 16
+
+
 class PatternError(ValueError):
     pass
 
@@ -86,14 +90,24 @@ def _compile(pattern: str) -> _Rule | None:
 @attrs.frozen
 class PathMatcher:
     rules: tuple[_Rule, ...]
+    #: Each directory's verdict, once asked: a tree's thousands of files share a few hundred directories.
+    _directories: dict[str, bool] = attrs.field(factory=dict, eq=False, repr=False)
 
     def excludes(self, path: str) -> bool:
         """True when `path` (a file path relative to the root, with `/`) is excluded."""
         parts = path.split("/")
-        for depth in range(1, len(parts)):
-            if self._verdict(parts[:depth], is_dir=True):
-                return True
-        return self._verdict(parts, is_dir=False)
+        return (len(parts) > 1 and self._excludes_directory(path.rpartition("/")[0])) or self._verdict(parts, False)
+
+    def _excludes_directory(self, directory: str) -> bool:
+        """True when `directory` or one of the directories above it is excluded."""
+        verdict = self._directories.get(directory)
+        if verdict is None:
+            parent, _, _ = directory.rpartition("/")
+            verdict = (bool(parent) and self._excludes_directory(parent)) or self._verdict(directory.split("/"), True)
+            if len(self._directories) >= REMEMBERED_DIRECTORIES:
+                self._directories.clear()  # directories that came and went in a work tree: start over
+            self._directories[directory] = verdict
+        return verdict
 
     def _verdict(self, parts: list[str], is_dir: bool) -> bool:
         verdict = False

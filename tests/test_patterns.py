@@ -51,3 +51,16 @@ def test_default_excludes() -> None:
 def test_a_broken_pattern_is_reported() -> None:
     with pytest.raises(PatternError, match="unclosed"):
         compile_patterns(["[abc"])
+
+
+def test_a_matcher_asked_many_paths_answers_as_a_fresh_one_for_each(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Directory verdicts are remembered (and forgotten past a bound): no answer may depend on that."""
+    patterns = [*DEFAULT_EXCLUDE, "logs/", "!logs/keep.log", "/build/", "docs/**/*.md", "*.log", "!keep.log"]
+    folders = ["", "logs/", "src/", "src/build/", "build/", "docs/a/", "web/node_modules/x/", "vendor/", "a/b/c/"]
+    names = ["keep.log", "drop.log", "x.md", "main.py", "app.min.js", "build", "logs"]
+    paths = [folder + name for folder in folders for name in names] * 2
+    monkeypatch.setattr("scout_diff_cache.patterns.REMEMBERED_DIRECTORIES", 5)
+    shared = compile_patterns(patterns)
+    answers = [shared.excludes(path) for path in paths]
+    assert answers == [compile_patterns(patterns).excludes(path) for path in paths]
+    assert any(answers) and not all(answers)
