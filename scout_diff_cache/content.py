@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -24,6 +25,9 @@ from pygit2.enums import FileMode, FilterMode
 
 from .repository import ContentRules
 from .secrets import Finding
+
+#: Characters that make a path spelled as a JSON string: the control characters and DEL.
+_LINE_BREAKING = re.compile("[\x00-\x1f\x7f]")
 
 #: git's own test for binary content: a NUL byte in the first 8,000 bytes.
 BINARY_PROBE = 8000
@@ -52,7 +56,7 @@ class Side:
 
 def spell(path: str) -> str:
     """The one spelling of a path in every header: its text, or a JSON string if a line could break."""
-    if path.startswith('"') or any(ord(char) < 32 or ord(char) == 127 for char in path):
+    if path.startswith('"') or _LINE_BREAKING.search(path):
         return json.dumps(path, ensure_ascii=False)
     return path
 
