@@ -19,6 +19,9 @@ from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any, TypeVar
 
+import pygit2
+from pygit2.enums import ObjectType
+
 from . import runtime
 
 log = logging.getLogger(__name__)
@@ -27,6 +30,9 @@ T = TypeVar("T")
 
 #: Trees with fewer entries are rendered in the calling thread: a pool's start costs more.
 POOL_MIN_ENTRIES = 500
+
+#: The largest tree a worker keeps in libgit2's object cache (git/git's largest is about 40 KiB).
+TREE_CACHE_LIMIT = 1 << 20
 
 #: How much less CPU priority the worker processes have than the server (see `os.nice`).
 WORKER_NICENESS = 10
@@ -87,6 +93,14 @@ class Workers:
 
 
 def _start_worker() -> None:
-    """A worker yields the cores to the server, and frees its large results at once (see `runtime.py`)."""
+    """A worker yields the cores to the server and frees its large results at once (see `runtime.py`).
+
+    It reads objects as git does: without hashing each one again to check it (libgit2 does by
+    default, with collision detection: a third of the time of reading a tree's blobs, a quarter of a
+    history walk's), and keeping trees of any size in the object cache (by default only those under
+    4 KiB: a walk would read a large repository's root tree from its pack twice per commit).
+    """
     os.nice(WORKER_NICENESS)
     runtime.map_large_blocks()
+    pygit2.settings.enable_strict_hash_verification(False)
+    pygit2.settings.cache_object_limit(ObjectType.TREE, TREE_CACHE_LIMIT)
