@@ -40,17 +40,23 @@ def changed_paths(old: pygit2.Tree, new: pygit2.Tree) -> set[str]:
 
 
 def last_changes(
-    repo: pygit2.Repository, commit: pygit2.Commit, since: pygit2.Oid | None = None, window: int = HISTORY_WINDOW
+    repo: pygit2.Repository,
+    commit: pygit2.Commit,
+    since: pygit2.Oid | None = None,
+    window: int = HISTORY_WINDOW,
+    start: int = 0,
 ) -> dict[str, int]:
-    """How many first-parent commits ago each path last changed, within the window and after `since`."""
+    """How many first-parent commits ago each path last changed, within the window and after `since`,
+    looking only at the commits from `start` back (a part of the walk; the parts' union is the whole)."""
     ages: dict[str, int] = {}
     current = commit
     for age in range(window):  # parent by parent: a sorted walk would first visit the whole graph
         if current.id == since or not current.parents:
             break
         parent = current.parents[0]
-        for path in changed_paths(parent.tree, current.tree):
-            ages.setdefault(path, age)  # newest first: the first sighting is the last change
+        if age >= start:
+            for path in changed_paths(parent.tree, current.tree):
+                ages.setdefault(path, age)  # newest first: the first sighting is the last change
         current = parent
     return ages
 
@@ -58,11 +64,6 @@ def last_changes(
 def least_recent_first(paths: Iterable[str], ages: dict[str, int]) -> list[str]:
     """Paths not changed in the window first, then by last change, oldest first; ties in path order."""
     return sorted(paths, key=lambda path: (-ages.get(path, HISTORY_WINDOW), _key(path)))
-
-
-def initial_order(repo: pygit2.Repository, commit: pygit2.Commit, paths: Iterable[str]) -> list[str]:
-    """Stable files first, then recently changed ones, least recent first."""
-    return least_recent_first(paths, last_changes(repo, commit))
 
 
 def carry_order(previous: Sequence[str], changed: set[str], paths: Iterable[str], ages: dict[str, int]) -> list[str]:

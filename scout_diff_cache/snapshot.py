@@ -42,7 +42,7 @@ from pygit2.enums import FileMode
 from .content import spell
 from .epoch import Epoch
 from .errors import RepositoryError
-from .order import carry_order, changed_paths, initial_order, last_changes
+from .order import HISTORY_WINDOW, carry_order, changed_paths, last_changes, least_recent_first
 from .prompt import SYSTEM_CLOSE, SYSTEM_OPEN, encode_text, system_message
 from .repository import ContentRules, opened, repository_key
 from .runtime import exempt_from_collection, release_freed_memory
@@ -53,6 +53,9 @@ from .workers import InlineExecutor, Workers
 #: The snapshot's message is kept as chunks of about this size: never one huge bytes object to
 #: allocate and copy in one call (the GIL is held meanwhile), and few enough writes per request.
 CHUNK_BYTES = 1 << 20
+
+#: Parts a first epoch's history walk is split into, so that both worker processes share it.
+WALK_PARTS = 4
 
 #: Render batches per build: small enough to share the work evenly between processes, few enough to be cheap.
 BATCHES = 16
@@ -89,13 +92,19 @@ class LeftOut:
         return f"{self.reason}: {spell(self.path)} ({self.detail})"
 
 
+#: What a chunk was joined from, piece by piece: a section's key, or the bytes of a piece that has none.
+Layout = tuple[SectionKey | bytes, ...]
+
+
 @attrs.frozen
 class Rendered:
     """The sections a snapshot was assembled from, by entry, under one set of rules: what a rebase
-    reuses. Inlined sections are views into the snapshot's own chunks, so they cost no memory."""
+    reuses. Inlined sections are views into the snapshot's own chunks, so they cost no memory; a
+    chunk joined from the same pieces as one of these is taken as it is (see `_chunks`)."""
 
     rules: ContentRules
     sections: dict[SectionKey, Section] = attrs.field(repr=False)
+    chunks: tuple[tuple[bytes, Layout], ...] = attrs.field(default=(), repr=False)
 
     def usable(self, rules: ContentRules) -> dict[SectionKey, Section]:
         return self.sections if rules == self.rules else {}
@@ -159,30 +168,41 @@ def build_snapshot(
                 (raw.decode("utf-8", "surrogateescape"), mode, str(oid))
                 for raw, mode, oid in _walk(repo, target.tree, b"")
             ]
+            base = _carried_base(repo, previous)
             executor = workers.executor(len(entries)) if workers is not None else InlineExecutor()
             try:
-                sections, order, key = _render(path, commit, rules, previous, entries, reuse, executor)
+                sections, order, key = _render(path, commit, rules, previous, base, entries, reuse, executor)
             except BrokenProcessPool:  # a worker died (killed, out of memory): this build goes on here
                 assert workers is not None
                 workers.discard(executor)
-                sections, order, key = _render(path, commit, rules, previous, entries, reuse, InlineExecutor())
+                sections, order, key = _render(path, commit, rules, previous, base, entries, reuse, InlineExecutor())
     except (pygit2.GitError, KeyError, ValueError) as error:
         raise RepositoryError(f"cannot read commit {commit} in {path}: {error}") from None
     by_path = {entry[0]: entry for entry in entries}
-    snapshot = _assemble(commit, key, [by_path[item] for item in order], sections, max_snapshot_bytes, rules)
+    earlier = reuse.rendered.chunks if reuse is not None and reuse.rendered and reuse.rendered.rules == rules else ()
+    snapshot = _assemble(commit, key, [by_path[item] for item in order], sections, max_snapshot_bytes, rules, earlier)
     del sections  # copied into the chunks: their memory goes back before the trim
     release_freed_memory()
     exempt_from_collection()
     return snapshot
 
 
-def order_and_key(
-    path: Path, commit: str, previous: Epoch | None, paths: list[str], known: tuple[str, str] | None
-) -> tuple[list[str], str]:
-    """The snapshot's file order and the repository's name: the history walks of a build."""
+def history(path: Path, commit: str, since: str | None, start: int, stop: int) -> dict[str, int]:
+    """How many first-parent commits back from `commit` each path last changed, for the commits
+    `start` to `stop` back (stopping at `since`): one part of a build's history walk."""
     with opened(path) as repo:
         target = repo[commit].peel(pygit2.Commit)
-        return _order(repo, target, previous, paths), repository_key(repo, target, known)
+        return last_changes(repo, target, pygit2.Oid(hex=since) if since else None, stop, start)
+
+
+def changes_and_key(
+    path: Path, commit: str, base: str | None, known: tuple[str, str] | None
+) -> tuple[set[str] | None, str]:
+    """The paths changed since the previous epoch's `base` (None without one) and the repository's name."""
+    with opened(path) as repo:
+        target = repo[commit].peel(pygit2.Commit)
+        changed = changed_paths(repo[base].peel(pygit2.Tree), target.tree) if base is not None else None
+        return changed, repository_key(repo, target, known)
 
 
 def _render(
@@ -190,13 +210,23 @@ def _render(
     commit: str,
     rules: ContentRules,
     previous: Epoch | None,
+    base: str | None,
     entries: list[SectionKey],
     reuse: Snapshot | None,
     executor: Executor,
 ) -> tuple[dict[SectionKey, Section], list[str], str]:
-    """Every entry's section (those `reuse` has as they are), the order and the name, side by side."""
+    """Every entry's section (those `reuse` has as they are), the order and the name, side by side.
+
+    The history walk (up to HISTORY_WINDOW tree diffs on a first epoch) is split into parts that
+    run beside the rendering, and so is the walk to the first commit that names the repository.
+    """
     named = (reuse.commit, reuse.key) if reuse is not None and reuse.commit and reuse.key else None
-    ordering = executor.submit(order_and_key, path, commit, previous, [entry[0] for entry in entries], named)
+    step = HISTORY_WINDOW if base is not None else -(-HISTORY_WINDOW // WALK_PARTS)
+    walks = [
+        executor.submit(history, path, commit, base, start, min(start + step, HISTORY_WINDOW))
+        for start in range(0, HISTORY_WINDOW, step)
+    ]
+    changes = executor.submit(changes_and_key, path, commit, base, named)
     known = reuse.rendered.usable(rules) if reuse is not None and reuse.rendered is not None else {}
     todo = [entry for entry in entries if entry not in known]
     size = max(1, -(-len(todo) // BATCHES))
@@ -205,8 +235,22 @@ def _render(
     sections = {entry: known[entry] for entry in entries if entry in known}
     for batch, future in zip(batches, futures, strict=True):
         sections.update(zip(batch, future.result(), strict=True))
-    order, key = ordering.result()
-    return sections, order, key
+    ages: dict[str, int] = {}
+    for walk in walks:  # newest part first: a path's first sighting is its last change
+        for changed_path, age in walk.result().items():
+            ages.setdefault(changed_path, age)
+    changed, key = changes.result()
+    paths = [entry[0] for entry in entries]
+    if previous is not None and changed is not None:
+        return sections, carry_order(previous.order, changed, paths, ages), key
+    return sections, least_recent_first(paths, ages), key
+
+
+def _carried_base(repo: pygit2.Repository, previous: Epoch | None) -> str | None:
+    """The previous epoch's base, when its order can be carried: it has one, and the base is here."""
+    if previous is None or previous.base is None or not previous.order or repo.get(previous.base) is None:
+        return None
+    return previous.base
 
 
 def _assemble(
@@ -216,6 +260,7 @@ def _assemble(
     sections: dict[SectionKey, Section],
     max_snapshot_bytes: int,
     rules: ContentRules,
+    earlier: tuple[tuple[bytes, Layout], ...],
 ) -> Snapshot:
     """The sections in snapshot order, the first that fit under the cap inlined, the rest listed."""
     header = HEADER.format(key=key)
@@ -250,10 +295,11 @@ def _assemble(
     text = "".join(tail)
     text_bytes += len(text.encode("utf-8"))
     pieces.append((None, encode_text(text) + SYSTEM_CLOSE))
-    chunks, views = _chunks(pieces)
+    chunks, views = _chunks(pieces, earlier)
     rendered = Rendered(
         rules,
         {entry: attrs.evolve(item, encoded=views[entry]) if entry in views else item for entry, item in kept.items()},
+        chunks,
     )
     return Snapshot(
         commit,
@@ -263,17 +309,20 @@ def _assemble(
         tuple(excluded),
         tuple(findings),
         tuple(entry[0] for entry in entries),
-        chunks,
+        tuple(chunk for chunk, _ in chunks),
         rendered,
         key,
     )
 
 
 def _chunks(
-    pieces: list[tuple[SectionKey | None, bytes | memoryview]],
-) -> tuple[tuple[bytes, ...], dict[SectionKey, memoryview]]:
-    """The pieces joined into chunks of about CHUNK_BYTES, and a view of each keyed piece in its chunk."""
-    chunks: list[bytes] = []
+    pieces: list[tuple[SectionKey | None, bytes | memoryview]], earlier: tuple[tuple[bytes, Layout], ...]
+) -> tuple[tuple[tuple[bytes, Layout], ...], dict[SectionKey, memoryview]]:
+    """The pieces joined into chunks of about CHUNK_BYTES (each with its layout), and a view of each
+    keyed piece in its chunk. A chunk of `earlier` (the previous snapshot's, under the same rules)
+    with the same layout at the same place has the same bytes, so it is taken instead of joined
+    again: a rebase keeps the order of every unchanged file, and copies only from the first change on."""
+    chunks: list[tuple[bytes, Layout]] = []
     views: dict[SectionKey, memoryview] = {}
     group: list[tuple[SectionKey | None, bytes | memoryview]] = []
     size = 0
@@ -281,24 +330,17 @@ def _chunks(
         group.append((entry, piece))
         size += len(piece)
         if size >= CHUNK_BYTES or number == len(pieces) - 1:
-            chunk = b"".join(piece for _, piece in group)
+            layout = tuple(key if key is not None else bytes(part) for key, part in group)
+            same = len(chunks) < len(earlier) and earlier[len(chunks)][1] == layout
+            chunk = earlier[len(chunks)][0] if same else b"".join(piece for _, piece in group)
             whole, start = memoryview(chunk), 0
             for key, part in group:
                 if key is not None:
                     views[key] = whole[start : start + len(part)]
                 start += len(part)
-            chunks.append(chunk)
+            chunks.append((chunk, layout))
             group, size = [], 0
     return tuple(chunks), views
-
-
-def _order(repo: pygit2.Repository, target: pygit2.Commit, previous: Epoch | None, paths: Iterable[str]) -> list[str]:
-    if previous is not None and previous.base is not None and previous.order:
-        old = repo.get(previous.base)
-        if old is not None:
-            changed = changed_paths(old.peel(pygit2.Tree), target.tree)
-            return carry_order(previous.order, changed, paths, last_changes(repo, target, old.id))
-    return initial_order(repo, target, paths)
 
 
 def _walk(repo: pygit2.Repository, tree: pygit2.Tree, prefix: bytes) -> Iterator[tuple[bytes, int, pygit2.Oid]]:

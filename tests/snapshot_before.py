@@ -14,7 +14,7 @@ from pygit2.enums import FileMode
 from scout_diff_cache.content import entry_side, is_binary, screened_text, section, spell
 from scout_diff_cache.epoch import Epoch
 from scout_diff_cache.errors import RepositoryError
-from scout_diff_cache.order import carry_order, changed_paths, initial_order, last_changes
+from scout_diff_cache.order import carry_order, changed_paths, last_changes, least_recent_first
 from scout_diff_cache.prompt import system_message
 from scout_diff_cache.repository import ContentRules, open_repository, repository_key
 from scout_diff_cache.secrets import Finding
@@ -148,7 +148,7 @@ def _order(repo: pygit2.Repository, target: pygit2.Commit, previous: Epoch | Non
         if old is not None:
             changed = changed_paths(old.peel(pygit2.Tree), target.tree)
             return carry_order(previous.order, changed, paths, last_changes(repo, target, old.id))
-    return initial_order(repo, target, paths)
+    return least_recent_first(paths, last_changes(repo, target))
 
 
 def _walk(repo: pygit2.Repository, tree: pygit2.Tree, prefix: bytes) -> Iterator[tuple[bytes, int, pygit2.Oid]]:

@@ -147,6 +147,26 @@ def test_a_large_snapshot_is_kept_as_chunks_of_bounded_size(git_repo: GitRepo, p
     assert b"".join(system_text(now.message)) == b"".join(system_text(before.message))
 
 
+def test_a_rebase_takes_the_unchanged_chunks_as_they_are_and_sends_the_same_bytes(
+    git_repo: GitRepo, pool: Workers
+) -> None:
+    for number in range(40):
+        git_repo.write(f"big/{number:02d}.txt", f"line {number}\n" * 10_000)
+    git_repo.commit("large")
+    big = ContentRules(compile_patterns([]), 1 << 20)
+    first = build_snapshot(git_repo.path, git_repo.head(), big, 1 << 30, None, workers=pool)
+    git_repo.write("big/30.txt", "changed\n")  # moves to the end: the chunks before it stay as they were
+    git_repo.commit("one file")
+    before = snapshot_before.build_snapshot(git_repo.path, git_repo.head(), big, 1 << 30, first.epoch)
+    rebased = build_snapshot(git_repo.path, git_repo.head(), big, 1 << 30, first.epoch, workers=pool, reuse=first)
+    assert_same(before, rebased)
+    kept = [now is then for now, then in zip(rebased.message, first.message, strict=False)]
+    assert len(first.message) > 3 and kept[0] and not kept[-1] and kept.index(False) < len(kept) - 1
+    under_other_rules = ContentRules(compile_patterns(["*.none"]), 1 << 20)  # the same text, other rules
+    other = build_snapshot(git_repo.path, git_repo.head(), under_other_rules, 1 << 30, first.epoch, reuse=first)
+    assert other.encoded() == rebased.encoded() and not set(map(id, other.message)) & set(map(id, first.message))
+
+
 def test_an_unborn_repository_renders_as_before(tmp_path: Path) -> None:
     repo = GitRepo(tmp_path / "unborn")
     assert_same(
