@@ -50,13 +50,29 @@ class InlineExecutor(Executor):
         return future
 
 
+class _Pool(ProcessPoolExecutor):
+    """Worker processes that hand the memory a call freed back to the system when it ends."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        return super().submit(_trimmed, fn, *args, **kwargs)
+
+
+def _trimmed(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """`fn`'s result, the heap trimmed after it: an idle worker would otherwise keep the peak of its
+    last call (libgit2's caches of a history walk: 55 MiB a worker for git/git, 18 trimmed)."""
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        runtime.release_freed_memory()
+
+
 class Workers:
     """A process pool started on first need, or the calling thread for small or pool-less work."""
 
     def __init__(self, processes: int | None = None, min_entries: int = POOL_MIN_ENTRIES) -> None:
         self.processes = processes or os.cpu_count() or 1
         self._min_entries = min_entries
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: _Pool | None = None
         self._unavailable = False
         self._lock = threading.Lock()  # builds run in threads: one pool, however many ask at once
 
@@ -67,7 +83,7 @@ class Workers:
         with self._lock:
             if self._pool is None and not self._unavailable:
                 try:
-                    self._pool = ProcessPoolExecutor(
+                    self._pool = _Pool(
                         self.processes,
                         mp_context=multiprocessing.get_context("spawn"),
                         initializer=_start_worker,
