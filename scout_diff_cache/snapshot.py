@@ -55,7 +55,7 @@ from .workers import InlineExecutor, Workers
 CHUNK_BYTES = 1 << 20
 
 #: Parts a first epoch's history walk is split into, so that both worker processes share it.
-WALK_PARTS = 4
+WALK_PARTS = 2
 
 #: Render batches per build: small enough to share the work evenly between processes, few enough to be cheap.
 BATCHES = 16
