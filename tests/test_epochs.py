@@ -474,7 +474,12 @@ def test_initial_order_puts_files_unchanged_in_the_window_first(git_repo: GitRep
     repo = git_repo.repo
     paths = ["README.md", "src/app.py", "src/util.py", "z_old.txt"]
     head = repo[repo.head.target].peel(pygit2.Commit)
-    assert least_recent_first(paths, last_changes(repo, head)) == ["src/util.py", "z_old.txt", "src/app.py", "README.md"]
+    assert least_recent_first(paths, last_changes(repo, head)) == [
+        "src/util.py",
+        "z_old.txt",
+        "src/app.py",
+        "README.md",
+    ]
 
 
 def test_a_first_epoch_walked_in_parts_orders_files_as_one_walk_would(git_repo: GitRepo) -> None:

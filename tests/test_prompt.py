@@ -15,7 +15,7 @@ def test_a_message_encoded_in_parts_equals_the_whole_encoded_at_once() -> None:
 
 def test_text_is_encoded_as_json_encodes_it() -> None:
     """The fast path (only quotes, backslashes, line feeds and tabs to escape) and the rest alike."""
-    texts = [chr(code) for code in range(160)] + ["", "a\tb\n\"c\" \\d", "ümlaut \u2028 😀\n", "x\r\n", "\x7f\x1b[0m"]
+    texts = [chr(code) for code in range(160)] + ["", 'a\tb\n"c" \\d', "ümlaut \u2028 😀\n", "x\r\n", "\x7f\x1b[0m"]
     texts += ["".join(texts), "".join(map(chr, range(32, 160))) + "\t\n"]  # with rare controls, and without
     for text in texts:
         assert encode_text(text) == encode_json(text)[1:-1], text
