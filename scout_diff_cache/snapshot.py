@@ -140,7 +140,7 @@ class Snapshot:
 
     @property
     def epoch(self) -> Epoch:
-        return Epoch(self.commit, self.order)
+        return Epoch(self.commit, self.order, key=self.key)
 
     def encoded(self) -> bytes:
         """The message in one piece: for inspection and tests, never per request."""
@@ -220,7 +220,8 @@ def _render(
     The history walk (up to HISTORY_WINDOW tree diffs on a first epoch) is split into parts that
     run beside the rendering, and so is the walk to the first commit that names the repository.
     """
-    named = (reuse.commit, reuse.key) if reuse is not None and reuse.commit and reuse.key else None
+    named = _named(reuse.commit, reuse.key) if reuse is not None else None
+    named = named or (_named(previous.base, previous.key) if previous is not None else None)
     step = HISTORY_WINDOW if base is not None else -(-HISTORY_WINDOW // WALK_PARTS)
     walks = [
         executor.submit(history, path, commit, base, start, min(start + step, HISTORY_WINDOW))
@@ -244,6 +245,11 @@ def _render(
     if previous is not None and changed is not None:
         return sections, carry_order(previous.order, changed, paths, ages), key
     return sections, least_recent_first(paths, ages), key
+
+
+def _named(commit: str | None, key: str | None) -> tuple[str, str] | None:
+    """A commit and the repository's name found from it, when both are known."""
+    return (commit, key) if commit and key else None
 
 
 def _carried_base(repo: pygit2.Repository, previous: Epoch | None) -> str | None:

@@ -325,6 +325,27 @@ async def test_the_base_and_order_survive_a_restart(
     assert file_order(restarted)[-1] == "c.txt"
 
 
+async def test_a_restart_takes_the_repository_name_from_the_state_file(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo, tmp_path: Path
+) -> None:
+    """The name comes from a walk to the first commit; after a restart the saved one is taken instead."""
+    first = await make_proxy()
+    snapshot, _ = await injected(first, upstream)
+    await first.close()
+    (saved,) = (tmp_path / "state").glob("epoch-*.json")
+    data = json.loads(saved.read_text())
+    assert f"Repository {data['key']}." in snapshot and data["key"].startswith("scout-")
+    saved.write_text(json.dumps({**data, "key": "scout-from-the-state"}))  # a name no walk would give
+    git_repo.write("a.txt", "committed after the restart\n")
+    git_repo.commit("change a")
+    second = await make_proxy(context={"rebase": "auto"})
+    await injected(second, upstream)
+    await second.post("/admin/rebase")
+    rebased, _ = await injected(second, upstream)
+    assert rebased.endswith(f"commit {git_repo.head()} ===\n")
+    assert "Repository scout-from-the-state." in rebased
+
+
 async def test_an_unusable_state_file_means_a_fresh_epoch(
     make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo, tmp_path: Path
 ) -> None:
