@@ -325,9 +325,10 @@ def _chunks(
     pieces: list[tuple[SectionKey | None, bytes | memoryview]], earlier: tuple[tuple[bytes, Layout], ...]
 ) -> tuple[tuple[tuple[bytes, Layout], ...], dict[SectionKey, memoryview]]:
     """The pieces joined into chunks of about CHUNK_BYTES (each with its layout), and a view of each
-    keyed piece in its chunk. A chunk of `earlier` (the previous snapshot's, under the same rules)
-    with the same layout at the same place has the same bytes, so it is taken instead of joined
-    again: a rebase keeps the order of every unchanged file, and copies only from the first change on."""
+    keyed piece in a chunk joined here. A chunk of `earlier` (the previous snapshot's, under the same
+    rules) with the same layout at the same place has the same bytes, so it is taken instead of
+    joined again, and its pieces are the previous snapshot's sections, views into it already: a
+    rebase keeps the order of every unchanged file, and copies only from the first change on."""
     chunks: list[tuple[bytes, Layout]] = []
     views: dict[SectionKey, memoryview] = {}
     group: list[tuple[SectionKey | None, bytes | memoryview]] = []
@@ -337,14 +338,16 @@ def _chunks(
         size += len(piece)
         if size >= CHUNK_BYTES or number == len(pieces) - 1:
             layout = tuple(key if key is not None else bytes(part) for key, part in group)
-            same = len(chunks) < len(earlier) and earlier[len(chunks)][1] == layout
-            chunk = earlier[len(chunks)][0] if same else b"".join(piece for _, piece in group)
-            whole, start = memoryview(chunk), 0
-            for key, part in group:
-                if key is not None:
-                    views[key] = whole[start : start + len(part)]
-                start += len(part)
-            chunks.append((chunk, layout))
+            if len(chunks) < len(earlier) and earlier[len(chunks)][1] == layout:
+                chunks.append(earlier[len(chunks)])  # its sections' views are into it already
+            else:
+                chunk = b"".join(piece for _, piece in group)
+                whole, start = memoryview(chunk), 0
+                for key, part in group:
+                    if key is not None:
+                        views[key] = whole[start : start + len(part)]
+                    start += len(part)
+                chunks.append((chunk, layout))
             group, size = [], 0
     return tuple(chunks), views
 

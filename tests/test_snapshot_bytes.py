@@ -162,6 +162,9 @@ def test_a_rebase_takes_the_unchanged_chunks_as_they_are_and_sends_the_same_byte
     assert_same(before, rebased)
     kept = [now is then for now, then in zip(rebased.message, first.message, strict=False)]
     assert len(first.message) > 3 and kept[0] and not kept[-1] and kept.index(False) < len(kept) - 1
+    assert rebased.rendered is not None  # every section it keeps for the next rebase views its own chunks
+    views = [item.encoded for item in rebased.rendered.sections.values() if isinstance(item.encoded, memoryview)]
+    assert len(views) == rebased.files and {id(view.obj) for view in views} <= set(map(id, rebased.message))
     under_other_rules = ContentRules(compile_patterns(["*.none"]), 1 << 20)  # the same text, other rules
     other = build_snapshot(git_repo.path, git_repo.head(), under_other_rules, 1 << 30, first.epoch, reuse=first)
     assert other.encoded() == rebased.encoded() and not set(map(id, other.message)) & set(map(id, first.message))
