@@ -37,7 +37,6 @@ from pathlib import Path
 
 import attrs
 import pygit2
-from pygit2.enums import FileMode
 
 from .content import spell
 from .epoch import Epoch
@@ -165,8 +164,7 @@ def build_snapshot(
         with opened(path) as repo:
             target = repo[commit].peel(pygit2.Commit)
             entries = [
-                (raw.decode("utf-8", "surrogateescape"), mode, str(oid))
-                for raw, mode, oid in _walk(repo, target.tree, b"")
+                (raw.decode("utf-8", "surrogateescape"), mode, str(oid)) for raw, mode, oid in _walk(target.tree, b"")
             ]
             base = _carried_base(repo, previous)
             executor = workers.executor(len(entries)) if workers is not None else InlineExecutor()
@@ -352,11 +350,12 @@ def _chunks(
     return tuple(chunks), views
 
 
-def _walk(repo: pygit2.Repository, tree: pygit2.Tree, prefix: bytes) -> Iterator[tuple[bytes, int, pygit2.Oid]]:
-    """(raw path, file mode, object id) for every blob, link and submodule below `tree`."""
+def _walk(tree: pygit2.Tree, prefix: bytes) -> Iterator[tuple[bytes, int, pygit2.Oid]]:
+    """(raw path, file mode, object id) for every blob, link and submodule below `tree`. A subtree's
+    entry is the tree itself (read when iterated), found by its type: cheaper than its mode's enum."""
     for entry in tree:
         raw_path = prefix + (entry.raw_name or (entry.name or "").encode())
-        if entry.filemode == FileMode.TREE:
-            yield from _walk(repo, repo[entry.id].peel(pygit2.Tree), raw_path + b"/")
+        if isinstance(entry, pygit2.Tree):
+            yield from _walk(entry, raw_path + b"/")
         else:
             yield raw_path, entry.filemode, entry.id
