@@ -91,6 +91,22 @@ class PathMatcher:
     rules: tuple[_Rule, ...]
     #: Each directory's verdict, once asked: a tree's thousands of files share a few hundred directories.
     _directories: dict[str, bool] = attrs.field(factory=dict, eq=False, repr=False)
+    #: For files and for directories, every rule that applies as one pattern over the whole path and
+    #: one over the name: when neither matches, no rule does (most paths), in two calls, not one per rule.
+    _any: dict[bool, tuple[re.Pattern[str], re.Pattern[str]]] = attrs.field(init=False, eq=False, repr=False)
+
+    @_any.default
+    def _combined(self) -> dict[bool, tuple[re.Pattern[str], re.Pattern[str]]]:
+        def either(rules: list[_Rule]) -> re.Pattern[str]:
+            return re.compile("|".join(f"(?:{rule.regex.pattern})" for rule in rules) or "(?!)")
+
+        return {
+            is_dir: (
+                either([rule for rule in self.rules if rule.anchored and (is_dir or not rule.directory_only)]),
+                either([rule for rule in self.rules if not rule.anchored and (is_dir or not rule.directory_only)]),
+            )
+            for is_dir in (False, True)
+        }
 
     def excludes(self, path: str) -> bool:
         """True when `path` (a file path relative to the root, with `/`) is excluded."""
@@ -109,6 +125,9 @@ class PathMatcher:
         return verdict
 
     def _verdict(self, parts: list[str], is_dir: bool) -> bool:
+        whole, name = self._any[is_dir]
+        if not whole.match("/".join(parts)) and not name.match(parts[-1]):
+            return False
         verdict = False
         for rule in self.rules:
             if rule.directory_only and not is_dir:
