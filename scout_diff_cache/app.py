@@ -155,7 +155,7 @@ def make_app(config: Config) -> web.Application:
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     """The one upstream session; every request on it carries the repository's routing key."""
     live = app[live_key]
-    live.routing = Routing(await asyncio.to_thread(live.epochs.reader.repository_key))
+    live.routing = Routing(await asyncio.to_thread(live.epochs.repository_key))
     async with open_session(live.config.upstream) as session:
         app[session_key] = session
         yield

@@ -162,6 +162,12 @@ class Epochs:
             return Rebase(head, head, None, 0.0)
         return await self._switch_to(head, prewarm=True)
 
+    def repository_key(self) -> str | None:
+        """The repository's name for routers (see `repository_key`), found from the one the state
+        file kept when its base is on HEAD's line (as a build finds it). Blocking."""
+        saved = load_epoch(self._state_file, self.reader.path)
+        return self.reader.repository_key((saved.base, saved.key) if saved and saved.base and saved.key else None)
+
     async def warm_now(self) -> Usage | None:
         """Send the current prefix upstream once (keep-alive pings); None without a warmer."""
         snapshot = await self.start()

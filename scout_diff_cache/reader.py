@@ -67,11 +67,11 @@ class RepositoryReader:
         with opened(self.path) as repo:
             return _commits(repo, base, head_commit(repo)) is not None
 
-    def repository_key(self) -> str | None:
-        """The repository's name for routers (see `repository_key`); None before its first commit."""
+    def repository_key(self, known: tuple[str, str] | None = None) -> str | None:
+        """The repository's name (see `repository_key`, and `known` there); None before its first commit."""
         with opened(self.path) as repo:
             head = head_commit(repo)
-            return repository_key(repo, head) if head is not None else None
+            return repository_key(repo, head, known) if head is not None else None
 
     def build(self, commit: str | None, previous: Epoch | None, reuse: Snapshot | None = None) -> Snapshot:
         """The snapshot of `commit`, taking from `reuse` every section of an unchanged entry."""

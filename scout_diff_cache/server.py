@@ -126,7 +126,7 @@ async def reload(app: web.Application, notifier: Notifier) -> None:
             except ProxyError as error:
                 log.warning("preparing the new snapshot failed (%s); switching anyway", error.message)
         retired, live.epochs = live.epochs, replacement
-        live.routing = Routing(await asyncio.to_thread(replacement.reader.repository_key))
+        live.routing = Routing(await asyncio.to_thread(replacement.repository_key))
         live.conversations = Conversations(new.context.max_conversations, app[metrics_key])
         await retired.close()
     log.info("reloaded %s", new.source)

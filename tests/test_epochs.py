@@ -344,6 +344,7 @@ async def test_a_restart_takes_the_repository_name_from_the_state_file(
     rebased, _ = await injected(second, upstream)
     assert rebased.endswith(f"commit {git_repo.head()} ===\n")
     assert "Repository scout-from-the-state." in rebased
+    assert upstream.seen[-1].headers.get("X-Session-ID") == "scout-from-the-state"  # routers get the same name
 
 
 async def test_an_unusable_state_file_means_a_fresh_epoch(
