@@ -89,7 +89,6 @@ async def forward(request: web.Request, api: Api) -> web.StreamResponse:
     exchange: Exchange = request[exchange_key]
     exchange.api, exchange.to_upstream, exchange.stream = api.name, True, client.stream
     headers: dict[str, str] = {}
-    outbound = Outbound(api.name, api.path, salted(raw, config.upstream.cache_salt))
     if config.context.inject:
         prepared = await prepare(request, client, api)
         body = api.body(client, prepared.parts, prepared.snapshot.message, prepared.start)
@@ -102,6 +101,8 @@ async def forward(request: web.Request, api: Api) -> web.StreamResponse:
         exchange.conversation = prepared.outcome
         # chat streams ask upstream for usage on the client's behalf; the other APIs always carry it
         outbound = Outbound(api.name, api.path, body, not client.wants_usage, await injected_tokens(request, prepared))
+    else:  # the client's body as it came
+        outbound = Outbound(api.name, api.path, salted(raw, config.upstream.cache_salt))
     session = request.app[session_key]
     if client.stream:
         return await relay_stream(
