@@ -82,15 +82,12 @@ class Body:
 def assemble(messages: bytes, fields: bytes, *injected: Encoded) -> Body:
     """A chat body: the `injected` messages (encoded), then the client's `messages` (encoded, without
     their brackets), then its other `fields` (encoded, without their braces)."""
-    chunks = [b'{"messages":[']
+    chunks: list[Chunk] = [b'{"messages":[']
     for message in injected:
         chunks += [message] if isinstance(message, bytes) else message
         chunks.append(b",")
     chunks += [messages, b"]"]
-    if fields:
-        chunks += [b",", fields]
-    chunks.append(b"}")
-    return Body(tuple(chunks))
+    return _closed(chunks, fields)
 
 
 def assemble_responses(input_items: bytes, fields: bytes, snapshot: Encoded, start: bytes, instructions: bytes) -> Body:
@@ -101,10 +98,7 @@ def assemble_responses(input_items: bytes, fields: bytes, snapshot: Encoded, sta
     if instructions:
         chunks += [b"\\n", instructions[1:-1]]
     chunks += [b'","input":[', start, b",", input_items, b"]"]
-    if fields:
-        chunks += [b",", fields]
-    chunks.append(b"}")
-    return Body(tuple(chunks))
+    return _closed(chunks, fields)
 
 
 def assemble_messages(messages: bytes, fields: bytes, snapshot: Encoded, system: bytes) -> Body:
@@ -116,7 +110,9 @@ def assemble_messages(messages: bytes, fields: bytes, snapshot: Encoded, system:
     elif system:
         chunks += [b',{"type":"text","text":', system, b"}"]
     chunks += [b'],"messages":[', messages, b"]"]
-    if fields:
-        chunks += [b",", fields]
-    chunks.append(b"}")
-    return Body(tuple(chunks))
+    return _closed(chunks, fields)
+
+
+def _closed(chunks: list[Chunk], fields: bytes) -> Body:
+    """The body: `chunks`, then the client's other `fields` (encoded, without braces), and the close."""
+    return Body((*chunks, *((b",", fields) if fields else ()), b"}"))
