@@ -31,6 +31,11 @@ class Epoch:
     #: instead of walking the first-parent line to the first commit again (24,000 commits in git/git).
     key: str | None = None
 
+    @property
+    def named(self) -> tuple[str, str] | None:
+        """The base and the repository's name found from it, when both are known (see `repository_key`)."""
+        return (self.base, self.key) if self.base and self.key else None
+
 
 def state_file(state_dir: Path, repository: Path) -> Path:
     digest = hashlib.sha256(str(repository).encode()).hexdigest()[:16]

@@ -166,7 +166,7 @@ class Epochs:
         """The repository's name for routers (see `repository_key`), found from the one the state
         file kept when its base is on HEAD's line (as a build finds it). Blocking."""
         saved = load_epoch(self._state_file, self.reader.path)
-        return self.reader.repository_key((saved.base, saved.key) if saved and saved.base and saved.key else None)
+        return self.reader.repository_key(saved.named if saved is not None else None)
 
     async def warm_now(self) -> Usage | None:
         """Send the current prefix upstream once (keep-alive pings); None without a warmer."""

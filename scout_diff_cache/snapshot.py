@@ -218,8 +218,7 @@ def _render(
     The history walk (up to HISTORY_WINDOW tree diffs on a first epoch) is split into parts that
     run beside the rendering, and so is the walk to the first commit that names the repository.
     """
-    named = _named(reuse.commit, reuse.key) if reuse is not None else None
-    named = named or (_named(previous.base, previous.key) if previous is not None else None)
+    named = previous.named if previous is not None else None
     step = HISTORY_WINDOW if base is not None else -(-HISTORY_WINDOW // WALK_PARTS)
     walks = [
         executor.submit(history, path, commit, base, start, min(start + step, HISTORY_WINDOW))
@@ -243,11 +242,6 @@ def _render(
     if previous is not None and changed is not None:
         return sections, carry_order(previous.order, changed, paths, ages), key
     return sections, least_recent_first(paths, ages), key
-
-
-def _named(commit: str | None, key: str | None) -> tuple[str, str] | None:
-    """A commit and the repository's name found from it, when both are known."""
-    return (commit, key) if commit and key else None
 
 
 def _carried_base(repo: pygit2.Repository, previous: Epoch | None) -> str | None:
