@@ -96,7 +96,7 @@ async def forward(request: web.Request, api: Api) -> web.StreamResponse:
         exchange.snapshot_commit = prepared.snapshot.commit
         exchange.snapshot_bytes = prepared.snapshot.text_bytes
         exchange.diff_bytes = len(prepared.start)
-        exchange.client_bytes = len(client.messages) + len(client.system)
+        exchange.client_bytes = client.encoded_bytes
         exchange.injected_bytes = prepared.injected_bytes
         exchange.conversation = prepared.outcome
         # chat streams ask upstream for usage on the client's behalf; the other APIs always carry it

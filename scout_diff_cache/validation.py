@@ -50,9 +50,9 @@ class ClientRequest:
         return self.marks or self.parts
 
     @property
-    def messages(self) -> bytes:
-        """The client's messages, JSON-encoded, without the enclosing brackets."""
-        return b",".join(self.parts)
+    def encoded_bytes(self) -> int:
+        """Bytes of the client's own messages (comma-separated) and system text, as encoded."""
+        return sum(map(len, self.parts)) + len(self.parts) - 1 + len(self.system)
 
 
 def parse_chat_request(raw: bytes, default_model: str, cache_salt: str | None = None) -> ClientRequest:

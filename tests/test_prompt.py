@@ -25,7 +25,7 @@ def test_the_spliced_body_is_the_json_a_client_would_expect() -> None:
     raw = json.dumps({"model": "m", "temperature": 0.5, "messages": [{"role": "user", "content": "hi ü"}]}).encode()
     chat = parse_chat_request(raw, "default")
     snapshot = system_message("snapshot")
-    body = assemble(chat.messages, chat.fields, snapshot, system_message("diff"))
+    body = assemble(b",".join(chat.parts), chat.fields, snapshot, system_message("diff"))
     spliced = b"".join(body.chunks)
     assert len(spliced) == body.length
     assert json.loads(spliced) == {
