@@ -36,10 +36,10 @@ import aiohttp
 import pygit2
 from aiohttp import web
 
+from scout_diff_cache.apis import CHAT
 from scout_diff_cache.config import Config, load_config
 from scout_diff_cache.diff import FLAGS, WorkingDiff, working_diff
 from scout_diff_cache.order import HISTORY_WINDOW, changed_paths
-from scout_diff_cache.prompt import assemble
 from scout_diff_cache.reader import RepositoryReader
 from scout_diff_cache.repository import ContentRules, head_commit, open_repository, opened
 from scout_diff_cache.runtime import settle
@@ -411,14 +411,14 @@ async def measure(repository: Path, count: int, workdir: Path) -> None:
     diff = working_diff(repo, base, base, rules, [])
 
     question = parse_chat_request(json.dumps(QUESTION).encode(), "bench")
-    body = b"".join(assemble(question.messages, question.fields, snapshot.message, diff.message).chunks)
+    body = b"".join(CHAT.body(question, question.parts, snapshot.message, diff.message).chunks)
     decoded = json.loads(body)
     own = []
     for _ in range(min(count, 20)):  # what the proxy itself does per request, minus the network
         started = time.perf_counter()
         chat = parse_chat_request(json.dumps(QUESTION).encode(), "bench")
         diff_now = proxy_diff(repository, base, rules)
-        assemble(chat.messages, chat.fields, snapshot.message, diff_now.message)
+        CHAT.body(chat, chat.parts, snapshot.message, diff_now.message)
         own.append(time.perf_counter() - started)
 
     upstream = subprocess.Popen(
