@@ -267,9 +267,15 @@ async def answer_json(request: web.Request, upstream: FakeUpstream) -> web.Strea
     return web.json_response(completion())
 
 
-async def answer_stream(request: web.Request, upstream: FakeUpstream) -> web.StreamResponse:
+async def event_stream(request: web.Request) -> web.StreamResponse:
+    """A server-sent event stream with its headers sent: how every streaming upstream answers."""
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
+    return response
+
+
+async def answer_stream(request: web.Request, upstream: FakeUpstream) -> web.StreamResponse:
+    response = await event_stream(request)
     for event in stream_events(request.path, counted(await request.read())):
         await response.write(event)
     await response.write_eof()

@@ -35,6 +35,7 @@ from support import (
     answer_stream,
     anthropic_message,
     counted,
+    event_stream,
     response_object,
     stream_events,
     until,
@@ -291,8 +292,7 @@ async def counting(request: web.Request, fake: FakeUpstream) -> web.StreamRespon
     if request.path == "/v1/chat/completions" and not (await request.json()).get("stream"):
         return web.json_response({"choices": [], "usage": usage})
     if request.path == "/v1/chat/completions":
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
+        response = await event_stream(request)
         await response.write(b"data: " + json.dumps({"choices": [], "usage": usage}).encode() + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         return response
@@ -391,8 +391,7 @@ async def test_a_stalled_stream_ends_with_each_apis_own_error_event(
     make_proxy: ProxyFactory, upstream: FakeUpstream
 ) -> None:
     async def stalls(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
+        response = await event_stream(request)
         await response.write(stream_events(request.path, 10)[0])
         await asyncio.sleep(5)
         return response
@@ -447,8 +446,7 @@ async def test_usage_is_counted_when_the_client_leaves_after_the_completed_event
     """Codex CLI hangs up once it has `response.completed`, before the upstream ends its stream."""
 
     async def lingers(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
+        response = await event_stream(request)
         for event in stream_events(request.path, 1000):
             await response.write(event)
         await asyncio.sleep(1)  # the proxy notices the client gone when it next writes

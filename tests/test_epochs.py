@@ -27,6 +27,7 @@ from support import (
     ProxyProcess,
     chat,
     completion,
+    event_stream,
     free_port,
     headed_paths,
     header_of,
@@ -444,8 +445,7 @@ async def test_streams_ask_upstream_for_usage_but_strip_it_unless_the_client_ask
     make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
 ) -> None:
     async def behaviour(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
+        response = await event_stream(request)
         await response.write(sse_chunk("hi"))
         usage = {"choices": [], "usage": {"prompt_tokens": 1000, "prompt_tokens_details": {"cached_tokens": 900}}}
         event = b"data: " + json.dumps(usage).encode() + b"\n\n"

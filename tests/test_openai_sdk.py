@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from support import FakeUpstream, ProxyFactory, answer_stream, counted, sse_chunk
+from support import FakeUpstream, ProxyFactory, answer_stream, counted, event_stream, sse_chunk
 
 openai = pytest.importorskip("openai")
 
@@ -35,8 +35,7 @@ async def test_sdk_non_streaming(make_proxy: ProxyFactory, upstream: FakeUpstrea
 
 async def test_sdk_streaming_with_include_usage(make_proxy: ProxyFactory, upstream: FakeUpstream) -> None:
     async def behaviour(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
+        response = await event_stream(request)
         for word in ("Hel", "lo"):
             await response.write(sse_chunk(word))
         usage = {

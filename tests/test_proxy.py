@@ -16,6 +16,7 @@ from support import (
     answer_stream,
     chat,
     completion,
+    event_stream,
     free_port,
     hang,
     sse_chunk,
@@ -113,8 +114,7 @@ async def test_inject_false_sends_the_body_through_untouched(make_proxy: ProxyFa
 
 async def test_streaming_is_relayed_chunk_by_chunk(make_proxy: ProxyFactory, upstream: FakeUpstream) -> None:
     async def behaviour(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
+        response = await event_stream(request)
         await response.write(sse_chunk("first"))
         await asyncio.wait_for(fake.release.wait(), 5)
         await response.write(sse_chunk("second"))
@@ -137,8 +137,7 @@ async def test_stream_with_include_usage_passes_the_usage_chunk(
     make_proxy: ProxyFactory, upstream: FakeUpstream
 ) -> None:
     async def behaviour(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
+        response = await event_stream(request)
         await response.write(sse_chunk("hi"))
         usage = {"choices": [], "usage": {"prompt_tokens": 50, "prompt_tokens_details": {"cached_tokens": 48}}}
         await response.write(b"data: " + json.dumps(usage).encode() + b"\n\ndata: [DONE]\n\n")
@@ -187,8 +186,7 @@ async def test_client_disconnect_mid_stream_closes_the_upstream_request(
     make_proxy: ProxyFactory, upstream: FakeUpstream
 ) -> None:
     async def behaviour(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
+        response = await event_stream(request)
         for _ in range(300):
             await response.write(sse_chunk("tick"))
             await asyncio.sleep(0.05)
@@ -205,8 +203,7 @@ async def test_client_disconnect_mid_stream_closes_the_upstream_request(
 
 async def test_a_stalled_stream_ends_with_an_error_event(make_proxy: ProxyFactory, upstream: FakeUpstream) -> None:
     async def behaviour(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
+        response = await event_stream(request)
         await response.write(sse_chunk("partial"))
         await asyncio.sleep(30)
         fake.fail("the proxy should have hung up")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pygit2
 from aiohttp import web
 
-from support import FakeUpstream, GitRepo, ProxyFactory, UpstreamFactory, chat, free_port, sse_chunk
+from support import FakeUpstream, GitRepo, ProxyFactory, UpstreamFactory, chat, event_stream, free_port, sse_chunk
 
 SEED = 20261126
 VALID = json.dumps(chat(stream=False)).encode()
@@ -86,8 +86,7 @@ async def test_malformed_upstream_answers_give_clear_errors(make_proxy: ProxyFac
             return web.Response(body=b'{"choices": "\xff\xfe"}', content_type="application/json")
         if mode == "truncated json":
             return web.Response(body=b'{"choices": [', content_type="application/json")
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
+        response = await event_stream(request)
         await response.write(sse_chunk("partial"))
         assert request.transport is not None
         request.transport.abort()  # reset mid-stream
@@ -125,8 +124,7 @@ async def test_200_concurrent_streams_deliver_every_byte_in_order(
 ) -> None:
     async def behaviour(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
         tag = (await request.json())["messages"][-1]["content"]
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
+        response = await event_stream(request)
         for number in range(20):
             await response.write(sse_chunk(f"{tag}-{number}"))
             await asyncio.sleep(0)
@@ -218,8 +216,7 @@ async def test_a_client_that_stops_reading_holds_back_the_upstream(
 
     async def behaviour(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
         nonlocal written
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
+        response = await event_stream(request)
         chunk = b"data: " + b"x" * (256 * 1024) + b"\n\n"
         for _ in range(400):  # 100 MiB if nobody pushed back
             await response.write(chunk)

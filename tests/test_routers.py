@@ -38,7 +38,7 @@ from aiohttp.typedefs import Handler
 from scout_diff_cache.app import make_app
 from scout_diff_cache.config import Config
 
-from support import GitRepo, completion, free_port, is_warmup, proxy_config, snapshot_ready, sse_chunk
+from support import GitRepo, completion, event_stream, free_port, is_warmup, proxy_config, snapshot_ready, sse_chunk
 
 pytestmark = pytest.mark.routers
 
@@ -125,8 +125,7 @@ class Fleet:
             )
             if not body.get("stream"):
                 return web.json_response(completion(f"from upstream {index}"))
-            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-            await response.prepare(request)
+            response = await event_stream(request)
             await response.write(sse_chunk(f"from upstream {index}"))
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
