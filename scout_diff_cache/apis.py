@@ -28,9 +28,15 @@ from .prompt import (
     system_message,
     system_text,
 )
-from .validation import ClientRequest, parse_chat_request, parse_messages_request, parse_responses_request
+from .validation import (
+    ClientRequest,
+    RequestRules,
+    parse_chat_request,
+    parse_messages_request,
+    parse_responses_request,
+)
 
-Parser = Callable[[bytes, str, "str | None"], ClientRequest]
+Parser = Callable[[bytes, RequestRules], ClientRequest]
 
 
 @attrs.frozen

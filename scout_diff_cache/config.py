@@ -230,6 +230,9 @@ class ContextConfig:
     #: client: the usage clients are told leaves out the injected context's tokens (their context
     #: meters see their own conversation); upstream: as the upstream counted it.
     usage: str = option("client", one_of("client", "upstream"))
+    #: drop: Claude Code's `x-anthropic-billing-header` line, whose suffix differs per
+    #: conversation, leaves a Messages `system` before it can break the prefix; keep: sent on.
+    billing_header: str = option("drop", one_of("drop", "keep"))
     state_dir: Path = option(attrs.Factory(_state_home), _path)
 
 

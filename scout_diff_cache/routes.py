@@ -14,14 +14,14 @@ from .access import client_scope, limit_concurrency, require_key
 from .accounting import Exchange
 from .apis import CHAT, MESSAGES, RESPONSES, Api
 from .app_keys import exchange_key, live_key, metrics_key, session_key, tokens_key, totals_key
-from .config import is_loopback
+from .config import Config, is_loopback
 from .conversations import Prepared
 from .errors import Forbidden, InvalidRequest, ProxyError
 from .metrics import render as render_metrics
 from .prompt import Body, encode_json
 from .relay import Outbound, relay_any, relay_json, relay_stream
 from .upstream import fetch_models
-from .validation import ClientRequest, parse_messages_request
+from .validation import ClientRequest, RequestRules
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,10 @@ async def injected_tokens(request: web.Request, prepared: Prepared) -> int | Non
     return tokens.count(prepared.snapshot.commit, prepared.injected_bytes)
 
 
+def request_rules(config: Config) -> RequestRules:
+    return RequestRules(config.upstream.model, config.upstream.cache_salt, config.context.billing_header == "drop")
+
+
 def salted(raw: bytes, salt: str | None) -> Body:
     """The client's body as it came, with the configured cache_salt in it, if any."""
     if salt is None:
@@ -85,7 +89,7 @@ async def forward(request: web.Request, api: Api) -> web.StreamResponse:
     live = request.app[live_key]
     config = live.config
     raw = await request.read()
-    client = api.parse(raw, config.upstream.model, config.upstream.cache_salt)
+    client = api.parse(raw, request_rules(config))
     exchange: Exchange = request[exchange_key]
     exchange.api, exchange.to_upstream, exchange.stream = api.name, True, client.stream
     headers: dict[str, str] = {}
@@ -139,7 +143,7 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
     live = request.app[live_key]
     config = live.config
     raw = await request.read()
-    client = parse_messages_request(raw, config.upstream.model, config.upstream.cache_salt)
+    client = MESSAGES.parse(raw, request_rules(config))
     exchange: Exchange = request[exchange_key]
     exchange.api, exchange.to_upstream = "messages", True
     body = salted(raw, config.upstream.cache_salt)

@@ -5,6 +5,7 @@ upstream."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import attrs
@@ -17,6 +18,20 @@ RESPONSES_ROLES = frozenset({"system", "developer", "user", "assistant"})
 #: Anthropic's API takes user and assistant turns; Claude Code also sends system messages among
 #: them (vLLM moves them into the system prompt, llama.cpp renders them in place).
 MESSAGES_ROLES = frozenset({"user", "assistant", "system"})
+#: Claude Code's first system line: a version suffix derived from each conversation's first prompt.
+BILLING_HEADER = re.compile(r"x-anthropic-billing-header:[^\n]*(?:\n|$)")
+
+
+@attrs.frozen
+class RequestRules:
+    """What the configuration does to every client body, whichever API it came on."""
+
+    #: The model asked for when the client names none.
+    model: str
+    #: Replaces the client's `cache_salt`, when configured.
+    cache_salt: str | None = None
+    #: Leave Claude Code's billing line out of a Messages `system` (see `without_billing_header`).
+    drop_billing_header: bool = True
 
 
 @attrs.frozen
@@ -55,11 +70,11 @@ class ClientRequest:
         return sum(map(len, self.parts)) + len(self.parts) - 1 + len(self.system)
 
 
-def parse_chat_request(raw: bytes, default_model: str, cache_salt: str | None = None) -> ClientRequest:
-    """A chat completions request; `cache_salt`, when configured, replaces the client's."""
+def parse_chat_request(raw: bytes, rules: RequestRules) -> ClientRequest:
+    """A chat completions request."""
     body = _object(raw)
     messages = _messages(body, CHAT_ROLES, null_content="assistant")
-    stream = _common(body, default_model, cache_salt)
+    stream = _common(body, rules)
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise InvalidRequest("'stream_options' must be an object")
@@ -73,7 +88,7 @@ def parse_chat_request(raw: bytes, default_model: str, cache_salt: str | None = 
     return _encoded(stream, wants_usage, messages, body, shapes)
 
 
-def parse_responses_request(raw: bytes, default_model: str, cache_salt: str | None = None) -> ClientRequest:
+def parse_responses_request(raw: bytes, rules: RequestRules) -> ClientRequest:
     """A Responses API request: `input` (a string, or items) and `instructions` are placed; a
     string input becomes one user message, which the upstream reads the same way."""
     body = _object(raw)
@@ -96,7 +111,7 @@ def parse_responses_request(raw: bytes, default_model: str, cache_salt: str | No
     previous = body.get("previous_response_id")
     if previous is not None and not isinstance(previous, str):
         raise InvalidRequest("'previous_response_id' must be a string")
-    stream = _common(body, default_model, cache_salt)
+    stream = _common(body, rules)
     shapes = tuple(_item_shape(item) for item in items)
     system = encode_json(instructions) if instructions else b""
     return attrs.evolve(
@@ -104,7 +119,7 @@ def parse_responses_request(raw: bytes, default_model: str, cache_salt: str | No
     )
 
 
-def parse_messages_request(raw: bytes, default_model: str, cache_salt: str | None = None) -> ClientRequest:
+def parse_messages_request(raw: bytes, rules: RequestRules) -> ClientRequest:
     """An Anthropic Messages request (or a count_tokens one): `system` and `messages` are placed."""
     body = _object(raw)
     messages = _messages(body, MESSAGES_ROLES, null_content=None)
@@ -115,7 +130,9 @@ def parse_messages_request(raw: bytes, default_model: str, cache_salt: str | Non
                 raise InvalidRequest(f"system[{index}] must be a text block: {{'type': 'text', 'text': '...'}}")
     elif system is not None and not isinstance(system, str):
         raise InvalidRequest("'system' must be a string or an array of text blocks")
-    stream = _common(body, default_model, cache_salt)
+    if rules.drop_billing_header and system:
+        system = without_billing_header(system)
+    stream = _common(body, rules)
     shapes = tuple(_message_shape(message) for message in messages)
     encoded_system = encode_json(system) if system else b""
     marks = tuple(encode_json(_unmarked(message)) for message in messages)
@@ -144,11 +161,30 @@ def _messages(body: dict[str, Any], roles: frozenset[str], null_content: str | N
     return messages
 
 
-def _common(body: dict[str, Any], default_model: str, cache_salt: str | None) -> bool:
+def without_billing_header(system: str | list[dict[str, Any]]) -> str | list[dict[str, Any]] | None:
+    """A Messages `system` without Claude Code's billing line at its start (None if nothing is left).
+
+    The line (`x-anthropic-billing-header: cc_version=2.1.197.ed9; cc_entrypoint=sdk-cli;`) comes
+    as the first block, its suffix derived from the conversation's first prompt: left in, every new
+    conversation would miss the cache for the whole system prompt and tools after it.
+    """
+    if isinstance(system, str):
+        return _unbilled(system) or None
+    if not system or (first := _unbilled(system[0]["text"])) == system[0]["text"]:
+        return system
+    return [*([{**system[0], "text": first}] if first else []), *system[1:]] or None
+
+
+def _unbilled(text: str) -> str:
+    found = BILLING_HEADER.match(text)
+    return text[found.end() :] if found else text
+
+
+def _common(body: dict[str, Any], rules: RequestRules) -> bool:
     """Check and default what every API shares (model, stream, cache_salt); the stream flag."""
-    body.setdefault("model", default_model)
-    if cache_salt is not None:
-        body["cache_salt"] = cache_salt
+    body.setdefault("model", rules.model)
+    if rules.cache_salt is not None:
+        body["cache_salt"] = rules.cache_salt
     if not isinstance(body["model"], str) or not body["model"]:
         raise InvalidRequest("'model' must be a non-empty string")
     stream = body.get("stream", False)

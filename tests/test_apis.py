@@ -19,6 +19,8 @@ import attrs
 import pytest
 from aiohttp import web
 
+from scout_diff_cache.validation import without_billing_header
+
 from reconstruction import (
     check,
     check_conversation,
@@ -36,6 +38,7 @@ from support import (
     anthropic_message,
     counted,
     event_stream,
+    is_warmup,
     response_object,
     stream_events,
     until,
@@ -469,3 +472,54 @@ async def test_usage_is_counted_when_the_client_leaves_after_the_completed_event
 
 async def _has(text: Awaitable[str], line: str) -> bool:
     return line in (await text).splitlines()
+
+
+def claude_code_system(nonce: str) -> list[dict[str, Any]]:
+    """`system` as Claude Code 2.1.197 sends it (recorded): a billing line whose last three hex
+    digits follow the conversation's first prompt, then its own prompt, marked for caching."""
+    marked = {"cache_control": {"type": "ephemeral"}}
+    return [
+        {"type": "text", "text": f"x-anthropic-billing-header: cc_version=2.1.197.{nonce}; cc_entrypoint=sdk-cli;"},
+        {"type": "text", "text": "You are Claude Code, Anthropic's official CLI for Claude.", **marked},
+        {"type": "text", "text": "You are an interactive agent that helps users with software engineering.", **marked},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("system", "left"),
+    [
+        (claude_code_system("123"), claude_code_system("123")[1:]),
+        ([{"type": "text", "text": "x-anthropic-billing-header: cc_version=2.1.197.ed9;\nBe brief."}], "Be brief."),
+        ("x-anthropic-billing-header: cc_version=2.1.197.ed9;\nBe brief.", "Be brief."),
+        ("x-anthropic-billing-header: cc_version=2.1.197.ed9;", None),
+        (claude_code_system("123")[:1], None),
+        (SYSTEM_BLOCKS, SYSTEM_BLOCKS),
+        ("Say x-anthropic-billing-header: 1", "Say x-anthropic-billing-header: 1"),  # only at the start
+    ],
+)
+def test_the_billing_line_is_taken_from_the_start_of_system_only(system: Any, left: Any) -> None:
+    got = without_billing_header(system)
+    if isinstance(left, str):
+        assert got in (left, [{"type": "text", "text": left}])
+    else:
+        assert got == left
+
+
+async def test_claude_codes_billing_line_does_not_split_conversations_cache(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    client = await make_proxy()
+    for nonce, question in (("123", QUESTION), ("ed9", "Another question")):
+        sent = {**messages_request(user(question)), "system": claude_code_system(nonce)}
+        assert (await client.post("/v1/messages", json=sent)).status == 200
+    first, second = (asked.json for asked in upstream.asked if not is_warmup(asked.json))
+    assert first["system"] == second["system"]
+    assert first["system"][1:] == claude_code_system("123")[1:]
+    assert "billing" not in json.dumps(first)
+
+
+async def test_the_billing_line_is_kept_when_configured(make_proxy: ProxyFactory, upstream: FakeUpstream) -> None:
+    client = await make_proxy(context={"billing_header": "keep"})
+    sent = {**messages_request(user(QUESTION)), "system": claude_code_system("123")}
+    assert (await client.post("/v1/messages", json=sent)).status == 200
+    assert upstream.asked[-1].json["system"][1:] == claude_code_system("123")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from scout_diff_cache.prompt import assemble, encode_json, encode_text, system_message
-from scout_diff_cache.validation import parse_chat_request
+from scout_diff_cache.validation import RequestRules, parse_chat_request
 
 
 def test_a_message_encoded_in_parts_equals_the_whole_encoded_at_once() -> None:
@@ -23,7 +23,7 @@ def test_text_is_encoded_as_json_encodes_it() -> None:
 
 def test_the_spliced_body_is_the_json_a_client_would_expect() -> None:
     raw = json.dumps({"model": "m", "temperature": 0.5, "messages": [{"role": "user", "content": "hi ü"}]}).encode()
-    chat = parse_chat_request(raw, "default")
+    chat = parse_chat_request(raw, RequestRules("default"))
     snapshot = system_message("snapshot")
     body = assemble(b",".join(chat.parts), chat.fields, snapshot, system_message("diff"))
     spliced = b"".join(body.chunks)

@@ -45,7 +45,7 @@ from scout_diff_cache.repository import ContentRules, head_commit, open_reposito
 from scout_diff_cache.runtime import settle
 from scout_diff_cache.sections import render_entries
 from scout_diff_cache.snapshot import Snapshot, changes_and_key, history
-from scout_diff_cache.validation import parse_chat_request
+from scout_diff_cache.validation import RequestRules, parse_chat_request
 from scout_diff_cache.workers import POOL_MIN_ENTRIES, Workers
 from tests.support import ProxyProcess, free_port
 
@@ -410,13 +410,13 @@ async def measure(repository: Path, count: int, workdir: Path) -> None:
     report_memory(json.loads(memory.stdout))
     diff = working_diff(repo, base, base, rules, [])
 
-    question = parse_chat_request(json.dumps(QUESTION).encode(), "bench")
+    question = parse_chat_request(json.dumps(QUESTION).encode(), RequestRules("bench"))
     body = b"".join(CHAT.body(question, question.parts, snapshot.message, diff.message).chunks)
     decoded = json.loads(body)
     own = []
     for _ in range(min(count, 20)):  # what the proxy itself does per request, minus the network
         started = time.perf_counter()
-        chat = parse_chat_request(json.dumps(QUESTION).encode(), "bench")
+        chat = parse_chat_request(json.dumps(QUESTION).encode(), RequestRules("bench"))
         diff_now = proxy_diff(repository, base, rules)
         CHAT.body(chat, chat.parts, snapshot.message, diff_now.message)
         own.append(time.perf_counter() - started)
