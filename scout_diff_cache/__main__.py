@@ -16,11 +16,15 @@ from . import __version__
 from .config import Config, default_locations, find_config, load_config, render_config
 from .epochs import Epochs
 from .errors import ConfigError, ProxyError
+from .layout import Layout, Layouts
 from .logs import configure_logging
 from .metrics import Metrics
 from .report import render_report
+from .routing import Routing
 from .server import serve
+from .shared import SharedTasks
 from .systemd import Notifier, inherited_sockets, render_socket, render_template, render_unit
+from .upstream import open_session, probe_systems
 
 log = logging.getLogger("scout_diff_cache")
 
@@ -105,8 +109,21 @@ def inspect(config: Config, show: str | None) -> int:
     except ProxyError as error:
         print(f"scout-diff-cache: {error.message}", file=sys.stderr)
         return 1
-    sys.stdout.write(render_report(config, preview, show))
+    layout = asyncio.run(learn_layout(config)) if show is None else None
+    sys.stdout.write(render_report(config, preview, show, layout))
     return 0
+
+
+async def learn_layout(config: Config) -> Layout:
+    """The layout the proxy would use now: configured, or learned from the upstream as it would."""
+    tasks = SharedTasks()
+    async with open_session(config.upstream) as session:
+        routing = Routing()
+
+        async def probe(systems: int) -> ProxyError | None:
+            return await probe_systems(session, config.upstream, routing, systems)
+
+        return await Layouts(config.context.layout, probe, tasks).current()
 
 
 def print_unit(config: Config, *, user: bool, socket_unit: bool) -> int:

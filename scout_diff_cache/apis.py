@@ -24,7 +24,10 @@ from .prompt import (
     assemble,
     assemble_messages,
     assemble_responses,
+    chat_context,
     encode_json,
+    encode_text,
+    joined_text,
     system_message,
     system_text,
 )
@@ -72,19 +75,51 @@ class Api:
         blocks[last] = json.loads(_with_text(encode_json(blocks[last]), tail, "text", at_start=False))
         return encode_json(message)
 
-    def body(self, request: ClientRequest, parts: tuple[bytes, ...], snapshot: Encoded, start: bytes) -> Body:
-        """The upstream body: the snapshot first, the working diff `start`, then the client's `parts`."""
-        if self.name == "responses":
-            return assemble_responses(b",".join(parts), request.fields, snapshot, start, request.system)
+    def body(
+        self, request: ClientRequest, parts: tuple[bytes, ...], snapshot: Encoded, start: bytes, strict: bool = False
+    ) -> Body:
+        """The upstream body: the snapshot first, the working diff `start`, then the client's `parts`.
+
+        In the strict layout (see `layout.py`) the client's leading system messages join the
+        snapshot and the diff in one system message; the Messages API has one system anyway.
+        """
         if self.name == "messages":
             first = self.opened(parts[0], b"".join(system_text(start)))
             return assemble_messages(b",".join((first, *parts[1:])), request.fields, snapshot, request.system)
-        return assemble(b",".join(parts), request.fields, snapshot, start)
+        own = request.system[1:-1]
+        if strict:
+            leading, parts = _leading_system_text(request.shapes, parts)
+            own = b"\\n\\n".join(text for text in (own, leading) if text)
+        if self.name == "responses":
+            if strict:
+                return assemble_responses(b",".join(parts), request.fields, joined_text(snapshot, start, own))
+            instructions = (*system_text(snapshot), *((b"\\n", own) if own else ()))
+            return assemble_responses(b",".join(parts), request.fields, instructions, start)
+        return assemble(b",".join(parts), request.fields, *chat_context(snapshot, start, strict, own))
 
 
 CHAT = Api("chat", "/chat/completions", parse_chat_request)
 RESPONSES = Api("responses", "/responses", parse_responses_request, text_part="input_text")
 MESSAGES = Api("messages", "/messages", parse_messages_request, separate_changes=False)
+
+
+#: The text parts a system message's content may hold, on chat and Responses.
+TEXT_PARTS = frozenset({"text", "input_text"})
+
+
+def _leading_system_text(shapes: tuple[str, ...], parts: tuple[bytes, ...]) -> tuple[bytes, tuple[bytes, ...]]:
+    """The client's leading system (and developer) messages' text, encoded without quotes and
+    joined by blank lines, and the messages after them. A message whose content is not only text
+    stops the run: it stays where it is."""
+    texts: list[str] = []
+    for shape, part in zip(shapes, parts, strict=False):
+        content = json.loads(part).get("content") if shape in ("system", "developer") else None
+        if isinstance(content, list) and all(item.get("type") in TEXT_PARTS for item in content):
+            content = "".join(str(item.get("text", "")) for item in content)
+        if not isinstance(content, str):
+            break
+        texts.append(content)
+    return encode_text("\n\n".join(texts)), parts[len(texts) :]
 
 
 def _with_text(part: bytes, text: bytes, text_part: str, at_start: bool) -> bytes:

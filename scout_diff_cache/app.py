@@ -14,18 +14,29 @@ from aiohttp.typedefs import Handler
 
 from .access import Admission, admission_key
 from .accounting import Exchange, Totals
-from .app_keys import Live, exchange_key, live_key, metrics_key, session_key, tokens_key, totals_key
+from .app_keys import Live, exchange_key, live_key, metrics_key, probes_key, session_key, tokens_key, totals_key
 from .config import Config
 from .conversations import Conversations
 from .diff import WorkingDiff
 from .epochs import Epochs
-from .errors import BodyTooLarge, MethodNotAllowed, NotFound, ProxyError, UpstreamError, error_body
+from .errors import (
+    BodyTooLarge,
+    MethodNotAllowed,
+    NotFound,
+    ProxyError,
+    UpstreamError,
+    UpstreamUnavailable,
+    error_body,
+)
+from .layout import Layouts
 from .metrics import Metrics
+from .prompt import chat_context
 from .routes import add_routes
 from .routing import Routing
+from .shared import SharedTasks
 from .snapshot import Snapshot
 from .tokens import InjectedTokens
-from .upstream import open_session, warm_up
+from .upstream import open_session, probe_systems, warm_up
 from .usage import Usage
 
 log = logging.getLogger("scout_diff_cache")
@@ -71,6 +82,8 @@ def _record(request: web.Request, exchange: Exchange, status: int | str, elapsed
         metrics.first_byte_seconds.observe(exchange.first_byte_seconds)
     if exchange.to_upstream and exchange.outcome in UPSTREAM_OUTCOMES:
         metrics.last_upstream_outcome = exchange.outcome
+    if exchange.outcome == UpstreamUnavailable.code:
+        request.app[live_key].layouts.forget()  # the server that comes back may serve another template
 
 
 @web.middleware
@@ -130,7 +143,8 @@ def make_app(config: Config) -> web.Application:
             alone = await warm_up(session, upstream, live.routing)
             if alone is not None and alone.prompt_tokens is not None:
                 tokens.bare[where] = alone.prompt_tokens
-        usage = await warm_up(session, upstream, live.routing, snapshot.message, diff.message)
+        strict = (await live.layouts.current()).strict
+        usage = await warm_up(session, upstream, live.routing, *chat_context(snapshot.message, diff.message, strict))
         if not measuring:
             return usage
         if usage is not None and usage.prompt_tokens is not None and where in tokens.bare:
@@ -141,8 +155,16 @@ def make_app(config: Config) -> web.Application:
             log.warning("the upstream reports no prompt tokens: usage is relayed as it counted it")
         return usage
 
+    async def probe(systems: int) -> ProxyError | None:
+        live = app[live_key]
+        return await probe_systems(app[session_key], live.config.upstream, live.routing, systems)
+
+    app[probes_key] = probes = SharedTasks()
     app[live_key] = Live(
-        config, Epochs(config, metrics, warmer), Conversations(config.context.max_conversations, metrics)
+        config,
+        Epochs(config, metrics, warmer),
+        Conversations(config.context.max_conversations, metrics),
+        Layouts(config.context.layout, probe, probes),
     )
     add_routes(app)
     app.cleanup_ctx.append(_upstream_session)
@@ -162,9 +184,11 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _epochs(app: web.Application) -> AsyncIterator[None]:
-    """Whatever the epochs started (a build, a rebase in the background) ends with the app."""
+    """Whatever the epochs started (a build, a rebase in the background) ends with the app, and
+    so does a probe of the upstream's template."""
     yield
     await app[live_key].epochs.close()
+    await app[probes_key].close()
 
 
 def _background(

@@ -10,8 +10,10 @@ from .accounting import Exchange, Totals
 from .config import Config
 from .conversations import Conversations
 from .epochs import Epochs
+from .layout import Layouts
 from .metrics import Metrics
 from .routing import Routing
+from .shared import SharedTasks
 from .tokens import InjectedTokens
 
 
@@ -23,6 +25,8 @@ class Live:
     config: Config
     epochs: Epochs
     conversations: Conversations
+    #: Where the context sits on chat and Responses (learned from the upstream, or configured).
+    layouts: Layouts
     routing: Routing = attrs.Factory(Routing)
 
 
@@ -31,4 +35,6 @@ session_key = web.AppKey("session", aiohttp.ClientSession)
 totals_key = web.AppKey("totals", Totals)
 metrics_key = web.AppKey("metrics", Metrics)
 tokens_key = web.AppKey("tokens", InjectedTokens)
+#: The probes of the upstream's template under way, shared by the requests that wait for one.
+probes_key = web.AppKey("probes", SharedTasks)
 exchange_key = web.RequestKey("exchange", Exchange)

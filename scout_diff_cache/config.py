@@ -227,6 +227,9 @@ class ContextConfig:
     max_conversations: int = option(64, _count)
     #: system: a change is a system message of its own; user: it opens the next user message.
     change_placement: str = option("system", one_of("system", "user"))
+    #: Where the context sits on chat and Responses (see layout.py): learned from the upstream
+    #: (auto), two system messages of its own (separate), or one with the client's (strict).
+    layout: str = option("auto", one_of("auto", "separate", "strict"))
     #: client: the usage clients are told leaves out the injected context's tokens (their context
     #: meters see their own conversation); upstream: as the upstream counted it.
     usage: str = option("client", one_of("client", "upstream"))

@@ -12,6 +12,8 @@ Each API puts the snapshot where its upstream renders it first:
   blocks following untouched (upstreams join the blocks into one system message; Llama 4's
   template, given a list, renders only its first part); the working diff opens the first message.
 So the client's stable parts (instructions, system prompt, tools) stay ahead of the volatile diff.
+For strict templates (see `layout.py`) chat and Responses carry one system text instead: the
+snapshot, the working diff, then the client's own system text.
 """
 
 from __future__ import annotations
@@ -45,8 +47,10 @@ def encode_text(text: str) -> bytes:
 SYSTEM_OPEN = b'{"role":"system","content":"'
 SYSTEM_CLOSE = b'"}'
 
+Chunk = bytes | memoryview
+
 #: An encoded message: in one piece, or as chunks (a snapshot's) that are sent one after another.
-Encoded = bytes | tuple[bytes, ...]
+Encoded = bytes | tuple[Chunk, ...]
 
 
 def system_message(*parts: str) -> bytes:
@@ -55,9 +59,6 @@ def system_message(*parts: str) -> bytes:
     a large message never holds the GIL (and so the event loop) for one long call."""
     encoded = [encode_text(part) for part in parts]
     return SYSTEM_OPEN + b"".join(encoded) + SYSTEM_CLOSE
-
-
-Chunk = bytes | memoryview
 
 
 def system_text(message: Encoded) -> tuple[Chunk, ...]:
@@ -70,6 +71,12 @@ def system_text(message: Encoded) -> tuple[Chunk, ...]:
     return (memoryview(first)[len(SYSTEM_OPEN) :], *middle, memoryview(last)[: len(last) - len(SYSTEM_CLOSE)])
 
 
+def joined_text(snapshot: Encoded, start: bytes, own: bytes = b"") -> tuple[Chunk, ...]:
+    """The strict layout's one system text, encoded without quotes: the snapshot's, the working
+    diff's, then after a blank line the client's own (`own`, encoded without quotes), if any."""
+    return (*system_text(snapshot), *system_text(start), *((b"\\n", own) if own else ()))
+
+
 @attrs.frozen
 class Body:
     chunks: tuple[Chunk, ...]
@@ -77,6 +84,14 @@ class Body:
     @property
     def length(self) -> int:
         return sum(map(len, self.chunks))
+
+
+def chat_context(snapshot: Encoded, start: bytes, strict: bool, own: bytes = b"") -> tuple[Encoded, ...]:
+    """The chat messages that carry the context: the snapshot and the working diff as two system
+    messages, or in the strict layout one, which also holds the client's own system text `own`."""
+    if strict:
+        return ((SYSTEM_OPEN, *joined_text(snapshot, start, own), SYSTEM_CLOSE),)
+    return (snapshot, start)
 
 
 def assemble(messages: bytes, fields: bytes, *injected: Encoded) -> Body:
@@ -90,14 +105,13 @@ def assemble(messages: bytes, fields: bytes, *injected: Encoded) -> Body:
     return _closed(chunks, fields)
 
 
-def assemble_responses(input_items: bytes, fields: bytes, snapshot: Encoded, start: bytes, instructions: bytes) -> Body:
-    """A Responses body: `instructions` is the snapshot's text, then the client's `instructions`
-    (encoded, with quotes) after a blank line; `input` is the `start` system item, then the
-    client's items."""
-    chunks: list[Chunk] = [b'{"instructions":"', *system_text(snapshot)]
-    if instructions:
-        chunks += [b"\\n", instructions[1:-1]]
-    chunks += [b'","input":[', start, b",", input_items, b"]"]
+def assemble_responses(input_items: bytes, fields: bytes, instructions: tuple[Chunk, ...], *injected: bytes) -> Body:
+    """A Responses body: `instructions` (encoded text, without quotes), then `input`: the
+    `injected` items, then the client's items."""
+    chunks: list[Chunk] = [b'{"instructions":"', *instructions, b'","input":[']
+    for item in injected:
+        chunks += [item, b","]
+    chunks += [input_items, b"]"]
     return _closed(chunks, fields)
 
 

@@ -6,6 +6,7 @@ import json
 
 from .config import Config
 from .epochs import Injection
+from .layout import Layout
 
 #: A rough, model-independent estimate; real tokenizers give 3 to 5 bytes per token on code.
 BYTES_PER_TOKEN = 4
@@ -16,7 +17,7 @@ def _content(message: bytes) -> str:
     return str(json.loads(message)["content"])
 
 
-def render_report(config: Config, injection: Injection, show: str | None) -> str:
+def render_report(config: Config, injection: Injection, show: str | None, layout: Layout | None = None) -> str:
     snapshot, diff = injection.snapshot, injection.diff
     if show == "snapshot":
         return _content(snapshot.encoded())
@@ -34,6 +35,7 @@ def render_report(config: Config, injection: Injection, show: str | None) -> str
         f"~{snapshot.text_bytes // BYTES_PER_TOKEN:,} tokens",
         f"diff         {diff.files:,} file diffs, {diff.text_bytes:,} bytes, ~{diff.text_bytes // BYTES_PER_TOKEN:,} tokens",
         f"(tokens estimated at {BYTES_PER_TOKEN} bytes each; `--show snapshot` or `--show diff` prints the exact text)",
+        *([f"layout       {layout.name}: {layout.reason}"] if layout else []),
         "",
         "largest files inlined:",
     ]

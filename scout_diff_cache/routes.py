@@ -17,6 +17,7 @@ from .app_keys import exchange_key, live_key, metrics_key, session_key, tokens_k
 from .config import Config, is_loopback
 from .conversations import Prepared
 from .errors import Forbidden, InvalidRequest, ProxyError
+from .layout import Layout
 from .metrics import render as render_metrics
 from .prompt import Body, encode_json
 from .relay import Outbound, relay_any, relay_json, relay_stream
@@ -36,7 +37,7 @@ def injection_headers(prepared: Prepared) -> dict[str, str]:
     }
 
 
-async def prepare(request: web.Request, client: ClientRequest, api: Api) -> Prepared:
+async def prepare(request: web.Request, client: ClientRequest, api: Api, layout: Layout) -> Prepared:
     """The context and messages for a request: its conversation's, or the current ones.
 
     A Responses request that names `previous_response_id` continues a conversation the upstream
@@ -47,9 +48,10 @@ async def prepare(request: web.Request, client: ClientRequest, api: Api) -> Prep
     live = request.app[live_key]
     context = live.config.context
     if context.conversations and not client.continues_response:
-        return await live.conversations.prepare(
-            live.epochs, client, api, client_scope(request), context.change_placement
-        )
+        # the strict layout takes no system message among the turns: a change opens a user message
+        placement = "user" if layout.strict else context.change_placement
+        scope = f"{layout.name}:{client_scope(request)}"
+        return await live.conversations.prepare(live.epochs, client, api, scope, placement)
     injection = await live.epochs.current()
     injected = injection.snapshot.text_bytes + injection.diff.text_bytes
     return Prepared(injection.snapshot, injection.diff.message, client.parts, "off", injected)
@@ -94,8 +96,9 @@ async def forward(request: web.Request, api: Api) -> web.StreamResponse:
     exchange.api, exchange.to_upstream, exchange.stream = api.name, True, client.stream
     headers: dict[str, str] = {}
     if config.context.inject:
-        prepared = await prepare(request, client, api)
-        body = api.body(client, prepared.parts, prepared.snapshot.message, prepared.start)
+        layout = await live.layouts.current()
+        prepared = await prepare(request, client, api, layout)
+        body = api.body(client, prepared.parts, prepared.snapshot.message, prepared.start, layout.strict)
         headers = injection_headers(prepared)
         exchange.snapshot_commit = prepared.snapshot.commit
         exchange.snapshot_bytes = prepared.snapshot.text_bytes
@@ -183,6 +186,7 @@ async def models(request: web.Request) -> web.Response:
 
 async def health(request: web.Request) -> web.Response:
     epochs = request.app[live_key].epochs
+    layout = request.app[live_key].layouts.known
     snapshot = epochs.snapshot
     rebase = epochs.last_rebase
     totals = request.app[totals_key]
@@ -191,6 +195,7 @@ async def health(request: web.Request) -> web.Response:
         {
             "status": "ok",
             "inject": request.app[live_key].config.context.inject,
+            "layout": {"name": layout.name, "reason": layout.reason},
             "snapshot": {
                 "state": epochs.state,
                 "commit": snapshot.commit if snapshot else None,

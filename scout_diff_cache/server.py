@@ -112,6 +112,8 @@ async def reload(app: web.Application, notifier: Notifier) -> None:
     live.config = new
     live.epochs.configure(new.context)
     live.conversations.resize(new.context.max_conversations)
+    if new.context.layout != old.context.layout or new.upstream != old.upstream:
+        live.layouts = live.layouts.reconfigured(new.context.layout)
     if (
         new.repository != old.repository
         or new.security != old.security

@@ -15,7 +15,7 @@ import aiohttp
 
 from .config import UpstreamConfig
 from .errors import ProxyError, UpstreamBadResponse, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
-from .prompt import Body, Encoded, assemble, encode_json
+from .prompt import Body, Encoded, assemble, encode_json, system_message
 from .routing import Routing
 from .usage import Usage, read_usage
 
@@ -189,6 +189,18 @@ async def warm_up(
     body = assemble(messages, encode_json(fields)[1:-1], *injected)
     _, payload = await read_json_answer(session, config, body, routing)
     return read_usage("chat", payload)
+
+
+async def probe_systems(
+    session: aiohttp.ClientSession, config: UpstreamConfig, routing: Routing, systems: int
+) -> ProxyError | None:
+    """Whether the upstream's chat template takes `systems` system messages before a question:
+    None if it answered, else its error (a refusal is a 4xx). One token, on a few tokens of prompt."""
+    try:
+        await warm_up(session, config, routing, *(system_message("Answer in one word.") for _ in range(systems)))
+    except ProxyError as error:
+        return error
+    return None
 
 
 async def fetch_models(session: aiohttp.ClientSession, config: UpstreamConfig, routing: Routing) -> bytes:

@@ -545,3 +545,18 @@ def check_conversation(
     diff = parse_diff(start)
     rebuilt = reconstruct(parse_snapshot(snapshot), attrs.evolve(diff, groups=(*diff.groups, *changes)))
     return compare(rebuilt, repo_path, left_out_ok)
+
+
+#: The working diff's last line: where the strict layout's system text goes on to the client's own.
+DIFF_FOOTER = re.compile(r"=== snapshot commit [^\n]* ===\n")
+
+
+def split_strict(text: str) -> tuple[str, str, str]:
+    """The strict layout's one system text as the snapshot, the working diff and the client's own
+    system text (after the blank line that follows the diff; empty when it sent none)."""
+    diff_at = text.index("# Working diff\n")
+    footer = DIFF_FOOTER.search(text, diff_at)
+    assert footer is not None, "the working diff has no footer line"
+    own = text[footer.end() :]
+    assert not own or own.startswith("\n"), "the client's system text does not follow a blank line"
+    return text[:diff_at], text[diff_at : footer.end()], own[1:]

@@ -363,11 +363,13 @@ def write_config(directory: Path, sections: dict[str, dict[str, str]]) -> Path:
 def proxy_config(tmp_path: Path, repo: GitRepo, upstream_url: str, **sections: dict[str, str]) -> Config:
     """A config for the repository and upstream. Usage is reported as the upstream counted it
     unless a test asks for `usage = client` (the default), whose first request waits for a
-    measuring warm-up: tests that count upstream requests need not count that one."""
+    measuring warm-up, and the layout is the separate one unless a test asks for `auto` (the
+    default), whose first request waits for the template probes: tests that count upstream
+    requests need not count those."""
     merged: dict[str, dict[str, str]] = {
         "repository": {"path": str(repo.path)},
         "upstream": {"url": upstream_url, "connect_timeout": "2s", "first_byte_timeout": "10s", "idle_timeout": "10s"},
-        "context": {"state_dir": str(tmp_path / "state"), "usage": "upstream"},
+        "context": {"state_dir": str(tmp_path / "state"), "usage": "upstream", "layout": "separate"},
     }
     for name, values in sections.items():
         merged.setdefault(name, {}).update(values)
