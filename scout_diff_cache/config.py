@@ -19,6 +19,7 @@ import attrs
 import pygit2
 
 from .errors import ConfigError
+from .passthrough import ALLOWED, segments
 from .patterns import PatternError, compile_patterns
 
 KiB = 1024
@@ -168,6 +169,19 @@ def _header_names(raw: str) -> tuple[str, ...]:
     return names
 
 
+def _routes(raw: str) -> tuple[str, ...]:
+    routes = tuple(raw.replace(",", " ").split())
+    for route in routes:
+        try:
+            segments(route)
+        except ValueError as error:
+            raise ValueError(
+                f"{route!r} has {error}; expected routes under /v1, written without it (files, audio/speech), "
+                f"separated by spaces or commas: {ALLOWED}"
+            ) from None
+    return routes
+
+
 @attrs.frozen
 class UpstreamConfig:
     url: str = option("http://127.0.0.1:8000/v1", _url)
@@ -184,6 +198,8 @@ class UpstreamConfig:
     routing_key_headers: tuple[str, ...] = option(("X-Session-ID", "X-SMG-Routing-Key"), _header_names)
     #: A top-level cache_salt in every chat body: only requests with the same salt share cached blocks.
     cache_salt: str | None = option(None, _text, secret=True)
+    #: Routes under /v1 the pass-through forwards besides the built-in inference routes.
+    passthrough_routes: tuple[str, ...] = option((), _routes)
 
 
 @attrs.frozen

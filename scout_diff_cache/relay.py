@@ -22,7 +22,7 @@ from .config import UpstreamConfig
 from .errors import ProxyError, error_event
 from .prompt import Body, encode_json
 from .routing import Routing
-from .upstream import check_status, next_chunk, no_first_byte, read_json_answer, request_any, send
+from .upstream import check_status, next_chunk, no_first_byte, read_json_answer, request_any, send, url_under
 from .usage import SseUsage, read_usage, take_out, usage_fields
 
 KEEPALIVE = b": keep-alive\n\n"
@@ -171,16 +171,18 @@ async def relay_any(
     request: web.Request,
     session: aiohttp.ClientSession,
     config: UpstreamConfig,
+    segments: tuple[str, ...],
     body: bytes,
     routing: Routing,
     exchange: Exchange,
 ) -> web.StreamResponse:
-    """Pass a request through to the same path upstream, and its answer back as it comes, status
-    and headers included. Errors before the answer's headers get the proxy's envelope."""
-    path = request.match_info["tail"] + (f"?{request.query_string}" if request.query_string else "")
+    """Pass a request through to the same path upstream (its checked `segments` under /v1), and its
+    answer back as it comes, status and headers included. Errors before the answer's headers get
+    the proxy's envelope."""
+    url = url_under(config, segments, request.rel_url.raw_query_string)
     headers = {name: value for name, value in request.headers.items() if name.lower() not in NOT_FORWARDED}
     started = time.monotonic()
-    opening = request_any(session, config, request.method, path, body, headers, routing)
+    opening = request_any(session, config, request.method, url, body, headers, routing)
     try:
         upstream = await asyncio.wait_for(opening, config.first_byte_timeout)
     except asyncio.TimeoutError:

@@ -19,6 +19,7 @@ from .conversations import Prepared
 from .errors import Forbidden, InvalidRequest, ProxyError
 from .layout import Layout
 from .metrics import render as render_metrics
+from .passthrough import forwarded
 from .prompt import Body, encode_json
 from .relay import Outbound, relay_any, relay_json, relay_stream
 from .upstream import fetch_models
@@ -159,14 +160,16 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
 
 
 async def passthrough(request: web.Request) -> web.StreamResponse:
-    """Any other /v1 route (embeddings, completions, tokenize, audio...): to the upstream as it
-    came, its answer streamed back as it comes. Only the client's key stays behind."""
+    """An inference route the proxy does not serve itself (embeddings, completions, tokenize,
+    audio...): to the upstream as it came, its answer streamed back as it comes. Only the client's
+    key stays behind; any other route, or a path that could mean another one, goes nowhere."""
     live = request.app[live_key]
+    upstream = live.config.upstream
+    segments = forwarded(request.rel_url.raw_path, upstream.passthrough_routes)
     exchange: Exchange = request[exchange_key]
     exchange.to_upstream = True
-    return await relay_any(
-        request, request.app[session_key], live.config.upstream, await request.read(), live.routing, exchange
-    )
+    body = await request.read()
+    return await relay_any(request, request.app[session_key], upstream, segments, body, live.routing, exchange)
 
 
 async def root(request: web.Request) -> web.Response:

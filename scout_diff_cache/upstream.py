@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from .config import UpstreamConfig
 from .errors import ProxyError, UpstreamBadResponse, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
@@ -56,27 +57,35 @@ async def send(
             yield chunk
 
     headers = {"Content-Type": "application/json", "Content-Length": str(body.length)}
-    return await _request(session, config, "POST", path, chunks(), headers, routing)
+    return await _request(session, config, "POST", f"{config.url}{path}", chunks(), headers, routing)
+
+
+def url_under(config: UpstreamConfig, segments: tuple[str, ...], query: str) -> URL:
+    """The upstream's URL for checked path segments and a raw query, put under its base URL as they
+    are: never decoded and joined again, so nothing in them can turn into another path."""
+    base = URL(config.url)
+    path = "/".join((base.raw_path.rstrip("/"), *segments))
+    return URL.build(scheme=base.scheme, authority=base.raw_authority, path=path, query_string=query, encoded=True)
 
 
 async def request_any(
     session: aiohttp.ClientSession,
     config: UpstreamConfig,
     method: str,
-    path: str,
+    url: URL,
     body: bytes,
     headers: dict[str, str],
     routing: Routing,
 ) -> aiohttp.ClientResponse:
-    """Send a client's request on to the upstream's `path` (relative to its base URL) as it came."""
-    return await _request(session, config, method, f"/{path}", body or None, headers, routing)
+    """Send a client's request on to the upstream's `url` as it came."""
+    return await _request(session, config, method, url, body or None, headers, routing)
 
 
 async def _request(
     session: aiohttp.ClientSession,
     config: UpstreamConfig,
     method: str,
-    path: str,
+    url: str | URL,
     data: Any,
     headers: dict[str, str],
     routing: Routing,
@@ -85,7 +94,7 @@ async def _request(
     try:
         response = await session.request(
             method,
-            f"{config.url}{path}",
+            url,
             data=data,
             headers=headers | _headers(config, routing),
             timeout=_connect_only(config),

@@ -349,12 +349,14 @@ async def test_usage_client_takes_the_injected_tokens_out_on_every_api(
     assert len(warmups) == 2  # one measuring warm-up, and the question alone, once
 
 
-async def test_passthrough_forwards_any_other_v1_route_without_the_clients_key(
+async def test_passthrough_forwards_its_routes_without_the_clients_key(
     make_proxy: ProxyFactory, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
     keys = tmp_path / "keys"
     keys.write_text("client-key\n")
-    client = await make_proxy(server={"api_keys_file": str(keys)}, upstream={"api_key": "upstream-key"})
+    client = await make_proxy(
+        server={"api_keys_file": str(keys)}, upstream={"api_key": "upstream-key", "passthrough_routes": "files"}
+    )
     headers = {"x-api-key": "client-key", "X-Custom": "kept"}
     response = await client.post("/v1/embeddings?dims=8", data=b'{"input": "x"}', headers=headers)
     assert response.status == 201 and await response.json() == {"method": "POST", "path": "/v1/embeddings?dims=8"}

@@ -42,7 +42,12 @@ def test_sizes_durations_and_lists_are_parsed(tmp_path: Path, git_repo: GitRepo)
         tmp_path,
         {
             "server": {"max_body_bytes": "2 MiB", "sse_keepalive_interval": "1500ms"},
-            "upstream": {"url": "http://127.0.0.1:9000/v1/", "first_byte_timeout": "20m", "idle_timeout": "45"},
+            "upstream": {
+                "url": "http://127.0.0.1:9000/v1/",
+                "first_byte_timeout": "20m",
+                "idle_timeout": "45",
+                "passthrough_routes": "files, batches\nimages/generations",
+            },
             "repository": {
                 "path": str(git_repo.path),
                 "exclude": "*.log\n/generated/\n!keep.log",
@@ -56,6 +61,7 @@ def test_sizes_durations_and_lists_are_parsed(tmp_path: Path, git_repo: GitRepo)
     assert config.server.sse_keepalive_interval == 1.5
     assert config.upstream.url == "http://127.0.0.1:9000/v1"
     assert config.upstream.first_byte_timeout == 1200 and config.upstream.idle_timeout == 45
+    assert config.upstream.passthrough_routes == ("files", "batches", "images/generations")
     assert config.repository.exclude == ("*.log", "/generated/", "!keep.log")
     assert config.repository.max_file_bytes == 1024**3
 
@@ -75,6 +81,9 @@ def test_a_relative_repository_path_is_relative_to_the_config_file(tmp_path: Pat
         ("upstream", "first_byte_timeout", "soon", "duration"),
         ("upstream", "idle_timeout", "0", "positive duration"),
         ("upstream", "max_connections", "-3", "at least 1"),
+        ("upstream", "passthrough_routes", "files ../slots", "'..' segment; expected routes under /v1"),
+        ("upstream", "passthrough_routes", "/v1/files", "empty segment"),
+        ("upstream", "passthrough_routes", "files%2f..", "percent-encoding"),
         ("repository", "exclude", "[unclosed", "unclosed '['"),
         ("context", "inject", "maybe", "true or false"),
     ],
