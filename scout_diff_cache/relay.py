@@ -163,6 +163,7 @@ NOT_FORWARDED = frozenset(
         "accept-encoding",
         "authorization",
         "x-api-key",
+        "cookie",
     }
 )
 

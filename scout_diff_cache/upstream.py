@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-from yarl import URL
+from yarl import URL  # aiohttp's own URL type, installed with it
 
 from .config import UpstreamConfig
 from .errors import ProxyError, UpstreamBadResponse, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable

@@ -357,11 +357,11 @@ async def test_passthrough_forwards_its_routes_without_the_clients_key(
     client = await make_proxy(
         server={"api_keys_file": str(keys)}, upstream={"api_key": "upstream-key", "passthrough_routes": "files"}
     )
-    headers = {"x-api-key": "client-key", "X-Custom": "kept"}
+    headers = {"x-api-key": "client-key", "X-Custom": "kept", "Cookie": "session=1"}
     response = await client.post("/v1/embeddings?dims=8", data=b'{"input": "x"}', headers=headers)
     assert response.status == 201 and await response.json() == {"method": "POST", "path": "/v1/embeddings?dims=8"}
     seen = upstream.asked[-1]
-    assert seen.raw == b'{"input": "x"}' and seen.headers["X-Custom"] == "kept"
+    assert seen.raw == b'{"input": "x"}' and seen.headers["X-Custom"] == "kept" and "Cookie" not in seen.headers
     assert seen.headers["Authorization"] == "Bearer upstream-key" and "x-api-key" not in {
         h.lower() for h in seen.headers
     }
