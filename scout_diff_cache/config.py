@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import configparser
 import ipaddress
+import json
 import os
 import re
 from collections.abc import Callable
@@ -169,6 +170,16 @@ def _header_names(raw: str) -> tuple[str, ...]:
     return names
 
 
+def _json_object(raw: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except ValueError as error:
+        raise ValueError(f'expected a JSON object, such as {{"date_string": "26 Jul 2024"}}: {error}') from None
+    if not isinstance(value, dict):
+        raise ValueError('expected a JSON object, such as {"date_string": "26 Jul 2024"}')
+    return value
+
+
 def _routes(raw: str) -> tuple[str, ...]:
     routes = tuple(raw.replace(",", " ").split())
     for route in routes:
@@ -198,6 +209,9 @@ class UpstreamConfig:
     routing_key_headers: tuple[str, ...] = option(("X-Session-ID", "X-SMG-Routing-Key"), _header_names)
     #: A top-level cache_salt in every chat body: only requests with the same salt share cached blocks.
     cache_salt: str | None = option(None, _text, secret=True)
+    #: Variables for the upstream's chat template in every body the proxy builds (warm-ups too), a
+    #: client's own winning: pins what a template would otherwise vary, such as Llama 3's date.
+    chat_template_kwargs: dict[str, Any] | None = option(None, _json_object)
     #: Routes under /v1 the pass-through forwards besides the built-in inference routes.
     passthrough_routes: tuple[str, ...] = option((), _routes)
 
@@ -438,4 +452,6 @@ def _show(value: Any, field: attrs.Attribute) -> str:  # type: ignore[type-arg]
         return f"{value:g}s" if value else "off"
     if isinstance(value, tuple):
         return "".join(f"\n    {item}" for item in value)
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False)
     return str(value)

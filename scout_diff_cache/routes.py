@@ -77,7 +77,9 @@ async def injected_tokens(request: web.Request, prepared: Prepared) -> int | Non
 
 
 def request_rules(config: Config) -> RequestRules:
-    return RequestRules(config.upstream.model, config.upstream.cache_salt, config.context.billing_header == "drop")
+    upstream = config.upstream
+    drop = config.context.billing_header == "drop"
+    return RequestRules(upstream.model, upstream.cache_salt, drop, upstream.chat_template_kwargs)
 
 
 def salted(raw: bytes, salt: str | None) -> Body:

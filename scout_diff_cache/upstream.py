@@ -195,6 +195,8 @@ async def warm_up(
     fields: dict[str, Any] = {"model": config.model, "max_tokens": 1, "temperature": 0}
     if config.cache_salt is not None:
         fields["cache_salt"] = config.cache_salt
+    if config.chat_template_kwargs:
+        fields["chat_template_kwargs"] = config.chat_template_kwargs
     body = assemble(messages, encode_json(fields)[1:-1], *injected)
     _, payload = await read_json_answer(session, config, body, routing)
     return read_usage("chat", payload)

@@ -32,6 +32,8 @@ class RequestRules:
     cache_salt: str | None = None
     #: Leave Claude Code's billing line out of a Messages `system` (see `without_billing_header`).
     drop_billing_header: bool = True
+    #: The configured `chat_template_kwargs`, under the client's own.
+    template_kwargs: dict[str, Any] | None = None
 
 
 @attrs.frozen
@@ -181,10 +183,16 @@ def _unbilled(text: str) -> str:
 
 
 def _common(body: dict[str, Any], rules: RequestRules) -> bool:
-    """Check and default what every API shares (model, stream, cache_salt); the stream flag."""
+    """Check and default what every API shares (model, stream, cache_salt, the template's
+    variables); the stream flag."""
     body.setdefault("model", rules.model)
     if rules.cache_salt is not None:
         body["cache_salt"] = rules.cache_salt
+    if rules.template_kwargs:
+        own = body.get("chat_template_kwargs") or {}
+        if not isinstance(own, dict):
+            raise InvalidRequest("'chat_template_kwargs' must be an object")
+        body["chat_template_kwargs"] = {**rules.template_kwargs, **own}
     if not isinstance(body["model"], str) or not body["model"]:
         raise InvalidRequest("'model' must be a non-empty string")
     stream = body.get("stream", False)

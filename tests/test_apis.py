@@ -36,6 +36,7 @@ from support import (
     ProxyFactory,
     answer_stream,
     anthropic_message,
+    chat,
     counted,
     event_stream,
     is_warmup,
@@ -525,3 +526,23 @@ async def test_the_billing_line_is_kept_when_configured(make_proxy: ProxyFactory
     sent = {**messages_request(user(QUESTION)), "system": claude_code_system("123")}
     assert (await client.post("/v1/messages", json=sent)).status == 200
     assert upstream.asked[-1].json["system"][1:] == claude_code_system("123")
+
+
+async def test_configured_template_variables_go_in_every_body_under_the_clients_own(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    """Llama 3.x templates print today's date before the snapshot: pinned, the prefix holds."""
+    pinned = {"date_string": "26 Jul 2024", "tools_in_user_message": True}
+    client = await make_proxy(upstream={"chat_template_kwargs": json.dumps(pinned)}, context={"usage": "client"})
+    own = {"tools_in_user_message": False}
+    asked = [
+        ("/v1/chat/completions", chat({"role": "user", "content": QUESTION})),
+        ("/v1/responses", {**responses_request(user(QUESTION)), "chat_template_kwargs": own}),
+        ("/v1/messages", messages_request(user(QUESTION))),
+    ]
+    for path, body in asked:
+        assert (await client.post(path, json=body)).status == 200
+    received = [seen.json.get("chat_template_kwargs") for seen in upstream.asked]
+    assert received == [pinned, {**pinned, **own}, pinned]
+    warmups = [seen.json for seen in upstream.seen if is_warmup(seen.json)]
+    assert warmups and all(body["chat_template_kwargs"] == pinned for body in warmups)
