@@ -17,7 +17,7 @@ import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import attrs
 import pygit2
@@ -549,14 +549,45 @@ def check_conversation(
 
 #: The working diff's last line: where the strict layout's system text goes on to the client's own.
 DIFF_FOOTER = re.compile(r"=== snapshot commit [^\n]* ===\n")
+#: Where the strict layout's system text goes on from the snapshot to the working diff.
+SNAPSHOT_TO_DIFF = re.compile(r"=== end of snapshot: commit [0-9a-f]{40} ===\n(?=# Working diff\n)")
 
 
 def split_strict(text: str) -> tuple[str, str, str]:
     """The strict layout's one system text as the snapshot, the working diff and the client's own
     system text (after the blank line that follows the diff; empty when it sent none)."""
-    diff_at = text.index("# Working diff\n")
-    footer = DIFF_FOOTER.search(text, diff_at)
+    seam = SNAPSHOT_TO_DIFF.search(text)
+    assert seam is not None, "no working diff right after the end of the snapshot"
+    footer = DIFF_FOOTER.search(text, seam.end())
     assert footer is not None, "the working diff has no footer line"
     own = text[footer.end() :]
     assert not own or own.startswith("\n"), "the client's system text does not follow a blank line"
-    return text[:diff_at], text[diff_at : footer.end()], own[1:]
+    return text[: seam.end()], text[seam.end() : footer.end()], own[1:]
+
+
+def _system(text: str) -> dict[str, object]:
+    return {"role": "system", "content": text}
+
+
+def as_chat(path: str, body: dict[str, Any]) -> list[dict[str, object]]:
+    """An upstream body of any of the three APIs, in either layout, as the separate layout's chat
+    messages: the snapshot, the working diff, then the client's turns (for `check_conversation`)."""
+    if path.endswith("/messages"):
+        first, *rest = body["messages"]
+        content = first["content"]
+        text = content if isinstance(content, str) else content[0]["text"]
+        footer = DIFF_FOOTER.search(text)
+        assert footer is not None, "the first message does not open with the working diff"
+        opened = text[footer.end() :] if isinstance(content, str) else content[1:]
+        turns = [{**first, "content": opened}, *rest]
+        return [_system(body["system"][0]["text"][:-1]), _system(text[: footer.end()]), *turns]
+    if path.endswith("/responses"):
+        system, turns = body["instructions"], list(body["input"])
+    else:
+        system, turns = body["messages"][0]["content"], body["messages"][1:]
+    if SNAPSHOT_TO_DIFF.search(system):
+        snapshot, diff, _ = split_strict(system)
+        return [_system(snapshot), _system(diff), *turns]
+    end = SNAPSHOT_END.search(system)
+    assert end is not None, "the first system text does not hold the snapshot"
+    return [_system(system[: end.end() + 1]), *turns]  # Responses' own instructions follow it

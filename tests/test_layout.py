@@ -18,7 +18,7 @@ from aiohttp import web
 from scout_diff_cache.errors import UpstreamRejected
 from scout_diff_cache.layout import judge
 
-from reconstruction import check, check_conversation, split_strict
+from reconstruction import as_chat, check, check_conversation, split_strict
 from support import (
     FakeUpstream,
     GitRepo,
@@ -125,33 +125,37 @@ async def test_messages_are_laid_out_alike_whatever_the_template(
     assert upstream.asked[-1].json["system"][1] == {"type": "text", "text": CLIENT_SYSTEM}
 
 
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses"])
-async def test_a_strict_conversation_opens_the_next_question_with_what_changed(
-    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo, path: str
+def turn_body(path: str, turns: list[dict[str, str]]) -> dict[str, Any]:
+    if path.endswith("/completions"):
+        return chat(*turns)
+    if path.endswith("/responses"):
+        return {"model": "m", "input": turns}
+    return {"model": "m", "max_tokens": 8, "system": CLIENT_SYSTEM, "messages": turns}
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/responses", "/v1/messages"])
+@pytest.mark.parametrize("layout", ["strict", "separate"])
+async def test_a_conversation_rebuilds_the_work_tree_after_an_edit_in_either_layout(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo, path: str, layout: str
 ) -> None:
-    upstream.behaviour = strict_template
-    client = await make_proxy(context={"layout": "auto"})
+    if layout == "strict":
+        upstream.behaviour = strict_template
+    client = await make_proxy(context={"layout": layout})
     first = [{"role": "user", "content": QUESTION}]
     later = [*first, {"role": "assistant", "content": "It returns 'hello'."}, {"role": "user", "content": "And now?"}]
     bodies = []
     for turn in (first, later):
-        asked = chat(*turn) if path.endswith("completions") else {"model": "m", "input": turn}
-        response = await client.post(path, json=asked)
+        response = await client.post(path, json=turn_body(path, turn))
         assert response.status == 200, await response.text()
         assert response.headers["X-Scout-Conversation"] == ("new" if turn is first else "continued")
         bodies.append(upstream.asked[-1].json)
         git_repo.write("src/util.py", "def add(a, b):\n    return b + a\n")
-    if path.endswith("completions"):
-        system, *turns = (message for message in bodies[1]["messages"])
-        assert bodies[0]["messages"][0] == system and bodies[0]["messages"][1] == turns[0]
-        text = system["content"]
-    else:
-        assert bodies[0]["instructions"] == bodies[1]["instructions"]
-        text, turns = bodies[1]["instructions"], bodies[1]["input"]
-    assert turns[2]["content"].startswith("# Work tree changes") and turns[2]["content"].endswith("\nAnd now?")
-    snapshot, diff, _ = split_strict(text)
-    messages = [{"role": "system", "content": snapshot}, {"role": "system", "content": diff}, *turns]
-    check_conversation(messages, git_repo.path)
+    before, after = (as_chat(path, body) for body in bodies)
+    assert after[: len(before)] == before  # the conversation only grew at its end
+    new = [str(message["content"]) for message in after[len(before) :]]
+    assert [text.startswith("# Work tree changes") for text in new] in ([False, True], [False, True, False])
+    assert new[-1].endswith("And now?")  # the change opens it (strict, Messages) or stands before it
+    check_conversation(after, git_repo.path)
 
 
 async def test_both_layouts_send_the_same_bytes_up_to_the_working_diff(
