@@ -54,8 +54,20 @@ class Side:
         return self.mode == EXECUTABLE
 
 
+def path_text(path: str) -> str:
+    """A path as the model reads it: pygit2 and `os` give bytes that are not UTF-8 as surrogate
+    escapes, which no text encoding takes; they become U+FFFD, as in file contents."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def path_bytes(path: str) -> bytes:
+    """A path as git and the file system have it, for the libgit2 calls that take no surrogate escapes."""
+    return path.encode("utf-8", "surrogateescape")
+
+
 def spell(path: str) -> str:
     """The one spelling of a path in every header: its text, or a JSON string if a line could break."""
+    path = path_text(path)
     if path.startswith('"') or _LINE_BREAKING.search(path):
         return json.dumps(path, ensure_ascii=False)
     return path
@@ -111,7 +123,7 @@ def worktree_side(repo: pygit2.Repository, path: str, rules: ContentRules, track
             mode = EXECUTABLE if info.st_mode & stat.S_IXUSR else REGULAR
         else:
             mode = EXECUTABLE if tracked_mode == EXECUTABLE else REGULAR
-        filters = repo.load_filter_list(path, FilterMode.CLEAN)
+        filters = repo.load_filter_list(path_bytes(path), FilterMode.CLEAN)  # type: ignore[arg-type]  # bytes work
         # the limit is on the stored form: a clean filter (CRLF to LF) may shrink the file
         readable = rules.max_file_bytes * (CLEANED_SLACK if filters is not None and len(filters) else 1)
         if info.st_size > readable:

@@ -47,7 +47,7 @@ import attrs
 import pygit2
 from pygit2.enums import DiffOption
 
-from .content import Side, is_binary, screened_text, spell, tree_side, worktree_side
+from .content import Side, is_binary, path_text, screened_text, spell, tree_side, worktree_side
 from .errors import RepositoryError
 from .lineage import Lineage
 from .order import last_changes, least_recent_first
@@ -248,7 +248,7 @@ def _group(
     ordered = sorted(changes, key=lambda change: (rank.get(change[0], len(rank)), _edited(change, root)))
     texts, paths, findings = [], [], []
     for path, old, new in ordered:
-        text, found = render_change(path, old, new, rules)
+        text, found = render_change(path_text(path), old, new, rules)  # the rules see what the model reads
         findings += found
         if text:
             texts.append(text)

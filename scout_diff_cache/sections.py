@@ -14,7 +14,7 @@ from pathlib import Path
 import attrs
 import pygit2
 
-from .content import entry_side, is_binary, screened_text, section
+from .content import entry_side, is_binary, path_text, screened_text, section
 from .prompt import encode_text
 from .repository import ContentRules, opened
 from .secrets import Finding
@@ -45,7 +45,7 @@ class Section:
 def render_entry(repo: pygit2.Repository, key: SectionKey, rules: ContentRules) -> Section:
     """The section of one entry, with the same tests in the same order as the snapshot always made."""
     raw, mode, oid = key
-    path = raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    path = path_text(raw)
     if rules.exclude.excludes(path):
         return Section(path, 0, EXCLUDED)
     if rules.secret_by_name(path):

@@ -429,7 +429,8 @@ def _work_tree_file(repo: pygit2.Repository, root: Path, name: str) -> File | No
     if not stat.S_ISREG(info.st_mode):
         return None
     data = full.read_bytes()
-    filters = repo.load_filter_list(name, pygit2.enums.FilterMode.CLEAN)
+    raw = name.encode("utf-8", "surrogateescape")  # a name that is not UTF-8 as its bytes (pygit2 takes them)
+    filters = repo.load_filter_list(raw, pygit2.enums.FilterMode.CLEAN)  # type: ignore[arg-type]
     if filters is not None:
         data = filters.apply_to_buffer(data)
     text = redact(name, data.decode("utf-8", "replace"))[0]

@@ -551,6 +551,23 @@ async def test_paths_with_spaces_brackets_quotes_and_non_ascii(work: Work) -> No
     await work.check()
 
 
+async def test_names_that_are_not_utf8_are_shown_with_replacement_characters(work: Work) -> None:
+    committed, added = b"caf\xe9.txt", b"d\xffir/x.txt"  # Latin-1, as old archives and Windows tools leave
+    work.write(os.fsdecode(committed), b"committed\n")
+    work.commit("a latin-1 name")
+    work.write(os.fsdecode(added), b"untracked\n")
+    sent = await work.check()
+    assert parse_snapshot(sent.snapshot).files["caf\ufffd.txt"] == File("file", "committed\n", False)
+    assert sent.state["d\ufffdir/x.txt"] == File("file", "untracked\n", False)
+    for name in (committed, added):
+        work.write(os.fsdecode(name), b"edited\n")
+    await work.check()
+    work.git("add", "-A")
+    await work.check()
+    work.commit("edited")
+    await work.check()
+
+
 # --- what is not shown ---------------------------------------------------------------------------
 
 
