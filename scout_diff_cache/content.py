@@ -162,6 +162,40 @@ def screened_text(side: Side, path: str, rules: ContentRules) -> tuple[str | Non
     return rules.screen(path, side.data.decode("utf-8", "replace"))
 
 
+@attrs.frozen
+class Stub:
+    """Why a side's contents are not shown: one of the snapshot's "not included" reasons, and a
+    detail about the side (never about another side of the path)."""
+
+    reason: str  # "binary", "too large", "submodule", "secret by its name", "holds a secret"
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.reason} ({self.detail})"
+
+
+#: Decided by the path alone, before its contents are read.
+SECRET_BY_NAME = Stub("secret by its name", "not read")
+
+
+def shown(side: Side, path: str, rules: ContentRules) -> tuple[str | Stub, list[Finding]]:
+    """What the model is shown of a side: its screened text, or the stub that says why not, with
+    the secrets found. The one judgment of the snapshot and every diff, so they never disagree."""
+    if rules.secret_by_name(path):
+        return SECRET_BY_NAME, []
+    if side.kind == "submodule":
+        assert side.data is not None  # its commit's id
+        return Stub("submodule", f"at {side.data.decode()}"), []
+    if side.data is None:
+        return Stub("too large", f"{side.size} bytes"), []
+    if side.kind == "file" and is_binary(side.data):
+        return Stub("binary", f"{side.size} bytes"), []
+    text, found = screened_text(side, path, rules)
+    if text is None:
+        return Stub("holds a secret", f"{len(found)} found"), found
+    return text, found
+
+
 def section(kind: str, path: str, text: str, executable: bool) -> str:
     """A snapshot section: the header counts the text's lines, so no line of it can end the section."""
     final = text.endswith("\n") or not text
