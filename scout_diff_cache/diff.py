@@ -47,7 +47,7 @@ import attrs
 import pygit2
 from pygit2.enums import DiffOption
 
-from .content import Side, is_binary, path_text, screened_text, spell, tree_side, worktree_side
+from .content import Side, Stub, path_text, shown, spell, tree_side, worktree_side
 from .errors import RepositoryError
 from .lineage import Lineage
 from .order import last_changes, least_recent_first
@@ -64,6 +64,9 @@ FLAGS = (
 
 NO_NEWLINE = "\\ No newline at end of file\n"
 
+#: The detail of a change whose old contents were not shown: its one hunk holds all of its text.
+WHOLE_TEXT = "whole text"
+
 #: Commits whose changes order a net group from another line of history (a bounded walk).
 NET_WINDOW = 100
 
@@ -75,9 +78,10 @@ they happened: a group for each commit made since the snapshot, then what is not
 (staged, unstaged and new untracked files). Each group is followed by a line saying where it comes \
 from. Each change starts with a line "=== file: PATH [STATUS, DETAILS] ===" (or symlink, or \
 submodule), STATUS being added, deleted or modified, followed by unified diff hunks whose "@@" lines \
-count their lines; a deleted file has none, and "contents not shown" says why there are none. A \
-later change of a file applies on top of the earlier ones. Where this differs from the snapshot, \
-this is the current state.
+count their lines; a deleted file has none, and "contents not shown" says why there are none. \
+"whole text" marks a file whose earlier contents were not shown: its one hunk holds all of its \
+text. A later change of a file applies on top of the earlier ones. Where this differs from the \
+snapshot, this is the current state.
 
 """
 
@@ -277,8 +281,10 @@ def render_change(path: str, old: Side | None, new: Side | None, rules: ContentR
     """One path's change: a header, then hunks of the screened texts (none for a stub or a deletion).
 
     Both sides are screened whole before they are compared, so a hunk's context never carries a
-    secret and a redacted multi-line secret is one line on both sides: the counts stay true. A file
-    renders the same whichever diff found it, so a commit leaves the bytes of its group as they were.
+    secret and a redacted multi-line secret is one line on both sides: the counts stay true. A stub
+    describes the file as it is now, never the old side. A file whose old contents were not shown
+    has no text for hunks to apply to: when it can be shown now, its whole text is. A file renders
+    the same whichever diff found it, so a commit leaves the bytes of its group as they were.
     """
     if rules.exclude.excludes(path) or (old is None and new is None):
         return "", []
@@ -296,35 +302,20 @@ def render_change(path: str, old: Side | None, new: Side | None, rules: ContentR
         details.append("executable")
     if new is None:
         return _header(side.kind, path, status, details), []
-    reason = _hidden(path, old, new, rules)
-    if reason is not None:
-        return _header(side.kind, path, status, [*details, f"contents not shown: {reason}"]), []
-    old_text, old_found = screened_text(old, path, rules) if old is not None else ("", [])
-    new_text, found = screened_text(new, path, rules)
-    if old_text is None or new_text is None:
-        count = len(found) or len(old_found)
-        return _header(side.kind, path, status, [*details, f"contents not shown: holds {count} secrets"]), found
-    hunks = _hunks(old_text, new_text)
+    text, found = shown(new, path, rules)
+    if not isinstance(text, Stub) and old is not None and path in rules.over_cap:
+        text = Stub("not in the snapshot", f"{new.size} bytes")
+    if isinstance(text, Stub):
+        return _header(side.kind, path, status, [*details, f"contents not shown: {text}"]), found
+    before = shown(old, path, rules)[0] if old is not None else ""
+    if isinstance(before, Stub):  # nothing for hunks to apply to: all of it, as for an added file
+        if new.executable and not details:
+            details.append("executable")
+        return _header(side.kind, path, status, [*details, WHOLE_TEXT]) + _hunks("", text), found
+    hunks = _hunks(before, text)
     if not hunks and not details and old is not None:
         return "", found  # the same text once screened and cleaned
     return _header(side.kind, path, status, details) + hunks, found
-
-
-def _hidden(path: str, old: Side | None, new: Side, rules: ContentRules) -> str | None:
-    """Why a change's contents are not shown, if they are not."""
-    if new.kind == "submodule":
-        return f"submodule at {new.data.decode() if new.data else 'an unknown commit'}"
-    if rules.secret_by_name(path):
-        return "a secret by its name"
-    size = max(new.size, old.size if old is not None else 0)
-    old_data = old.data if old is not None else b""
-    if new.data is None or old_data is None:
-        return f"{size} bytes: over max_file_bytes"
-    if new.kind == "file" and (is_binary(new.data) or is_binary(old_data)):
-        return f"binary, {size} bytes"
-    if old is not None and path in rules.left_out:
-        return "not in the snapshot"  # over its cap, or its secrets kept it out
-    return None
 
 
 def _header(kind: str, path: str, status: str, details: list[str]) -> str:

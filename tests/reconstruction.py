@@ -71,6 +71,13 @@ HUNK = re.compile(r"@@ -(\d+),(\d+) \+(\d+),(\d+) @@")
 NO_NEWLINE = "\\ No newline at end of file"
 MODE = re.compile(r"mode (\d{6}) -> (\d{6})")
 HIDDEN = "contents not shown: "
+#: Why a change's contents are not shown: the snapshot's reasons (but its cap), or the cap's own.
+STUB_REASONS = (
+    *(reason for reason in NOT_INCLUDED_REASONS if reason != "over the snapshot cap"),
+    "not in the snapshot",
+)
+STUB = re.compile(rf"({'|'.join(map(re.escape, STUB_REASONS))}) \((.+)\)")
+WHOLE_TEXT = "whole text"
 
 
 @attrs.frozen
@@ -104,6 +111,11 @@ class Change:
     def hidden(self) -> str | None:
         """Why the contents are not shown, or None when they are."""
         return next((detail[len(HIDDEN) :] for detail in self.details if detail.startswith(HIDDEN)), None)
+
+    @property
+    def whole(self) -> bool:
+        """Its hunk holds all of its text: the file's earlier contents were not shown."""
+        return WHOLE_TEXT in self.details
 
 
 @attrs.frozen
@@ -268,21 +280,26 @@ def _change(header: re.Match[str], lines: Lines) -> Change:
     path = decode_path(spelled, lines)
     details: list[str] = []
     for detail in detail_text.split(", ")[1:]:
-        if detail == "executable" or MODE.fullmatch(detail) or detail.startswith(HIDDEN):
+        if detail in ("executable", WHOLE_TEXT) or MODE.fullmatch(detail) or detail.startswith(HIDDEN):
             details.append(detail)
         elif details and details[-1].startswith(HIDDEN):
-            details[-1] += ", " + detail  # a reason may hold a comma
+            details[-1] += ", " + detail  # a detail may hold a comma
         else:
             lines.fail(f"unknown detail {detail!r}")
     hunks = []
     while (line := lines.peek()) is not None and line.startswith("@@"):
         hunks.append(_hunk(lines))
     change = Change(kind, path, status, tuple(details), tuple(hunks))
+    if change.hidden is not None and not STUB.fullmatch(change.hidden):
+        lines.fail(f"{path}: expected contents not shown: REASON (DETAIL), REASON one of {STUB_REASONS}")
+    if change.whole and (status != "modified" or change.hidden is not None):
+        lines.fail(f"{path}: only a modified change that shows its contents can show its whole text")
     if hunks and (change.hidden is not None or status == "deleted"):
         lines.fail(f"{path}: a {status} change {'with contents not shown ' if change.hidden else ''}has no hunks")
     first = hunks[0] if hunks else None
-    if status == "added" and first and (len(hunks) > 1 or first.old_start or first.old_count or first.new_start != 1):
-        lines.fail(f"{path}: an added file has one hunk @@ -0,0 +1,N @@")
+    whole = status == "added" or change.whole
+    if whole and first and (len(hunks) > 1 or first.old_start or first.old_count or first.new_start != 1):
+        lines.fail(f"{path}: an added file (or a whole text) has one hunk @@ -0,0 +1,N @@")
     if status == "added" and any(MODE.fullmatch(detail) for detail in details):
         lines.fail(f"{path}: an added file has no old mode")
     return change
@@ -382,22 +399,27 @@ def _apply(state: State, change: Change) -> None:
     if change.kind == "submodule" or change.hidden is not None:
         state[path] = Hidden(change.kind, change.hidden or "submodule")
         return
-    if isinstance(current, Hidden):
-        raise AssertionError(f"{path}: hunks for a path whose contents were never shown ({current.reason})")
-    before = current.text if current is not None else ""
+    if change.whole != isinstance(current, Hidden):
+        raise AssertionError(
+            f"{path}: hunks for a path whose contents were never shown ({current.reason})"
+            if isinstance(current, Hidden)
+            else f"{path}: its whole text, though its contents were shown"
+        )
+    before = current.text if isinstance(current, File) else ""
     state[path] = File(change.kind, apply_hunks(before, change.hunks, path), _executable(change, current))
 
 
-def _executable(change: Change, current: File | None) -> bool:
+def _executable(change: Change, current: File | Hidden | None) -> bool:
+    """What the change says of the executable bit; a stub's mode was never shown, so not checked."""
     for detail in change.details:
         if detail == "executable":
             return True
         if mode := MODE.fullmatch(detail):
             old, new = mode.groups()
-            if current is not None and (old == "100755") != current.executable:
+            if isinstance(current, File) and (old == "100755") != current.executable:
                 raise AssertionError(f"{change.path}: the old mode {old} is not what the file had")
             return new == "100755"
-    return current.executable if current is not None else False
+    return current.executable if isinstance(current, File) else False
 
 
 def work_tree(path: Path) -> dict[str, File]:
