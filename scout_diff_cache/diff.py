@@ -92,6 +92,10 @@ No changes: the working tree matches the snapshot's commit.
 """
 
 
+#: A path (as the model reads it) that could not be read, and why (see `Side.unreadable`).
+Unreadable = tuple[str, str]
+
+
 @attrs.frozen
 class WorkingDiff:
     base: str | None
@@ -105,6 +109,8 @@ class WorkingDiff:
     uncommitted: tuple[str, ...] = attrs.field(default=(), repr=False)
     #: What the work tree holds (None: nothing) at each path where it differs from HEAD.
     worktree: Mapping[str, Side | None] = attrs.field(factory=dict, repr=False)
+    #: (path, why) of every entry the diffs could not read, shown as a stub.
+    unreadable: tuple[Unreadable, ...] = attrs.field(default=(), repr=False)
 
 
 @attrs.frozen
@@ -114,6 +120,7 @@ class Group:
     text: str
     paths: tuple[str, ...]  # in the order shown
     findings: tuple[Finding, ...] = ()
+    unreadable: tuple[Unreadable, ...] = ()
 
 
 def committed_groups(
@@ -196,6 +203,7 @@ def working_diff(
         findings,
         uncommitted.paths,
         {path: new for path, _, new in changes},
+        tuple(entry for group in groups for entry in group.unreadable),
     )
 
 
@@ -250,16 +258,19 @@ def _group(
     root = Path(repo.workdir)
     rank = {path: n for n, path in enumerate(first)}
     ordered = sorted(changes, key=lambda change: (rank.get(change[0], len(rank)), _edited(change, root)))
-    texts, paths, findings = [], [], []
+    texts, paths, findings, unreadable = [], [], [], []
     for path, old, new in ordered:
-        text, found = render_change(path_text(path), old, new, rules)  # the rules see what the model reads
+        name = path_text(path)  # the rules see what the model reads
+        text, found = render_change(name, old, new, rules)
         findings += found
         if text:
             texts.append(text)
             paths.append(path)
+            unreadable += [(name, side.unreadable) for side in (old, new) if side is not None and side.unreadable]
     if not texts:
         return Group("", (), tuple(findings))
-    return Group("".join(texts) + f"=== the changes above {origin} ===\n", tuple(paths), tuple(findings))
+    label = f"=== the changes above {origin} ===\n"
+    return Group("".join(texts) + label, tuple(paths), tuple(findings), tuple(unreadable))
 
 
 def _edited(change: Change, root: Path) -> tuple[int, str]:

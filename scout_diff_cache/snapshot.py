@@ -17,6 +17,7 @@ Layout (the contract the model reads, and the bytes the upstream caches):
     submodule: PATH (at COMMIT)
     secret by its name: PATH (not read)
     holds a secret: PATH (N found)       only with [security] secrets = exclude-file
+    unreadable: PATH (object missing)    or "object unreadable": the object database cannot give it
     === end of snapshot: commit COMMIT ===
 
 Everything that differs between epochs sits as late as it can: files in the stable order of
@@ -87,7 +88,7 @@ in the working diff that follows.
 @attrs.frozen
 class LeftOut:
     path: str
-    reason: str  # "binary", "too large", "over the snapshot cap", "submodule", "secret by its name", "holds a secret"
+    reason: str  # "binary", "too large", "over the snapshot cap", "submodule", "secret by its name", "holds a secret", "unreadable"
     detail: str
 
     def render(self) -> str:

@@ -51,6 +51,7 @@ NOT_INCLUDED_REASONS = (
     "submodule",
     "secret by its name",
     "holds a secret",
+    "unreadable",
 )
 
 SECTION = re.compile(r"=== (file|symlink): (.*) \[(\d+) lines(, no newline at end)?(, executable)?\] ===")
@@ -422,9 +423,10 @@ def _executable(change: Change, current: File | Hidden | None) -> bool:
     return current.executable if isinstance(current, File) else False
 
 
-def work_tree(path: Path) -> dict[str, File]:
+def work_tree(path: Path) -> dict[str, File | Hidden]:
     """What git holds for every path now: tracked (index, conflicts included) and untracked files
-    that are not ignored, present in the work tree, as the model should see them."""
+    that are not ignored, present in the work tree, as the model should see them (Hidden: there,
+    but no text can be had of it)."""
     repo = pygit2.Repository(str(path))
     index = repo.index
     candidates = {entry.path for entry in index if entry.mode != pygit2.enums.FileMode.COMMIT}
@@ -440,7 +442,7 @@ def work_tree(path: Path) -> dict[str, File]:
     return found
 
 
-def _work_tree_file(repo: pygit2.Repository, root: Path, name: str) -> File | None:
+def _work_tree_file(repo: pygit2.Repository, root: Path, name: str) -> File | Hidden | None:
     full = root / name
     try:
         info = os.lstat(full)
@@ -448,13 +450,18 @@ def _work_tree_file(repo: pygit2.Repository, root: Path, name: str) -> File | No
         return None
     if stat.S_ISLNK(info.st_mode):
         return File("symlink", os.fsencode(os.readlink(full)).decode("utf-8", "replace"), False)
-    if not stat.S_ISREG(info.st_mode):
+    if stat.S_ISDIR(info.st_mode):
         return None
-    data = full.read_bytes()
+    if not stat.S_ISREG(info.st_mode):
+        return Hidden("file", "not a regular file")
     raw = name.encode("utf-8", "surrogateescape")  # a name that is not UTF-8 as its bytes (pygit2 takes them)
-    filters = repo.load_filter_list(raw, pygit2.enums.FilterMode.CLEAN)  # type: ignore[arg-type]
-    if filters is not None:
-        data = filters.apply_to_buffer(data)
+    try:
+        data = full.read_bytes()
+        filters = repo.load_filter_list(raw, pygit2.enums.FilterMode.CLEAN)  # type: ignore[arg-type]
+        if filters is not None:
+            data = filters.apply_to_buffer(data)
+    except (OSError, pygit2.GitError) as error:
+        return Hidden("file", str(error))
     text = redact(name, data.decode("utf-8", "replace"))[0]
     return File("file", text, bool(info.st_mode & stat.S_IXUSR))
 
@@ -481,29 +488,31 @@ def check(
 def compare(rebuilt: State, repo_path: Path, left_out_ok: Callable[[str], bool] = default_left_out) -> State:
     """Assert that what the messages rebuild is exactly the work tree (see `check`)."""
     expected = work_tree(repo_path)
-    wrong: list[tuple[str, str, File | None, File | None]] = []
+    wrong: list[tuple[str, str, File | None, File | Hidden | None]] = []
     for path in sorted(set(rebuilt) | set(expected)):
         got, want = rebuilt.get(path), expected.get(path)
-        if isinstance(got, Hidden):
+        if isinstance(got, Hidden):  # what it holds is not shown: it only has to be there
             if want is None and got.kind != "submodule":
                 wrong.append((path, f"shown as {got.kind} '{got.reason}', but not in the work tree", None, None))
         elif got != want and not (got is None and left_out_ok(path)):
             wrong.append((path, _what_differs(got, want), got, want))
     if wrong:
         path, problem, got, want = wrong[0]
-        detail = (
-            _short_diff(split_lines(got.text), split_lines(want.text), "messages", "work tree") if got and want else ""
-        )
+        detail = ""
+        if isinstance(got, File) and isinstance(want, File):
+            detail = _short_diff(split_lines(got.text), split_lines(want.text), "messages", "work tree")
         more = f"\n(and {len(wrong) - 1} more: {', '.join(p for p, *_ in wrong[1:6])})" if len(wrong) > 1 else ""
         raise AssertionError(f"{path}: {problem}\n{detail}{more}")
     return rebuilt
 
 
-def _what_differs(got: File | None, want: File | None) -> str:
+def _what_differs(got: File | None, want: File | Hidden | None) -> str:
     if got is None:
         return f"missing from the messages (the work tree has a {want.kind if want else '?'})"
     if want is None:
         return f"the messages have a {got.kind} the work tree does not"
+    if isinstance(want, Hidden):
+        return f"the messages show a text the work tree cannot give ({want.reason})"
     return (
         ", ".join(
             f"{field}: messages {getattr(got, field)!r}, work tree {getattr(want, field)!r}"
