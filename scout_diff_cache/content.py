@@ -147,6 +147,20 @@ def worktree_side(repo: pygit2.Repository, path: str, rules: ContentRules, track
     return _file_side(repo, full, path, info.st_size, mode, rules)
 
 
+def cannot_open(root: str, path: str) -> bool:
+    """Whether a work-tree file is there but cannot be opened for reading (only a regular file is
+    ever opened: a device may do something when it is)."""
+    full = Path(root) / path
+    try:
+        if stat.S_ISREG(os.lstat(full).st_mode):
+            os.close(os.open(full, _READ_FLAGS))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True
+    return False
+
+
 def _file_side(
     repo: pygit2.Repository, full: Path, path: str, size: int, mode: int, rules: ContentRules
 ) -> Side | None:

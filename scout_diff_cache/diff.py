@@ -47,7 +47,7 @@ import attrs
 import pygit2
 from pygit2.enums import DiffOption
 
-from .content import Side, Stub, path_text, shown, spell, tree_side, worktree_side
+from .content import Side, Stub, cannot_open, path_text, shown, spell, tree_side, worktree_side
 from .errors import RepositoryError
 from .lineage import Lineage
 from .order import last_changes, least_recent_first
@@ -226,10 +226,7 @@ def worktree_changes(repo: pygit2.Repository, head: pygit2.Commit | None, rules:
     try:
         index = repo.index
         tree = base_tree(repo, head)
-        paths: set[str] = set()
-        for diff in (tree.diff_to_index(index, FLAGS), index.diff_to_workdir(FLAGS)):
-            for delta in diff.deltas:
-                paths.update((delta.old_file.path, delta.new_file.path))
+        paths = _delta_paths(tree.diff_to_index(index, FLAGS)) | _workdir_paths(repo, index)
         if index.conflicts is not None:
             for entries in index.conflicts:
                 paths.update(entry.path for entry in entries if entry is not None)
@@ -242,6 +239,26 @@ def worktree_changes(repo: pygit2.Repository, head: pygit2.Commit | None, rules:
     except (pygit2.GitError, OSError) as error:  # a file rewritten while libgit2 hashed it, say
         raise RepositoryError(f"cannot read the working tree of {repo.workdir}: {error}") from None
     return changes
+
+
+def _delta_paths(diff: pygit2.Diff) -> set[str]:
+    return {path for delta in diff.deltas for path in (delta.old_file.path, delta.new_file.path)}
+
+
+def _workdir_paths(repo: pygit2.Repository, index: pygit2.Index) -> set[str]:
+    """The paths libgit2's index → work tree diff names. It hashes a file its stat cache cannot
+    vouch for (touched, or racily clean), and one it cannot open fails the whole diff: then the
+    tracked files that cannot be opened leave the index, in memory only (it is never written), so
+    that the diff lists them as untracked, and they are read (as stubs) like any other path."""
+    try:
+        return _delta_paths(index.diff_to_workdir(FLAGS))
+    except (pygit2.GitError, OSError):
+        locked = {entry.path for entry in index if cannot_open(repo.workdir, entry.path)}
+        if not locked:
+            raise
+        for path in locked:
+            index.remove(path)
+        return _delta_paths(index.diff_to_workdir(FLAGS)) | locked
 
 
 def _tracked_mode(index: pygit2.Index, path: str, old: Side | None) -> int | None:

@@ -15,12 +15,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pygit2
 import pytest
 from aiohttp.test_utils import TestClient
@@ -36,7 +39,9 @@ from support import (
     FakeUpstream,
     GitRepo,
     ProxyFactory,
+    ProxyProcess,
     chat,
+    free_port,
     is_warmup,
     run_cli,
     write_config,
@@ -227,6 +232,96 @@ async def test_hostile_entries_are_stubs_and_every_request_answers(
     shown = run_cli("inspect", "--config", str(config), "--show", "diff")
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout == diff
+
+
+# --- permission denied: the real process without CAP_DAC_OVERRIDE ---------------------------------
+
+#: Runs a command as root without the capabilities that let root read any file.
+SETPRIV = (
+    "setpriv",
+    "--inh-caps=-dac_override,-dac_read_search",
+    "--bounding-set=-dac_override,-dac_read_search",
+)
+
+
+def without_read_override() -> tuple[str, ...]:
+    """The wrapper that makes a mode-000 file unreadable to a child process (none when not root)."""
+    if os.geteuid() != 0:
+        return ()
+    try:
+        probe = subprocess.run([*SETPRIV, "true"], capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        pytest.skip("setpriv is needed to drop CAP_DAC_OVERRIDE: as root, no file is unreadable")
+    if probe.returncode != 0:
+        pytest.skip(f"setpriv cannot drop CAP_DAC_OVERRIDE here: {probe.stderr.decode(errors='replace')}")
+    return SETPRIV
+
+
+@pytest.fixture
+def locked(git_repo: GitRepo) -> Iterator[GitRepo]:
+    """Files and a directory nobody may read: tracked (one of them unchanged), staged and untracked."""
+    git_repo.write("locked.txt", "readable once\n")
+    git_repo.write("unchanged.txt", "unchanged: libgit2 must read it to tell (chmod changed its ctime)\n")
+    git_repo.write("sealed/inner.txt", "in a directory nobody may search\n")
+    git_repo.commit("files that will be locked")
+    git_repo.write("locked.txt", "and now locked\n")
+    git_repo.write("staged-locked.txt", "staged, then locked\n")
+    git_repo.stage("staged-locked.txt")
+    git_repo.write("untracked-locked.txt", "untracked and locked\n")
+    git_repo.write("sealed-untracked/inner.txt", "untracked in a sealed directory\n")
+    names = ("locked.txt", "unchanged.txt", "staged-locked.txt", "untracked-locked.txt", "sealed", "sealed-untracked")
+    for name in names:
+        (git_repo.path / name).chmod(0)
+    yield git_repo
+    for name in names:
+        (git_repo.path / name).chmod(0o755)
+
+
+async def test_files_that_cannot_be_opened_are_stubs_in_the_real_process(tmp_path: Path, locked: GitRepo) -> None:
+    wrapper = without_read_override()
+    upstream = FakeUpstream()
+    runner = aiohttp.web.AppRunner(upstream.app())
+    await runner.setup()
+    port = free_port()
+    await aiohttp.web.TCPSite(runner, "127.0.0.1", port).start()
+    config = write_config(
+        tmp_path,
+        {
+            "server": {"port": str(free_port())},
+            "upstream": {"url": f"http://127.0.0.1:{port}/v1"},
+            "repository": {"path": str(locked.path)},
+            "context": {"state_dir": str(tmp_path / "state"), "usage": "upstream"},
+        },
+    )
+    try:
+        async with (
+            ProxyProcess(config, tmp_path / "proxy.log", wrapper=wrapper) as proxy,
+            aiohttp.ClientSession() as session,
+        ):
+            for _ in range(2):
+                async with session.post(f"{proxy.url}/v1/chat/completions", json=chat()) as response:
+                    assert response.status == 200, await response.text()
+            snapshot, diff = (message["content"] for message in upstream.asked[-1].json["messages"][:2])
+            # git lists nothing in an untracked directory it cannot search, nor do we (the oracle, root, can)
+            state = check(snapshot, diff, locked.path, lambda path: path.startswith("sealed-untracked/"))
+            async with session.get(f"{proxy.url}/metrics") as response:
+                counts = unreadable_counts(await response.text())
+        log = proxy.log_tail(20000)
+    finally:
+        await runner.cleanup()
+    denied = Hidden("file", "unreadable (permission denied)")
+    paths = ("locked.txt", "unchanged.txt", "staged-locked.txt", "untracked-locked.txt", "sealed/inner.txt")
+    assert {path: state[path] for path in paths} == dict.fromkeys(paths, denied)
+    assert counts == {"permission denied": str(len(paths))}
+    assert sum("cannot be read (permission denied)" in line for line in log.splitlines()) == len(paths), log
+    inspect = subprocess.run(
+        [*wrapper, sys.executable, "-m", "scout_diff_cache", "inspect", "--config", str(config), "--show", "diff"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert inspect.returncode == 0, inspect.stderr
+    assert inspect.stdout == diff
 
 
 # --- races between a file's lstat and its read ------------------------------------------------------
