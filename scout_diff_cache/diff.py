@@ -234,11 +234,17 @@ def worktree_changes(repo: pygit2.Repository, head: pygit2.Commit | None, rules:
         for path in paths:
             old = tree_side(repo, tree, path, rules)
             new = worktree_side(repo, path, rules, _tracked_mode(index, path, old))
-            if old != new or (old is not None and old.data is None):
+            if _differs(old, new):
                 changes.append((path, old, new))
     except (pygit2.GitError, OSError) as error:  # a file rewritten while libgit2 hashed it, say
         raise RepositoryError(f"cannot read the working tree of {repo.workdir}: {error}") from None
     return changes
+
+
+def _differs(old: Side | None, new: Side | None) -> bool:
+    """Whether a path's change is shown: its sides differ, or may (a file too large to read). An
+    unreadable side is all there is to say of it: the same again is no change."""
+    return old != new or (old is not None and old.data is None and old.unreadable is None)
 
 
 def _delta_paths(diff: pygit2.Diff) -> set[str]:
@@ -398,7 +404,7 @@ def change_message(
     for path in set(shown) | set(now):
         old = shown[path] if path in shown else tree_side(repo, tree, path, rules)
         new = now[path] if path in now else tree_side(repo, tree, path, rules)
-        if old != new or (old is not None and old.data is None):
+        if _differs(old, new):
             changes.append((path, old, new))
     group = _group(repo, changes, rules, CHANGED_SINCE)
     return CHANGES_HEADER + group.text if group.text else None

@@ -400,3 +400,20 @@ def test_a_blob_missing_from_the_database_is_a_stub_when_worker_processes_render
     assert shown.returncode == 0, shown.stderr
     snapshot = parse_snapshot(shown.stdout)
     assert snapshot.not_included == {"lost.txt": "unreadable"} and len(snapshot.files) > POOL_MIN_ENTRIES
+
+
+async def test_an_entry_that_stays_unreadable_adds_nothing_to_a_conversation(
+    git_repo: GitRepo, make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    (git_repo.path / "src/util.py").unlink()
+    os.mkfifo(git_repo.path / "src/util.py")
+    asker = Asker(await make_proxy(), upstream, git_repo.path)
+    for _ in range(3):
+        await asker.check()
+    turns = [str(message["content"]) for message in await asker.sent(*asker.history)]
+    assert not any(turn.startswith("# Work tree changes") for turn in turns), turns
+    git_repo.write("src/app.py", "edited\n")
+    await asker.check()
+    turns = [str(message["content"]) for message in await asker.sent(*asker.history)]
+    [change] = [turn for turn in turns if turn.startswith("# Work tree changes")]
+    assert "src/app.py" in change and "src/util.py" not in change
