@@ -6,8 +6,9 @@ missing from or damaged in the object database, a dangling symlink), committed, 
 diff carries, staged, unstaged and untracked: through the proxy every request answers 200, the
 reconstruction parser rebuilds everything else exactly, and each of them is a stub with its reason,
 logged and counted once. Permission denied needs a process without CAP_DAC_OVERRIDE (the tests run
-as root): the real process is started under `setpriv` with it dropped. Races between a file's lstat
-and its read are made deterministic by doing them inside the `os.open` the reader calls.
+as root): the real process is started under `setpriv` with it dropped. A device, and races between
+a file's lstat and its read, are tested on the reader itself: the races are made deterministic by
+doing them inside the `os.open` it calls.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -385,6 +387,26 @@ def test_a_file_changed_between_its_lstat_and_its_read_is_what_was_read_or_a_stu
         assert side is not None and side.data == expected and side.unreadable is None
     else:
         assert side is not None and side.unreadable == expected and side.data is None
+
+
+def test_a_device_where_a_file_was_is_a_stub_and_never_opened(
+    git_repo: GitRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    device = git_repo.path / "src/util.py"
+    device.unlink()
+    try:
+        os.mknod(device, stat.S_IFCHR | 0o644, os.makedev(1, 3))  # /dev/null's
+    except PermissionError:
+        pytest.skip("making a device needs CAP_MKNOD")
+    real_open = os.open
+
+    def guarded_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        assert Path(os.fsdecode(path)) != device, "a device was opened"
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", guarded_open)
+    side = worktree_side(git_repo.repo, "src/util.py", RULES, 0o100644)
+    assert side is not None and side.unreadable == "device" and side.data is None
 
 
 def test_a_blob_missing_from_the_database_is_a_stub_when_worker_processes_render_the_snapshot(
