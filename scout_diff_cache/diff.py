@@ -47,7 +47,7 @@ import attrs
 import pygit2
 from pygit2.enums import DiffOption
 
-from .content import Side, is_binary, screened_text, spell, tree_side, worktree_side
+from .content import Side, Stub, cannot_open, path_text, shown, spell, tree_side, worktree_side
 from .errors import RepositoryError
 from .lineage import Lineage
 from .order import last_changes, least_recent_first
@@ -64,6 +64,9 @@ FLAGS = (
 
 NO_NEWLINE = "\\ No newline at end of file\n"
 
+#: The detail of a change whose old contents were not shown: its one hunk holds all of its text.
+WHOLE_TEXT = "whole text"
+
 #: Commits whose changes order a net group from another line of history (a bounded walk).
 NET_WINDOW = 100
 
@@ -75,9 +78,10 @@ they happened: a group for each commit made since the snapshot, then what is not
 (staged, unstaged and new untracked files). Each group is followed by a line saying where it comes \
 from. Each change starts with a line "=== file: PATH [STATUS, DETAILS] ===" (or symlink, or \
 submodule), STATUS being added, deleted or modified, followed by unified diff hunks whose "@@" lines \
-count their lines; a deleted file has none, and "contents not shown" says why there are none. A \
-later change of a file applies on top of the earlier ones. Where this differs from the snapshot, \
-this is the current state.
+count their lines; a deleted file has none, and "contents not shown" says why there are none. \
+"whole text" marks a file whose earlier contents were not shown: its one hunk holds all of its \
+text. A later change of a file applies on top of the earlier ones. Where this differs from the \
+snapshot, this is the current state.
 
 """
 
@@ -86,6 +90,10 @@ CLEAN = """\
 
 No changes: the working tree matches the snapshot's commit.
 """
+
+
+#: A path (as the model reads it) that could not be read, and why (see `Side.unreadable`).
+Unreadable = tuple[str, str]
 
 
 @attrs.frozen
@@ -101,6 +109,8 @@ class WorkingDiff:
     uncommitted: tuple[str, ...] = attrs.field(default=(), repr=False)
     #: What the work tree holds (None: nothing) at each path where it differs from HEAD.
     worktree: Mapping[str, Side | None] = attrs.field(factory=dict, repr=False)
+    #: (path, why) of every entry the diffs could not read, shown as a stub.
+    unreadable: tuple[Unreadable, ...] = attrs.field(default=(), repr=False)
 
 
 @attrs.frozen
@@ -110,6 +120,7 @@ class Group:
     text: str
     paths: tuple[str, ...]  # in the order shown
     findings: tuple[Finding, ...] = ()
+    unreadable: tuple[Unreadable, ...] = ()
 
 
 def committed_groups(
@@ -192,6 +203,7 @@ def working_diff(
         findings,
         uncommitted.paths,
         {path: new for path, _, new in changes},
+        tuple(entry for group in groups for entry in group.unreadable),
     )
 
 
@@ -214,10 +226,7 @@ def worktree_changes(repo: pygit2.Repository, head: pygit2.Commit | None, rules:
     try:
         index = repo.index
         tree = base_tree(repo, head)
-        paths: set[str] = set()
-        for diff in (tree.diff_to_index(index, FLAGS), index.diff_to_workdir(FLAGS)):
-            for delta in diff.deltas:
-                paths.update((delta.old_file.path, delta.new_file.path))
+        paths = _delta_paths(tree.diff_to_index(index, FLAGS)) | _workdir_paths(repo, index)
         if index.conflicts is not None:
             for entries in index.conflicts:
                 paths.update(entry.path for entry in entries if entry is not None)
@@ -225,11 +234,37 @@ def worktree_changes(repo: pygit2.Repository, head: pygit2.Commit | None, rules:
         for path in paths:
             old = tree_side(repo, tree, path, rules)
             new = worktree_side(repo, path, rules, _tracked_mode(index, path, old))
-            if old != new or (old is not None and old.data is None):
+            if _differs(old, new):
                 changes.append((path, old, new))
     except (pygit2.GitError, OSError) as error:  # a file rewritten while libgit2 hashed it, say
         raise RepositoryError(f"cannot read the working tree of {repo.workdir}: {error}") from None
     return changes
+
+
+def _differs(old: Side | None, new: Side | None) -> bool:
+    """Whether a path's change is shown: its sides differ, or may (a file too large to read). An
+    unreadable side is all there is to say of it: the same again is no change."""
+    return old != new or (old is not None and old.data is None and old.unreadable is None)
+
+
+def _delta_paths(diff: pygit2.Diff) -> set[str]:
+    return {path for delta in diff.deltas for path in (delta.old_file.path, delta.new_file.path)}
+
+
+def _workdir_paths(repo: pygit2.Repository, index: pygit2.Index) -> set[str]:
+    """The paths libgit2's index → work tree diff names. It hashes a file its stat cache cannot
+    vouch for (touched, or racily clean), and one it cannot open fails the whole diff: then the
+    tracked files that cannot be opened leave the index, in memory only (it is never written), so
+    that the diff lists them as untracked, and they are read (as stubs) like any other path."""
+    try:
+        return _delta_paths(index.diff_to_workdir(FLAGS))
+    except (pygit2.GitError, OSError):
+        locked = {entry.path for entry in index if cannot_open(repo.workdir, entry.path)}
+        if not locked:
+            raise
+        for path in locked:
+            index.remove(path)
+        return _delta_paths(index.diff_to_workdir(FLAGS)) | locked
 
 
 def _tracked_mode(index: pygit2.Index, path: str, old: Side | None) -> int | None:
@@ -246,16 +281,19 @@ def _group(
     root = Path(repo.workdir)
     rank = {path: n for n, path in enumerate(first)}
     ordered = sorted(changes, key=lambda change: (rank.get(change[0], len(rank)), _edited(change, root)))
-    texts, paths, findings = [], [], []
+    texts, paths, findings, unreadable = [], [], [], []
     for path, old, new in ordered:
-        text, found = render_change(path, old, new, rules)
+        name = path_text(path)  # the rules see what the model reads
+        text, found = render_change(name, old, new, rules)
         findings += found
         if text:
             texts.append(text)
             paths.append(path)
+            unreadable += [(name, side.unreadable) for side in (old, new) if side is not None and side.unreadable]
     if not texts:
         return Group("", (), tuple(findings))
-    return Group("".join(texts) + f"=== the changes above {origin} ===\n", tuple(paths), tuple(findings))
+    label = f"=== the changes above {origin} ===\n"
+    return Group("".join(texts) + label, tuple(paths), tuple(findings), tuple(unreadable))
 
 
 def _edited(change: Change, root: Path) -> tuple[int, str]:
@@ -277,8 +315,10 @@ def render_change(path: str, old: Side | None, new: Side | None, rules: ContentR
     """One path's change: a header, then hunks of the screened texts (none for a stub or a deletion).
 
     Both sides are screened whole before they are compared, so a hunk's context never carries a
-    secret and a redacted multi-line secret is one line on both sides: the counts stay true. A file
-    renders the same whichever diff found it, so a commit leaves the bytes of its group as they were.
+    secret and a redacted multi-line secret is one line on both sides: the counts stay true. A stub
+    describes the file as it is now, never the old side. A file whose old contents were not shown
+    has no text for hunks to apply to: when it can be shown now, its whole text is. A file renders
+    the same whichever diff found it, so a commit leaves the bytes of its group as they were.
     """
     if rules.exclude.excludes(path) or (old is None and new is None):
         return "", []
@@ -296,35 +336,20 @@ def render_change(path: str, old: Side | None, new: Side | None, rules: ContentR
         details.append("executable")
     if new is None:
         return _header(side.kind, path, status, details), []
-    reason = _hidden(path, old, new, rules)
-    if reason is not None:
-        return _header(side.kind, path, status, [*details, f"contents not shown: {reason}"]), []
-    old_text, old_found = screened_text(old, path, rules) if old is not None else ("", [])
-    new_text, found = screened_text(new, path, rules)
-    if old_text is None or new_text is None:
-        count = len(found) or len(old_found)
-        return _header(side.kind, path, status, [*details, f"contents not shown: holds {count} secrets"]), found
-    hunks = _hunks(old_text, new_text)
+    text, found = shown(new, path, rules)
+    if not isinstance(text, Stub) and old is not None and path in rules.over_cap:
+        text = Stub("not in the snapshot", f"{new.size} bytes")
+    if isinstance(text, Stub):
+        return _header(side.kind, path, status, [*details, f"contents not shown: {text}"]), found
+    before = shown(old, path, rules)[0] if old is not None else ""
+    if isinstance(before, Stub):  # nothing for hunks to apply to: all of it, as for an added file
+        if new.executable and not details:
+            details.append("executable")
+        return _header(side.kind, path, status, [*details, WHOLE_TEXT]) + _hunks("", text), found
+    hunks = _hunks(before, text)
     if not hunks and not details and old is not None:
         return "", found  # the same text once screened and cleaned
     return _header(side.kind, path, status, details) + hunks, found
-
-
-def _hidden(path: str, old: Side | None, new: Side, rules: ContentRules) -> str | None:
-    """Why a change's contents are not shown, if they are not."""
-    if new.kind == "submodule":
-        return f"submodule at {new.data.decode() if new.data else 'an unknown commit'}"
-    if rules.secret_by_name(path):
-        return "a secret by its name"
-    size = max(new.size, old.size if old is not None else 0)
-    old_data = old.data if old is not None else b""
-    if new.data is None or old_data is None:
-        return f"{size} bytes: over max_file_bytes"
-    if new.kind == "file" and (is_binary(new.data) or is_binary(old_data)):
-        return f"binary, {size} bytes"
-    if old is not None and path in rules.left_out:
-        return "not in the snapshot"  # over its cap, or its secrets kept it out
-    return None
 
 
 def _header(kind: str, path: str, status: str, details: list[str]) -> str:
@@ -379,7 +404,7 @@ def change_message(
     for path in set(shown) | set(now):
         old = shown[path] if path in shown else tree_side(repo, tree, path, rules)
         new = now[path] if path in now else tree_side(repo, tree, path, rules)
-        if old != new or (old is not None and old.data is None):
+        if _differs(old, new):
             changes.append((path, old, new))
     group = _group(repo, changes, rules, CHANGED_SINCE)
     return CHANGES_HEADER + group.text if group.text else None

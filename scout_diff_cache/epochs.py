@@ -24,12 +24,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import attrs
 
 from .config import Config, ContextConfig
-from .diff import WorkingDiff
+from .content import UNREADABLE, spell
+from .diff import Unreadable, WorkingDiff
 from .epoch import Epoch, load_epoch, save_epoch, state_file
 from .errors import ProxyError, RepositoryError
 from .metrics import Metrics
@@ -43,6 +44,9 @@ from .snapshot import Snapshot
 from .usage import Usage
 
 log = logging.getLogger(__name__)
+
+#: How many unreadable entries (path, why) are remembered as logged and counted: each is noted once.
+UNREADABLE_MEMO = 4096
 
 #: Sends a snapshot and diff upstream once, so that its cache holds them (a warm-up).
 Warmer = Callable[[Snapshot, WorkingDiff], Awaitable["Usage | None"]]
@@ -86,6 +90,7 @@ class Epochs:
         self._folded: str | None = None
         self.remembered = EpochPool(config.context.remembered_epochs)
         self._reported: tuple[Finding, ...] = ()
+        self._unreadable: dict[Unreadable, None] = {}  # oldest first
         self.snapshot: Snapshot | None = None
         self.last_request = 0.0
         self.last_rebase: Rebase | None = None
@@ -144,6 +149,7 @@ class Epochs:
                 self._switch_in_background(reading.head)
             self._metrics.diff_bytes = reading.diff.text_bytes
             self._report_once(reading.diff.findings)
+            self._note_unreadable(reading.diff.unreadable)
             return Injection(snapshot, reading.diff, reading.state)
         if failure is not None:
             raise failure
@@ -319,6 +325,7 @@ class Epochs:
         self._metrics.build_seconds.observe(time.monotonic() - started)
         if snapshot.findings:
             self._report(f"snapshot {short(commit)}", snapshot.findings)
+        self._note_unreadable((item.path, item.detail) for item in snapshot.left_out if item.reason == UNREADABLE)
         log.info(
             "snapshot %s built in %.2fs: %d files inlined, %d bytes, %d left out",
             short(commit),
@@ -334,6 +341,19 @@ class Epochs:
         if findings and findings != self._reported:
             self._reported = findings
             self._report("the working diff", findings)
+
+    def _note_unreadable(self, entries: Iterable[Unreadable]) -> None:
+        """An entry that cannot be read is logged and counted once, not on every request that shows
+        its stub (one forgotten by the bounded memo is noted again)."""
+        for entry in entries:
+            if entry in self._unreadable:
+                continue
+            if len(self._unreadable) >= UNREADABLE_MEMO:
+                del self._unreadable[next(iter(self._unreadable))]
+            self._unreadable[entry] = None
+            path, why = entry
+            self._metrics.unreadable.inc((("reason", why),))
+            log.warning("%s cannot be read (%s): the model is shown a stub in its place", spell(path), why)
 
     def _report(self, where: str, findings: tuple[Finding, ...]) -> None:
         """Where secrets were found (path, line, rule), never what they were."""

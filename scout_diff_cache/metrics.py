@@ -60,6 +60,8 @@ class Metrics:
     conversations: Counter = attrs.Factory(Counter)
     #: Bytes of work-tree changes inserted into conversations.
     change_bytes: Counter = attrs.Factory(lambda: Counter({(): 0.0}))
+    #: Entries shown as stubs because they could not be read, by why: each path and reason once.
+    unreadable: Counter = attrs.Factory(Counter)
     #: Gauges: the snapshot being served, the last working diff sent (bytes of text), conversations kept.
     snapshot_bytes: int = 0
     diff_bytes: int = 0
@@ -138,6 +140,12 @@ def render(metrics: Metrics, totals: Totals) -> str:
             "scout_change_bytes_total", "Bytes of work-tree changes inserted into conversations.", metrics.change_bytes
         ),
         *_counter("scout_warmups_total", "Warm-up requests sent upstream, by outcome.", metrics.warmups),
+        *_counter(
+            "scout_unreadable_entries_total",
+            "Entries of a tree or the work tree shown as stubs because they could not be read, by reason "
+            "(each path and reason counted once).",
+            metrics.unreadable,
+        ),
         *_family(
             "scout_upstream_prompt_tokens_total",
             "counter",

@@ -152,8 +152,8 @@ class RepositoryReader:
             return sizes
 
     def rules_for(self, snapshot: Snapshot) -> ContentRules:
-        """The diff's rules for an epoch: what its snapshot left out stays a stub."""
-        return attrs.evolve(self.rules, left_out=snapshot.left_out_paths)
+        """The diff's rules for an epoch: what its snapshot left out for its cap stays a stub."""
+        return attrs.evolve(self.rules, over_cap=snapshot.over_cap)
 
     def _committed_state(
         self, repo: pygit2.Repository, base: pygit2.Commit | None, head: pygit2.Commit | None

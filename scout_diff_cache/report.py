@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from .config import Config
+from .content import UNREADABLE
 from .epochs import Injection
 from .layout import Layout
 
@@ -44,6 +45,7 @@ def render_report(config: Config, injection: Injection, show: str | None, layout
     lines += ["", "left out:"]
     left_out = [f"  excluded               {path}" for path in snapshot.excluded]
     left_out += [f"  {item.reason:<22} {item.path} ({item.detail})" for item in snapshot.left_out]
+    left_out += [f"  {UNREADABLE:<22} {path} ({why}; in the diff)" for path, why in diff.unreadable]
     lines += left_out or ["  (nothing)"]
     lines += ["", f"secrets found ([security] secrets = {config.security.secrets}; values never shown):"]
     found = [("snapshot", finding) for finding in snapshot.findings] + [("diff", finding) for finding in diff.findings]

@@ -34,8 +34,9 @@ class ContentRules:
     max_file_bytes: int
     secrets: str = "redact"
     secret_files: PathMatcher = attrs.field(factory=lambda: compile_patterns(SECRET_FILES))
-    #: Paths the epoch's snapshot lists without their text: a diff of them stays a stub.
-    left_out: frozenset[str] = frozenset()
+    #: Paths the epoch's snapshot left out for its cap: their diffs stay stubs, or the diff would
+    #: carry what the cap keeps out of the prompt.
+    over_cap: frozenset[str] = frozenset()
 
     @classmethod
     def from_config(cls, config: Config) -> ContentRules:

@@ -14,7 +14,7 @@ from pathlib import Path
 import attrs
 import pygit2
 
-from .content import entry_side, is_binary, screened_text, section
+from .content import SECRET_BY_NAME, Stub, entry_side, path_text, section, shown
 from .prompt import encode_text
 from .repository import ContentRules, opened
 from .secrets import Finding
@@ -45,22 +45,16 @@ class Section:
 def render_entry(repo: pygit2.Repository, key: SectionKey, rules: ContentRules) -> Section:
     """The section of one entry, with the same tests in the same order as the snapshot always made."""
     raw, mode, oid = key
-    path = raw.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    path = path_text(raw)
     if rules.exclude.excludes(path):
         return Section(path, 0, EXCLUDED)
-    if rules.secret_by_name(path):
-        return Section(path, 0, "secret by its name", "not read")
+    if rules.secret_by_name(path):  # decided without reading the blob
+        return Section(path, 0, SECRET_BY_NAME.reason, SECRET_BY_NAME.detail)
     side = entry_side(repo, mode, pygit2.Oid(hex=oid), rules)
     assert side is not None  # trees are walked, never rendered
-    if side.kind == "submodule":
-        return Section(path, side.size, "submodule", f"at {oid}")
-    if side.data is None:
-        return Section(path, side.size, "too large", f"{side.size} bytes")
-    if side.kind == "file" and is_binary(side.data):
-        return Section(path, side.size, "binary", f"{side.size} bytes")
-    text, found = screened_text(side, path, rules)
-    if text is None:
-        return Section(path, side.size, "holds a secret", f"{len(found)} found", tuple(found))
+    text, found = shown(side, path, rules)
+    if isinstance(text, Stub):
+        return Section(path, side.size, text.reason, text.detail, tuple(found))
     rendered = section(side.kind, path, text, side.executable)
     return Section(path, side.size, None, "", tuple(found), encode_text(rendered), len(rendered.encode("utf-8")))
 

@@ -17,6 +17,7 @@ Layout (the contract the model reads, and the bytes the upstream caches):
     submodule: PATH (at COMMIT)
     secret by its name: PATH (not read)
     holds a secret: PATH (N found)       only with [security] secrets = exclude-file
+    unreadable: PATH (object missing)    or "object unreadable": the object database cannot give it
     === end of snapshot: commit COMMIT ===
 
 Everything that differs between epochs sits as late as it can: files in the stable order of
@@ -25,7 +26,7 @@ on time, host, absolute paths or dict order, so the same commit, order and rules
 on any machine. A header counts its file's lines, so no text inside a file can end it early or open
 a phantom file (the README gives the grammar). Excluded paths are left out silently. The cap
 (`max_snapshot_bytes`) is first-fit in snapshot order: a file is inlined when its section still
-fits, otherwise it is listed as over the cap (and its diffs stay stubs: see `ContentRules.left_out`).
+fits, otherwise it is listed as over the cap (and its diffs stay stubs: see `ContentRules.over_cap`).
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ differ, the diff is the current state.
 
 """
 
+#: The reason of a file whose section did not fit under `max_snapshot_bytes`.
+OVER_CAP = "over the snapshot cap"
+
 UNBORN = """\
 # Repository snapshot
 
@@ -84,7 +88,7 @@ in the working diff that follows.
 @attrs.frozen
 class LeftOut:
     path: str
-    reason: str  # "binary", "too large", "over the snapshot cap", "submodule", "secret by its name", "holds a secret"
+    reason: str  # "binary", "too large", "over the snapshot cap", "submodule", "secret by its name", "holds a secret", "unreadable"
     detail: str
 
     def render(self) -> str:
@@ -134,8 +138,8 @@ class Snapshot:
         return len(self.inlined)
 
     @property
-    def left_out_paths(self) -> frozenset[str]:
-        return frozenset(item.path for item in self.left_out)
+    def over_cap(self) -> frozenset[str]:
+        return frozenset(item.path for item in self.left_out if item.reason == OVER_CAP)
 
     @property
     def epoch(self) -> Epoch:
@@ -277,7 +281,7 @@ def _assemble(
         elif item.reason is not None:
             left_out.append(LeftOut(item.path, item.reason, item.detail))
         elif item.cost > budget:
-            left_out.append(LeftOut(item.path, "over the snapshot cap", f"{item.size} bytes"))
+            left_out.append(LeftOut(item.path, OVER_CAP, f"{item.size} bytes"))
             findings += item.findings
             continue  # not kept: its text would be held outside the chunks
         else:

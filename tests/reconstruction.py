@@ -51,6 +51,7 @@ NOT_INCLUDED_REASONS = (
     "submodule",
     "secret by its name",
     "holds a secret",
+    "unreadable",
 )
 
 SECTION = re.compile(r"=== (file|symlink): (.*) \[(\d+) lines(, no newline at end)?(, executable)?\] ===")
@@ -71,6 +72,13 @@ HUNK = re.compile(r"@@ -(\d+),(\d+) \+(\d+),(\d+) @@")
 NO_NEWLINE = "\\ No newline at end of file"
 MODE = re.compile(r"mode (\d{6}) -> (\d{6})")
 HIDDEN = "contents not shown: "
+#: Why a change's contents are not shown: the snapshot's reasons (but its cap), or the cap's own.
+STUB_REASONS = (
+    *(reason for reason in NOT_INCLUDED_REASONS if reason != "over the snapshot cap"),
+    "not in the snapshot",
+)
+STUB = re.compile(rf"({'|'.join(map(re.escape, STUB_REASONS))}) \((.+)\)")
+WHOLE_TEXT = "whole text"
 
 
 @attrs.frozen
@@ -104,6 +112,11 @@ class Change:
     def hidden(self) -> str | None:
         """Why the contents are not shown, or None when they are."""
         return next((detail[len(HIDDEN) :] for detail in self.details if detail.startswith(HIDDEN)), None)
+
+    @property
+    def whole(self) -> bool:
+        """Its hunk holds all of its text: the file's earlier contents were not shown."""
+        return WHOLE_TEXT in self.details
 
 
 @attrs.frozen
@@ -268,21 +281,26 @@ def _change(header: re.Match[str], lines: Lines) -> Change:
     path = decode_path(spelled, lines)
     details: list[str] = []
     for detail in detail_text.split(", ")[1:]:
-        if detail == "executable" or MODE.fullmatch(detail) or detail.startswith(HIDDEN):
+        if detail in ("executable", WHOLE_TEXT) or MODE.fullmatch(detail) or detail.startswith(HIDDEN):
             details.append(detail)
         elif details and details[-1].startswith(HIDDEN):
-            details[-1] += ", " + detail  # a reason may hold a comma
+            details[-1] += ", " + detail  # a detail may hold a comma
         else:
             lines.fail(f"unknown detail {detail!r}")
     hunks = []
     while (line := lines.peek()) is not None and line.startswith("@@"):
         hunks.append(_hunk(lines))
     change = Change(kind, path, status, tuple(details), tuple(hunks))
+    if change.hidden is not None and not STUB.fullmatch(change.hidden):
+        lines.fail(f"{path}: expected contents not shown: REASON (DETAIL), REASON one of {STUB_REASONS}")
+    if change.whole and (status != "modified" or change.hidden is not None):
+        lines.fail(f"{path}: only a modified change that shows its contents can show its whole text")
     if hunks and (change.hidden is not None or status == "deleted"):
         lines.fail(f"{path}: a {status} change {'with contents not shown ' if change.hidden else ''}has no hunks")
     first = hunks[0] if hunks else None
-    if status == "added" and first and (len(hunks) > 1 or first.old_start or first.old_count or first.new_start != 1):
-        lines.fail(f"{path}: an added file has one hunk @@ -0,0 +1,N @@")
+    whole = status == "added" or change.whole
+    if whole and first and (len(hunks) > 1 or first.old_start or first.old_count or first.new_start != 1):
+        lines.fail(f"{path}: an added file (or a whole text) has one hunk @@ -0,0 +1,N @@")
     if status == "added" and any(MODE.fullmatch(detail) for detail in details):
         lines.fail(f"{path}: an added file has no old mode")
     return change
@@ -382,27 +400,33 @@ def _apply(state: State, change: Change) -> None:
     if change.kind == "submodule" or change.hidden is not None:
         state[path] = Hidden(change.kind, change.hidden or "submodule")
         return
-    if isinstance(current, Hidden):
-        raise AssertionError(f"{path}: hunks for a path whose contents were never shown ({current.reason})")
-    before = current.text if current is not None else ""
+    if change.whole != isinstance(current, Hidden):
+        raise AssertionError(
+            f"{path}: hunks for a path whose contents were never shown ({current.reason})"
+            if isinstance(current, Hidden)
+            else f"{path}: its whole text, though its contents were shown"
+        )
+    before = current.text if isinstance(current, File) else ""
     state[path] = File(change.kind, apply_hunks(before, change.hunks, path), _executable(change, current))
 
 
-def _executable(change: Change, current: File | None) -> bool:
+def _executable(change: Change, current: File | Hidden | None) -> bool:
+    """What the change says of the executable bit; a stub's mode was never shown, so not checked."""
     for detail in change.details:
         if detail == "executable":
             return True
         if mode := MODE.fullmatch(detail):
             old, new = mode.groups()
-            if current is not None and (old == "100755") != current.executable:
+            if isinstance(current, File) and (old == "100755") != current.executable:
                 raise AssertionError(f"{change.path}: the old mode {old} is not what the file had")
             return new == "100755"
-    return current.executable if current is not None else False
+    return current.executable if isinstance(current, File) else False
 
 
-def work_tree(path: Path) -> dict[str, File]:
+def work_tree(path: Path) -> dict[str, File | Hidden]:
     """What git holds for every path now: tracked (index, conflicts included) and untracked files
-    that are not ignored, present in the work tree, as the model should see them."""
+    that are not ignored, present in the work tree, as the model should see them (Hidden: there,
+    but no text can be had of it)."""
     repo = pygit2.Repository(str(path))
     index = repo.index
     candidates = {entry.path for entry in index if entry.mode != pygit2.enums.FileMode.COMMIT}
@@ -418,7 +442,7 @@ def work_tree(path: Path) -> dict[str, File]:
     return found
 
 
-def _work_tree_file(repo: pygit2.Repository, root: Path, name: str) -> File | None:
+def _work_tree_file(repo: pygit2.Repository, root: Path, name: str) -> File | Hidden | None:
     full = root / name
     try:
         info = os.lstat(full)
@@ -426,12 +450,18 @@ def _work_tree_file(repo: pygit2.Repository, root: Path, name: str) -> File | No
         return None
     if stat.S_ISLNK(info.st_mode):
         return File("symlink", os.fsencode(os.readlink(full)).decode("utf-8", "replace"), False)
-    if not stat.S_ISREG(info.st_mode):
+    if stat.S_ISDIR(info.st_mode):
         return None
-    data = full.read_bytes()
-    filters = repo.load_filter_list(name, pygit2.enums.FilterMode.CLEAN)
-    if filters is not None:
-        data = filters.apply_to_buffer(data)
+    if not stat.S_ISREG(info.st_mode):
+        return Hidden("file", "not a regular file")
+    raw = name.encode("utf-8", "surrogateescape")  # a name that is not UTF-8 as its bytes (pygit2 takes them)
+    try:
+        data = full.read_bytes()
+        filters = repo.load_filter_list(raw, pygit2.enums.FilterMode.CLEAN)  # type: ignore[arg-type]
+        if filters is not None:
+            data = filters.apply_to_buffer(data)
+    except (OSError, pygit2.GitError) as error:
+        return Hidden("file", str(error))
     text = redact(name, data.decode("utf-8", "replace"))[0]
     return File("file", text, bool(info.st_mode & stat.S_IXUSR))
 
@@ -458,29 +488,31 @@ def check(
 def compare(rebuilt: State, repo_path: Path, left_out_ok: Callable[[str], bool] = default_left_out) -> State:
     """Assert that what the messages rebuild is exactly the work tree (see `check`)."""
     expected = work_tree(repo_path)
-    wrong: list[tuple[str, str, File | None, File | None]] = []
+    wrong: list[tuple[str, str, File | None, File | Hidden | None]] = []
     for path in sorted(set(rebuilt) | set(expected)):
         got, want = rebuilt.get(path), expected.get(path)
-        if isinstance(got, Hidden):
+        if isinstance(got, Hidden):  # what it holds is not shown: it only has to be there
             if want is None and got.kind != "submodule":
                 wrong.append((path, f"shown as {got.kind} '{got.reason}', but not in the work tree", None, None))
         elif got != want and not (got is None and left_out_ok(path)):
             wrong.append((path, _what_differs(got, want), got, want))
     if wrong:
         path, problem, got, want = wrong[0]
-        detail = (
-            _short_diff(split_lines(got.text), split_lines(want.text), "messages", "work tree") if got and want else ""
-        )
+        detail = ""
+        if isinstance(got, File) and isinstance(want, File):
+            detail = _short_diff(split_lines(got.text), split_lines(want.text), "messages", "work tree")
         more = f"\n(and {len(wrong) - 1} more: {', '.join(p for p, *_ in wrong[1:6])})" if len(wrong) > 1 else ""
         raise AssertionError(f"{path}: {problem}\n{detail}{more}")
     return rebuilt
 
 
-def _what_differs(got: File | None, want: File | None) -> str:
+def _what_differs(got: File | None, want: File | Hidden | None) -> str:
     if got is None:
         return f"missing from the messages (the work tree has a {want.kind if want else '?'})"
     if want is None:
         return f"the messages have a {got.kind} the work tree does not"
+    if isinstance(want, Hidden):
+        return f"the messages show a text the work tree cannot give ({want.reason})"
     return (
         ", ".join(
             f"{field}: messages {getattr(got, field)!r}, work tree {getattr(want, field)!r}"

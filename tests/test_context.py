@@ -147,7 +147,7 @@ async def test_binary_large_and_excluded_files_are_not_inlined(
     assert "too large: data/big.txt (5001 bytes)" in snapshot
     assert "x" * 100 not in snapshot
     assert "LOCKFILE-CONTENT" not in snapshot and "NODE-MODULE-CONTENT" not in snapshot
-    assert "new-big.txt" in diff and "over max_file_bytes" in diff and "y" * 100 not in diff
+    assert "new-big.txt" in diff and "too large (5001 bytes)" in diff and "y" * 100 not in diff
     assert "UNTRACKED-EXCLUDED" not in diff
 
 
@@ -225,7 +225,7 @@ async def test_submodules_are_listed_not_read(
         "HEAD", SIGNATURE, SIGNATURE, "another", index.write_tree(), [git_repo.repo.head.target]
     )
     _, diff = await injected(client, upstream)
-    assert header_of(diff, "vendored/other") == f"added, contents not shown: submodule at {gitlink}"
+    assert header_of(diff, "vendored/other") == f"added, contents not shown: submodule (at {gitlink})"
 
 
 async def test_concurrent_cold_requests_build_the_snapshot_once(

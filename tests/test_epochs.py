@@ -127,7 +127,7 @@ async def test_a_failed_warm_up_does_not_block_the_switch(
     assert (await (await client.get("/health")).json())["last_rebase"]["warmup"] is None
 
 
-FOLD_BUDGET = {"rebase_min_diff_bytes": "4000", "rebase_diff_share": "0.01"}
+FOLD_BUDGET = {"rebase_min_diff_bytes": "4300", "rebase_diff_share": "0.01"}
 
 
 async def commit_versions(client: TestClient, upstream: FakeUpstream, repo: GitRepo) -> list[tuple[str, str]]:
@@ -154,7 +154,7 @@ async def test_a_diff_of_the_same_file_changed_again_and_again_is_folded_not_reb
     assert health["snapshot"]["folds"] == 1 and health["snapshot"]["rebases"] == 0 and warmups(upstream) == []
     folded_at = next(n for n, diff in enumerate(diffs) if "commits up to" in diff)
     assert folded_at < len(diffs) - 1  # commits followed the fold: a new fold would differ
-    assert 2 * len(diffs[folded_at]) < len(diffs[folded_at - 1])  # the log would outgrow 4000; the net is small
+    assert 2 * len(diffs[folded_at]) < len(diffs[folded_at - 1])  # the log would outgrow 4300; the net is small
     assert "+line 0 of version 9" in diffs[-1] and f"version {folded_at - 1}" not in diffs[-1]
     label = f"=== the changes above were made in {folded_at + 1} commits up to "
     cut = diffs[folded_at].index(label)
@@ -421,7 +421,7 @@ async def test_committing_keeps_the_diff_bytes_up_to_the_new_label(
     client = await make_proxy(context={"rebase": "manual"}, repository={"max_file_bytes": "4KiB"})
     await injected(client, upstream)
     edits: tuple[tuple[str, str | bytes], ...] = (
-        ("tool.bin", b"\2\3" * 100),
+        ("tool.bin", b"\2\0" * 100),
         ("big.txt", "line two\n" * 2000),
         ("d.txt", "work on d\n"),
         ("b.txt", "work on b\n"),
@@ -435,8 +435,8 @@ async def test_committing_keeps_the_diff_bytes_up_to_the_new_label(
     git_repo.write("d.txt", "more work on d\n")  # edited again before the next question
     _, committed = await injected(client, upstream)
     label = working.index("=== the changes above are not committed yet ===")
-    assert header_of(working, "tool.bin") == "modified, contents not shown: binary, 200 bytes"
-    assert header_of(working, "big.txt") == "modified, contents not shown: 18000 bytes: over max_file_bytes"
+    assert header_of(working, "tool.bin") == "modified, contents not shown: binary (200 bytes)"
+    assert header_of(working, "big.txt") == "modified, contents not shown: too large (18000 bytes)"
     assert committed[:label] == working[:label]  # also a binary file and one too large to show
     assert committed[label:].startswith(f"=== the changes above were committed as {commit}: commit the work ===")
 

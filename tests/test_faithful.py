@@ -17,7 +17,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -49,6 +49,7 @@ from support import (
     chat,
     completion,
     free_port,
+    header_of,
     is_warmup,
     write_config,
 )
@@ -212,7 +213,7 @@ DIFF = (
     "=== file: new [added, executable] ===\n"
     "@@ -0,0 +1,1 @@\n+=== the changes above are not committed yet ===\n"
     f"=== the changes above were committed as {'b' * 40}: a summary ===\n"
-    "=== file: logo.png [modified, contents not shown: binary, 14 bytes] ===\n"
+    "=== file: logo.png [modified, contents not shown: binary (14 bytes)] ===\n"
     "=== symlink: link [deleted] ===\n"
     "=== file: link [added] ===\n"
     "@@ -0,0 +1,1 @@\n+now a file\n"
@@ -240,7 +241,7 @@ def test_parser_applies_groups_in_order() -> None:
     assert state["a.txt"] == File("file", "one\nTWO\nthree", False)
     assert "empty" not in state
     assert state["new"] == File("file", "=== the changes above are not committed yet ===\n", True)
-    assert state["logo.png"] == Hidden("file", "binary, 14 bytes")
+    assert state["logo.png"] == Hidden("file", "binary (14 bytes)")
     assert state["link"] == File("file", "now a file\n", False)
     assert state["tab\there"] == File("file", "t\n", True)
     assert state["big (copy).txt"] == Hidden("file", "over the snapshot cap")
@@ -275,9 +276,22 @@ def test_parser_reads_the_clean_diff_and_an_unborn_snapshot() -> None:
         ),
         ("=== file: empty [deleted] ===\n", "=== file: empty [deleted] ===\n@@ -1,1 +0,0 @@\n-x\n", "has no hunks"),
         (
-            "=== file: logo.png [modified, contents not shown: binary, 14 bytes] ===\n",
-            "=== file: logo.png [modified, contents not shown: binary, 14 bytes] ===\n@@ -1,1 +1,1 @@\n-a\n+b\n",
+            "=== file: logo.png [modified, contents not shown: binary (14 bytes)] ===\n",
+            "=== file: logo.png [modified, contents not shown: binary (14 bytes)] ===\n@@ -1,1 +1,1 @@\n-a\n+b\n",
             "has no hunks",
+        ),
+        ("contents not shown: binary (14 bytes)", "contents not shown: binary, 14 bytes", "REASON \\(DETAIL\\)"),
+        ("contents not shown: binary (14 bytes)", "contents not shown: exotic (14 bytes)", "REASON \\(DETAIL\\)"),
+        (
+            "contents not shown: binary (14 bytes)",
+            "whole text, contents not shown: binary (14 bytes)",
+            "only a modified",
+        ),
+        ("=== file: new [added, executable] ===", "=== file: new [added, whole text] ===", "only a modified"),
+        (
+            "=== file: logo.png [modified, contents not shown: binary (14 bytes)] ===\n",
+            "=== file: logo.png [modified, whole text] ===\n@@ -1,0 +1,1 @@\n+b\n",
+            "one hunk",
         ),
     ],
 )
@@ -285,6 +299,16 @@ def test_parser_rejects_what_the_diff_grammar_does_not_allow(old: str, new: str,
     assert old in DIFF
     with pytest.raises(AssertionError, match=error):
         parse_diff(DIFF.replace(old, new, 1))
+
+
+def test_parser_takes_the_whole_text_of_a_file_whose_contents_were_not_shown_and_of_no_other() -> None:
+    stub = "=== file: logo.png [modified, contents not shown: binary (14 bytes)] ===\n"
+    whole = "=== file: logo.png [modified, executable, whole text] ===\n@@ -0,0 +1,1 @@\n+now text\n"
+    state = reconstruct(parse_snapshot(SNAPSHOT), parse_diff(DIFF.replace(stub, whole)))
+    assert state["logo.png"] == File("file", "now text\n", True)
+    shown = "=== file: a.txt [modified, whole text] ===\n@@ -0,0 +1,1 @@\n+a\n"
+    with pytest.raises(AssertionError, match="whole text, though its contents were shown"):
+        reconstruct(parse_snapshot(SNAPSHOT), parse_diff(DIFF.replace(stub, shown)))
 
 
 @pytest.mark.parametrize(
@@ -551,6 +575,23 @@ async def test_paths_with_spaces_brackets_quotes_and_non_ascii(work: Work) -> No
     await work.check()
 
 
+async def test_names_that_are_not_utf8_are_shown_with_replacement_characters(work: Work) -> None:
+    committed, added = b"caf\xe9.txt", b"d\xffir/x.txt"  # Latin-1, as old archives and Windows tools leave
+    work.write(os.fsdecode(committed), b"committed\n")
+    work.commit("a latin-1 name")
+    work.write(os.fsdecode(added), b"untracked\n")
+    sent = await work.check()
+    assert parse_snapshot(sent.snapshot).files["caf\ufffd.txt"] == File("file", "committed\n", False)
+    assert sent.state["d\ufffdir/x.txt"] == File("file", "untracked\n", False)
+    for name in (committed, added):
+        work.write(os.fsdecode(name), b"edited\n")
+    await work.check()
+    work.git("add", "-A")
+    await work.check()
+    work.commit("edited")
+    await work.check()
+
+
 # --- what is not shown ---------------------------------------------------------------------------
 
 
@@ -597,6 +638,85 @@ async def test_a_file_over_the_snapshot_cap_stays_a_stub_when_edited(work: Work)
     sent = await work.check()
     assert "EDITED-LINE" not in sent.diff
     assert all(change.hidden and not change.hunks for change in changes_of(sent.diff, "big/over.txt"))
+
+
+async def test_a_stub_of_a_file_over_the_snapshot_cap_gives_its_size_now(work: Work) -> None:
+    work.write("big/over.txt", "x" * 5000 + "\n")
+    work.commit("over the cap")
+    await work.start(repository={"max_snapshot_bytes": "3000"})
+    work.write("big/over.txt", "small now\n")
+    sent = await work.check()
+    assert header_of(sent.diff, "big/over.txt") == "modified, contents not shown: not in the snapshot (10 bytes)"
+
+
+#: Files the snapshot leaves out or shows, and what they become: (path, committed, edited, expected
+#: details of the change). A stub says what the file is now; one not shown before is shown whole.
+NOT_SHOWN_THEN = (
+    ("bin.dat", b"\0\1\2\3\4", b"now text\n", ("whole text",)),
+    ("big.txt", b"x" * 40000 + b"\n", b"small\n", ("whole text",)),
+    ("tool.bin", b"\0\1", b"\0\1\2", ("contents not shown: binary (3 bytes)",)),
+    ("to-binary.txt", b"text\n", b"\0now binary\n", ("contents not shown: binary (12 bytes)",)),
+    ("to-large.txt", b"text\n", b"y" * 40000 + b"\n", ("contents not shown: too large (40001 bytes)",)),
+)
+
+
+async def leave_the_edits_uncommitted(work: Work) -> None:
+    pass
+
+
+async def commit_the_edits(work: Work) -> None:
+    work.commit("the edits")
+
+
+async def amend_the_base_with_the_edits(work: Work) -> None:
+    """HEAD on another line of history: the diff shows the net change since the base."""
+    work.git("commit", "-q", "-a", "--amend", "-m", "amended")
+
+
+async def fold_the_commit_of_the_edits(work: Work) -> None:
+    """Commit the edits, then commit on top until the diff's commits are folded into their net changes."""
+    work.commit("the edits")
+    for number in range(10):
+        work.write("src/app.py", "".join(f"line {i} of version {number}\n" for i in range(12)))
+        work.commit(f"version {number}")
+        if "were made in " in (await work.check()).diff:
+            return
+    raise AssertionError("no fold happened")
+
+
+#: Each kind of group, by the start of its label and what puts the edits in one.
+GROUP_KINDS: dict[str, tuple[str, Callable[[Work], Awaitable[None]]]] = {
+    "uncommitted": ("are not committed yet", leave_the_edits_uncommitted),
+    "committed": ("were committed as ", commit_the_edits),
+    "since": ("were made since ", amend_the_base_with_the_edits),
+    "fold": ("were made in ", fold_the_commit_of_the_edits),
+}
+
+
+@pytest.mark.parametrize("kind", GROUP_KINDS)
+async def test_a_stub_describes_the_file_as_it_is_now_and_a_file_not_shown_before_is_shown_whole(
+    work: Work, kind: str
+) -> None:
+    origin, make_group = GROUP_KINDS[kind]
+    work.write("src/zz_big.py", "STABLE = True\n" * 2000)  # late in the order: a fold re-reads less than a rebase
+    for path, committed, _, _ in NOT_SHOWN_THEN:
+        work.write(path, committed)
+    work.commit("files left out of the snapshot, and files that will be")
+    context = {"rebase_min_diff_bytes": "4000", "rebase_diff_share": "0.01"} if kind == "fold" else {"rebase": "manual"}
+    await work.start(repository={"max_file_bytes": "32KiB"}, context=context)
+    await work.check()
+    for path, _, edited, _ in NOT_SHOWN_THEN:
+        work.write(path, edited)
+    await make_group(work)
+    sent = await work.check()
+    groups = parse_diff(sent.diff).groups
+    for path, _, edited, details in NOT_SHOWN_THEN:
+        [(group, change)] = [(group, change) for group in groups for change in group.changes if change.path == path]
+        assert group.origin.startswith(origin) and change.details == details, (group.origin, change)
+        if change.whole:
+            assert sent.state[path] == File("file", edited.decode(), False)
+    await work.restart()
+    await work.check()
 
 
 async def test_ignored_files_never_appear_but_force_added_ones_do(work: Work) -> None:

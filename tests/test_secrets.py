@@ -225,7 +225,7 @@ async def test_files_that_are_secrets_by_name_are_left_out_unless_scanning_is_of
     snapshot, diff = await injected(await make_proxy(), upstream)
     assert "CONTENT-OF" not in snapshot + diff
     assert "secret by its name: .env (not read)" in snapshot and "secret by its name: id_rsa (not read)" in snapshot
-    assert header_of(diff, ".env.local") == "added, contents not shown: a secret by its name"
+    assert header_of(diff, ".env.local") == "added, contents not shown: secret by its name (not read)"
     upstream.seen.clear()
     plain, _ = await injected(await make_proxy(security={"secrets": "off"}), upstream)
     assert "CONTENT-OF .env" in plain
