@@ -14,17 +14,17 @@ from pathlib import Path
 
 from . import __version__
 from .config import Config, default_locations, find_config, load_config, render_config
-from .epochs import Epochs
+from .context.epochs import Epochs
 from .errors import ConfigError, ProxyError
-from .layout import Layout, Layouts
 from .logs import configure_logging
 from .metrics import Metrics
 from .report import render_report
-from .routing import Routing
 from .server import serve
 from .shared import SharedTasks
 from .systemd import Notifier, inherited_sockets, render_socket, render_template, render_unit
-from .upstream import open_session, probe_systems
+from .upstream.client import open_session, probe_systems
+from .upstream.layout import Layout, Layouts
+from .upstream.routing import Routing
 
 log = logging.getLogger("scout_diff_cache")
 

@@ -16,8 +16,8 @@ import attrs
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from .app_keys import live_key
 from .errors import TooManyRequests, Unauthorized
+from .state import live_key
 
 
 @attrs.define

@@ -14,11 +14,10 @@ from aiohttp.typedefs import Handler
 
 from .access import Admission, admission_key
 from .accounting import Exchange, Totals
-from .app_keys import Live, exchange_key, live_key, metrics_key, probes_key, session_key, tokens_key, totals_key
+from .apis.assembly import chat_context
 from .config import Config
-from .conversations import Conversations
-from .diff import WorkingDiff
-from .epochs import Epochs
+from .context.conversations import Conversations
+from .context.epochs import Epochs
 from .errors import (
     BodyTooLarge,
     MethodNotAllowed,
@@ -28,15 +27,16 @@ from .errors import (
     UpstreamUnavailable,
     error_body,
 )
-from .layout import Layouts
+from .git.diff import WorkingDiff
+from .git.snapshot import Snapshot
 from .metrics import Metrics
-from .prompt import chat_context
 from .routes import add_routes
-from .routing import Routing
 from .shared import SharedTasks
-from .snapshot import Snapshot
-from .tokens import InjectedTokens
-from .upstream import open_session, probe_systems, warm_up
+from .state import Live, exchange_key, live_key, metrics_key, probes_key, session_key, tokens_key, totals_key
+from .upstream.client import open_session, probe_systems, warm_up
+from .upstream.layout import Layouts
+from .upstream.routing import Routing
+from .upstream.tokens import InjectedTokens
 from .usage import Usage
 
 log = logging.getLogger("scout_diff_cache")

@@ -17,12 +17,12 @@ import attrs
 from aiohttp import web
 
 from .accounting import Exchange
-from .app_keys import metrics_key
 from .config import UpstreamConfig
+from .encoding import Body, encode_json
 from .errors import ProxyError, error_event
-from .prompt import Body, encode_json
-from .routing import Routing
-from .upstream import check_status, next_chunk, no_first_byte, read_json_answer, request_any, send, url_under
+from .state import metrics_key
+from .upstream.client import check_status, next_chunk, no_first_byte, read_json_answer, request_any, send, url_under
+from .upstream.routing import Routing
 from .usage import SseUsage, read_usage, take_out, usage_fields
 
 KEEPALIVE = b": keep-alive\n\n"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 from .config import Config
-from .content import UNREADABLE
-from .epochs import Injection
-from .layout import Layout
+from .context.epochs import Injection
+from .git.content import UNREADABLE
+from .upstream.layout import Layout
 
 #: A rough, model-independent estimate; real tokenizers give 3 to 5 bytes per token on code.
 BYTES_PER_TOKEN = 4

@@ -12,18 +12,18 @@ from aiohttp.typedefs import Handler
 
 from .access import client_scope, limit_concurrency, require_key
 from .accounting import Exchange
-from .apis import CHAT, MESSAGES, RESPONSES, Api
-from .app_keys import exchange_key, live_key, metrics_key, session_key, tokens_key, totals_key
+from .apis.dialects import CHAT, MESSAGES, RESPONSES, Api
+from .apis.validation import ClientRequest, RequestRules
 from .config import Config, is_loopback
-from .conversations import Prepared
+from .context.conversations import Prepared
+from .encoding import Body, encode_json
 from .errors import Forbidden, InvalidRequest, ProxyError
-from .layout import Layout
 from .metrics import render as render_metrics
 from .passthrough import forwarded
-from .prompt import Body, encode_json
 from .relay import Outbound, relay_any, relay_json, relay_stream
-from .upstream import fetch_models
-from .validation import ClientRequest, RequestRules
+from .state import exchange_key, live_key, metrics_key, session_key, tokens_key, totals_key
+from .upstream.client import fetch_models
+from .upstream.layout import Layout
 
 log = logging.getLogger(__name__)
 

@@ -19,15 +19,15 @@ from aiohttp import web
 
 from . import runtime
 from .app import make_app
-from .app_keys import live_key, metrics_key
 from .config import Config, load_config, needing_restart
-from .conversations import Conversations
-from .epochs import Epochs
+from .context.conversations import Conversations
+from .context.epochs import Epochs
 from .errors import ConfigError, ProxyError
+from .git.repository import short
 from .logs import configure_logging
-from .repository import short
-from .routing import Routing
+from .state import live_key, metrics_key
 from .systemd import Notifier
+from .upstream.routing import Routing
 
 log = logging.getLogger("scout_diff_cache")
 

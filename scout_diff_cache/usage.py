@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-from .prompt import encode_json
+from .encoding import encode_json
 
 #: A streamed line longer than this with no end in sight is not a usage event; stop buffering it.
 MAX_LINE = 256 * 1024

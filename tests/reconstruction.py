@@ -23,8 +23,8 @@ import attrs
 import pygit2
 
 from scout_diff_cache.config import DEFAULT_EXCLUDE
+from scout_diff_cache.git.secrets import redact
 from scout_diff_cache.patterns import compile_patterns
-from scout_diff_cache.secrets import redact
 
 
 class File(NamedTuple):

@@ -11,13 +11,13 @@ import attrs
 import pygit2
 from pygit2.enums import FileMode
 
-from scout_diff_cache.content import entry_side, is_binary, screened_text, section, spell
-from scout_diff_cache.epoch import Epoch
+from scout_diff_cache.git.content import entry_side, is_binary, screened_text, section, spell
+from scout_diff_cache.git.epoch import Epoch
 from scout_diff_cache.errors import RepositoryError
-from scout_diff_cache.order import carry_order, changed_paths, last_changes, least_recent_first
-from scout_diff_cache.prompt import system_message
-from scout_diff_cache.repository import ContentRules, open_repository, repository_key
-from scout_diff_cache.secrets import Finding
+from scout_diff_cache.git.order import carry_order, changed_paths, last_changes, least_recent_first
+from scout_diff_cache.encoding import system_message
+from scout_diff_cache.git.repository import ContentRules, open_repository, repository_key
+from scout_diff_cache.git.secrets import Finding
 
 HEADER = """\
 # Repository snapshot

@@ -20,8 +20,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from scout_diff_cache.app import make_app
-from scout_diff_cache.repository import ContentRules
-from scout_diff_cache.snapshot import build_snapshot
+from scout_diff_cache.git.repository import ContentRules
+from scout_diff_cache.git.snapshot import build_snapshot
 
 from reconstruction import as_chat, check_conversation
 from support import GitRepo, Tap, free_port, headed_paths, is_warmup, proxy_config

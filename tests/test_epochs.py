@@ -15,9 +15,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from scout_diff_cache.config import Config, is_loopback
-from scout_diff_cache.order import HISTORY_WINDOW, carry_order, last_changes, least_recent_first
-from scout_diff_cache.repository import ContentRules
-from scout_diff_cache.snapshot import WALK_PARTS, build_snapshot
+from scout_diff_cache.git.order import HISTORY_WINDOW, carry_order, last_changes, least_recent_first
+from scout_diff_cache.git.repository import ContentRules
+from scout_diff_cache.git.snapshot import WALK_PARTS, build_snapshot
 
 from support import (
     SIGNATURE,

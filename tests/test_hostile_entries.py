@@ -30,10 +30,10 @@ import pygit2
 import pytest
 from aiohttp.test_utils import TestClient
 
-from scout_diff_cache.content import Side, worktree_side
+from scout_diff_cache.git.content import Side, worktree_side
+from scout_diff_cache.git.repository import ContentRules
+from scout_diff_cache.git.workers import POOL_MIN_ENTRIES
 from scout_diff_cache.patterns import compile_patterns
-from scout_diff_cache.repository import ContentRules
-from scout_diff_cache.workers import POOL_MIN_ENTRIES
 
 from reconstruction import File, Hidden, State, check, check_conversation, parse_diff, parse_snapshot
 from support import (

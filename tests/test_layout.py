@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 
 from scout_diff_cache.errors import UpstreamRejected
-from scout_diff_cache.layout import judge
+from scout_diff_cache.upstream.layout import judge
 
 from reconstruction import as_chat, check, check_conversation, split_strict
 from support import (

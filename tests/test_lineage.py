@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pygit2
 
-from scout_diff_cache.lineage import COMMIT_GROUPS, Lineage, trace
+from scout_diff_cache.git.lineage import COMMIT_GROUPS, Lineage, trace
 
 from support import SIGNATURE, GitRepo
 

@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from scout_diff_cache.config import UpstreamConfig
 from scout_diff_cache.errors import InvalidRequest, NotFound
 from scout_diff_cache.passthrough import DEFAULT_ROUTES, forwarded
-from scout_diff_cache.upstream import url_under
+from scout_diff_cache.upstream.client import url_under
 
 from support import FakeUpstream, GitRepo, ProxyFactory, ProxyProcess, free_port, until_async, write_config
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from scout_diff_cache.policy import budget, closest_remembered, fold_pays, outgrown
-from scout_diff_cache.pool import EpochPool
-from scout_diff_cache.snapshot import Snapshot
+from scout_diff_cache.context.policy import budget, closest_remembered, fold_pays, outgrown
+from scout_diff_cache.context.remembered import EpochPool
+from scout_diff_cache.git.snapshot import Snapshot
 
 
 def test_the_budget_is_a_share_of_the_snapshot_with_a_floor() -> None:

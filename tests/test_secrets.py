@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from scout_diff_cache.secrets import CONFIG_LIKE, PLACEHOLDER, RULES, matches, placeholder, redact
+from scout_diff_cache.git.secrets import CONFIG_LIKE, PLACEHOLDER, RULES, matches, placeholder, redact
 
 from support import FakeUpstream, GitRepo, ProxyFactory, header_of, injected, run_cli, write_config
 
@@ -97,7 +97,7 @@ def write_corpus(repo: GitRepo, prefix: str = "") -> None:
 
 
 def test_every_rule_is_in_the_corpus_and_every_secret_is_caught_alone() -> None:
-    from scout_diff_cache.secrets import RULES
+    from scout_diff_cache.git.secrets import RULES
 
     assert {rule.name for rule in RULES} == {rule for rule, *_ in CORPUS}
     for rule, name, text, value in CORPUS:

@@ -19,12 +19,12 @@ import pytest
 from pygit2.enums import FileMode
 
 from scout_diff_cache.app import make_app
-from scout_diff_cache.epoch import Epoch
+from scout_diff_cache.encoding import system_text
+from scout_diff_cache.git.epoch import Epoch
+from scout_diff_cache.git.repository import ContentRules
+from scout_diff_cache.git.snapshot import CHUNK_BYTES, Snapshot, build_snapshot
+from scout_diff_cache.git.workers import POOL_MIN_ENTRIES, Workers
 from scout_diff_cache.patterns import compile_patterns
-from scout_diff_cache.prompt import system_text
-from scout_diff_cache.repository import ContentRules
-from scout_diff_cache.snapshot import CHUNK_BYTES, Snapshot, build_snapshot
-from scout_diff_cache.workers import POOL_MIN_ENTRIES, Workers
 
 import snapshot_before
 from support import SIGNATURE, FakeUpstream, GitRepo, injected, proxy_config, snapshot_ready

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from scout_diff_cache.apis import CHAT, MESSAGES, RESPONSES
-from scout_diff_cache.conversations import insertion_point
-from scout_diff_cache.prompt import encode_json
-from scout_diff_cache.tokens import Count, InjectedTokens
+from scout_diff_cache.apis.dialects import CHAT, MESSAGES, RESPONSES
+from scout_diff_cache.context.conversations import insertion_point
+from scout_diff_cache.encoding import encode_json
+from scout_diff_cache.upstream.tokens import Count, InjectedTokens
 from scout_diff_cache.usage import SseUsage, read_usage, take_out
 
 

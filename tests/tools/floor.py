@@ -25,11 +25,12 @@ from typing import Any
 import aiohttp
 import pygit2
 
+from scout_diff_cache.apis.assembly import assemble
 from scout_diff_cache.config import load_config
-from scout_diff_cache.diff import working_diff
-from scout_diff_cache.prompt import assemble, encode_json
-from scout_diff_cache.repository import ContentRules, head_commit, open_repository
-from scout_diff_cache.snapshot import build_snapshot
+from scout_diff_cache.encoding import encode_json
+from scout_diff_cache.git.diff import working_diff
+from scout_diff_cache.git.repository import ContentRules, head_commit, open_repository
+from scout_diff_cache.git.snapshot import build_snapshot
 from tests.support import ProxyProcess, free_port
 
 #: The project root: its modules are the source text, and the proxy's process imports from it.

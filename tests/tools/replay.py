@@ -70,10 +70,10 @@ from pygit2.enums import ResetMode
 
 from scout_diff_cache.app import make_app
 from scout_diff_cache.config import Config, load_config
-from scout_diff_cache.diff import working_diff
-from scout_diff_cache.epoch import Epoch
-from scout_diff_cache.repository import ContentRules, open_repository
-from scout_diff_cache.snapshot import build_snapshot
+from scout_diff_cache.git.diff import working_diff
+from scout_diff_cache.git.epoch import Epoch
+from scout_diff_cache.git.repository import ContentRules, open_repository
+from scout_diff_cache.git.snapshot import build_snapshot
 
 BYTES_PER_TOKEN = 4
 BLOCK = 16 * BYTES_PER_TOKEN

@@ -12,7 +12,7 @@ import collections
 import sys
 from pathlib import Path
 
-from scout_diff_cache.secrets import redact
+from scout_diff_cache.git.secrets import redact
 
 
 def main(roots: list[str]) -> None:

@@ -36,17 +36,17 @@ import aiohttp
 import pygit2
 from aiohttp import web
 
-from scout_diff_cache.apis import CHAT
+from scout_diff_cache.apis.dialects import CHAT
+from scout_diff_cache.apis.validation import RequestRules, parse_chat_request
 from scout_diff_cache.config import Config, load_config
-from scout_diff_cache.diff import FLAGS, WorkingDiff, working_diff
-from scout_diff_cache.order import HISTORY_WINDOW, changed_paths
-from scout_diff_cache.reader import RepositoryReader
-from scout_diff_cache.repository import ContentRules, head_commit, open_repository, opened
+from scout_diff_cache.git.diff import FLAGS, WorkingDiff, working_diff
+from scout_diff_cache.git.order import HISTORY_WINDOW, changed_paths
+from scout_diff_cache.git.reader import RepositoryReader
+from scout_diff_cache.git.repository import ContentRules, head_commit, open_repository, opened
+from scout_diff_cache.git.sections import render_entries
+from scout_diff_cache.git.snapshot import Snapshot, changes_and_key, history
+from scout_diff_cache.git.workers import POOL_MIN_ENTRIES, Workers
 from scout_diff_cache.runtime import settle
-from scout_diff_cache.sections import render_entries
-from scout_diff_cache.snapshot import Snapshot, changes_and_key, history
-from scout_diff_cache.validation import RequestRules, parse_chat_request
-from scout_diff_cache.workers import POOL_MIN_ENTRIES, Workers
 from tests.support import ProxyProcess, free_port
 
 #: The project root, so that the child processes find `scout_diff_cache` and `tests`.

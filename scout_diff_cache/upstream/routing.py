@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import attrs
 
-from .config import UpstreamConfig
+from ..config import UpstreamConfig
 
 SESSION_TOKEN = "x-session-token"
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import attrs
 import pygit2
 
+from ..errors import RepositoryError
 from .content import Side, tree_side
 from .diff import Group, WorkingDiff, change_message, committed_groups, working_diff, worktree_changes
 from .epoch import Epoch
-from .errors import RepositoryError
 from .lineage import Lineage, trace
 from .order import changed_paths
 from .repository import ContentRules, head_commit, opened, repository_key

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import pygit2
 from pygit2.enums import ObjectType
 
-from . import runtime
+from .. import runtime
 
 log = logging.getLogger(__name__)
 

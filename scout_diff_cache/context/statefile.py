@@ -1,4 +1,4 @@
-"""A snapshot epoch: the base commit, file order and diff fold, kept on disk so a restart renders the same bytes.
+"""The state file: a snapshot epoch (see `git/epoch.py`) kept on disk, so a restart renders the same bytes.
 
 The upstream's prefix cache outlives this process, so a restarted proxy must pick the same base,
 order and fold point as before. They are kept in one small JSON file per repository under
@@ -16,25 +16,9 @@ import os
 import tempfile
 from pathlib import Path
 
-import attrs
+from ..git.epoch import Epoch
 
 log = logging.getLogger(__name__)
-
-
-@attrs.frozen
-class Epoch:
-    base: str | None
-    order: tuple[str, ...]
-    #: The commit up to which the working diff shows the net changes as one group (see `diff.py`).
-    folded: str | None = None
-    #: The repository's name in the base's snapshot (see `repository_key`): a restart takes it
-    #: instead of walking the first-parent line to the first commit again (24,000 commits in git/git).
-    key: str | None = None
-
-    @property
-    def named(self) -> tuple[str, str] | None:
-        """The base and the repository's name found from it, when both are known (see `repository_key`)."""
-        return (self.base, self.key) if self.base and self.key else None
 
 
 def state_file(state_dir: Path, repository: Path) -> Path:

@@ -18,19 +18,8 @@ from collections.abc import Callable
 
 import attrs
 
-from .prompt import (
-    Body,
-    Encoded,
-    assemble,
-    assemble_messages,
-    assemble_responses,
-    chat_context,
-    encode_json,
-    encode_text,
-    joined_text,
-    system_message,
-    system_text,
-)
+from ..encoding import Body, Encoded, encode_json, encode_text, system_message, system_text
+from .assembly import assemble, assemble_messages, assemble_responses, chat_context, joined_text
 from .validation import (
     ClientRequest,
     RequestRules,

@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable
 
 import attrs
 
-from .errors import ProxyError, UpstreamRejected
-from .shared import SharedTasks
+from ..errors import ProxyError, UpstreamRejected
+from ..shared import SharedTasks
 
 
 @attrs.frozen

@@ -16,9 +16,9 @@ import attrs
 import pygit2
 from pygit2.enums import SortMode
 
-from .config import Config
-from .errors import RepositoryError
-from .patterns import PathMatcher, compile_patterns
+from ..config import Config
+from ..errors import RepositoryError
+from ..patterns import PathMatcher, compile_patterns
 from .secrets import SECRET_FILES, Finding, redact
 
 #: libgit2 knows the empty tree without it being in the object database.

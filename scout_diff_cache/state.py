@@ -8,13 +8,13 @@ from aiohttp import web
 
 from .accounting import Exchange, Totals
 from .config import Config
-from .conversations import Conversations
-from .epochs import Epochs
-from .layout import Layouts
+from .context.conversations import Conversations
+from .context.epochs import Epochs
 from .metrics import Metrics
-from .routing import Routing
 from .shared import SharedTasks
-from .tokens import InjectedTokens
+from .upstream.layout import Layouts
+from .upstream.routing import Routing
+from .upstream.tokens import InjectedTokens
 
 
 @attrs.define

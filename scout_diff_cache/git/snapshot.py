@@ -39,13 +39,13 @@ from pathlib import Path
 import attrs
 import pygit2
 
+from ..encoding import SYSTEM_CLOSE, SYSTEM_OPEN, encode_text, system_message
+from ..errors import RepositoryError
+from ..runtime import exempt_from_collection, release_freed_memory
 from .content import spell
 from .epoch import Epoch
-from .errors import RepositoryError
 from .order import HISTORY_WINDOW, carry_order, changed_paths, last_changes, least_recent_first
-from .prompt import SYSTEM_CLOSE, SYSTEM_OPEN, encode_text, system_message
 from .repository import ContentRules, opened, repository_key
-from .runtime import exempt_from_collection, release_freed_memory
 from .secrets import Finding
 from .sections import EXCLUDED, Section, SectionKey, render_entries
 from .workers import InlineExecutor, Workers

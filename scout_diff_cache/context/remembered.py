@@ -7,7 +7,7 @@ the memory they cost is bounded by `[context] remembered_epochs` snapshots.
 
 from __future__ import annotations
 
-from .snapshot import Snapshot
+from ..git.snapshot import Snapshot
 
 
 class EpochPool:

@@ -47,11 +47,11 @@ import attrs
 import pygit2
 from pygit2.enums import DiffOption
 
+from ..encoding import system_message
+from ..errors import RepositoryError
 from .content import Side, Stub, cannot_open, path_text, shown, spell, tree_side, worktree_side
-from .errors import RepositoryError
 from .lineage import Lineage
 from .order import last_changes, least_recent_first
-from .prompt import system_message
 from .repository import ContentRules, base_tree
 from .secrets import Finding, redact
 

@@ -14,11 +14,12 @@ from typing import Any
 import aiohttp
 from yarl import URL  # aiohttp's own URL type, installed with it
 
-from .config import UpstreamConfig
-from .errors import ProxyError, UpstreamBadResponse, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
-from .prompt import Body, Encoded, assemble, encode_json, system_message
+from ..apis.assembly import assemble
+from ..config import UpstreamConfig
+from ..encoding import Body, Encoded, encode_json, system_message
+from ..errors import ProxyError, UpstreamBadResponse, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
+from ..usage import Usage, read_usage
 from .routing import Routing
-from .usage import Usage, read_usage
 
 #: An error body longer than this is cut before it is read whole.
 MAX_ERROR_BODY = 64 * 1024

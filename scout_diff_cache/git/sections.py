@@ -14,8 +14,8 @@ from pathlib import Path
 import attrs
 import pygit2
 
+from ..encoding import encode_text
 from .content import SECRET_BY_NAME, Stub, entry_side, path_text, section, shown
-from .prompt import encode_text
 from .repository import ContentRules, opened
 from .secrets import Finding
 

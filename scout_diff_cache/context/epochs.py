@@ -28,20 +28,21 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import attrs
 
-from .config import Config, ContextConfig
-from .content import UNREADABLE, spell
-from .diff import Unreadable, WorkingDiff
-from .epoch import Epoch, load_epoch, save_epoch, state_file
-from .errors import ProxyError, RepositoryError
-from .metrics import Metrics
+from ..config import Config, ContextConfig
+from ..errors import ProxyError, RepositoryError
+from ..git.content import UNREADABLE, spell
+from ..git.diff import Unreadable, WorkingDiff
+from ..git.epoch import Epoch
+from ..git.reader import Reading, RepositoryReader, WorkState
+from ..git.repository import ContentRules, short
+from ..git.secrets import Finding
+from ..git.snapshot import Snapshot
+from ..metrics import Metrics
+from ..shared import Coalesced, SharedTasks
+from ..usage import Usage
 from .policy import budget, closest_remembered, fold_pays, outgrown
-from .pool import EpochPool
-from .reader import Reading, RepositoryReader, WorkState
-from .repository import ContentRules, short
-from .secrets import Finding
-from .shared import Coalesced, SharedTasks
-from .snapshot import Snapshot
-from .usage import Usage
+from .remembered import EpochPool
+from .statefile import load_epoch, save_epoch, state_file
 
 log = logging.getLogger(__name__)
 

@@ -23,13 +23,13 @@ import hashlib
 
 import attrs
 
-from .apis import Api
+from ..apis.dialects import Api
+from ..apis.validation import ClientRequest
+from ..encoding import encode_text
+from ..git.reader import WorkState
+from ..git.snapshot import Snapshot
+from ..metrics import Metrics
 from .epochs import Epochs
-from .metrics import Metrics
-from .prompt import encode_text
-from .reader import WorkState
-from .snapshot import Snapshot
-from .validation import ClientRequest
 
 #: Where a change sits: (position, "before") as a message of its own before the client's message
 #: there (or after all of them); (position, "open" or "close") attached to that message's text.

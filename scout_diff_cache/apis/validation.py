@@ -10,8 +10,8 @@ from typing import Any
 
 import attrs
 
-from .errors import InvalidRequest
-from .prompt import encode_json
+from ..encoding import encode_json
+from ..errors import InvalidRequest
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 RESPONSES_ROLES = frozenset({"system", "developer", "user", "assistant"})
