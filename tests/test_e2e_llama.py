@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,13 +22,12 @@ from scout_diff_cache.app import make_app
 from scout_diff_cache.git.repository import ContentRules
 from scout_diff_cache.git.snapshot import build_snapshot
 
-from reconstruction import as_chat, check_conversation
-from support import GitRepo, Tap, free_port, headed_paths, is_warmup, proxy_config
+from e2e import AGENT_PROMPT, agent_turn, make_repository, stop, strict_template_turns, wait_until_healthy
+from support import free_port, headed_paths, proxy_config
 
 pytestmark = pytest.mark.e2e
 
 #: Real source for the repository: a few of this project's own modules (about 2,700 tokens).
-SOURCES = ("errors.py", "patterns.py", "epoch.py")
 REPORT: list[str] = []
 
 
@@ -67,24 +65,10 @@ def serve_llama(directory: Path, *extra: str) -> Iterator[str]:
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, log.read_text()[-2000:]
-            time.sleep(0.1)
-        else:
-            raise AssertionError("llama-server did not become healthy")
+        wait_until_healthy(url, server, log, 60)
         yield url
     finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
 
 
 @pytest.fixture(scope="module")
@@ -105,16 +89,6 @@ def gemma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def tokens(server: str, text: str) -> int:
     return len(post(f"{server}/tokenize", {"content": text})["tokens"])
-
-
-def make_repository(path: Path) -> GitRepo:
-    repo = GitRepo(path)
-    package = Path(__file__).resolve().parent.parent / "scout_diff_cache"
-    for name in SOURCES:
-        repo.write(f"proxy/{name}", (package / name).read_text())
-    repo.write("README.md", "# A small real repository for the end-to-end test\n")
-    repo.commit("initial")
-    return repo
 
 
 async def ask(client: TestClient, question: str) -> dict[str, int]:
@@ -214,10 +188,6 @@ async def test_every_commit_shows_the_cost_that_epochs_remove(
     assert (await (await client.get("/health")).json())["snapshot"]["commit"] == head
 
 
-#: An agent's own system prompt: what a conversation resends in front of its turns (~1,000 tokens).
-AGENT_PROMPT = "You are a careful coding agent. Read the repository before you answer, and say where. " * 50
-
-
 @pytest.mark.parametrize("conversations", ["on", "off"])
 async def test_a_conversation_keeps_its_cache_across_an_edit_and_a_commit(
     llama_server: str, tmp_path: Path, aiohttp_client: Any, conversations: str
@@ -250,44 +220,6 @@ async def test_a_conversation_keeps_its_cache_across_an_edit_and_a_commit(
         assert second["cached"] < 0.95 * first["prompt"]  # the edit moved the diff in front of the conversation
 
 
-async def upstream_totals(client: TestClient) -> tuple[int, int]:
-    """The upstream's own prompt and cached token totals, as /metrics keeps them."""
-    text = await (await client.get("/metrics")).text()
-    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("scout_upstream_"))
-    return int(values["scout_upstream_prompt_tokens_total"]), int(values["scout_upstream_cached_tokens_total"])
-
-
-async def agent_turn(client: TestClient, api: str, turns: list[str], stream: bool) -> dict[str, int]:
-    """One request on `api` with the agent's system prompt: what the client was told (its own
-    prompt tokens) and what the upstream really counted (from /metrics)."""
-    before = await upstream_totals(client)
-    messages: list[dict[str, Any]] = [
-        {"role": "user" if index % 2 == 0 else "assistant", "content": text} for index, text in enumerate(turns)
-    ]
-    if api == "responses":
-        for message in messages:
-            message["type"] = "message"  # llama.cpp takes an assistant item only with its type
-        body: dict[str, Any] = {"instructions": AGENT_PROMPT, "input": messages, "max_output_tokens": 1}
-    elif api == "chat/completions":
-        body = {"messages": [{"role": "system", "content": AGENT_PROMPT}, *messages], "max_tokens": 1}
-    else:
-        body = {"system": [{"type": "text", "text": AGENT_PROMPT}], "messages": messages, "max_tokens": 1}
-    response = await client.post(f"/v1/{api}", json={"model": "gemma", "temperature": 0, "stream": stream, **body})
-    assert response.status == 200, await response.text()
-    if stream:
-        events = [json.loads(line[5:]) for line in (await response.read()).split(b"\n") if line.startswith(b"data:")]
-        usage = next(
-            e["response"]["usage"] if api == "responses" else e["message"]["usage"]
-            for e in events
-            if e["type"] in ("response.completed", "message_start")
-        )
-    else:
-        usage = (await response.json())["usage"]
-    told = usage.get("prompt_tokens", 0) + usage.get("input_tokens", 0) + usage.get("cache_read_input_tokens", 0)
-    after = await upstream_totals(client)
-    return {"told": told, "prompt": after[0] - before[0], "cached": after[1] - before[1]}
-
-
 @pytest.mark.parametrize("api", ["responses", "messages"])
 async def test_the_responses_and_messages_apis_keep_the_cache_across_an_edit(
     llama_server: str, tmp_path: Path, aiohttp_client: Any, api: str
@@ -318,23 +250,4 @@ async def test_a_strict_template_takes_every_api_and_keeps_the_cache_across_an_e
     gemma_server: str, tmp_path: Path, aiohttp_client: Any, aiohttp_server: Any, api: str
 ) -> None:
     """Gemma's template refuses a second system message: the proxy learns that and sends one."""
-    tap = Tap(gemma_server)
-    tapped = await aiohttp_server(tap.app(), host="127.0.0.1")
-    repo = make_repository(tmp_path / "repo")
-    url = str(tapped.make_url("/v1"))
-    config = proxy_config(tmp_path, repo, url, context={"layout": "auto"}, upstream={"first_byte_timeout": "10m"})
-    client = await aiohttp_client(make_app(config))
-    first = await agent_turn(client, api, ["Where are errors built?"], stream=False)
-    repo.write("proxy/errors.py", (repo.path / "proxy/errors.py").read_text() + "\n# an edit between turns\n")
-    second = await agent_turn(client, api, ["Where are errors built?", "In proxy/errors.py.", "What changed?"], False)
-    REPORT.append(
-        f"{'Gemma template, ' + api + ', after an edit':58} prompt {second['prompt']:5}  cached {second['cached']:5}"
-        f"  ({second['cached'] / first['prompt']:.0%} of the first prompt, {first['prompt']})"
-    )
-    assert second["cached"] >= 0.95 * first["prompt"]
-    layout = (await (await client.get("/health")).json())["layout"]
-    assert layout["name"] == "strict" and "Conversation roles must alternate" in layout["reason"], layout
-    path = f"/v1/{api}"
-    received = [seen.json for seen in tap.seen if seen.path == path and not is_warmup(seen.json)]
-    assert len(received) == 2
-    check_conversation(as_chat(path, received[-1]), repo.path)
+    REPORT.append(await strict_template_turns(gemma_server, api, tmp_path, aiohttp_client, aiohttp_server))

@@ -1,0 +1,125 @@
+"""What the end-to-end modules share: a small real repository, an agent's turn on any API, the
+upstream's own cache figures, a server process's health, and the strict-template check that
+llama-server and vLLM both pass."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from scout_diff_cache.app import make_app
+
+from reconstruction import as_chat, check_conversation
+from support import GitRepo, Tap, is_warmup, proxy_config
+
+#: Real source for the repository: three of this project's own modules (about 2,700 tokens).
+PACKAGE = Path(__file__).resolve().parent.parent / "scout_diff_cache"
+SOURCES = ("errors.py", "patterns.py", "git/epoch.py")
+
+
+def make_repository(path: Path) -> GitRepo:
+    repo = GitRepo(path)
+    for name in SOURCES:
+        repo.write(f"proxy/{Path(name).name}", (PACKAGE / name).read_text())
+    repo.write("README.md", "# A small real repository for the end-to-end test\n")
+    repo.commit("initial")
+    return repo
+
+
+#: An agent's own system prompt: what a conversation resends in front of its turns (~1,000 tokens).
+AGENT_PROMPT = "You are a careful coding agent. Read the repository before you answer, and say where. " * 50
+
+
+async def upstream_totals(client: TestClient) -> tuple[int, int]:
+    """The upstream's own prompt and cached token totals, as /metrics keeps them."""
+    text = await (await client.get("/metrics")).text()
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("scout_upstream_"))
+    return int(values["scout_upstream_prompt_tokens_total"]), int(values["scout_upstream_cached_tokens_total"])
+
+
+async def agent_turn(client: TestClient, api: str, turns: list[str], stream: bool) -> dict[str, int]:
+    """One request on `api` with the agent's system prompt: what the client was told (its own
+    prompt tokens) and what the upstream really counted (from /metrics)."""
+    before = await upstream_totals(client)
+    messages: list[dict[str, Any]] = [
+        {"role": "user" if index % 2 == 0 else "assistant", "content": text} for index, text in enumerate(turns)
+    ]
+    if api == "responses":
+        for message in messages:
+            message["type"] = "message"  # llama.cpp takes an assistant item only with its type
+        body: dict[str, Any] = {"instructions": AGENT_PROMPT, "input": messages, "max_output_tokens": 1}
+    elif api == "chat/completions":
+        body = {"messages": [{"role": "system", "content": AGENT_PROMPT}, *messages], "max_tokens": 1}
+    else:
+        body = {"system": [{"type": "text", "text": AGENT_PROMPT}], "messages": messages, "max_tokens": 1}
+    response = await client.post(f"/v1/{api}", json={"model": "gemma", "temperature": 0, "stream": stream, **body})
+    assert response.status == 200, await response.text()
+    if stream:
+        events = [json.loads(line[5:]) for line in (await response.read()).split(b"\n") if line.startswith(b"data:")]
+        usage = next(
+            e["response"]["usage"] if api == "responses" else e["message"]["usage"]
+            for e in events
+            if e["type"] in ("response.completed", "message_start")
+        )
+    else:
+        usage = (await response.json())["usage"]
+    told = usage.get("prompt_tokens", 0) + usage.get("input_tokens", 0) + usage.get("cache_read_input_tokens", 0)
+    after = await upstream_totals(client)
+    return {"told": told, "prompt": after[0] - before[0], "cached": after[1] - before[1]}
+
+
+def wait_until_healthy(url: str, server: subprocess.Popen[bytes], log: Path, seconds: float) -> None:
+    """Until `url`/health answers 200; the server's log if it exits first or never answers."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        assert server.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.2)
+    raise AssertionError(f"{url} did not become healthy in {seconds:g}s: {log.read_text()[-3000:]}")
+
+
+def stop(server: subprocess.Popen[bytes]) -> None:
+    server.terminate()
+    try:
+        server.wait(30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(30)
+
+
+async def strict_template_turns(server: str, api: str, tmp_path: Path, aiohttp_client: Any, aiohttp_server: Any) -> str:
+    """A one-shot question, then a conversation's next turn after an edit, on `api` through the
+    proxy in front of a server whose template is Gemma 3's (one system message, strict alternation):
+    every request answers 200, the proxy learned the strict layout, what the server received (seen
+    by a recording tap) rebuilds the work tree, and the second prompt is >= 95% cached. The report line."""
+    tap = Tap(server)
+    tapped = await aiohttp_server(tap.app(), host="127.0.0.1")
+    repo = make_repository(tmp_path / "repo")
+    url = str(tapped.make_url("/v1"))
+    config = proxy_config(tmp_path, repo, url, context={"layout": "auto"}, upstream={"first_byte_timeout": "10m"})
+    client = await aiohttp_client(make_app(config))
+    first = await agent_turn(client, api, ["Where are errors built?"], stream=False)
+    repo.write("proxy/errors.py", (repo.path / "proxy/errors.py").read_text() + "\n# an edit between turns\n")
+    second = await agent_turn(client, api, ["Where are errors built?", "In proxy/errors.py.", "What changed?"], False)
+    assert second["cached"] >= 0.95 * first["prompt"], (first, second)
+    layout = (await (await client.get("/health")).json())["layout"]
+    assert layout["name"] == "strict" and "refused a second system message" in layout["reason"], layout
+    path = f"/v1/{api}"
+    received = [seen.json for seen in tap.seen if seen.path == path and not is_warmup(seen.json)]
+    assert len(received) == 2
+    check_conversation(as_chat(path, received[-1]), repo.path)
+    return (
+        f"{'strict template, ' + api + ', after an edit':58} prompt {second['prompt']:5}  cached {second['cached']:5}"
+        f"  ({second['cached'] / first['prompt']:.0%} of the first prompt, {first['prompt']})"
+    )

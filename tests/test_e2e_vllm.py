@@ -1,0 +1,86 @@
+"""`make e2e-vllm`: the proxy in front of a real vLLM (its CPU build) serving the e2e model with
+Gemma 3's chat template, which refuses any layout but one system message and strict alternation.
+
+vLLM reports cached tokens in whole 128-token blocks on the CPU, so the thresholds leave a block
+of room. `make e2e-vllm` installs vLLM in a venv of its own and converts the model once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from e2e import stop, strict_template_turns, wait_until_healthy
+from support import free_port
+
+pytestmark = pytest.mark.vllm
+
+#: Where `make e2e-vllm` installs vLLM and puts the converted model: beside the project's venv.
+VLLM = Path(sys.prefix) / "vllm"
+REPORT: list[str] = []
+
+
+@pytest.fixture(scope="module")
+def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log = tmp_path_factory.mktemp("vllm") / "vllm.log"
+    # its internal messaging on loopback, no hub, no usage report; 2 GiB of KV cache
+    environment = {
+        **os.environ,
+        "VLLM_HOST_IP": "127.0.0.1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        "VLLM_CPU_KVCACHE_SPACE": "2",
+    }
+    command = [
+        str(VLLM / "bin" / "python"),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        *("--model", str(VLLM / "model"), "--served-model-name", "gemma"),
+        *("--host", "127.0.0.1", "--port", str(port)),
+        # float32: without AVX-512 this CPU runs bf16 about five times slower
+        *("--dtype", "float32", "--max-model-len", "8192", "--enforce-eager"),
+        *("--enable-prefix-caching", "--enable-prompt-tokens-details"),
+    ]
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environment
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(url, server, log, 300)
+        yield url
+    finally:
+        stop(server)
+        if REPORT:
+            print("\n" + "\n".join(REPORT))
+
+
+def test_vllm_refuses_a_second_system_message(vllm_server: str) -> None:
+    """What the proxy's probe meets: the template's own refusal, as a 400."""
+    body = {"model": "gemma", "max_tokens": 1, "messages": [{"role": "system", "content": "a"}] * 2}
+    request = urllib.request.Request(
+        f"{vllm_server}/v1/chat/completions", json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 400
+    assert "Conversation roles must alternate" in refused.value.read().decode()
+
+
+@pytest.mark.parametrize("api", ["chat/completions", "responses", "messages"])
+async def test_a_strict_template_takes_every_api_and_keeps_the_cache_across_an_edit(
+    vllm_server: str, tmp_path: Path, aiohttp_client: Any, aiohttp_server: Any, api: str
+) -> None:
+    REPORT.append(await strict_template_turns(vllm_server, api, tmp_path, aiohttp_client, aiohttp_server))
