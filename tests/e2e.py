@@ -107,7 +107,8 @@ async def strict_template_turns(server: str, api: str, tmp_path: Path, aiohttp_c
     tapped = await aiohttp_server(tap.app(), host="127.0.0.1")
     repo = make_repository(tmp_path / "repo")
     url = str(tapped.make_url("/v1"))
-    config = proxy_config(tmp_path, repo, url, context={"layout": "auto"}, upstream={"first_byte_timeout": "10m"})
+    upstream = {"first_byte_timeout": "10m", "model": "gemma"}  # the name vLLM serves it under
+    config = proxy_config(tmp_path, repo, url, context={"layout": "auto"}, upstream=upstream)
     client = await aiohttp_client(make_app(config))
     first = await agent_turn(client, api, ["Where are errors built?"], stream=False)
     repo.write("proxy/errors.py", (repo.path / "proxy/errors.py").read_text() + "\n# an edit between turns\n")

@@ -207,6 +207,25 @@ def test_the_judgement_reads_only_refusals_of_the_request() -> None:
     assert judge(refused, None).strict and REFUSAL in judge(refused, None).reason
     both = judge(refused, UpstreamRejected(400, "model not found"))
     assert not both.strict and "model not found" in both.reason
+    unknown_model = judge(UpstreamRejected(404, "The model `m` does not exist."), None)
+    assert not unknown_model.strict and "check [upstream] model" in unknown_model.reason
+
+
+async def test_a_probe_the_upstream_cannot_answer_is_not_sent_again_with_every_request(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    async def unknown_model(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
+        if is_warmup(json.loads(await request.read())):
+            return web.json_response({"error": {"message": "The model `scout` does not exist."}}, status=404)
+        return await answer_json(request, fake)
+
+    upstream.behaviour = unknown_model
+    client = await make_proxy(context={"layout": "auto"})
+    for _ in range(3):
+        assert (await client.post("/v1/chat/completions", json=chat({"role": "user", "content": "Hi"}))).status == 200
+    assert sum(is_warmup(seen.json) for seen in upstream.seen) == 1  # one probe, refused as a request
+    layout = (await (await client.get("/health")).json())["layout"]
+    assert layout["name"] == "separate" and "check [upstream] model" in layout["reason"]
 
 
 async def test_inspect_says_which_layout_and_why(tmp_path: Path, upstream: FakeUpstream, git_repo: GitRepo) -> None:

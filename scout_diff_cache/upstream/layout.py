@@ -47,11 +47,14 @@ def configured(setting: str) -> Layout | None:
 def judge(separate: ProxyError | None, strict: ProxyError | None) -> Layout:
     """The layout to use, from how the upstream answered each probe (None: it answered 200).
 
-    Only a refusal of the request itself (4xx) says something about the template; the caller
-    gives up on the probe when the upstream could not be reached or failed (5xx, timeouts).
+    Only a refusal of the request itself (400, 422) says something about the template. Another
+    4xx (an unknown model, a key the upstream does not take) says the probe cannot tell: the
+    separate layout, with the reason, until the upstream or the configuration changes.
     """
     if separate is None:
         return Layout(False, "the upstream accepts system messages after the first")
+    if not _refused(separate):
+        return Layout(False, f"the upstream refused the probe itself ({_short(separate)}); check [upstream] model")
     if strict is None:
         return Layout(True, f"the upstream refused a second system message ({_short(separate)}) and took one")
     return Layout(False, f"the upstream refused both layouts ({_short(strict)}); sending the separate one")
@@ -102,11 +105,13 @@ class Layouts:
 
     async def _learn(self) -> None:
         separate = await self._probe(2)
-        strict = await self._probe(1) if separate is not None else None
-        if _telling(separate) and _telling(strict):  # else unreachable, failing or busy: learn later
-            self._learned = judge(separate, strict)
+        strict = await self._probe(1) if _refused(separate) else None
+        answers = [answer for answer in (separate, strict) if answer is not None]
+        if any(not isinstance(answer, UpstreamRejected) for answer in answers):
+            return  # unreachable, failing or timing out: learned when the upstream answers
+        self._learned = judge(separate, strict)
 
 
-def _telling(answer: ProxyError | None) -> bool:
-    """Whether a probe's answer says something of the template: taken, or refused as a request."""
-    return answer is None or (isinstance(answer, UpstreamRejected) and answer.status in REFUSALS)
+def _refused(answer: ProxyError | None) -> bool:
+    """Whether a probe's answer is its template's refusal of the request."""
+    return isinstance(answer, UpstreamRejected) and answer.status in REFUSALS
