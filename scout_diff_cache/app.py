@@ -15,6 +15,7 @@ from aiohttp.typedefs import Handler
 from .access import Admission, admission_key
 from .accounting import Exchange, Totals
 from .apis.assembly import chat_context
+from .apis.dialects import CHAT
 from .config import Config
 from .context.conversations import Conversations
 from .context.epochs import Epochs
@@ -25,14 +26,23 @@ from .errors import (
     ProxyError,
     UpstreamError,
     UpstreamUnavailable,
-    error_body,
 )
 from .git.diff import WorkingDiff
 from .git.snapshot import Snapshot
 from .metrics import Metrics
 from .routes import add_routes
 from .shared import SharedTasks
-from .state import Live, exchange_key, live_key, metrics_key, probes_key, session_key, tokens_key, totals_key
+from .state import (
+    Live,
+    dialect_key,
+    exchange_key,
+    live_key,
+    metrics_key,
+    probes_key,
+    session_key,
+    tokens_key,
+    totals_key,
+)
 from .upstream.client import open_session, probe_systems, warm_up
 from .upstream.layout import Layouts
 from .upstream.routing import Routing
@@ -88,8 +98,8 @@ def _record(request: web.Request, exchange: Exchange, status: int | str, elapsed
 
 @web.middleware
 async def errors_to_envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The one place an error becomes an error envelope: Anthropic's on the Messages API's routes,
-    OpenAI's everywhere else."""
+    """The one place an error becomes an error envelope: the envelope of the dialect whose route
+    took the request (Anthropic's on the Messages API's), OpenAI's on every other route."""
     try:
         return await handler(request)
     except web.HTTPException as http_error:
@@ -102,9 +112,9 @@ async def errors_to_envelope(request: web.Request, handler: Handler) -> web.Stre
         log.exception("unexpected error on %s %s", request.method, request.path)
         error = ProxyError("internal error in the proxy; see its log")
     request[exchange_key].outcome = error.code
-    anthropic = request.path.startswith("/v1/messages")
+    dialect = request.get(dialect_key, CHAT)
     return web.Response(
-        status=error.status, body=error_body(error, anthropic), content_type="application/json", headers=error.headers
+        status=error.status, body=dialect.error_body(error), content_type="application/json", headers=error.headers
     )
 
 
@@ -144,7 +154,9 @@ def make_app(config: Config) -> web.Application:
             if alone is not None and alone.prompt_tokens is not None:
                 tokens.bare[where] = alone.prompt_tokens
         strict = (await live.layouts.current()).strict
-        usage = await warm_up(session, upstream, live.routing, *chat_context(snapshot.message, diff.message, strict))
+        usage = await warm_up(
+            session, upstream, live.routing, *chat_context(snapshot.json_text, diff.json_text, strict)
+        )
         if not measuring:
             return usage
         if usage is not None and usage.prompt_tokens is not None and where in tokens.bare:

@@ -17,13 +17,14 @@ import attrs
 from aiohttp import web
 
 from .accounting import Exchange
+from .apis.dialects import Dialect
 from .config import UpstreamConfig
 from .encoding import Body, encode_json
-from .errors import ProxyError, error_event
+from .errors import ProxyError
 from .state import metrics_key
 from .upstream.client import check_status, next_chunk, no_first_byte, read_json_answer, request_any, send, url_under
 from .upstream.routing import Routing
-from .usage import SseUsage, read_usage, take_out, usage_fields
+from .usage import SseUsage, usage_fields
 
 KEEPALIVE = b": keep-alive\n\n"
 
@@ -32,8 +33,8 @@ KEEPALIVE = b": keep-alive\n\n"
 class Outbound:
     """One request for the upstream, and what to do to the usage in its answer."""
 
-    #: chat, responses or messages: how the answer's usage reads, and its errors' envelope.
-    api: str
+    #: The client's API: how the answer's usage reads, and its errors' envelope.
+    api: Dialect
     #: Under the upstream's base URL.
     path: str
     body: Body
@@ -55,10 +56,10 @@ async def relay_json(
     started = time.monotonic()
     data, payload = await read_json_answer(session, config, outbound.body, routing, outbound.path)
     exchange.first_byte_seconds = time.monotonic() - started  # a JSON answer comes in one piece
-    exchange.usage = read_usage(outbound.api, payload)
+    exchange.usage = outbound.api.read_usage(payload)
     usage = usage_fields(payload)
     if outbound.injected and usage is not None:
-        take_out(outbound.api, usage, outbound.injected)
+        outbound.api.take_out(usage, outbound.injected)
         data = encode_json(payload)
     return web.Response(body=data, content_type="application/json", headers=headers)
 
@@ -119,7 +120,7 @@ async def relay_stream(
         if client is None:
             raise
         exchange.outcome = error.code
-        await client.write(error_event(error, outbound.api))
+        await client.write(outbound.api.error_event(error))
         await client.write_eof()
         return client
     except ConnectionResetError:

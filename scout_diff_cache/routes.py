@@ -12,7 +12,7 @@ from aiohttp.typedefs import Handler
 
 from .access import client_scope, limit_concurrency, require_key
 from .accounting import Exchange
-from .apis.dialects import CHAT, MESSAGES, RESPONSES, Api
+from .apis.dialects import CHAT, MESSAGES, RESPONSES, Dialect
 from .apis.validation import ClientRequest, RequestRules
 from .config import Config, is_loopback
 from .context.conversations import Prepared
@@ -21,7 +21,7 @@ from .errors import Forbidden, InvalidRequest, ProxyError
 from .metrics import render as render_metrics
 from .passthrough import forwarded
 from .relay import Outbound, relay_any, relay_json, relay_stream
-from .state import exchange_key, live_key, metrics_key, session_key, tokens_key, totals_key
+from .state import dialect_key, exchange_key, live_key, metrics_key, session_key, tokens_key, totals_key
 from .upstream.client import fetch_models
 from .upstream.layout import Layout
 
@@ -38,7 +38,7 @@ def injection_headers(prepared: Prepared) -> dict[str, str]:
     }
 
 
-async def prepare(request: web.Request, client: ClientRequest, api: Api, layout: Layout) -> Prepared:
+async def prepare(request: web.Request, client: ClientRequest, api: Dialect, layout: Layout) -> Prepared:
     """The context and messages for a request: its conversation's, or the current ones.
 
     A Responses request that names `previous_response_id` continues a conversation the upstream
@@ -55,7 +55,7 @@ async def prepare(request: web.Request, client: ClientRequest, api: Api, layout:
         return await live.conversations.prepare(live.epochs, client, api, scope, placement)
     injection = await live.epochs.current()
     injected = injection.snapshot.text_bytes + injection.diff.text_bytes
-    return Prepared(injection.snapshot, injection.diff.message, client.parts, "off", injected)
+    return Prepared(injection.snapshot, injection.diff.json_text, client.parts, "off", injected)
 
 
 async def injected_tokens(request: web.Request, prepared: Prepared) -> int | None:
@@ -89,7 +89,7 @@ def salted(raw: bytes, salt: str | None) -> Body:
     return Body((encode_json({**json.loads(raw), "cache_salt": salt}),))
 
 
-async def forward(request: web.Request, api: Api) -> web.StreamResponse:
+async def forward(request: web.Request, api: Dialect) -> web.StreamResponse:
     """A chat, Responses or Messages request: the repository context put in, the answer relayed."""
     live = request.app[live_key]
     config = live.config
@@ -101,7 +101,7 @@ async def forward(request: web.Request, api: Api) -> web.StreamResponse:
     if config.context.inject:
         layout = await live.layouts.current()
         prepared = await prepare(request, client, api, layout)
-        body = api.body(client, prepared.parts, prepared.snapshot.message, prepared.start, layout.strict)
+        body = api.body(client, prepared.parts, prepared.snapshot.json_text, prepared.start, layout.strict)
         headers = injection_headers(prepared)
         exchange.snapshot_commit = prepared.snapshot.commit
         exchange.snapshot_bytes = prepared.snapshot.text_bytes
@@ -110,9 +110,9 @@ async def forward(request: web.Request, api: Api) -> web.StreamResponse:
         exchange.injected_bytes = prepared.injected_bytes
         exchange.conversation = prepared.outcome
         # chat streams ask upstream for usage on the client's behalf; the other APIs always carry it
-        outbound = Outbound(api.name, api.path, body, not client.wants_usage, await injected_tokens(request, prepared))
+        outbound = Outbound(api, api.path, body, not client.wants_usage, await injected_tokens(request, prepared))
     else:  # the client's body as it came
-        outbound = Outbound(api.name, api.path, salted(raw, config.upstream.cache_salt))
+        outbound = Outbound(api, api.path, salted(raw, config.upstream.cache_salt))
     session = request.app[session_key]
     if client.stream:
         return await relay_stream(
@@ -151,12 +151,12 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
     raw = await request.read()
     client = MESSAGES.parse(raw, request_rules(config))
     exchange: Exchange = request[exchange_key]
-    exchange.api, exchange.to_upstream = "messages", True
+    exchange.api, exchange.to_upstream = MESSAGES.name, True
     body = salted(raw, config.upstream.cache_salt)
     if config.context.inject and config.context.usage == "upstream":
         injection = await live.epochs.current()
-        body = MESSAGES.body(client, client.parts, injection.snapshot.message, injection.diff.message)
-    outbound = Outbound("messages", "/messages/count_tokens", body)
+        body = MESSAGES.body(client, client.parts, injection.snapshot.json_text, injection.diff.json_text)
+    outbound = Outbound(MESSAGES, "/messages/count_tokens", body)
     session = request.app[session_key]
     return await relay_json(session, config.upstream, outbound, routing=live.routing, headers={}, exchange=exchange)
 
@@ -258,14 +258,16 @@ class Route:
     open: bool = False
     #: Counted against `max_concurrent_requests` (work that holds the upstream).
     limited: bool = False
+    #: The client API it speaks, errors included (None: OpenAI's envelope, as chat's).
+    dialect: Dialect | None = None
 
 
 #: In the order they are matched: the catch-all /v1 route last.
 ROUTES = (
-    Route("POST", "/v1/chat/completions", chat_completions, limited=True),
-    Route("POST", "/v1/responses", responses, limited=True),
-    Route("POST", "/v1/messages", messages, limited=True),
-    Route("POST", "/v1/messages/count_tokens", count_tokens, limited=True),
+    Route("POST", "/v1/chat/completions", chat_completions, limited=True, dialect=CHAT),
+    Route("POST", "/v1/responses", responses, limited=True, dialect=RESPONSES),
+    Route("POST", "/v1/messages", messages, limited=True, dialect=MESSAGES),
+    Route("POST", "/v1/messages/count_tokens", count_tokens, limited=True, dialect=MESSAGES),
     Route("GET", "/v1/models", models, limited=True),
     Route("*", "/v1/{tail:.+}", passthrough, limited=True),
     Route("HEAD", "/", root, open=True),
@@ -279,4 +281,15 @@ ROUTES = (
 def add_routes(app: web.Application) -> None:
     for route in ROUTES:
         handler = limit_concurrency(route.handler) if route.limited else route.handler
-        app.router.add_route(route.method, route.path, handler if route.open else require_key(handler))
+        handler = handler if route.open else require_key(handler)
+        app.router.add_route(route.method, route.path, _speaking(route.dialect, handler) if route.dialect else handler)
+
+
+def _speaking(dialect: Dialect, handler: Handler) -> Handler:
+    """The handler, with the request marked as the dialect's (its errors get that envelope)."""
+
+    async def marked(request: web.Request) -> web.StreamResponse:
+        request[dialect_key] = dialect
+        return await handler(request)
+
+    return marked

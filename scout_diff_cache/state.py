@@ -7,6 +7,7 @@ import attrs
 from aiohttp import web
 
 from .accounting import Exchange, Totals
+from .apis.dialects import Dialect
 from .config import Config
 from .context.conversations import Conversations
 from .context.epochs import Epochs
@@ -38,3 +39,5 @@ tokens_key = web.AppKey("tokens", InjectedTokens)
 #: The probes of the upstream's template under way, shared by the requests that wait for one.
 probes_key = web.AppKey("probes", SharedTasks)
 exchange_key = web.RequestKey("exchange", Exchange)
+#: The client API of the route that took the request (see `routes.Route.dialect`).
+dialect_key: web.RequestKey[Dialect] = web.RequestKey("dialect")

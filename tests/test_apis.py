@@ -19,7 +19,7 @@ import attrs
 import pytest
 from aiohttp import web
 
-from scout_diff_cache.apis.validation import without_billing_header
+from scout_diff_cache.apis.messages import without_billing_header
 
 from reconstruction import (
     check,

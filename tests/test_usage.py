@@ -7,11 +7,13 @@ from typing import Any
 
 import pytest
 
-from scout_diff_cache.apis.dialects import CHAT, MESSAGES, RESPONSES
+from scout_diff_cache.apis.dialects import CHAT, MESSAGES, RESPONSES, Dialect
 from scout_diff_cache.context.conversations import insertion_point
 from scout_diff_cache.encoding import encode_json
 from scout_diff_cache.upstream.tokens import Count, InjectedTokens
-from scout_diff_cache.usage import SseUsage, read_usage, take_out
+from scout_diff_cache.usage import SseUsage
+
+DIALECTS: dict[str, Dialect] = {"chat": CHAT, "responses": RESPONSES, "messages": MESSAGES}
 
 
 @pytest.mark.parametrize(
@@ -61,17 +63,17 @@ from scout_diff_cache.usage import SseUsage, read_usage, take_out
     ],
 )
 def test_take_out(api: str, usage: dict[str, Any], injected: int, told: dict[str, Any]) -> None:
-    take_out(api, usage, injected)
+    DIALECTS[api].take_out(usage, injected)
     assert usage == told
 
 
 def test_read_usage_counts_every_prompt_token_on_each_api() -> None:
-    assert read_usage("messages", {"usage": {"input_tokens": 3, "cache_read_input_tokens": 97}}).prompt_tokens == 100  # type: ignore[union-attr]
-    found = read_usage(
-        "responses", {"response": {"usage": {"input_tokens": 9, "input_tokens_details": {"cached_tokens": 8}}}}
+    assert MESSAGES.read_usage({"usage": {"input_tokens": 3, "cache_read_input_tokens": 97}}).prompt_tokens == 100  # type: ignore[union-attr]
+    found = RESPONSES.read_usage(
+        {"response": {"usage": {"input_tokens": 9, "input_tokens_details": {"cached_tokens": 8}}}}
     )
     assert found is not None and (found.prompt_tokens, found.cached_tokens) == (9, 8)
-    assert read_usage("chat", {"choices": []}) is None
+    assert CHAT.read_usage({"choices": []}) is None
 
 
 def test_a_stream_is_passed_through_untouched_unless_usage_is_rewritten() -> None:
@@ -79,10 +81,10 @@ def test_a_stream_is_passed_through_untouched_unless_usage_is_rewritten() -> Non
     stream = (
         b"event: message_start\ndata: " + json.dumps(start).encode() + b'\n\nevent: ping\ndata: {"type": "ping"}\n\n'
     )
-    untouched = SseUsage("messages")
+    untouched = SseUsage(MESSAGES)
     assert untouched.feed(stream[:30]) + untouched.feed(stream[30:]) + untouched.flush() == stream
     assert untouched.usage is not None and untouched.usage.prompt_tokens == 1000
-    rewriting = SseUsage("messages", injected=990)
+    rewriting = SseUsage(MESSAGES, injected=990)
     out = rewriting.feed(stream[:30]) + rewriting.feed(stream[30:]) + rewriting.flush()
     first, ping = out.split(b"\n\n")[:2]
     assert first.startswith(b"event: message_start\ndata: ") and ping == b'event: ping\ndata: {"type": "ping"}'

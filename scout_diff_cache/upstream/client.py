@@ -14,11 +14,12 @@ from typing import Any
 import aiohttp
 from yarl import URL  # aiohttp's own URL type, installed with it
 
-from ..apis.assembly import assemble
+from ..apis.assembly import assemble, system_message
+from ..apis.chat import CHAT
 from ..config import UpstreamConfig
-from ..encoding import Body, Encoded, encode_json, system_message
+from ..encoding import Body, Encoded, encode_json
 from ..errors import ProxyError, UpstreamBadResponse, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
-from ..usage import Usage, read_usage
+from ..usage import Usage
 from .routing import Routing
 
 #: An error body longer than this is cut before it is read whole.
@@ -200,7 +201,7 @@ async def warm_up(
         fields["chat_template_kwargs"] = config.chat_template_kwargs
     body = assemble(messages, encode_json(fields)[1:-1], *injected)
     _, payload = await read_json_answer(session, config, body, routing)
-    return read_usage("chat", payload)
+    return CHAT.read_usage(payload)
 
 
 async def probe_systems(
