@@ -33,7 +33,7 @@ def injection_headers(prepared: Prepared) -> dict[str, str]:
     return {
         "X-Scout-Snapshot-Commit": prepared.snapshot.commit or "none",
         "X-Scout-Snapshot-Bytes": str(prepared.snapshot.text_bytes),
-        "X-Scout-Diff-Bytes": str(len(prepared.start)),
+        "X-Scout-Diff-Bytes": str(prepared.start_bytes),
         "X-Scout-Conversation": prepared.outcome,
     }
 
@@ -55,7 +55,8 @@ async def prepare(request: web.Request, client: ClientRequest, api: Dialect, lay
         return await live.conversations.prepare(live.epochs, client, api, scope, placement)
     injection = await live.epochs.current()
     injected = injection.snapshot.text_bytes + injection.diff.text_bytes
-    return Prepared(injection.snapshot, injection.diff.json_text, client.parts, "off", injected)
+    diff = injection.diff
+    return Prepared(injection.snapshot, diff.json_text, diff.text_bytes, client.parts, "off", injected)
 
 
 async def injected_tokens(request: web.Request, prepared: Prepared) -> int | None:
@@ -105,7 +106,7 @@ async def forward(request: web.Request, api: Dialect) -> web.StreamResponse:
         headers = injection_headers(prepared)
         exchange.snapshot_commit = prepared.snapshot.commit
         exchange.snapshot_bytes = prepared.snapshot.text_bytes
-        exchange.diff_bytes = len(prepared.start)
+        exchange.diff_bytes = prepared.start_bytes
         exchange.client_bytes = client.encoded_bytes
         exchange.injected_bytes = prepared.injected_bytes
         exchange.conversation = prepared.outcome

@@ -88,7 +88,9 @@ class Prepared:
     """What goes upstream for one request: the context messages, then the conversation."""
 
     snapshot: Snapshot
+    #: The working diff, JSON-encoded, and its bytes of text.
     start: bytes
+    start_bytes: int
     parts: tuple[bytes, ...]
     #: "new", "continued" or "afresh" (a conversation that could not continue), or "off".
     outcome: str
@@ -180,7 +182,7 @@ class Conversations:
             )
             self._keep(started)
             injected = injection.snapshot.text_bytes + diff.text_bytes
-            return Prepared(injection.snapshot, diff.json_text, request.parts, outcome, injected)
+            return Prepared(injection.snapshot, diff.json_text, diff.text_bytes, request.parts, outcome, injected)
 
     async def _continue(
         self,
@@ -222,7 +224,7 @@ class Conversations:
         self._keep(conversation)
         injected = snapshot.text_bytes + conversation.start_bytes + conversation.inserted_bytes
         parts = conversation.render(request.parts, api)
-        return Prepared(snapshot, conversation.start, parts, "continued", injected)
+        return Prepared(snapshot, conversation.start, conversation.start_bytes, parts, "continued", injected)
 
     def _find(self, scope: str, hashes: list[bytes]) -> tuple[Conversation | None, int]:
         """The conversation sharing the most leading messages; of equals, one that can go on from
