@@ -148,22 +148,22 @@ def make_app(config: Config) -> web.Application:
         live = app[live_key]
         session, upstream = app[session_key], live.config.upstream
         measuring = live.config.context.usage == "client"
-        where = (upstream.url, upstream.model)
-        if measuring and where not in tokens.bare:
+        counts = tokens.of(upstream.url, upstream.model)
+        if measuring and counts.bare is None:
             alone = await warm_up(session, upstream, live.routing)
             if alone is not None and alone.prompt_tokens is not None:
-                tokens.bare[where] = alone.prompt_tokens
+                counts.bare = alone.prompt_tokens
         strict = (await live.layouts.current()).strict
         usage = await warm_up(
             session, upstream, live.routing, *chat_context(snapshot.json_text, diff.json_text, strict)
         )
         if not measuring:
             return usage
-        if usage is not None and usage.prompt_tokens is not None and where in tokens.bare:
+        if usage is not None and usage.prompt_tokens is not None and counts.bare is not None:
             injected = snapshot.text_bytes + diff.text_bytes
-            tokens.learn(snapshot.commit, injected, usage.prompt_tokens - tokens.bare[where])
+            counts.learn(snapshot.commit, injected, usage.prompt_tokens - counts.bare)
         else:
-            tokens.unmeasurable(snapshot.commit)
+            counts.unmeasurable(snapshot.commit)
             log.warning("the upstream reports no prompt tokens: usage is relayed as it counted it")
         return usage
 

@@ -68,7 +68,7 @@ async def injected_tokens(request: web.Request, prepared: Prepared) -> int | Non
     live = request.app[live_key]
     if live.config.context.usage != "client":
         return None
-    tokens = request.app[tokens_key]
+    tokens = request.app[tokens_key].of(live.config.upstream.url, live.config.upstream.model)
     if not tokens.known(prepared.snapshot.commit) and live.epochs.snapshot is prepared.snapshot:
         try:
             await live.epochs.warm_shared()
