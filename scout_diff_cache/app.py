@@ -39,11 +39,11 @@ from .state import (
     live_key,
     metrics_key,
     probes_key,
-    session_key,
     tokens_key,
     totals_key,
+    upstream_key,
 )
-from .upstream.client import open_session, probe_systems, warm_up
+from .upstream.client import Upstream
 from .upstream.layout import Layouts
 from .upstream.routing import Routing
 from .upstream.tokens import InjectedTokens
@@ -145,18 +145,15 @@ def make_app(config: Config) -> web.Application:
     async def warmer(snapshot: Snapshot, diff: WorkingDiff) -> Usage | None:
         """Warm the prefix up; with `usage = client`, learn its tokens from the upstream's count.
         The question alone goes first (once), so the warmed prefix is what the upstream holds last."""
-        live = app[live_key]
-        session, upstream = app[session_key], live.config.upstream
+        live, upstream = app[live_key], app[upstream_key]
         measuring = live.config.context.usage == "client"
-        counts = tokens.of(upstream.url, upstream.model)
+        counts = tokens.of(upstream.config.url, upstream.config.model)
         if measuring and counts.bare is None:
-            alone = await warm_up(session, upstream, live.routing)
+            alone = await upstream.warm_up()
             if alone is not None and alone.prompt_tokens is not None:
                 counts.bare = alone.prompt_tokens
         strict = (await live.layouts.current()).strict
-        usage = await warm_up(
-            session, upstream, live.routing, *chat_context(snapshot.json_text, diff.json_text, strict)
-        )
+        usage = await upstream.warm_up(*chat_context(snapshot.json_text, diff.json_text, strict))
         if not measuring:
             return usage
         if usage is not None and usage.prompt_tokens is not None and counts.bare is not None:
@@ -168,8 +165,7 @@ def make_app(config: Config) -> web.Application:
         return usage
 
     async def probe(systems: int) -> ProxyError | None:
-        live = app[live_key]
-        return await probe_systems(app[session_key], live.config.upstream, live.routing, systems)
+        return await app[upstream_key].probe_systems(systems)
 
     app[probes_key] = probes = SharedTasks()
     app[live_key] = Live(
@@ -187,11 +183,12 @@ def make_app(config: Config) -> web.Application:
 
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
-    """The one upstream session; every request on it carries the repository's routing key."""
+    """The one upstream session; every request on it carries the repository's routing key. The
+    upstream settings and the routing are read per request: a reload may replace them."""
     live = app[live_key]
     live.routing = Routing(await asyncio.to_thread(live.epochs.repository_key))
-    async with open_session(live.config.upstream) as session:
-        app[session_key] = session
+    async with Upstream(lambda: app[live_key].config.upstream, lambda: app[live_key].routing) as upstream:
+        app[upstream_key] = upstream
         yield
 
 

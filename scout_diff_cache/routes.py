@@ -21,8 +21,7 @@ from .errors import Forbidden, InvalidRequest, ProxyError
 from .metrics import render as render_metrics
 from .passthrough import forwarded
 from .relay import Outbound, relay_any, relay_json, relay_stream
-from .state import dialect_key, exchange_key, live_key, metrics_key, session_key, tokens_key, totals_key
-from .upstream.client import fetch_models
+from .state import dialect_key, exchange_key, live_key, metrics_key, tokens_key, totals_key, upstream_key
 from .upstream.layout import Layout
 
 log = logging.getLogger(__name__)
@@ -114,21 +113,13 @@ async def forward(request: web.Request, api: Dialect) -> web.StreamResponse:
         outbound = Outbound(api, api.path, body, not client.wants_usage, await injected_tokens(request, prepared))
     else:  # the client's body as it came
         outbound = Outbound(api, api.path, salted(raw, config.upstream.cache_salt))
-    session = request.app[session_key]
+    upstream = request.app[upstream_key]
     if client.stream:
+        interval = config.server.sse_keepalive_interval
         return await relay_stream(
-            request,
-            session,
-            config.upstream,
-            outbound,
-            routing=live.routing,
-            keepalive_interval=config.server.sse_keepalive_interval,
-            headers=headers,
-            exchange=exchange,
+            request, upstream, outbound, keepalive_interval=interval, headers=headers, exchange=exchange
         )
-    return await relay_json(
-        session, config.upstream, outbound, routing=live.routing, headers=headers, exchange=exchange
-    )
+    return await relay_json(upstream, outbound, headers=headers, exchange=exchange)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -158,8 +149,7 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
         injection = await live.epochs.current()
         body = MESSAGES.body(client, client.parts, injection.snapshot.json_text, injection.diff.json_text)
     outbound = Outbound(MESSAGES, "/messages/count_tokens", body)
-    session = request.app[session_key]
-    return await relay_json(session, config.upstream, outbound, routing=live.routing, headers={}, exchange=exchange)
+    return await relay_json(request.app[upstream_key], outbound, headers={}, exchange=exchange)
 
 
 async def passthrough(request: web.Request) -> web.StreamResponse:
@@ -172,7 +162,7 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     exchange: Exchange = request[exchange_key]
     exchange.to_upstream = True
     body = await request.read()
-    return await relay_any(request, request.app[session_key], upstream, segments, body, live.routing, exchange)
+    return await relay_any(request, request.app[upstream_key], segments, body, exchange)
 
 
 async def root(request: web.Request) -> web.Response:
@@ -183,7 +173,7 @@ async def root(request: web.Request) -> web.Response:
 async def models(request: web.Request) -> web.Response:
     config = request.app[live_key].config.upstream
     try:
-        answer = await fetch_models(request.app[session_key], config, request.app[live_key].routing)
+        answer = await request.app[upstream_key].fetch_models()
         return web.Response(body=answer, content_type="application/json")
     except ProxyError:
         listed = {"id": config.model, "object": "model", "created": 0, "owned_by": "scout-diff-cache"}
@@ -226,9 +216,7 @@ async def ready(request: web.Request) -> web.Response:
     if request.app[live_key].config.context.inject and epochs.snapshot is None:
         reasons.append(f"the snapshot is {epochs.state}" + (f": {epochs.last_error}" if epochs.last_error else ""))
     try:
-        await fetch_models(
-            request.app[session_key], request.app[live_key].config.upstream, request.app[live_key].routing
-        )
+        await request.app[upstream_key].fetch_models()
     except ProxyError as error:
         reasons.append(error.message)
     return web.json_response({"ready": not reasons, "reasons": reasons}, status=503 if reasons else 200)

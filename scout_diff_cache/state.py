@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import aiohttp
 import attrs
 from aiohttp import web
 
@@ -13,6 +12,7 @@ from .context.conversations import Conversations
 from .context.epochs import Epochs
 from .metrics import Metrics
 from .shared import SharedTasks
+from .upstream.client import Upstream
 from .upstream.layout import Layouts
 from .upstream.routing import Routing
 from .upstream.tokens import InjectedTokens
@@ -32,7 +32,7 @@ class Live:
 
 
 live_key = web.AppKey("live", Live)
-session_key = web.AppKey("session", aiohttp.ClientSession)
+upstream_key = web.AppKey("upstream", Upstream)
 totals_key = web.AppKey("totals", Totals)
 metrics_key = web.AppKey("metrics", Metrics)
 tokens_key = web.AppKey("tokens", InjectedTokens)
