@@ -14,7 +14,6 @@ from scout_diff_cache.apis.dialects import CHAT, MESSAGES, RESPONSES, Dialect
 from scout_diff_cache.context.conversations import insertion_point
 from scout_diff_cache.encoding import encode_json
 from scout_diff_cache.server import reload
-from scout_diff_cache.state import live_key
 from scout_diff_cache.systemd import Notifier
 from scout_diff_cache.upstream.tokens import Count, UpstreamTokens
 from scout_diff_cache.usage import SseUsage
@@ -163,7 +162,12 @@ async def told_prompt_tokens(client: TestClient) -> int:
 
 @pytest.mark.parametrize("changed", ["model", "url"])
 async def test_a_reload_to_another_upstream_or_model_measures_the_injected_tokens_again(
-    changed: str, tmp_path: Path, make_proxy: ProxyFactory, make_upstream: UpstreamFactory, upstream: FakeUpstream
+    changed: str,
+    tmp_path: Path,
+    git_repo: GitRepo,
+    make_proxy: ProxyFactory,
+    make_upstream: UpstreamFactory,
+    upstream: FakeUpstream,
 ) -> None:
     """Counts learned from one model's tokenizer are not taken out of another's usage."""
     other = await make_upstream()
@@ -171,14 +175,10 @@ async def test_a_reload_to_another_upstream_or_model_measures_the_injected_token
     other.behaviour = counting_per({"small": 1, "large": 1})
     client = await make_proxy(upstream={"model": "small"}, context={"usage": "client"})
     await told_prompt_tokens(client)  # the injected context measured on the first upstream and model
-    moved = {"model": "large"} if changed == "model" else {"url": other.url}
-    proxy_config(
-        tmp_path,
-        GitRepo(Path(client.app[live_key].config.repository.path)),
-        upstream.url,
-        **{"upstream": {"model": "small", **moved}, "context": {"usage": "client"}},
-    )
+    url = other.url if changed == "url" else upstream.url
+    sections = {"upstream": {"model": "large" if changed == "model" else "small"}, "context": {"usage": "client"}}
+    proxy_config(tmp_path, git_repo, url, **sections)  # the config file the proxy re-reads
     await reload(client.app, Notifier(None))
     after_reload = await told_prompt_tokens(client)
-    fresh = await make_proxy(url=moved.get("url"), upstream={"model": "small", **moved}, context={"usage": "client"})
+    fresh = await make_proxy(url=url, **sections)
     assert after_reload == await told_prompt_tokens(fresh)  # what a proxy started on that upstream tells
