@@ -7,6 +7,10 @@ reads and writes (`cache_read_input_tokens`, `cache_creation_input_tokens`), so 
 injected tokens come out of the cache reads first, then the cache writes, then `input_tokens`. No
 figure ever goes below zero. A field the upstream does not report stays None ("unknown"), never
 0: vLLM reports cached tokens only with --enable-prompt-tokens-details.
+
+The two ways of counting are pure functions here (`take_out_included`, `take_out_in_order`); each
+client dialect (`apis/`) says which one it is and names its fields, and `SseUsage` is handed the
+dialect of the stream it reads.
 """
 
 from __future__ import annotations
@@ -57,6 +61,10 @@ class UsageReader(Protocol):
     def take_out(self, usage: dict[str, Any], injected: int) -> None: ...
 
 
+#: Reads (prompt tokens, cached tokens) off an API's usage object (None: the answer had none).
+PromptFigures = Callable[[dict[str, Any] | None], tuple[int | None, int | None]]
+
+
 def read_counted(payload: Any, prompt: PromptFigures) -> Usage | None:
     """The prompt and cache figures of an answer (or a streamed event), if it carries any: `prompt`
     reads the API's usage object; llama.cpp's `timings` fill in what it lacks."""
@@ -68,10 +76,6 @@ def read_counted(payload: Any, prompt: PromptFigures) -> Usage | None:
     if cached is None:
         cached = int_field(timings, "cache_n")
     return Usage(tokens, cached, int_field(timings, "prompt_n"))
-
-
-#: Reads (prompt tokens, cached tokens) off an API's usage object (None: the answer had none).
-PromptFigures = Callable[["dict[str, Any] | None"], "tuple[int | None, int | None]"]
 
 
 def included_figures(prompt_key: str, details_key: str) -> PromptFigures:
