@@ -89,8 +89,10 @@ def salted(raw: bytes, salt: str | None) -> Body:
     return Body((encode_json({**json.loads(raw), "cache_salt": salt}),))
 
 
-async def forward(request: web.Request, api: Dialect) -> web.StreamResponse:
-    """A chat, Responses or Messages request: the repository context put in, the answer relayed."""
+async def forward(request: web.Request) -> web.StreamResponse:
+    """A request on a client API (its route's dialect): the repository context put in, the answer
+    relayed."""
+    api = request[dialect_key]
     live = request.app[live_key]
     config = live.config
     raw = await request.read()
@@ -120,18 +122,6 @@ async def forward(request: web.Request, api: Dialect) -> web.StreamResponse:
             request, upstream, outbound, keepalive_interval=interval, headers=headers, exchange=exchange
         )
     return await relay_json(upstream, outbound, headers=headers, exchange=exchange)
-
-
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await forward(request, CHAT)
-
-
-async def responses(request: web.Request) -> web.StreamResponse:
-    return await forward(request, RESPONSES)
-
-
-async def messages(request: web.Request) -> web.StreamResponse:
-    return await forward(request, MESSAGES)
 
 
 async def count_tokens(request: web.Request) -> web.StreamResponse:
@@ -247,15 +237,16 @@ class Route:
     open: bool = False
     #: Counted against `max_concurrent_requests` (work that holds the upstream).
     limited: bool = False
-    #: The client API it speaks, errors included (None: OpenAI's envelope, as chat's).
+    #: The client API it speaks, errors included (None: OpenAI's envelope, as chat's); its
+    #: handler finds it under `dialect_key`.
     dialect: Dialect | None = None
 
 
 #: In the order they are matched: the catch-all /v1 route last.
 ROUTES = (
-    Route("POST", "/v1/chat/completions", chat_completions, limited=True, dialect=CHAT),
-    Route("POST", "/v1/responses", responses, limited=True, dialect=RESPONSES),
-    Route("POST", "/v1/messages", messages, limited=True, dialect=MESSAGES),
+    Route("POST", "/v1/chat/completions", forward, limited=True, dialect=CHAT),
+    Route("POST", "/v1/responses", forward, limited=True, dialect=RESPONSES),
+    Route("POST", "/v1/messages", forward, limited=True, dialect=MESSAGES),
     Route("POST", "/v1/messages/count_tokens", count_tokens, limited=True, dialect=MESSAGES),
     Route("GET", "/v1/models", models, limited=True),
     Route("*", "/v1/{tail:.+}", passthrough, limited=True),
