@@ -22,7 +22,7 @@ from .report import render_report
 from .server import serve
 from .shared import SharedTasks
 from .systemd import Notifier, inherited_sockets, render_socket, render_template, render_unit
-from .upstream.client import open_session, probe_systems
+from .upstream.client import Upstream
 from .upstream.layout import Layout, Layouts
 from .upstream.routing import Routing
 
@@ -117,13 +117,9 @@ def inspect(config: Config, show: str | None) -> int:
 async def learn_layout(config: Config) -> Layout:
     """The layout the proxy would use now: configured, or learned from the upstream as it would."""
     tasks = SharedTasks()
-    async with open_session(config.upstream) as session:
-        routing = Routing()
-
-        async def probe(systems: int) -> ProxyError | None:
-            return await probe_systems(session, config.upstream, routing, systems)
-
-        return await Layouts(config.context.layout, probe, tasks).current()
+    routing = Routing()
+    async with Upstream(lambda: config.upstream, lambda: routing) as upstream:
+        return await Layouts(config.context.layout, upstream.probe_systems, tasks).current()
 
 
 def print_unit(config: Config, *, user: bool, socket_unit: bool) -> int:

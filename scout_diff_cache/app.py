@@ -15,6 +15,7 @@ from aiohttp.typedefs import Handler
 from .access import Admission, admission_key
 from .accounting import Exchange, Totals
 from .apis.assembly import chat_context
+from .apis.dialects import CHAT
 from .config import Config
 from .context.conversations import Conversations
 from .context.epochs import Epochs
@@ -25,15 +26,24 @@ from .errors import (
     ProxyError,
     UpstreamError,
     UpstreamUnavailable,
-    error_body,
 )
 from .git.diff import WorkingDiff
 from .git.snapshot import Snapshot
 from .metrics import Metrics
 from .routes import add_routes
 from .shared import SharedTasks
-from .state import Live, exchange_key, live_key, metrics_key, probes_key, session_key, tokens_key, totals_key
-from .upstream.client import open_session, probe_systems, warm_up
+from .state import (
+    Live,
+    dialect_key,
+    exchange_key,
+    live_key,
+    metrics_key,
+    probes_key,
+    tokens_key,
+    totals_key,
+    upstream_key,
+)
+from .upstream.client import Upstream
 from .upstream.layout import Layouts
 from .upstream.routing import Routing
 from .upstream.tokens import InjectedTokens
@@ -88,8 +98,8 @@ def _record(request: web.Request, exchange: Exchange, status: int | str, elapsed
 
 @web.middleware
 async def errors_to_envelope(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The one place an error becomes an error envelope: Anthropic's on the Messages API's routes,
-    OpenAI's everywhere else."""
+    """The one place an error becomes an error envelope: the envelope of the dialect whose route
+    took the request (Anthropic's on the Messages API's), OpenAI's on every other route."""
     try:
         return await handler(request)
     except web.HTTPException as http_error:
@@ -102,9 +112,9 @@ async def errors_to_envelope(request: web.Request, handler: Handler) -> web.Stre
         log.exception("unexpected error on %s %s", request.method, request.path)
         error = ProxyError("internal error in the proxy; see its log")
     request[exchange_key].outcome = error.code
-    anthropic = request.path.startswith("/v1/messages")
+    dialect = request.get(dialect_key, CHAT)
     return web.Response(
-        status=error.status, body=error_body(error, anthropic), content_type="application/json", headers=error.headers
+        status=error.status, body=dialect.error_body(error), content_type="application/json", headers=error.headers
     )
 
 
@@ -135,29 +145,27 @@ def make_app(config: Config) -> web.Application:
     async def warmer(snapshot: Snapshot, diff: WorkingDiff) -> Usage | None:
         """Warm the prefix up; with `usage = client`, learn its tokens from the upstream's count.
         The question alone goes first (once), so the warmed prefix is what the upstream holds last."""
-        live = app[live_key]
-        session, upstream = app[session_key], live.config.upstream
+        live, upstream = app[live_key], app[upstream_key]
         measuring = live.config.context.usage == "client"
-        where = (upstream.url, upstream.model)
-        if measuring and where not in tokens.bare:
-            alone = await warm_up(session, upstream, live.routing)
+        counts = tokens.of(upstream.config.url, upstream.config.model)
+        if measuring and counts.bare is None:
+            alone = await upstream.warm_up()
             if alone is not None and alone.prompt_tokens is not None:
-                tokens.bare[where] = alone.prompt_tokens
+                counts.bare = alone.prompt_tokens
         strict = (await live.layouts.current()).strict
-        usage = await warm_up(session, upstream, live.routing, *chat_context(snapshot.message, diff.message, strict))
+        usage = await upstream.warm_up(*chat_context(snapshot.json_text, diff.json_text, strict))
         if not measuring:
             return usage
-        if usage is not None and usage.prompt_tokens is not None and where in tokens.bare:
+        if usage is not None and usage.prompt_tokens is not None and counts.bare is not None:
             injected = snapshot.text_bytes + diff.text_bytes
-            tokens.learn(snapshot.commit, injected, usage.prompt_tokens - tokens.bare[where])
+            counts.learn(snapshot.commit, injected, usage.prompt_tokens - counts.bare)
         else:
-            tokens.unmeasurable(snapshot.commit)
+            counts.unmeasurable(snapshot.commit)
             log.warning("the upstream reports no prompt tokens: usage is relayed as it counted it")
         return usage
 
     async def probe(systems: int) -> ProxyError | None:
-        live = app[live_key]
-        return await probe_systems(app[session_key], live.config.upstream, live.routing, systems)
+        return await app[upstream_key].probe_systems(systems)
 
     app[probes_key] = probes = SharedTasks()
     app[live_key] = Live(
@@ -175,11 +183,12 @@ def make_app(config: Config) -> web.Application:
 
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
-    """The one upstream session; every request on it carries the repository's routing key."""
+    """The one upstream session; every request on it carries the repository's routing key. The
+    upstream settings and the routing are read per request: a reload may replace them."""
     live = app[live_key]
     live.routing = Routing(await asyncio.to_thread(live.epochs.repository_key))
-    async with open_session(live.config.upstream) as session:
-        app[session_key] = session
+    async with Upstream(lambda: app[live_key].config.upstream, lambda: app[live_key].routing) as upstream:
+        app[upstream_key] = upstream
         yield
 
 

@@ -31,32 +31,10 @@ def encode_text(text: str) -> bytes:
     return data.replace(b"\\", b"\\\\").replace(b'"', b'\\"').replace(b"\n", b"\\n").replace(b"\t", b"\\t")
 
 
-#: How a system message's encoding opens and closes around its content.
-SYSTEM_OPEN = b'{"role":"system","content":"'
-SYSTEM_CLOSE = b'"}'
-
 Chunk = bytes | memoryview
 
 #: An encoded message: in one piece, or as chunks (a snapshot's) that are sent one after another.
 Encoded = bytes | tuple[Chunk, ...]
-
-
-def system_message(*parts: str) -> bytes:
-    """A system message whose content is one string: the parts joined (Llama 4 renders only a
-    list's first part). Encoded part by part, the same bytes as encoding the joined text, so that
-    a large message never holds the GIL (and so the event loop) for one long call."""
-    encoded = [encode_text(part) for part in parts]
-    return SYSTEM_OPEN + b"".join(encoded) + SYSTEM_CLOSE
-
-
-def system_text(message: Encoded) -> tuple[Chunk, ...]:
-    """The encoded text of a message made by `system_message` (or a snapshot's chunks of one),
-    without its quotes, and no copy."""
-    chunks = (message,) if isinstance(message, bytes) else message
-    if len(chunks) == 1:
-        return (memoryview(chunks[0])[len(SYSTEM_OPEN) : len(chunks[0]) - len(SYSTEM_CLOSE)],)
-    first, *middle, last = chunks
-    return (memoryview(first)[len(SYSTEM_OPEN) :], *middle, memoryview(last)[: len(last) - len(SYSTEM_CLOSE)])
 
 
 @attrs.frozen

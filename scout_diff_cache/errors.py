@@ -1,25 +1,10 @@
-"""The proxy's error types and the one place they become each API's error envelope.
+"""The proxy's error types: a small hierarchy, each fixing its HTTP status and envelope fields.
 
-A request that came in on the Anthropic Messages API gets Anthropic's envelope
-(`{"type": "error", "error": {"type", "message"}}`); every other route gets OpenAI's
-(`{"error": {"message", "type", "code"}}`). The HTTP status is the same for both.
+Each client dialect (`apis/`) maps them to its own envelope and SSE error event, one method each;
+the error middleware answers with the dialect of the route that handled the request.
 """
 
 from __future__ import annotations
-
-import json
-
-#: Anthropic's error types by HTTP status (what its SDKs and Claude Code branch on).
-ANTHROPIC_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    503: "overloaded_error",
-    529: "overloaded_error",
-}
 
 
 class ConfigError(Exception):
@@ -132,25 +117,3 @@ class UpstreamRejected(UpstreamError):
         self.status = status
         self.type = type_ or self.type
         self.code = code or self.code
-
-
-def anthropic_type(status: int) -> str:
-    return ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
-
-
-def error_body(error: ProxyError, anthropic: bool = False) -> bytes:
-    """The error's body in the envelope of the API the request came in on."""
-    if anthropic:
-        inner = {"type": anthropic_type(error.status), "message": error.message}
-        return json.dumps({"type": "error", "error": inner}).encode()
-    return json.dumps({"error": {"message": error.message, "type": error.type, "code": error.code}}).encode()
-
-
-def error_event(error: ProxyError, api: str) -> bytes:
-    """The error as the SSE event each API's streaming clients expect, once the stream has begun."""
-    if api == "messages":
-        return b"event: error\ndata: " + error_body(error, anthropic=True) + b"\n\n"
-    if api == "responses":
-        payload = {"type": "error", "code": error.code, "message": error.message, "param": None}
-        return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
-    return b"data: " + error_body(error) + b"\n\n"

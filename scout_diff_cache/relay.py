@@ -17,13 +17,12 @@ import attrs
 from aiohttp import web
 
 from .accounting import Exchange
-from .config import UpstreamConfig
+from .apis.dialects import Dialect
 from .encoding import Body, encode_json
-from .errors import ProxyError, error_event
+from .errors import ProxyError
 from .state import metrics_key
-from .upstream.client import check_status, next_chunk, no_first_byte, read_json_answer, request_any, send, url_under
-from .upstream.routing import Routing
-from .usage import SseUsage, read_usage, take_out, usage_fields
+from .upstream.client import Upstream, check_status, next_chunk, no_first_byte, url_under
+from .usage import SseUsage, usage_fields
 
 KEEPALIVE = b": keep-alive\n\n"
 
@@ -32,8 +31,8 @@ KEEPALIVE = b": keep-alive\n\n"
 class Outbound:
     """One request for the upstream, and what to do to the usage in its answer."""
 
-    #: chat, responses or messages: how the answer's usage reads, and its errors' envelope.
-    api: str
+    #: The client's API: how the answer's usage reads, and its errors' envelope.
+    api: Dialect
     #: Under the upstream's base URL.
     path: str
     body: Body
@@ -44,32 +43,25 @@ class Outbound:
 
 
 async def relay_json(
-    session: aiohttp.ClientSession,
-    config: UpstreamConfig,
-    outbound: Outbound,
-    *,
-    routing: Routing,
-    headers: Mapping[str, str],
-    exchange: Exchange,
+    upstream: Upstream, outbound: Outbound, *, headers: Mapping[str, str], exchange: Exchange
 ) -> web.Response:
     started = time.monotonic()
-    data, payload = await read_json_answer(session, config, outbound.body, routing, outbound.path)
+    data, payload = await upstream.read_json_answer(outbound.body, outbound.path)
     exchange.first_byte_seconds = time.monotonic() - started  # a JSON answer comes in one piece
-    exchange.usage = read_usage(outbound.api, payload)
+    exchange.usage = outbound.api.read_usage(payload)
     usage = usage_fields(payload)
     if outbound.injected and usage is not None:
-        take_out(outbound.api, usage, outbound.injected)
+        outbound.api.take_out(usage, outbound.injected)
         data = encode_json(payload)
     return web.Response(body=data, content_type="application/json", headers=headers)
 
 
-async def _open_stream(
-    session: aiohttp.ClientSession, config: UpstreamConfig, outbound: Outbound, routing: Routing
-) -> tuple[aiohttp.ClientResponse, bytes]:
-    response = await send(session, config, outbound.path, outbound.body, routing)
+async def _open_stream(upstream: Upstream, outbound: Outbound) -> tuple[aiohttp.ClientResponse, bytes]:
+    response = await upstream.send(outbound.path, outbound.body)
+    idle_timeout = upstream.config.idle_timeout
     try:
-        await check_status(response, config.idle_timeout)
-        return response, await next_chunk(response, config.idle_timeout)
+        await check_status(response, idle_timeout)
+        return response, await next_chunk(response, idle_timeout)
     except BaseException:
         response.close()
         raise
@@ -77,20 +69,19 @@ async def _open_stream(
 
 async def relay_stream(
     request: web.Request,
-    session: aiohttp.ClientSession,
-    config: UpstreamConfig,
+    upstream: Upstream,
     outbound: Outbound,
     *,
-    routing: Routing,
     keepalive_interval: float,
     headers: Mapping[str, str],
     exchange: Exchange,
 ) -> web.StreamResponse:
     """Relay the upstream's SSE answer as it comes, its usage read (and rewritten, if asked)."""
+    config = upstream.config
     loop = asyncio.get_running_loop()
     started = loop.time()
     deadline = started + config.first_byte_timeout
-    opening = asyncio.ensure_future(_open_stream(session, config, outbound, routing))
+    opening = asyncio.ensure_future(_open_stream(upstream, outbound))
     client: web.StreamResponse | None = None
     usage = SseUsage(outbound.api, outbound.strip_usage, outbound.injected)
     metrics = request.app[metrics_key]
@@ -104,13 +95,13 @@ async def relay_stream(
             if not opening.done() and loop.time() < deadline:
                 client = client or await _start_sse(request, headers)
                 await client.write(KEEPALIVE)
-        upstream, chunk = opening.result()
+        answer, chunk = opening.result()
         exchange.first_byte_seconds = loop.time() - started
         client = client or await _start_sse(request, headers)
         while chunk:
             if relayed := usage.feed(chunk):
                 await client.write(relayed)
-            chunk = await next_chunk(upstream, config.idle_timeout)
+            chunk = await next_chunk(answer, config.idle_timeout)
         if rest := usage.flush():
             await client.write(rest)
         await client.write_eof()
@@ -119,7 +110,7 @@ async def relay_stream(
         if client is None:
             raise
         exchange.outcome = error.code
-        await client.write(error_event(error, outbound.api))
+        await client.write(outbound.api.error_event(error))
         await client.write_eof()
         return client
     except ConnectionResetError:
@@ -169,32 +160,27 @@ NOT_FORWARDED = frozenset(
 
 
 async def relay_any(
-    request: web.Request,
-    session: aiohttp.ClientSession,
-    config: UpstreamConfig,
-    segments: tuple[str, ...],
-    body: bytes,
-    routing: Routing,
-    exchange: Exchange,
+    request: web.Request, upstream: Upstream, segments: tuple[str, ...], body: bytes, exchange: Exchange
 ) -> web.StreamResponse:
     """Pass a request through to the same path upstream (its checked `segments` under /v1), and its
     answer back as it comes, status and headers included. Errors before the answer's headers get
     the proxy's envelope."""
+    config = upstream.config
     url = url_under(config, segments, request.rel_url.raw_query_string)
     headers = {name: value for name, value in request.headers.items() if name.lower() not in NOT_FORWARDED}
     started = time.monotonic()
-    opening = request_any(session, config, request.method, url, body, headers, routing)
+    opening = upstream.request_any(request.method, url, body, headers)
     try:
-        upstream = await asyncio.wait_for(opening, config.first_byte_timeout)
+        answer = await asyncio.wait_for(opening, config.first_byte_timeout)
     except asyncio.TimeoutError:
         raise no_first_byte(config) from None
     try:
         exchange.first_byte_seconds = time.monotonic() - started
-        kept = {name: value for name, value in upstream.headers.items() if name.lower() not in NOT_FORWARDED}
-        client = web.StreamResponse(status=upstream.status, headers=kept)
+        kept = {name: value for name, value in answer.headers.items() if name.lower() not in NOT_FORWARDED}
+        client = web.StreamResponse(status=answer.status, headers=kept)
         await client.prepare(request)
         try:
-            while chunk := await next_chunk(upstream, config.idle_timeout):
+            while chunk := await next_chunk(answer, config.idle_timeout):
                 await client.write(chunk)
         except ProxyError as error:
             exchange.outcome = error.code  # the status is out: the answer just ends short
@@ -205,4 +191,4 @@ async def relay_any(
         exchange.outcome = "client_closed"
         return web.StreamResponse()
     finally:
-        upstream.close()
+        answer.close()

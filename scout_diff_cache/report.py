@@ -14,8 +14,9 @@ BYTES_PER_TOKEN = 4
 LARGEST = 10
 
 
-def _content(message: bytes) -> str:
-    return str(json.loads(message)["content"])
+def _content(json_text: bytes) -> str:
+    """The text of JSON-encoded text without its quotes."""
+    return str(json.loads(b'"' + json_text + b'"'))
 
 
 def render_report(config: Config, injection: Injection, show: str | None, layout: Layout | None = None) -> str:
@@ -23,7 +24,7 @@ def render_report(config: Config, injection: Injection, show: str | None, layout
     if show == "snapshot":
         return _content(snapshot.encoded())
     if show == "diff":
-        return _content(diff.message)
+        return _content(diff.json_text)
     if show == "files":
         return "".join(f"{size:>12,}  {path}\n" for path, size in snapshot.inlined)
     head = diff.head or "none (no commits yet)"

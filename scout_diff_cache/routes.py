@@ -12,7 +12,7 @@ from aiohttp.typedefs import Handler
 
 from .access import client_scope, limit_concurrency, require_key
 from .accounting import Exchange
-from .apis.dialects import CHAT, MESSAGES, RESPONSES, Api
+from .apis.dialects import CHAT, MESSAGES, RESPONSES, Dialect
 from .apis.validation import ClientRequest, RequestRules
 from .config import Config, is_loopback
 from .context.conversations import Prepared
@@ -21,8 +21,7 @@ from .errors import Forbidden, InvalidRequest, ProxyError
 from .metrics import render as render_metrics
 from .passthrough import forwarded
 from .relay import Outbound, relay_any, relay_json, relay_stream
-from .state import exchange_key, live_key, metrics_key, session_key, tokens_key, totals_key
-from .upstream.client import fetch_models
+from .state import dialect_key, exchange_key, live_key, metrics_key, tokens_key, totals_key, upstream_key
 from .upstream.layout import Layout
 
 log = logging.getLogger(__name__)
@@ -33,12 +32,12 @@ def injection_headers(prepared: Prepared) -> dict[str, str]:
     return {
         "X-Scout-Snapshot-Commit": prepared.snapshot.commit or "none",
         "X-Scout-Snapshot-Bytes": str(prepared.snapshot.text_bytes),
-        "X-Scout-Diff-Bytes": str(len(prepared.start)),
+        "X-Scout-Diff-Bytes": str(prepared.start_bytes),
         "X-Scout-Conversation": prepared.outcome,
     }
 
 
-async def prepare(request: web.Request, client: ClientRequest, api: Api, layout: Layout) -> Prepared:
+async def prepare(request: web.Request, client: ClientRequest, api: Dialect, layout: Layout) -> Prepared:
     """The context and messages for a request: its conversation's, or the current ones.
 
     A Responses request that names `previous_response_id` continues a conversation the upstream
@@ -55,7 +54,8 @@ async def prepare(request: web.Request, client: ClientRequest, api: Api, layout:
         return await live.conversations.prepare(live.epochs, client, api, scope, placement)
     injection = await live.epochs.current()
     injected = injection.snapshot.text_bytes + injection.diff.text_bytes
-    return Prepared(injection.snapshot, injection.diff.message, client.parts, "off", injected)
+    diff = injection.diff
+    return Prepared(injection.snapshot, diff.json_text, diff.text_bytes, client.parts, "off", injected)
 
 
 async def injected_tokens(request: web.Request, prepared: Prepared) -> int | None:
@@ -67,7 +67,7 @@ async def injected_tokens(request: web.Request, prepared: Prepared) -> int | Non
     live = request.app[live_key]
     if live.config.context.usage != "client":
         return None
-    tokens = request.app[tokens_key]
+    tokens = request.app[tokens_key].of(live.config.upstream.url, live.config.upstream.model)
     if not tokens.known(prepared.snapshot.commit) and live.epochs.snapshot is prepared.snapshot:
         try:
             await live.epochs.warm_shared()
@@ -89,8 +89,10 @@ def salted(raw: bytes, salt: str | None) -> Body:
     return Body((encode_json({**json.loads(raw), "cache_salt": salt}),))
 
 
-async def forward(request: web.Request, api: Api) -> web.StreamResponse:
-    """A chat, Responses or Messages request: the repository context put in, the answer relayed."""
+async def forward(request: web.Request) -> web.StreamResponse:
+    """A request on a client API (its route's dialect): the repository context put in, the answer
+    relayed."""
+    api = request[dialect_key]
     live = request.app[live_key]
     config = live.config
     raw = await request.read()
@@ -101,45 +103,25 @@ async def forward(request: web.Request, api: Api) -> web.StreamResponse:
     if config.context.inject:
         layout = await live.layouts.current()
         prepared = await prepare(request, client, api, layout)
-        body = api.body(client, prepared.parts, prepared.snapshot.message, prepared.start, layout.strict)
+        body = api.body(client, prepared.parts, prepared.snapshot.json_text, prepared.start, layout.strict)
         headers = injection_headers(prepared)
         exchange.snapshot_commit = prepared.snapshot.commit
         exchange.snapshot_bytes = prepared.snapshot.text_bytes
-        exchange.diff_bytes = len(prepared.start)
+        exchange.diff_bytes = prepared.start_bytes
         exchange.client_bytes = client.encoded_bytes
         exchange.injected_bytes = prepared.injected_bytes
         exchange.conversation = prepared.outcome
         # chat streams ask upstream for usage on the client's behalf; the other APIs always carry it
-        outbound = Outbound(api.name, api.path, body, not client.wants_usage, await injected_tokens(request, prepared))
+        outbound = Outbound(api, api.path, body, not client.wants_usage, await injected_tokens(request, prepared))
     else:  # the client's body as it came
-        outbound = Outbound(api.name, api.path, salted(raw, config.upstream.cache_salt))
-    session = request.app[session_key]
+        outbound = Outbound(api, api.path, salted(raw, config.upstream.cache_salt))
+    upstream = request.app[upstream_key]
     if client.stream:
+        interval = config.server.sse_keepalive_interval
         return await relay_stream(
-            request,
-            session,
-            config.upstream,
-            outbound,
-            routing=live.routing,
-            keepalive_interval=config.server.sse_keepalive_interval,
-            headers=headers,
-            exchange=exchange,
+            request, upstream, outbound, keepalive_interval=interval, headers=headers, exchange=exchange
         )
-    return await relay_json(
-        session, config.upstream, outbound, routing=live.routing, headers=headers, exchange=exchange
-    )
-
-
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await forward(request, CHAT)
-
-
-async def responses(request: web.Request) -> web.StreamResponse:
-    return await forward(request, RESPONSES)
-
-
-async def messages(request: web.Request) -> web.StreamResponse:
-    return await forward(request, MESSAGES)
+    return await relay_json(upstream, outbound, headers=headers, exchange=exchange)
 
 
 async def count_tokens(request: web.Request) -> web.StreamResponse:
@@ -151,14 +133,13 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
     raw = await request.read()
     client = MESSAGES.parse(raw, request_rules(config))
     exchange: Exchange = request[exchange_key]
-    exchange.api, exchange.to_upstream = "messages", True
+    exchange.api, exchange.to_upstream = MESSAGES.name, True
     body = salted(raw, config.upstream.cache_salt)
     if config.context.inject and config.context.usage == "upstream":
         injection = await live.epochs.current()
-        body = MESSAGES.body(client, client.parts, injection.snapshot.message, injection.diff.message)
-    outbound = Outbound("messages", "/messages/count_tokens", body)
-    session = request.app[session_key]
-    return await relay_json(session, config.upstream, outbound, routing=live.routing, headers={}, exchange=exchange)
+        body = MESSAGES.body(client, client.parts, injection.snapshot.json_text, injection.diff.json_text)
+    outbound = Outbound(MESSAGES, "/messages/count_tokens", body)
+    return await relay_json(request.app[upstream_key], outbound, headers={}, exchange=exchange)
 
 
 async def passthrough(request: web.Request) -> web.StreamResponse:
@@ -171,7 +152,7 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     exchange: Exchange = request[exchange_key]
     exchange.to_upstream = True
     body = await request.read()
-    return await relay_any(request, request.app[session_key], upstream, segments, body, live.routing, exchange)
+    return await relay_any(request, request.app[upstream_key], segments, body, exchange)
 
 
 async def root(request: web.Request) -> web.Response:
@@ -182,7 +163,7 @@ async def root(request: web.Request) -> web.Response:
 async def models(request: web.Request) -> web.Response:
     config = request.app[live_key].config.upstream
     try:
-        answer = await fetch_models(request.app[session_key], config, request.app[live_key].routing)
+        answer = await request.app[upstream_key].fetch_models()
         return web.Response(body=answer, content_type="application/json")
     except ProxyError:
         listed = {"id": config.model, "object": "model", "created": 0, "owned_by": "scout-diff-cache"}
@@ -225,9 +206,7 @@ async def ready(request: web.Request) -> web.Response:
     if request.app[live_key].config.context.inject and epochs.snapshot is None:
         reasons.append(f"the snapshot is {epochs.state}" + (f": {epochs.last_error}" if epochs.last_error else ""))
     try:
-        await fetch_models(
-            request.app[session_key], request.app[live_key].config.upstream, request.app[live_key].routing
-        )
+        await request.app[upstream_key].fetch_models()
     except ProxyError as error:
         reasons.append(error.message)
     return web.json_response({"ready": not reasons, "reasons": reasons}, status=503 if reasons else 200)
@@ -258,14 +237,17 @@ class Route:
     open: bool = False
     #: Counted against `max_concurrent_requests` (work that holds the upstream).
     limited: bool = False
+    #: The client API it speaks, errors included (None: OpenAI's envelope, as chat's); its
+    #: handler finds it under `dialect_key`.
+    dialect: Dialect | None = None
 
 
 #: In the order they are matched: the catch-all /v1 route last.
 ROUTES = (
-    Route("POST", "/v1/chat/completions", chat_completions, limited=True),
-    Route("POST", "/v1/responses", responses, limited=True),
-    Route("POST", "/v1/messages", messages, limited=True),
-    Route("POST", "/v1/messages/count_tokens", count_tokens, limited=True),
+    Route("POST", "/v1/chat/completions", forward, limited=True, dialect=CHAT),
+    Route("POST", "/v1/responses", forward, limited=True, dialect=RESPONSES),
+    Route("POST", "/v1/messages", forward, limited=True, dialect=MESSAGES),
+    Route("POST", "/v1/messages/count_tokens", count_tokens, limited=True, dialect=MESSAGES),
     Route("GET", "/v1/models", models, limited=True),
     Route("*", "/v1/{tail:.+}", passthrough, limited=True),
     Route("HEAD", "/", root, open=True),
@@ -279,4 +261,15 @@ ROUTES = (
 def add_routes(app: web.Application) -> None:
     for route in ROUTES:
         handler = limit_concurrency(route.handler) if route.limited else route.handler
-        app.router.add_route(route.method, route.path, handler if route.open else require_key(handler))
+        handler = handler if route.open else require_key(handler)
+        app.router.add_route(route.method, route.path, _speaking(route.dialect, handler) if route.dialect else handler)
+
+
+def _speaking(dialect: Dialect, handler: Handler) -> Handler:
+    """The handler, with the request marked as the dialect's (its errors get that envelope)."""
+
+    async def marked(request: web.Request) -> web.StreamResponse:
+        request[dialect_key] = dialect
+        return await handler(request)
+
+    return marked

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import aiohttp
 import attrs
 from aiohttp import web
 
 from .accounting import Exchange, Totals
+from .apis.dialects import Dialect
 from .config import Config
 from .context.conversations import Conversations
 from .context.epochs import Epochs
 from .metrics import Metrics
 from .shared import SharedTasks
+from .upstream.client import Upstream
 from .upstream.layout import Layouts
 from .upstream.routing import Routing
 from .upstream.tokens import InjectedTokens
@@ -31,10 +32,12 @@ class Live:
 
 
 live_key = web.AppKey("live", Live)
-session_key = web.AppKey("session", aiohttp.ClientSession)
+upstream_key = web.AppKey("upstream", Upstream)
 totals_key = web.AppKey("totals", Totals)
 metrics_key = web.AppKey("metrics", Metrics)
 tokens_key = web.AppKey("tokens", InjectedTokens)
 #: The probes of the upstream's template under way, shared by the requests that wait for one.
 probes_key = web.AppKey("probes", SharedTasks)
 exchange_key = web.RequestKey("exchange", Exchange)
+#: The client API of the route that took the request (see `routes.Route.dialect`).
+dialect_key: web.RequestKey[Dialect] = web.RequestKey("dialect")

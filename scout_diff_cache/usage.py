@@ -7,12 +7,17 @@ reads and writes (`cache_read_input_tokens`, `cache_creation_input_tokens`), so 
 injected tokens come out of the cache reads first, then the cache writes, then `input_tokens`. No
 figure ever goes below zero. A field the upstream does not report stays None ("unknown"), never
 0: vLLM reports cached tokens only with --enable-prompt-tokens-details.
+
+The two ways of counting are pure functions here (`take_out_included`, `take_out_in_order`); each
+client dialect (`apis/`) says which one it is and names its fields, and `SseUsage` is handed the
+dialect of the stream it reads.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import attrs
 
@@ -31,7 +36,7 @@ class Usage:
     processed_tokens: int | None
 
 
-def _int(mapping: Any, key: str) -> int | None:
+def int_field(mapping: Any, key: str) -> int | None:
     value = mapping.get(key) if isinstance(mapping, dict) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -48,52 +53,64 @@ def usage_fields(payload: Any) -> dict[str, Any] | None:
     return None
 
 
-def read_usage(api: str, payload: Any) -> Usage | None:
-    """The prompt and cache figures of an answer (or a streamed event), if it carries any."""
+class UsageReader(Protocol):
+    """How one API reports usage (each client dialect is one)."""
+
+    def read_usage(self, payload: Any) -> Usage | None: ...
+
+    def take_out(self, usage: dict[str, Any], injected: int) -> None: ...
+
+
+#: Reads (prompt tokens, cached tokens) off an API's usage object (None: the answer had none).
+PromptFigures = Callable[[dict[str, Any] | None], tuple[int | None, int | None]]
+
+
+def read_counted(payload: Any, prompt: PromptFigures) -> Usage | None:
+    """The prompt and cache figures of an answer (or a streamed event), if it carries any: `prompt`
+    reads the API's usage object; llama.cpp's `timings` fill in what it lacks."""
     usage = usage_fields(payload)
     timings = payload.get("timings") if isinstance(payload, dict) else None
     if usage is None and not isinstance(timings, dict):
         return None
-    if api == "messages":
-        parts = [_int(usage, key) for key in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")]
-        prompt = None if parts[0] is None else sum(part or 0 for part in parts)
-        cached = parts[1]
-    elif api == "responses":
-        prompt = _int(usage, "input_tokens")
-        cached = _int(usage.get("input_tokens_details") if usage else None, "cached_tokens")
-    else:
-        prompt = _int(usage, "prompt_tokens")
-        cached = _int(usage.get("prompt_tokens_details") if usage else None, "cached_tokens")
+    tokens, cached = prompt(usage)
     if cached is None:
-        cached = _int(timings, "cache_n")
-    return Usage(prompt, cached, _int(timings, "prompt_n"))
+        cached = int_field(timings, "cache_n")
+    return Usage(tokens, cached, int_field(timings, "prompt_n"))
 
 
-def take_out(api: str, usage: dict[str, Any], injected: int) -> None:
-    """Remove `injected` prompt tokens from a usage object, in place."""
-    if api == "messages":
-        left = injected
-        for key in ("cache_read_input_tokens", "cache_creation_input_tokens", "input_tokens"):
-            value = _int(usage, key)
-            if value is not None:
-                taken = min(value, left)
-                usage[key], left = value - taken, left - taken
-        return
-    prompt_key, details_key = (
-        ("input_tokens", "input_tokens_details") if api == "responses" else ("prompt_tokens", "prompt_tokens_details")
-    )
-    prompt = _int(usage, prompt_key)
+def included_figures(prompt_key: str, details_key: str) -> PromptFigures:
+    """Figures of an API whose prompt count includes the cached tokens (chat, Responses)."""
+
+    def figures(usage: dict[str, Any] | None) -> tuple[int | None, int | None]:
+        return int_field(usage, prompt_key), int_field(usage.get(details_key) if usage else None, "cached_tokens")
+
+    return figures
+
+
+def take_out_included(usage: dict[str, Any], injected: int, prompt_key: str, details_key: str) -> None:
+    """Remove `injected` prompt tokens, in place, where the prompt count includes the cached ones."""
+    prompt = int_field(usage, prompt_key)
     if prompt is None:
         return
     taken = min(prompt, injected)
     usage[prompt_key] = prompt - taken
     details = usage.get(details_key)
-    cached = _int(details, "cached_tokens")
+    cached = int_field(details, "cached_tokens")
     if isinstance(details, dict) and cached is not None:
         details["cached_tokens"] = min(prompt - taken, max(0, cached - injected))
-    total = _int(usage, "total_tokens")
+    total = int_field(usage, "total_tokens")
     if total is not None:
         usage["total_tokens"] = max(0, total - taken)
+
+
+def take_out_in_order(usage: dict[str, Any], injected: int, keys: tuple[str, ...]) -> None:
+    """Remove `injected` prompt tokens, in place, from separately counted figures, `keys` first to last."""
+    left = injected
+    for key in keys:
+        value = int_field(usage, key)
+        if value is not None:
+            taken = min(value, left)
+            usage[key], left = value - taken, left - taken
 
 
 class SseUsage:
@@ -105,7 +122,7 @@ class SseUsage:
     otherwise whole events do, and only an event carrying usage is re-encoded.
     """
 
-    def __init__(self, api: str, strip: bool = False, injected: int | None = None) -> None:
+    def __init__(self, api: UsageReader, strip: bool = False, injected: int | None = None) -> None:
         self._api = api
         self._strip = strip
         self._injected = injected or None
@@ -141,7 +158,7 @@ class SseUsage:
                 return b""  # the usage-only chunk the proxy asked for on the client's behalf
             usage = usage_fields(payload)
             if usage is not None and self._injected is not None:
-                take_out(self._api, usage, self._injected)
+                self._api.take_out(usage, self._injected)
                 lines[index] = b"data: " + encode_json(payload)
         return b"\n".join(lines) + b"\n\n"
 
@@ -153,7 +170,7 @@ class SseUsage:
             payload = json.loads(line[5:])
         except ValueError:
             return None
-        found = read_usage(self._api, payload)
+        found = self._api.read_usage(payload)
         if found is not None and (found.prompt_tokens is not None or found.cached_tokens is not None):
             self.usage = found
         return payload if isinstance(payload, dict) else None

@@ -15,7 +15,7 @@ from scout_diff_cache.git.content import entry_side, is_binary, screened_text, s
 from scout_diff_cache.git.epoch import Epoch
 from scout_diff_cache.errors import RepositoryError
 from scout_diff_cache.git.order import carry_order, changed_paths, last_changes, least_recent_first
-from scout_diff_cache.encoding import system_message
+from scout_diff_cache.apis.assembly import system_message  # the chat envelope the snapshot once carried
 from scout_diff_cache.git.repository import ContentRules, open_repository, repository_key
 from scout_diff_cache.git.secrets import Finding
 

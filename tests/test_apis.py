@@ -19,7 +19,7 @@ import attrs
 import pytest
 from aiohttp import web
 
-from scout_diff_cache.apis.validation import without_billing_header
+from scout_diff_cache.apis.messages import without_billing_header
 
 from reconstruction import (
     check,
@@ -546,3 +546,16 @@ async def test_configured_template_variables_go_in_every_body_under_the_clients_
     assert received == [pinned, {**pinned, **own}, pinned]
     warmups = [seen.json for seen in upstream.seen if is_warmup(seen.json)]
     assert warmups and all(body["chat_template_kwargs"] == pinned for body in warmups)
+
+
+async def test_errors_take_the_envelope_of_the_dialect_whose_route_took_the_request(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    client = await make_proxy()
+    counting = await client.post("/v1/messages/count_tokens", json={"model": "m", "messages": []})
+    assert counting.status == 400 and (await counting.json())["type"] == "error"
+    assert (await counting.json())["error"]["type"] == "invalid_request_error"
+    chat = await client.post("/v1/chat/completions", json={"model": "m", "messages": []})
+    assert chat.status == 400 and (await chat.json())["error"]["code"] == "invalid_request"
+    passed = await client.get("/v1/messages/batches")  # the pass-through's route, not the Messages API's
+    assert passed.status == 404 and (await passed.json())["error"]["code"] == "not_found"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
-from scout_diff_cache.apis.assembly import assemble
-from scout_diff_cache.apis.validation import RequestRules, parse_chat_request
-from scout_diff_cache.encoding import encode_json, encode_text, system_message
+from scout_diff_cache.apis.assembly import assemble, system_message
+from scout_diff_cache.apis.chat import parse_chat_request
+from scout_diff_cache.apis.validation import RequestRules
+from scout_diff_cache.encoding import encode_json, encode_text
 
 
 def test_a_message_encoded_in_parts_equals_the_whole_encoded_at_once() -> None:

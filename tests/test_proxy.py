@@ -19,6 +19,7 @@ from support import (
     event_stream,
     free_port,
     hang,
+    is_warmup,
     sse_chunk,
     until,
     until_async,
@@ -101,6 +102,20 @@ async def test_non_streaming_answer_comes_back_byte_for_byte_with_context_header
     assert response.headers["X-Scout-Snapshot-Commit"] == git_repo.head()
     assert int(response.headers["X-Scout-Snapshot-Bytes"]) > 100
     assert int(response.headers["X-Scout-Diff-Bytes"]) > 10
+
+
+async def test_the_context_headers_count_bytes_of_text_as_health_does(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    git_repo.write("quoted.py", 'print("ümlaut\ttab")\n' * 20)  # quotes, tabs, lines: encoded longer than text
+    client = await make_proxy()
+    response = await client.post("/v1/chat/completions", json=chat())
+    messages = [seen.json for seen in upstream.seen if not is_warmup(seen.json)][-1]["messages"]
+    snapshot, diff = messages[0]["content"], messages[1]["content"]
+    assert int(response.headers["X-Scout-Diff-Bytes"]) == len(diff.encode("utf-8"))
+    assert int(response.headers["X-Scout-Snapshot-Bytes"]) == len(snapshot.encode("utf-8"))
+    health = await (await client.get("/health")).json()
+    assert health["snapshot"]["bytes"] == len(snapshot.encode("utf-8"))
 
 
 async def test_inject_false_sends_the_body_through_untouched(make_proxy: ProxyFactory, upstream: FakeUpstream) -> None:

@@ -18,8 +18,8 @@ import pygit2
 import pytest
 from pygit2.enums import FileMode
 
+from scout_diff_cache.apis.assembly import SYSTEM_CLOSE, SYSTEM_OPEN
 from scout_diff_cache.app import make_app
-from scout_diff_cache.encoding import system_text
 from scout_diff_cache.git.epoch import Epoch
 from scout_diff_cache.git.repository import ContentRules
 from scout_diff_cache.git.snapshot import CHUNK_BYTES, Snapshot, build_snapshot
@@ -70,8 +70,14 @@ def rules(secrets: str = "redact") -> ContentRules:
     return ContentRules(compile_patterns(["package-lock.json"]), 4096, secrets)
 
 
+def text_of(message: bytes) -> bytes:
+    """The encoded text of the old renderer's system message: the git layer now sends no envelope."""
+    assert message.startswith(SYSTEM_OPEN) and message.endswith(SYSTEM_CLOSE)
+    return message[len(SYSTEM_OPEN) : len(message) - len(SYSTEM_CLOSE)]
+
+
 def assert_same(before: snapshot_before.Snapshot, now: Snapshot) -> None:
-    assert now.encoded() == before.message
+    assert now.encoded() == text_of(before.message)
     assert [(item.path, item.reason, item.detail) for item in now.left_out] == [
         (item.path, item.reason, item.detail) for item in before.left_out
     ]
@@ -142,9 +148,9 @@ def test_a_large_snapshot_is_kept_as_chunks_of_bounded_size(git_repo: GitRepo, p
     before = snapshot_before.build_snapshot(git_repo.path, git_repo.head(), big, 1 << 30, None)
     now = build_snapshot(git_repo.path, git_repo.head(), big, 1 << 30, None, workers=pool)
     assert_same(before, now)
-    assert len(now.message) > 1
-    assert max(map(len, now.message)) < 2 * CHUNK_BYTES
-    assert b"".join(system_text(now.message)) == b"".join(system_text(before.message))
+    assert len(now.json_text) > 1
+    assert max(map(len, now.json_text)) < 2 * CHUNK_BYTES
+    assert b"".join(now.json_text) == text_of(before.message)
 
 
 def test_a_rebase_takes_the_unchanged_chunks_as_they_are_and_sends_the_same_bytes(
@@ -160,14 +166,14 @@ def test_a_rebase_takes_the_unchanged_chunks_as_they_are_and_sends_the_same_byte
     before = snapshot_before.build_snapshot(git_repo.path, git_repo.head(), big, 1 << 30, first.epoch)
     rebased = build_snapshot(git_repo.path, git_repo.head(), big, 1 << 30, first.epoch, workers=pool, reuse=first)
     assert_same(before, rebased)
-    kept = [now is then for now, then in zip(rebased.message, first.message, strict=False)]
-    assert len(first.message) > 3 and kept[0] and not kept[-1] and kept.index(False) < len(kept) - 1
+    kept = [now is then for now, then in zip(rebased.json_text, first.json_text, strict=False)]
+    assert len(first.json_text) > 3 and kept[0] and not kept[-1] and kept.index(False) < len(kept) - 1
     assert rebased.rendered is not None  # every section it keeps for the next rebase views its own chunks
     views = [item.encoded for item in rebased.rendered.sections.values() if isinstance(item.encoded, memoryview)]
-    assert len(views) == rebased.files and {id(view.obj) for view in views} <= set(map(id, rebased.message))
+    assert len(views) == rebased.files and {id(view.obj) for view in views} <= set(map(id, rebased.json_text))
     under_other_rules = ContentRules(compile_patterns(["*.none"]), 1 << 20)  # the same text, other rules
     other = build_snapshot(git_repo.path, git_repo.head(), under_other_rules, 1 << 30, first.epoch, reuse=first)
-    assert other.encoded() == rebased.encoded() and not set(map(id, other.message)) & set(map(id, first.message))
+    assert other.encoded() == rebased.encoded() and not set(map(id, other.json_text)) & set(map(id, first.json_text))
 
 
 def test_an_unborn_repository_renders_as_before(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ import hashlib
 
 import attrs
 
-from ..apis.dialects import Api
+from ..apis.dialects import Dialect
 from ..apis.validation import ClientRequest
 from ..encoding import encode_text
 from ..git.reader import WorkState
@@ -56,7 +56,7 @@ class Conversation:
     shown: WorkState = attrs.Factory(dict)
     inserted_bytes: int = 0
 
-    def render(self, parts: tuple[bytes, ...], api: Api) -> tuple[bytes, ...]:
+    def render(self, parts: tuple[bytes, ...], api: Dialect) -> tuple[bytes, ...]:
         """The client's messages with every change where it was inserted, each encoded."""
         out: list[bytes] = []
         for position, part in enumerate(parts):
@@ -88,7 +88,9 @@ class Prepared:
     """What goes upstream for one request: the context messages, then the conversation."""
 
     snapshot: Snapshot
+    #: The working diff, JSON-encoded, and its bytes of text.
     start: bytes
+    start_bytes: int
     parts: tuple[bytes, ...]
     #: "new", "continued" or "afresh" (a conversation that could not continue), or "off".
     outcome: str
@@ -150,7 +152,7 @@ class Conversations:
         self._evict()
 
     async def prepare(
-        self, epochs: Epochs, request: ClientRequest, api: Api, scope: str, placement: str = "system"
+        self, epochs: Epochs, request: ClientRequest, api: Dialect, scope: str, placement: str = "system"
     ) -> Prepared:
         """The context and messages for `request`: its conversation continued, or a new one (whose
         changes will be placed as `placement` says). Conversations of different APIs never mix."""
@@ -172,7 +174,7 @@ class Conversations:
             started = Conversation(
                 scope,
                 injection.snapshot.commit,
-                diff.message,
+                diff.json_text,
                 diff.text_bytes,
                 hashes,
                 api.placement(placement),
@@ -180,7 +182,7 @@ class Conversations:
             )
             self._keep(started)
             injected = injection.snapshot.text_bytes + diff.text_bytes
-            return Prepared(injection.snapshot, diff.message, request.parts, outcome, injected)
+            return Prepared(injection.snapshot, diff.json_text, diff.text_bytes, request.parts, outcome, injected)
 
     async def _continue(
         self,
@@ -188,7 +190,7 @@ class Conversations:
         conversation: Conversation,
         matched: int,
         request: ClientRequest,
-        api: Api,
+        api: Dialect,
         hashes: list[bytes],
         current: Snapshot,
         current_state: WorkState,
@@ -222,7 +224,7 @@ class Conversations:
         self._keep(conversation)
         injected = snapshot.text_bytes + conversation.start_bytes + conversation.inserted_bytes
         parts = conversation.render(request.parts, api)
-        return Prepared(snapshot, conversation.start, parts, "continued", injected)
+        return Prepared(snapshot, conversation.start, conversation.start_bytes, parts, "continued", injected)
 
     def _find(self, scope: str, hashes: list[bytes]) -> tuple[Conversation | None, int]:
         """The conversation sharing the most leading messages; of equals, one that can go on from

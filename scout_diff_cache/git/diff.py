@@ -47,7 +47,7 @@ import attrs
 import pygit2
 from pygit2.enums import DiffOption
 
-from ..encoding import system_message
+from ..encoding import encode_text
 from ..errors import RepositoryError
 from .content import Side, Stub, cannot_open, path_text, shown, spell, tree_side, worktree_side
 from .lineage import Lineage
@@ -102,7 +102,8 @@ class WorkingDiff:
     head: str | None
     files: int
     text_bytes: int
-    message: bytes = attrs.field(repr=False)
+    #: The text, JSON-encoded (without quotes): each API puts its own envelope around it.
+    json_text: bytes = attrs.field(repr=False)
     #: Secrets found in the diffs; a finding's line counts within that file's diff text.
     findings: tuple[Finding, ...] = attrs.field(default=(), repr=False)
     #: The uncommitted files in the order shown: committing them keeps that order.
@@ -185,7 +186,7 @@ def working_diff(
     rules: ContentRules,
     committed: list[Group],
 ) -> WorkingDiff:
-    """The committed groups plus what is not committed yet, as one system message. Blocking."""
+    """The committed groups plus what is not committed yet, as one text. Blocking."""
     changes = worktree_changes(repo, head, rules)
     uncommitted = _group(repo, changes, rules, "are not committed yet")
     base_id = str(base.id) if base is not None else None
@@ -199,7 +200,7 @@ def working_diff(
         head_id,
         files,
         len(text.encode("utf-8")),
-        system_message(text),
+        encode_text(text),
         findings,
         uncommitted.paths,
         {path: new for path, _, new in changes},

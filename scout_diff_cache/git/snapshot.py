@@ -39,7 +39,7 @@ from pathlib import Path
 import attrs
 import pygit2
 
-from ..encoding import SYSTEM_CLOSE, SYSTEM_OPEN, encode_text, system_message
+from ..encoding import encode_text
 from ..errors import RepositoryError
 from ..runtime import exempt_from_collection, release_freed_memory
 from .content import spell
@@ -127,8 +127,9 @@ class Snapshot:
     findings: tuple[Finding, ...] = attrs.field(repr=False)
     #: Every path of the base tree, in snapshot order: what the next epoch's order starts from.
     order: tuple[str, ...] = attrs.field(repr=False)
-    #: The system message, JSON-encoded once, as chunks spliced into every request's body.
-    message: tuple[bytes, ...] = attrs.field(repr=False)
+    #: The text, JSON-encoded once (without quotes), as chunks spliced into every request's body;
+    #: each API puts its own envelope around it.
+    json_text: tuple[bytes, ...] = attrs.field(repr=False)
     rendered: Rendered | None = attrs.field(default=None, repr=False, eq=False)
     #: The repository's name in the header (see `repository_key`); None before the first commit.
     key: str | None = attrs.field(default=None, repr=False)
@@ -146,8 +147,8 @@ class Snapshot:
         return Epoch(self.commit, self.order, key=self.key)
 
     def encoded(self) -> bytes:
-        """The message in one piece: for inspection and tests, never per request."""
-        return b"".join(self.message)
+        """The encoded text in one piece: for inspection and tests, never per request."""
+        return b"".join(self.json_text)
 
 
 def build_snapshot(
@@ -163,7 +164,7 @@ def build_snapshot(
     """Render `commit` (None: no commits yet), ordered from the `previous` epoch, taking every
     section `reuse` has for an unchanged entry. Blocking; the rendering runs on `workers`."""
     if commit is None:
-        return Snapshot(None, (), len(UNBORN.encode("utf-8")), (), (), (), (), (system_message(UNBORN),))
+        return Snapshot(None, (), len(UNBORN.encode("utf-8")), (), (), (), (), (encode_text(UNBORN),))
     try:
         with opened(path) as repo:
             target = repo[commit].peel(pygit2.Commit)
@@ -270,7 +271,7 @@ def _assemble(
     excluded: list[str] = []
     findings: list[Finding] = []
     inlined: list[tuple[str, int]] = []
-    pieces: list[tuple[SectionKey | None, bytes | memoryview]] = [(None, SYSTEM_OPEN + encode_text(header))]
+    pieces: list[tuple[SectionKey | None, bytes | memoryview]] = [(None, encode_text(header))]
     text_bytes = len(header.encode("utf-8"))
     kept: dict[SectionKey, Section] = {}
     budget = max_snapshot_bytes
@@ -296,7 +297,7 @@ def _assemble(
     tail.append(f"=== end of snapshot: commit {commit} ===\n")
     text = "".join(tail)
     text_bytes += len(text.encode("utf-8"))
-    pieces.append((None, encode_text(text) + SYSTEM_CLOSE))
+    pieces.append((None, encode_text(text)))
     chunks, views = _chunks(pieces, earlier)
     rendered = Rendered(
         rules,

@@ -1,24 +1,31 @@
-"""Talking to the model server: the one session, sending a spliced body, reading with limits.
+"""Talking to the model server: one `Upstream` owning the session, sending a spliced body, reading
+with limits.
 
 There is no total timeout (a cold prefill of a 10M-token snapshot takes many minutes); instead
-connect, first byte and the gap between chunks each have their own limit from the config.
+connect, first byte and the gap between chunks each have their own limit from the config. The
+config and the routing are read live, per request, so a reload applies to the next request; for
+that reason URLs are joined here rather than given to the session as a `base_url` (fixed when the
+session is made; aiohttp accepts one with a path such as `/v1/` only with a trailing slash, and
+then resolves a path that starts with `/` from the host's root).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
+from aiohttp import ClientHandlerType
 from yarl import URL  # aiohttp's own URL type, installed with it
 
-from ..apis.assembly import assemble
+from ..apis.assembly import assemble, system_message
+from ..apis.chat import CHAT
 from ..config import UpstreamConfig
-from ..encoding import Body, Encoded, encode_json, system_message
+from ..encoding import Body, Encoded, encode_json
 from ..errors import ProxyError, UpstreamBadResponse, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
-from ..usage import Usage, read_usage
+from ..usage import Usage
 from .routing import Routing
 
 #: An error body longer than this is cut before it is read whole.
@@ -27,85 +34,12 @@ MAX_ERROR_BODY = 64 * 1024
 MAX_ANSWER = 32 * 1024 * 1024
 
 
-def open_session(config: UpstreamConfig) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        timeout=_connect_only(config),
-        connector=aiohttp.TCPConnector(limit=config.max_connections),
-        auto_decompress=False,
-    )
-
-
-def _connect_only(config: UpstreamConfig) -> aiohttp.ClientTimeout:
-    """Per request, so a reloaded connect_timeout applies at once; reads have their own limits."""
-    return aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout)
-
-
-def _headers(config: UpstreamConfig, routing: Routing) -> dict[str, str]:
-    """Our key for the upstream (never a client's), and the repository's routing headers."""
-    headers = {"Accept-Encoding": "identity", **routing.headers(config)}
-    if config.api_key:
-        headers["Authorization"] = f"Bearer {config.api_key}"
-    return headers
-
-
-async def send(
-    session: aiohttp.ClientSession, config: UpstreamConfig, path: str, body: Body, routing: Routing
-) -> aiohttp.ClientResponse:
-    """POST the body to `path` (written chunk by chunk, with its length); return once headers arrive."""
-
-    async def chunks() -> AsyncIterator[bytes | memoryview]:
-        for chunk in body.chunks:
-            yield chunk
-
-    headers = {"Content-Type": "application/json", "Content-Length": str(body.length)}
-    return await _request(session, config, "POST", f"{config.url}{path}", chunks(), headers, routing)
-
-
 def url_under(config: UpstreamConfig, segments: tuple[str, ...], query: str) -> URL:
     """The upstream's URL for checked path segments and a raw query, put under its base URL as they
     are: never decoded and joined again, so nothing in them can turn into another path."""
     base = URL(config.url)
     path = "/".join((base.raw_path.rstrip("/"), *segments))
     return URL.build(scheme=base.scheme, authority=base.raw_authority, path=path, query_string=query, encoded=True)
-
-
-async def request_any(
-    session: aiohttp.ClientSession,
-    config: UpstreamConfig,
-    method: str,
-    url: URL,
-    body: bytes,
-    headers: dict[str, str],
-    routing: Routing,
-) -> aiohttp.ClientResponse:
-    """Send a client's request on to the upstream's `url` as it came."""
-    return await _request(session, config, method, url, body or None, headers, routing)
-
-
-async def _request(
-    session: aiohttp.ClientSession,
-    config: UpstreamConfig,
-    method: str,
-    url: str | URL,
-    data: Any,
-    headers: dict[str, str],
-    routing: Routing,
-) -> aiohttp.ClientResponse:
-    """Our key for the upstream (never a client's) and the routing headers go with every request."""
-    try:
-        response = await session.request(
-            method,
-            url,
-            data=data,
-            headers=headers | _headers(config, routing),
-            timeout=_connect_only(config),
-        )
-    except (aiohttp.ClientConnectorError, aiohttp.ServerTimeoutError) as error:
-        raise UpstreamUnavailable(f"cannot reach the upstream at {config.url}: {error}") from None
-    except aiohttp.ClientError as error:
-        raise UpstreamBadResponse(f"the upstream at {config.url} failed before answering: {error}") from None
-    routing.remember(response.headers)
-    return response
 
 
 async def next_chunk(response: aiohttp.ClientResponse, idle_timeout: float) -> bytes:
@@ -162,79 +96,133 @@ def no_first_byte(config: UpstreamConfig) -> UpstreamTimeout:
     return UpstreamTimeout(f"the upstream sent no answer within first_byte_timeout ({config.first_byte_timeout:g}s)")
 
 
-async def read_json_answer(
-    session: aiohttp.ClientSession,
-    config: UpstreamConfig,
-    body: Body,
-    routing: Routing,
-    path: str = "/chat/completions",
-) -> tuple[bytes, Any]:
-    """A non-streaming exchange: the answer's bytes, untouched, and their parsed JSON."""
-    try:
-        response = await asyncio.wait_for(send(session, config, path, body, routing), config.first_byte_timeout)
-    except asyncio.TimeoutError:
-        raise no_first_byte(config) from None
-    try:
-        await check_status(response, config.idle_timeout)
-        data = await read_all(response, config.idle_timeout, MAX_ANSWER + 1)
-    finally:
-        response.close()
-    if len(data) > MAX_ANSWER:
-        raise UpstreamBadResponse(f"the upstream's answer is larger than {MAX_ANSWER} bytes; not relayed")
-    try:
-        return data, json.loads(data)
-    except ValueError:
-        raise UpstreamBadResponse("the upstream answered with a body that is not JSON") from None
+def _connect_only(config: UpstreamConfig) -> aiohttp.ClientTimeout:
+    """Per request, so a reloaded connect_timeout applies at once; reads have their own limits."""
+    return aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout)
 
 
-async def warm_up(
-    session: aiohttp.ClientSession, config: UpstreamConfig, routing: Routing, *injected: Encoded
-) -> Usage | None:
-    """Have the upstream process (and so cache) the `injected` messages, generating a single
-    token. Sent with none, it tells how many tokens the question alone takes."""
-    messages = encode_json([{"role": "user", "content": "Reply with OK."}])[1:-1]
-    fields: dict[str, Any] = {"model": config.model, "max_tokens": 1, "temperature": 0}
-    if config.cache_salt is not None:
-        fields["cache_salt"] = config.cache_salt
-    if config.chat_template_kwargs:
-        fields["chat_template_kwargs"] = config.chat_template_kwargs
-    body = assemble(messages, encode_json(fields)[1:-1], *injected)
-    _, payload = await read_json_answer(session, config, body, routing)
-    return read_usage("chat", payload)
+class Upstream:
+    """The model server as the proxy talks to it: the one session, the live upstream config and
+    the repository's routing. Every request carries our key and the routing headers, and hands
+    back a router's session token (a client middleware of the session)."""
 
+    def __init__(self, config: Callable[[], UpstreamConfig], routing: Callable[[], Routing]) -> None:
+        self._config = config
+        self._routing = routing
+        self.session = aiohttp.ClientSession(
+            timeout=_connect_only(config()),
+            connector=aiohttp.TCPConnector(limit=config().max_connections),
+            auto_decompress=False,
+            middlewares=(self._every_request,),
+        )
 
-async def probe_systems(
-    session: aiohttp.ClientSession, config: UpstreamConfig, routing: Routing, systems: int
-) -> ProxyError | None:
-    """Whether the upstream's chat template takes `systems` system messages before a question:
-    None if it answered, else its error (a refusal is a 4xx). One token, on a few tokens of prompt."""
-    try:
-        await warm_up(session, config, routing, *(system_message("Answer in one word.") for _ in range(systems)))
-    except ProxyError as error:
-        return error
-    return None
+    async def __aenter__(self) -> Upstream:
+        return self
 
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.session.close()
 
-async def fetch_models(session: aiohttp.ClientSession, config: UpstreamConfig, routing: Routing) -> bytes:
-    """The upstream's model list, bounded by the connect timeout (a probe, not a generation)."""
-    try:
-        async with session.get(
-            f"{config.url}/models",
-            headers=_headers(config, routing),
-            timeout=aiohttp.ClientTimeout(total=config.connect_timeout),
-        ) as response:
-            await check_status(response, config.connect_timeout)
-            data = await response.read()
-    except asyncio.TimeoutError:
-        raise UpstreamTimeout(
-            f"the upstream at {config.url} did not answer within {config.connect_timeout:g}s"
-        ) from None
-    except aiohttp.ClientError as error:
-        raise UpstreamUnavailable(f"cannot reach the upstream at {config.url}: {error}") from None
-    try:
-        payload = json.loads(data)
-    except ValueError:
-        payload = None
-    if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
-        raise UpstreamBadResponse("the upstream's /models answer is not a model list")
-    return data
+    @property
+    def config(self) -> UpstreamConfig:
+        return self._config()
+
+    async def _every_request(
+        self, request: aiohttp.ClientRequest, handler: ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        """Our key for the upstream (never a client's) and the routing headers go with every
+        request; a session token a router hands out comes back on the next."""
+        config, routing = self._config(), self._routing()
+        if request.url.origin() != URL(config.url).origin():
+            return await handler(request)  # a redirect elsewhere: our key stays home
+        request.headers.update({"Accept-Encoding": "identity", **routing.headers(config)})
+        if config.api_key:
+            request.headers["Authorization"] = f"Bearer {config.api_key}"
+        response = await handler(request)
+        routing.remember(response.headers)
+        return response
+
+    async def send(self, path: str, body: Body) -> aiohttp.ClientResponse:
+        """POST the body to `path` (written chunk by chunk, with its length); return once headers arrive."""
+
+        async def chunks() -> AsyncIterator[bytes | memoryview]:
+            for chunk in body.chunks:
+                yield chunk
+
+        headers = {"Content-Type": "application/json", "Content-Length": str(body.length)}
+        return await self._request("POST", f"{self.config.url}{path}", chunks(), headers)
+
+    async def request_any(self, method: str, url: URL, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """Send a client's request on to the upstream's `url` as it came."""
+        return await self._request(method, url, body or None, headers)
+
+    async def _request(self, method: str, url: str | URL, data: Any, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        config = self.config
+        try:
+            return await self.session.request(method, url, data=data, headers=headers, timeout=_connect_only(config))
+        except (aiohttp.ClientConnectorError, aiohttp.ServerTimeoutError) as error:
+            raise UpstreamUnavailable(f"cannot reach the upstream at {config.url}: {error}") from None
+        except aiohttp.ClientError as error:
+            raise UpstreamBadResponse(f"the upstream at {config.url} failed before answering: {error}") from None
+
+    async def read_json_answer(self, body: Body, path: str = "/chat/completions") -> tuple[bytes, Any]:
+        """A non-streaming exchange: the answer's bytes, untouched, and their parsed JSON."""
+        config = self.config
+        try:
+            response = await asyncio.wait_for(self.send(path, body), config.first_byte_timeout)
+        except asyncio.TimeoutError:
+            raise no_first_byte(config) from None
+        try:
+            await check_status(response, config.idle_timeout)
+            data = await read_all(response, config.idle_timeout, MAX_ANSWER + 1)
+        finally:
+            response.close()
+        if len(data) > MAX_ANSWER:
+            raise UpstreamBadResponse(f"the upstream's answer is larger than {MAX_ANSWER} bytes; not relayed")
+        try:
+            return data, json.loads(data)
+        except ValueError:
+            raise UpstreamBadResponse("the upstream answered with a body that is not JSON") from None
+
+    async def warm_up(self, *injected: Encoded) -> Usage | None:
+        """Have the upstream process (and so cache) the `injected` messages, generating a single
+        token. Sent with none, it tells how many tokens the question alone takes."""
+        config = self.config
+        messages = encode_json([{"role": "user", "content": "Reply with OK."}])[1:-1]
+        fields: dict[str, Any] = {"model": config.model, "max_tokens": 1, "temperature": 0}
+        if config.cache_salt is not None:
+            fields["cache_salt"] = config.cache_salt
+        if config.chat_template_kwargs:
+            fields["chat_template_kwargs"] = config.chat_template_kwargs
+        _, payload = await self.read_json_answer(assemble(messages, encode_json(fields)[1:-1], *injected))
+        return CHAT.read_usage(payload)
+
+    async def probe_systems(self, systems: int) -> ProxyError | None:
+        """Whether the upstream's chat template takes `systems` system messages before a question:
+        None if it answered, else its error (a refusal is a 4xx). One token, on a few tokens of prompt."""
+        try:
+            await self.warm_up(*(system_message("Answer in one word.") for _ in range(systems)))
+        except ProxyError as error:
+            return error
+        return None
+
+    async def fetch_models(self) -> bytes:
+        """The upstream's model list, bounded by the connect timeout (a probe, not a generation)."""
+        config = self.config
+        try:
+            timeout = aiohttp.ClientTimeout(total=config.connect_timeout)
+            async with self.session.get(f"{config.url}/models", timeout=timeout) as response:
+                await check_status(response, config.connect_timeout)
+                data = await response.read()
+        except asyncio.TimeoutError:
+            raise UpstreamTimeout(
+                f"the upstream at {config.url} did not answer within {config.connect_timeout:g}s"
+            ) from None
+        except aiohttp.ClientError as error:
+            raise UpstreamUnavailable(f"cannot reach the upstream at {config.url}: {error}") from None
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            payload = None
+        if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
+            raise UpstreamBadResponse("the upstream's /models answer is not a model list")
+        return data

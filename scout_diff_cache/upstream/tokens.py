@@ -7,6 +7,11 @@ the injection adds, template tokens included. A request whose injected text is t
 gets that count exactly; where its bytes differ (edits since the warm-up, changes inserted in a
 conversation) the difference is counted at the measured tokens per byte, off by a few tokens per
 KiB of difference. An epoch never warmed (a remembered one) is counted at the latest measured rate.
+
+Counts are kept per upstream URL and model, then per commit: another model has another tokenizer
+and template, so a reload that points the proxy elsewhere measures again (and one that points it
+back finds its counts still there), while a warm-up under way when the reload came finishes
+teaching the upstream it was sent to.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import attrs
 
 #: Counts kept: the epochs a conversation may still be on.
 KEPT = 8
+#: Upstreams (URL and model) whose counts are kept: the current one and a few a reload left.
+KEPT_UPSTREAMS = 4
 
 
 @attrs.frozen
@@ -34,15 +41,30 @@ class Count:
 
 
 class InjectedTokens:
-    """The measured counts by snapshot commit, the latest last; and the bare question's count."""
+    """The counts of each upstream (URL and model) the proxy was pointed at, the latest last."""
+
+    def __init__(self) -> None:
+        self._upstreams: dict[tuple[str, str], UpstreamTokens] = {}
+
+    def of(self, url: str, model: str) -> UpstreamTokens:
+        """The counts measured on `model` at `url` (none yet, if it is new)."""
+        found = self._upstreams.pop((url, model), None) or UpstreamTokens()
+        self._upstreams[(url, model)] = found
+        while len(self._upstreams) > KEPT_UPSTREAMS:
+            del self._upstreams[next(iter(self._upstreams))]
+        return found
+
+
+class UpstreamTokens:
+    """One upstream's measured counts by snapshot commit, the latest last; and the bare question's count."""
 
     def __init__(self) -> None:
         self._counts: dict[str | None, Count] = {}
         #: Epochs whose warm-up reported no prompt tokens: not measured again (an upstream that
         #: reports no usage would otherwise be warmed on every request).
         self._unmeasurable: set[str | None] = set()
-        #: Prompt tokens of the warm-up question alone, by (upstream URL, model).
-        self.bare: dict[tuple[str, str], int] = {}
+        #: Prompt tokens of the warm-up question alone (None: not measured yet).
+        self.bare: int | None = None
 
     def learn(self, commit: str | None, text_bytes: int, tokens: int) -> None:
         self._counts.pop(commit, None)

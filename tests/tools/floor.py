@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 import pygit2
 
-from scout_diff_cache.apis.assembly import assemble
+from scout_diff_cache.apis.assembly import assemble, chat_context
 from scout_diff_cache.config import load_config
 from scout_diff_cache.encoding import encode_json
 from scout_diff_cache.git.diff import working_diff
@@ -113,7 +113,11 @@ async def measure_size(
     fields = {"model": "floor", "max_tokens": 1, "temperature": 0, "stream": True}
     fields["stream_options"] = {"include_usage": True}
     body = b"".join(
-        assemble(encode_json(QUESTION)[1:-1], encode_json(fields)[1:-1], snapshot.message, diff.message).chunks
+        assemble(
+            encode_json(QUESTION)[1:-1],
+            encode_json(fields)[1:-1],
+            *chat_context(snapshot.json_text, diff.json_text, False),
+        ).chunks
     )
     direct_url = f"{server}/v1/chat/completions"
     cold, _ = await first_token(session, direct_url, body)  # the server caches the whole prompt

@@ -526,7 +526,7 @@ def original_prompt(workdir: Path, rules: Any, cap: int, messages: list[dict[str
     diff = working_diff(repo, head, head, rules, [])
     snapshot = original_snapshot(workdir, str(head.id), rules, cap)
     contents = [message["content"] for message in messages]
-    return "\n".join([snapshot, json.loads(diff.message)["content"], *contents]).encode()
+    return "\n".join([snapshot, json.loads(b'"' + diff.json_text + b'"'), *contents]).encode()
 
 
 def _paths(tree: pygit2.Tree, prefix: str = "") -> list[str]:

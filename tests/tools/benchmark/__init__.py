@@ -36,8 +36,9 @@ import aiohttp
 import pygit2
 from aiohttp import web
 
+from scout_diff_cache.apis.chat import parse_chat_request
 from scout_diff_cache.apis.dialects import CHAT
-from scout_diff_cache.apis.validation import RequestRules, parse_chat_request
+from scout_diff_cache.apis.validation import RequestRules
 from scout_diff_cache.config import Config, load_config
 from scout_diff_cache.git.diff import FLAGS, WorkingDiff, working_diff
 from scout_diff_cache.git.order import HISTORY_WINDOW, changed_paths
@@ -351,7 +352,7 @@ def memory_costs(repository: Path, config_path: Path) -> dict[str, int]:
     first = reader.build(str(parent.id), None)
     gc.collect()
     figures["one epoch"] = anonymous_rss()
-    figures["snapshot bytes"] = sum(map(len, first.message))
+    figures["snapshot bytes"] = sum(map(len, first.json_text))
     figures["workers"] = sum(anonymous_rss(pid) for pid in children(os.getpid()))
     peak, done = [0], threading.Event()
 
@@ -411,14 +412,14 @@ async def measure(repository: Path, count: int, workdir: Path) -> None:
     diff = working_diff(repo, base, base, rules, [])
 
     question = parse_chat_request(json.dumps(QUESTION).encode(), RequestRules("bench"))
-    body = b"".join(CHAT.body(question, question.parts, snapshot.message, diff.message).chunks)
+    body = b"".join(CHAT.body(question, question.parts, snapshot.json_text, diff.json_text).chunks)
     decoded = json.loads(body)
     own = []
     for _ in range(min(count, 20)):  # what the proxy itself does per request, minus the network
         started = time.perf_counter()
         chat = parse_chat_request(json.dumps(QUESTION).encode(), RequestRules("bench"))
         diff_now = proxy_diff(repository, base, rules)
-        CHAT.body(chat, chat.parts, snapshot.message, diff_now.message)
+        CHAT.body(chat, chat.parts, snapshot.json_text, diff_now.json_text)
         own.append(time.perf_counter() - started)
 
     upstream = subprocess.Popen(
@@ -474,7 +475,7 @@ async def measure(repository: Path, count: int, workdir: Path) -> None:
         f"added / loopback send: {cost / direct_median:.2f}  (goal <= 2; added taken as at least the proxy's own work)"
     )
     print(f"naive re-serialising / added: {naive_median / cost:.1f}x  (goal >= 5)")
-    size = sum(map(len, snapshot.message))
+    size = sum(map(len, snapshot.json_text))
     print(
         f"proxy anonymous RSS serving one epoch: {serving / 2**20:.0f} MiB; an empty proxy (one-file repository) "
         f"{empty / 2**20:.0f} MiB; difference {(serving - empty) / size:.2f}x the {size / 1e6:.1f} MB snapshot "

@@ -1,0 +1,88 @@
+"""The chat completions API (`/v1/chat/completions`): its body checked, the context as system
+messages before the client's, its usage (`prompt_tokens` counts the cached ones), and OpenAI's
+error envelope, which every route that is no API's also speaks."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+
+from ..encoding import Body, Chunk
+from ..errors import InvalidRequest, ProxyError
+from ..usage import Usage, included_figures, read_counted, take_out_included
+from .assembly import assemble, chat_context, own_system_text, system_message, with_text
+from .validation import ClientRequest, RequestRules, checked_messages, common_fields, encoded_request, object_body
+
+CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+def parse_chat_request(raw: bytes, rules: RequestRules) -> ClientRequest:
+    """A chat completions request."""
+    body = object_body(raw)
+    messages = checked_messages(body, CHAT_ROLES, null_content="assistant")
+    stream = common_fields(body, rules)
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise InvalidRequest("'stream_options' must be an object")
+    wants_usage = bool(options and options.get("include_usage") is True)
+    if stream:
+        body["stream_options"] = {**(options or {}), "include_usage": True}
+    shapes = tuple(
+        "assistant+tools" if message["role"] == "assistant" and message.get("tool_calls") else message["role"]
+        for message in messages
+    )
+    return encoded_request(stream, wants_usage, messages, body, shapes)
+
+
+def openai_error_body(error: ProxyError) -> bytes:
+    """OpenAI's envelope: `{"error": {"message", "type", "code"}}`."""
+    return json.dumps({"error": {"message": error.message, "type": error.type, "code": error.code}}).encode()
+
+
+@attrs.frozen
+class Chat:
+    name: str = "chat"
+    path: str = "/chat/completions"
+
+    def parse(self, raw: bytes, rules: RequestRules) -> ClientRequest:
+        return parse_chat_request(raw, rules)
+
+    def placement(self, configured: str) -> str:
+        return configured
+
+    def separate(self, text: str) -> bytes:
+        return system_message(text)
+
+    def opened(self, part: bytes, lead: bytes) -> bytes:
+        return with_text(part, lead, "text", at_start=True)
+
+    def closed(self, part: bytes, tail: bytes) -> bytes:
+        return with_text(part, tail, "text", at_start=False)
+
+    def body(
+        self,
+        request: ClientRequest,
+        parts: tuple[bytes, ...],
+        snapshot: tuple[Chunk, ...],
+        start: bytes,
+        strict: bool = False,
+    ) -> Body:
+        own, parts = own_system_text(request.system, request.shapes, parts, strict)
+        return assemble(b",".join(parts), request.fields, *chat_context(snapshot, start, strict, own))
+
+    def read_usage(self, payload: Any) -> Usage | None:
+        return read_counted(payload, included_figures("prompt_tokens", "prompt_tokens_details"))
+
+    def take_out(self, usage: dict[str, Any], injected: int) -> None:
+        take_out_included(usage, injected, "prompt_tokens", "prompt_tokens_details")
+
+    def error_body(self, error: ProxyError) -> bytes:
+        return openai_error_body(error)
+
+    def error_event(self, error: ProxyError) -> bytes:
+        return b"data: " + openai_error_body(error) + b"\n\n"
+
+
+CHAT = Chat()
