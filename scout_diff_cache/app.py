@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -16,8 +17,7 @@ from .access import Admission, admission_key
 from .accounting import Exchange, Totals
 from .apis.assembly import chat_context
 from .config import Config
-from .context.conversations import Conversations
-from .context.epochs import Epochs
+from .context.building import AfterBuild
 from .errors import (
     BodyTooLarge,
     MethodNotAllowed,
@@ -32,10 +32,20 @@ from .git.snapshot import Snapshot
 from .metrics import Metrics
 from .routes import add_routes
 from .shared import SharedTasks
-from .state import Live, exchange_key, live_key, metrics_key, probes_key, session_key, tokens_key, totals_key
+from .state import (
+    Wiring,
+    build_live,
+    exchange_key,
+    identify,
+    live_key,
+    metrics_key,
+    probes_key,
+    session_key,
+    tokens_key,
+    totals_key,
+    wiring_key,
+)
 from .upstream.client import open_session, probe_systems, warm_up
-from .upstream.layout import Layouts
-from .upstream.routing import Routing
 from .upstream.tokens import InjectedTokens
 from .usage import Usage
 
@@ -122,7 +132,9 @@ def _from_http(error: web.HTTPException, request: web.Request) -> ProxyError | N
     return None
 
 
-def make_app(config: Config) -> web.Application:
+def make_app(config: Config, after_build: AfterBuild | None = None) -> web.Application:
+    """The proxy serving `config`; `after_build` is the process-wide tuning `serve` hands down,
+    run after each snapshot build (see `runtime.after_build`)."""
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
         middlewares=[log_requests, errors_to_envelope],
@@ -130,42 +142,10 @@ def make_app(config: Config) -> web.Application:
     app[admission_key] = Admission()
     app[totals_key] = Totals()
     app[metrics_key] = metrics = Metrics()
-    app[tokens_key] = tokens = InjectedTokens()
-
-    async def warmer(snapshot: Snapshot, diff: WorkingDiff) -> Usage | None:
-        """Warm the prefix up; with `usage = client`, learn its tokens from the upstream's count.
-        The question alone goes first (once), so the warmed prefix is what the upstream holds last."""
-        live = app[live_key]
-        session, upstream = app[session_key], live.config.upstream
-        measuring = live.config.context.usage == "client"
-        where = (upstream.url, upstream.model)
-        if measuring and where not in tokens.bare:
-            alone = await warm_up(session, upstream, live.routing)
-            if alone is not None and alone.prompt_tokens is not None:
-                tokens.bare[where] = alone.prompt_tokens
-        strict = (await live.layouts.current()).strict
-        usage = await warm_up(session, upstream, live.routing, *chat_context(snapshot.message, diff.message, strict))
-        if not measuring:
-            return usage
-        if usage is not None and usage.prompt_tokens is not None and where in tokens.bare:
-            injected = snapshot.text_bytes + diff.text_bytes
-            tokens.learn(snapshot.commit, injected, usage.prompt_tokens - tokens.bare[where])
-        else:
-            tokens.unmeasurable(snapshot.commit)
-            log.warning("the upstream reports no prompt tokens: usage is relayed as it counted it")
-        return usage
-
-    async def probe(systems: int) -> ProxyError | None:
-        live = app[live_key]
-        return await probe_systems(app[session_key], live.config.upstream, live.routing, systems)
-
+    app[tokens_key] = InjectedTokens()
     app[probes_key] = probes = SharedTasks()
-    app[live_key] = Live(
-        config,
-        Epochs(config, metrics, warmer),
-        Conversations(config.context.max_conversations, metrics),
-        Layouts(config.context.layout, probe, probes),
-    )
+    app[wiring_key] = wiring = Wiring(metrics, partial(_warm, app), partial(_probe, app), probes, after_build)
+    app[live_key] = build_live(config, wiring)
     add_routes(app)
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_epochs)
@@ -174,10 +154,39 @@ def make_app(config: Config) -> web.Application:
     return app
 
 
+async def _warm(app: web.Application, snapshot: Snapshot, diff: WorkingDiff) -> Usage | None:
+    """Warm the prefix up; with `usage = client`, learn its tokens from the upstream's count.
+    The question alone goes first (once), so the warmed prefix is what the upstream holds last."""
+    live, tokens = app[live_key], app[tokens_key]
+    session, upstream = app[session_key], live.config.upstream
+    measuring = live.config.context.usage == "client"
+    where = (upstream.url, upstream.model)
+    if measuring and where not in tokens.bare:
+        alone = await warm_up(session, upstream, live.routing)
+        if alone is not None and alone.prompt_tokens is not None:
+            tokens.bare[where] = alone.prompt_tokens
+    strict = (await live.layouts.current()).strict
+    usage = await warm_up(session, upstream, live.routing, *chat_context(snapshot.message, diff.message, strict))
+    if not measuring:
+        return usage
+    if usage is not None and usage.prompt_tokens is not None and where in tokens.bare:
+        injected = snapshot.text_bytes + diff.text_bytes
+        tokens.learn(snapshot.commit, injected, usage.prompt_tokens - tokens.bare[where])
+    else:
+        tokens.unmeasurable(snapshot.commit)
+        log.warning("the upstream reports no prompt tokens: usage is relayed as it counted it")
+    return usage
+
+
+async def _probe(app: web.Application, systems: int) -> ProxyError | None:
+    live = app[live_key]
+    return await probe_systems(app[session_key], live.config.upstream, live.routing, systems)
+
+
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     """The one upstream session; every request on it carries the repository's routing key."""
     live = app[live_key]
-    live.routing = Routing(await asyncio.to_thread(live.epochs.repository_key))
+    await identify(live)
     async with open_session(live.config.upstream) as session:
         app[session_key] = session
         yield
