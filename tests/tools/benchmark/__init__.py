@@ -47,7 +47,8 @@ from scout_diff_cache.git.sections import render_entries
 from scout_diff_cache.git.snapshot import Snapshot, changes_and_key, history
 from scout_diff_cache.git.workers import POOL_MIN_ENTRIES, Workers
 from scout_diff_cache.runtime import after_build, settle
-from tests.support import ProxyProcess, free_port
+
+from support import ProxyProcess, free_port
 
 #: The project root, so that the child processes find `scout_diff_cache` and `tests`.
 ROOT = Path(__file__).resolve().parents[2]
