@@ -19,7 +19,7 @@ from ..metrics import Metrics
 from ..usage import Usage
 from .notices import Notices
 
-log = logging.getLogger("scout_diff_cache.context.epochs")
+log = logging.getLogger("scout_diff_cache.context.epochs")  # the epochs' one logger, as before the split
 
 #: Sends a snapshot and diff upstream once, so that its cache holds them (a warm-up).
 Warmer = Callable[[Snapshot, WorkingDiff], Awaitable["Usage | None"]]

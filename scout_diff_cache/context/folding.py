@@ -15,7 +15,7 @@ from .policy import fold_pays
 from .served import Served
 from .statefile import StateFile
 
-log = logging.getLogger("scout_diff_cache.context.epochs")
+log = logging.getLogger("scout_diff_cache.context.epochs")  # the epochs' one logger, as before the split
 
 
 class Folder:

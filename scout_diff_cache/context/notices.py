@@ -11,7 +11,7 @@ from ..git.diff import Unreadable, WorkingDiff
 from ..git.secrets import Finding
 from ..metrics import Metrics
 
-log = logging.getLogger("scout_diff_cache.context.epochs")
+log = logging.getLogger("scout_diff_cache.context.epochs")  # the epochs' one logger, as before the split
 
 #: How many unreadable entries (path, why) are remembered as logged and counted: each is noted once.
 UNREADABLE_MEMO = 4096

@@ -20,7 +20,7 @@ from .policy import closest_remembered
 from .served import Served
 from .statefile import StateFile
 
-log = logging.getLogger("scout_diff_cache.context.epochs")
+log = logging.getLogger("scout_diff_cache.context.epochs")  # the epochs' one logger, as before the split
 
 
 @attrs.frozen
