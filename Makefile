@@ -33,13 +33,12 @@ $(VENV)/.installed-lint: setup.cfg $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
 	touch $@ $(VENV)/.installed-test $(VENV)/.installed
 
-# Formatting, lint and types over the whole tree. The tools are type-checked on their own: they
-# import the support module as tests.support, the suite as support.
+# Formatting, lint and types over the whole tree, in one mypy run: the suite and the tools import
+# the support modules by the same names (see tests/tools/__init__.py).
 lint: $(VENV)/.installed-lint
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/mypy scout_diff_cache tests --exclude tests/tools
-	$(BIN)/mypy -p tests.tools
+	$(BIN)/mypy scout_diff_cache tests
 
 # A real llama.cpp server (compiled from source once, ~7 min on 2 cores; pip's wheel cache keeps it)
 # and a small real model, both from PyPI.

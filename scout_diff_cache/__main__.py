@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .config import Config, default_locations, find_config, load_config, render_config
-from .context.epochs import Epochs
+from .context.epochs import Epochs, reader_for
 from .errors import ConfigError, ProxyError
 from .logs import configure_logging
 from .metrics import Metrics
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def inspect(config: Config, show: str | None) -> int:
     try:
-        preview = asyncio.run(Epochs(config, Metrics()).preview())
+        preview = asyncio.run(Epochs(reader_for(config), config, Metrics()).preview())
     except ProxyError as error:
         print(f"scout-diff-cache: {error.message}", file=sys.stderr)
         return 1

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
+from functools import partial
 from typing import Any
 
 from aiohttp import web
@@ -17,8 +18,7 @@ from .accounting import Exchange, Totals
 from .apis.assembly import chat_context
 from .apis.dialects import CHAT
 from .config import Config
-from .context.conversations import Conversations
-from .context.epochs import Epochs
+from .context.building import AfterBuild
 from .errors import (
     BodyTooLarge,
     MethodNotAllowed,
@@ -33,19 +33,20 @@ from .metrics import Metrics
 from .routes import add_routes
 from .shared import SharedTasks
 from .state import (
-    Live,
+    Wiring,
+    build_live,
     dialect_key,
     exchange_key,
+    identify,
     live_key,
     metrics_key,
     probes_key,
     tokens_key,
     totals_key,
     upstream_key,
+    wiring_key,
 )
 from .upstream.client import Upstream
-from .upstream.layout import Layouts
-from .upstream.routing import Routing
 from .upstream.tokens import InjectedTokens
 from .usage import Usage
 
@@ -132,7 +133,9 @@ def _from_http(error: web.HTTPException, request: web.Request) -> ProxyError | N
     return None
 
 
-def make_app(config: Config) -> web.Application:
+def make_app(config: Config, after_build: AfterBuild | None = None) -> web.Application:
+    """The proxy serving `config`; `after_build` is the process-wide tuning `serve` hands down,
+    run after each snapshot build (see `runtime.after_build`)."""
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
         middlewares=[log_requests, errors_to_envelope],
@@ -140,40 +143,10 @@ def make_app(config: Config) -> web.Application:
     app[admission_key] = Admission()
     app[totals_key] = Totals()
     app[metrics_key] = metrics = Metrics()
-    app[tokens_key] = tokens = InjectedTokens()
-
-    async def warmer(snapshot: Snapshot, diff: WorkingDiff) -> Usage | None:
-        """Warm the prefix up; with `usage = client`, learn its tokens from the upstream's count.
-        The question alone goes first (once), so the warmed prefix is what the upstream holds last."""
-        live, upstream = app[live_key], app[upstream_key]
-        measuring = live.config.context.usage == "client"
-        counts = tokens.of(upstream.config.url, upstream.config.model)
-        if measuring and counts.bare is None:
-            alone = await upstream.warm_up()
-            if alone is not None and alone.prompt_tokens is not None:
-                counts.bare = alone.prompt_tokens
-        strict = (await live.layouts.current()).strict
-        usage = await upstream.warm_up(*chat_context(snapshot.json_text, diff.json_text, strict))
-        if not measuring:
-            return usage
-        if usage is not None and usage.prompt_tokens is not None and counts.bare is not None:
-            injected = snapshot.text_bytes + diff.text_bytes
-            counts.learn(snapshot.commit, injected, usage.prompt_tokens - counts.bare)
-        else:
-            counts.unmeasurable(snapshot.commit)
-            log.warning("the upstream reports no prompt tokens: usage is relayed as it counted it")
-        return usage
-
-    async def probe(systems: int) -> ProxyError | None:
-        return await app[upstream_key].probe_systems(systems)
-
+    app[tokens_key] = InjectedTokens()
     app[probes_key] = probes = SharedTasks()
-    app[live_key] = Live(
-        config,
-        Epochs(config, metrics, warmer),
-        Conversations(config.context.max_conversations, metrics),
-        Layouts(config.context.layout, probe, probes),
-    )
+    app[wiring_key] = wiring = Wiring(metrics, partial(_warm, app), partial(_probe, app), probes, after_build)
+    app[live_key] = build_live(config, wiring)
     add_routes(app)
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_epochs)
@@ -182,11 +155,38 @@ def make_app(config: Config) -> web.Application:
     return app
 
 
+async def _warm(app: web.Application, snapshot: Snapshot, diff: WorkingDiff) -> Usage | None:
+    """Warm the prefix up; with `usage = client`, learn its tokens from the upstream's count.
+    The question alone goes first (once), so the warmed prefix is what the upstream holds last."""
+    live, upstream = app[live_key], app[upstream_key]
+    measuring = live.config.context.usage == "client"
+    counts = app[tokens_key].of(upstream.config.url, upstream.config.model)
+    if measuring and counts.bare is None:
+        alone = await upstream.warm_up()
+        if alone is not None and alone.prompt_tokens is not None:
+            counts.bare = alone.prompt_tokens
+    strict = (await live.layouts.current()).strict
+    usage = await upstream.warm_up(*chat_context(snapshot.json_text, diff.json_text, strict))
+    if not measuring:
+        return usage
+    if usage is not None and usage.prompt_tokens is not None and counts.bare is not None:
+        injected = snapshot.text_bytes + diff.text_bytes
+        counts.learn(snapshot.commit, injected, usage.prompt_tokens - counts.bare)
+    else:
+        counts.unmeasurable(snapshot.commit)
+        log.warning("the upstream reports no prompt tokens: usage is relayed as it counted it")
+    return usage
+
+
+async def _probe(app: web.Application, systems: int) -> ProxyError | None:
+    return await app[upstream_key].probe_systems(systems)
+
+
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
     """The one upstream session; every request on it carries the repository's routing key. The
     upstream settings and the routing are read per request: a reload may replace them."""
     live = app[live_key]
-    live.routing = Routing(await asyncio.to_thread(live.epochs.repository_key))
+    await identify(live)
     async with Upstream(lambda: app[live_key].config.upstream, lambda: app[live_key].routing) as upstream:
         app[upstream_key] = upstream
         yield

@@ -114,8 +114,12 @@ def _gauge(name: str, help_text: str, value: float) -> list[str]:
 
 
 def render(metrics: Metrics, totals: Totals) -> str:
-    share = totals.snapshot_tokens_cached / totals.snapshot_tokens if totals.snapshot_tokens else 0.0
-    lines = [
+    """The Prometheus text: the proxy's own counts, then the upstream's token totals."""
+    return "\n".join([*_proxy_lines(metrics), *_token_lines(totals)]) + "\n"
+
+
+def _proxy_lines(metrics: Metrics) -> list[str]:
+    return [
         *_counter("scout_requests_total", "HTTP requests answered, by route, method and status.", metrics.requests),
         *_histogram("scout_request_duration_seconds", "Time to answer a request, by route.", metrics.request_seconds),
         *_histogram(
@@ -146,6 +150,12 @@ def render(metrics: Metrics, totals: Totals) -> str:
             "(each path and reason counted once).",
             metrics.unreadable,
         ),
+    ]
+
+
+def _token_lines(totals: Totals) -> list[str]:
+    share = totals.snapshot_tokens_cached / totals.snapshot_tokens if totals.snapshot_tokens else 0.0
+    return [
         *_family(
             "scout_upstream_prompt_tokens_total",
             "counter",
@@ -182,4 +192,3 @@ def render(metrics: Metrics, totals: Totals) -> str:
             share,
         ),
     ]
-    return "\n".join(lines) + "\n"

@@ -51,8 +51,8 @@ async def prepare(request: web.Request, client: ClientRequest, api: Dialect, lay
         # the strict layout takes no system message among the turns: a change opens a user message
         placement = "user" if layout.strict else context.change_placement
         scope = f"{layout.name}:{client_scope(request)}"
-        return await live.conversations.prepare(live.epochs, client, api, scope, placement)
-    injection = await live.epochs.current()
+        return await live.conversations.prepare(client, api, scope, placement)
+    injection = await live.epochs.inject()
     injected = injection.snapshot.text_bytes + injection.diff.text_bytes
     diff = injection.diff
     return Prepared(injection.snapshot, diff.json_text, diff.text_bytes, client.parts, "off", injected)
@@ -136,7 +136,7 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
     exchange.api, exchange.to_upstream = MESSAGES.name, True
     body = salted(raw, config.upstream.cache_salt)
     if config.context.inject and config.context.usage == "upstream":
-        injection = await live.epochs.current()
+        injection = await live.epochs.inject()
         body = MESSAGES.body(client, client.parts, injection.snapshot.json_text, injection.diff.json_text)
     outbound = Outbound(MESSAGES, "/messages/count_tokens", body)
     return await relay_json(request.app[upstream_key], outbound, headers={}, exchange=exchange)
@@ -171,7 +171,7 @@ async def models(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    epochs = request.app[live_key].epochs
+    epochs = request.app[live_key].epochs.status()
     layout = request.app[live_key].layouts.known
     snapshot = epochs.snapshot
     rebase = epochs.last_rebase
@@ -190,7 +190,7 @@ async def health(request: web.Request) -> web.Response:
                 "builds": metrics.snapshot_builds.total,
                 "rebases": metrics.rebases.total,
                 "folds": metrics.folds.total,
-                "remembered": list(epochs.remembered.bases),
+                "remembered": list(epochs.remembered),
                 "error": epochs.last_error,
             },
             "last_rebase": attrs.asdict(rebase) if rebase else None,
@@ -202,7 +202,7 @@ async def health(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     """200 only when a request now would neither wait for the snapshot nor fail upstream."""
     reasons = []
-    epochs = request.app[live_key].epochs
+    epochs = request.app[live_key].epochs.status()
     if request.app[live_key].config.context.inject and epochs.snapshot is None:
         reasons.append(f"the snapshot is {epochs.state}" + (f": {epochs.last_error}" if epochs.last_error else ""))
     try:

@@ -14,7 +14,9 @@ the way, all set here for the process:
   copying them into chunks, would stay resident. Blocks of a snapshot chunk's size are mapped on
   their own (freed, they are unmapped at once), and the heap is trimmed after a build.
 
-Elsewhere than glibc the allocator calls are skipped.
+Elsewhere than glibc the allocator calls are skipped. Only `serve` tunes its process so: it calls
+`settle` once the app is set up and hands `after_build` down to be run after each snapshot build;
+`inspect`, the tests and other library callers leave their process as it is.
 """
 
 from __future__ import annotations
@@ -48,6 +50,13 @@ def exempt_from_collection() -> None:
     still freed when dropped; only a cycle already in the oldest generation would outlive it."""
     gc.collect(1)
     gc.freeze()
+
+
+def after_build() -> None:
+    """After each snapshot build, in the build's thread while the snapshot is held: give back what
+    the build freed, then exempt the snapshot from the collector."""
+    release_freed_memory()
+    exempt_from_collection()
 
 
 def map_large_blocks() -> None:

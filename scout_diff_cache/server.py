@@ -20,20 +20,17 @@ from aiohttp import web
 from . import runtime
 from .app import make_app
 from .config import Config, load_config, needing_restart
-from .context.conversations import Conversations
-from .context.epochs import Epochs
 from .errors import ConfigError, ProxyError
 from .git.repository import short
 from .logs import configure_logging
-from .state import live_key, metrics_key
+from .state import build_live, identify, live_key, metrics_key, wiring_key
 from .systemd import Notifier
-from .upstream.routing import Routing
 
 log = logging.getLogger("scout_diff_cache")
 
 
 def status_line(app: web.Application) -> str:
-    config, epochs = app[live_key].config, app[live_key].epochs
+    config, epochs = app[live_key].config, app[live_key].epochs.status()
     snapshot = epochs.snapshot
     if snapshot is None:
         served = f"snapshot {epochs.state}"
@@ -44,7 +41,7 @@ def status_line(app: web.Application) -> str:
 
 
 async def serve(config: Config, notifier: Notifier, inherited: list[socket.socket]) -> None:
-    app = make_app(config)
+    app = make_app(config, after_build=runtime.after_build)
     runner = web.AppRunner(
         app, handler_cancellation=True, access_log=None, shutdown_timeout=config.server.shutdown_grace
     )
@@ -109,28 +106,18 @@ async def reload(app: web.Application, notifier: Notifier) -> None:
     for section, key in needing_restart(old, new):
         log.warning("[%s] %s changed: it takes effect at the next restart", section, key)
     configure_logging(new.server.log_level, new.server.log_format, os.environ.get("JOURNAL_STREAM"))
-    live.config = new
-    live.epochs.configure(new.context)
-    live.conversations.resize(new.context.max_conversations)
-    if new.context.layout != old.context.layout or new.upstream != old.upstream:
-        live.layouts = live.layouts.reconfigured(new.context.layout)
-    if (
-        new.repository != old.repository
-        or new.security != old.security
-        or new.context.state_dir != old.context.state_dir
-    ):
+    fresh = build_live(new, app[wiring_key], live)
+    live.take_settings(fresh)
+    if fresh.epochs is not live.epochs:
         log.info("repository settings changed: building the new snapshot before switching to it")
-        replacement = Epochs(new, app[metrics_key], live.epochs.warmer)
         if new.context.inject:
             try:
-                await replacement.start()
-                await replacement.warm_now()
+                await fresh.epochs.start()
+                await fresh.epochs.warm_now()
             except ProxyError as error:
                 log.warning("preparing the new snapshot failed (%s); switching anyway", error.message)
-        retired, live.epochs = live.epochs, replacement
-        live.routing = Routing(await asyncio.to_thread(replacement.repository_key))
-        live.conversations = Conversations(new.context.max_conversations, app[metrics_key])
-        await retired.close()
+        await identify(fresh)
+        await live.take_repository(fresh).close()
     log.info("reloaded %s", new.source)
     notifier.notify("READY=1", status_line(app))
 

@@ -1,6 +1,9 @@
-"""Typed keys for what the application and each request hold (no module globals)."""
+"""Typed keys for what the application and each request hold (no module globals), and the state a
+reload replaces, built by one function at start and at reload."""
 
 from __future__ import annotations
+
+import asyncio
 
 import attrs
 from aiohttp import web
@@ -8,12 +11,13 @@ from aiohttp import web
 from .accounting import Exchange, Totals
 from .apis.dialects import Dialect
 from .config import Config
+from .context.building import AfterBuild, Warmer
 from .context.conversations import Conversations
-from .context.epochs import Epochs
+from .context.epochs import Epochs, reader_for
 from .metrics import Metrics
 from .shared import SharedTasks
 from .upstream.client import Upstream
-from .upstream.layout import Layouts
+from .upstream.layout import Layouts, Probe
 from .upstream.routing import Routing
 from .upstream.tokens import InjectedTokens
 
@@ -30,9 +34,70 @@ class Live:
     layouts: Layouts
     routing: Routing = attrs.Factory(Routing)
 
+    def take_settings(self, fresh: Live) -> None:
+        """The configuration and layouts of `fresh` (a reload): the next request follows them."""
+        self.config, self.layouts = fresh.config, fresh.layouts
+
+    def take_repository(self, fresh: Live) -> Epochs:
+        """The epochs, conversations and routing of `fresh`; the epochs replaced, to be closed."""
+        retired = self.epochs
+        self.epochs, self.conversations, self.routing = fresh.epochs, fresh.conversations, fresh.routing
+        return retired
+
+
+@attrs.frozen
+class Wiring:
+    """What the application lends the state it builds: its counters, how to warm the upstream and
+    probe its template, and the process-wide tuning after each snapshot build (the server's only)."""
+
+    metrics: Metrics
+    warmer: Warmer
+    probe: Probe
+    probes: SharedTasks
+    after_build: AfterBuild | None = None
+
+
+def repository_changed(old: Config, new: Config) -> bool:
+    """Whether `new` needs another snapshot: the repository, security or state directory changed."""
+    return (
+        new.repository != old.repository
+        or new.security != old.security
+        or new.context.state_dir != old.context.state_dir
+    )
+
+
+def build_live(config: Config, wiring: Wiring, previous: Live | None = None) -> Live:
+    """The state serving `config`. At a reload (`previous`), what the change leaves valid is kept
+    and follows the new settings: the epochs and conversations unless the repository settings
+    changed (new ones are built, and `previous` keeps serving until they are swapped in), the
+    layouts unless `[context] layout` or the upstream changed (then they are learned again)."""
+    if previous is not None:
+        previous.epochs.configure(config.context)
+        previous.conversations.resize(config.context.max_conversations)
+    if previous is None or repository_changed(previous.config, config):
+        reader = reader_for(config)
+        epochs = Epochs(reader, config, wiring.metrics, wiring.warmer, wiring.after_build)
+        conversations = Conversations(config.context.max_conversations, wiring.metrics, epochs, reader)
+        routing = Routing()
+    else:
+        epochs, conversations, routing = previous.epochs, previous.conversations, previous.routing
+    if previous is None:
+        layouts = Layouts(config.context.layout, wiring.probe, wiring.probes)
+    elif config.context.layout != previous.config.context.layout or config.upstream != previous.config.upstream:
+        layouts = previous.layouts.reconfigured(config.context.layout)
+    else:
+        layouts = previous.layouts
+    return Live(config, epochs, conversations, layouts, routing)
+
+
+async def identify(live: Live) -> None:
+    """Give `live` the routing key of its repository (read in a thread: it opens the repository)."""
+    live.routing = Routing(await asyncio.to_thread(live.epochs.repository_key))
+
 
 live_key = web.AppKey("live", Live)
 upstream_key = web.AppKey("upstream", Upstream)
+wiring_key = web.AppKey("wiring", Wiring)
 totals_key = web.AppKey("totals", Totals)
 metrics_key = web.AppKey("metrics", Metrics)
 tokens_key = web.AppKey("tokens", InjectedTokens)

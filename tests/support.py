@@ -610,3 +610,17 @@ def configured_port(config: Path) -> int:
     parser = configparser.ConfigParser(interpolation=None)
     parser.read(config)
     return parser.getint("server", "port")
+
+
+def five_files(repo: GitRepo) -> None:
+    for name in "abcde":
+        repo.write(f"{name}.txt", f"file {name}\n" * 20)
+    repo.commit("five files")
+
+
+async def five_files_manual(make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo) -> TestClient:
+    """A proxy in manual mode whose first epoch holds five small files."""
+    five_files(git_repo)
+    client = await make_proxy(context={"rebase": "manual"})
+    await injected(client, upstream)
+    return client

@@ -15,6 +15,7 @@ from scout_diff_cache.config import (
     SECTIONS,
     default_locations,
     find_config,
+    is_loopback,
     load_config,
     render_config,
 )
@@ -218,3 +219,8 @@ def test_the_example_file_lists_every_option_with_its_default(
         for field in attrs.fields(cls):
             if "parse" in field.metadata:  # an INI key, not a value derived from one
                 assert f"\n# {field.name} =" in section_text, (name, field.name)
+
+
+def test_admin_routes_are_for_loopback_clients() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("127.8.9.10")
+    assert not is_loopback("192.168.1.20") and not is_loopback(None) and not is_loopback("not an address")

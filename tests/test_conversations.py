@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
+
+from scout_diff_cache.git.reader import RepositoryReader
 
 from reconstruction import check_conversation
 from support import FakeUpstream, GitRepo, ProxyFactory, Seen, answer_stream, is_warmup
@@ -275,3 +280,58 @@ async def test_placed_in_user_messages_a_change_opens_the_next_question_and_wait
         messages_prefix(seen)
     )
     check_conversation(later.json["messages"], git_repo.path)
+
+
+async def test_two_conversations_read_their_changes_at_the_same_time(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Neither waits for the other's read of the work tree: each read waits for the other to begin."""
+    client = await make_proxy()
+    other = {"role": "system", "content": "You review code."}
+    await turn(client, upstream, AGENT, FIRST)
+    await turn(client, upstream, other, FIRST)
+    git_repo.write("src/app.py", "def main():\n    return 'edited'\n")
+    both_reading = threading.Barrier(2, timeout=10)  # broken (an error) if the reads take turns
+    read_changes = RepositoryReader.changes
+
+    def changes(self: RepositoryReader, *args: Any) -> str | None:
+        both_reading.wait()
+        return read_changes(self, *args)
+
+    monkeypatch.setattr(RepositoryReader, "changes", changes)
+    asked = [[system, FIRST, ANSWER, SECOND] for system in (AGENT, other)]
+    responses = await asyncio.wait_for(
+        asyncio.gather(*(client.post("/v1/chat/completions", json={"model": "m", "messages": m}) for m in asked)),
+        timeout=30,
+    )
+    assert [(r.status, r.headers["X-Scout-Conversation"]) for r in responses] == [(200, "continued")] * 2
+    for seen in [seen for seen in upstream.seen if not is_warmup(seen.json)][-2:]:
+        assert len(change_messages(seen)) == 1
+        check_conversation(seen.json["messages"], git_repo.path)
+
+
+async def test_concurrent_turns_of_one_conversation_insert_each_change_once(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    client = await make_proxy()
+    first, _ = await turn(client, upstream, AGENT, FIRST)
+    git_repo.write("src/app.py", "def main():\n    return 'edited'\n")
+    history = [AGENT, FIRST, ANSWER, SECOND]
+    responses = await asyncio.wait_for(
+        asyncio.gather(
+            *(client.post("/v1/chat/completions", json={"model": "m", "messages": history}) for _ in range(4))
+        ),
+        timeout=30,
+    )
+    assert [(r.status, r.headers["X-Scout-Conversation"]) for r in responses] == [(200, "continued")] * 4
+    concurrent = [seen for seen in upstream.seen if not is_warmup(seen.json)][-4:]
+    assert len({seen.raw for seen in concurrent}) == 1  # each turn got the same bytes: the change once
+    assert concurrent[0].raw.startswith(messages_prefix(first))
+    (change,) = change_messages(concurrent[0])
+    assert "+    return 'edited'\n" in change
+    check_conversation(concurrent[0].json["messages"], git_repo.path)
+    git_repo.write("src/util.py", "def add(a, b):\n    return a + b + 1\n")
+    third, outcome = await turn(client, upstream, *history, ANSWER, {"role": "user", "content": "And then?"})
+    assert outcome == "continued" and third.raw.startswith(messages_prefix(concurrent[0]))
+    assert len(change_messages(third)) == 2
+    check_conversation(third.json["messages"], git_repo.path)

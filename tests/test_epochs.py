@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,29 +11,18 @@ import pygit2
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from scout_diff_cache.config import Config, is_loopback
-from scout_diff_cache.git.order import HISTORY_WINDOW, carry_order, last_changes, least_recent_first
-from scout_diff_cache.git.repository import ContentRules
-from scout_diff_cache.git.snapshot import WALK_PARTS, build_snapshot
-
 from support import (
     SIGNATURE,
     FakeUpstream,
     GitRepo,
     ProxyFactory,
-    ProxyProcess,
-    chat,
     completion,
-    event_stream,
-    free_port,
+    five_files,
     headed_paths,
-    header_of,
     injected,
     is_warmup,
-    sse_chunk,
     until,
     until_async,
-    write_config,
 )
 
 
@@ -50,20 +36,6 @@ def warmups(upstream: FakeUpstream) -> list[dict[str, Any]]:
 
 def file_order(snapshot: str) -> list[str]:
     return headed_paths(snapshot)
-
-
-def five_files(repo: GitRepo) -> None:
-    for name in "abcde":
-        repo.write(f"{name}.txt", f"file {name}\n" * 20)
-    repo.commit("five files")
-
-
-async def five_files_manual(make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo) -> TestClient:
-    """A proxy in manual mode whose first epoch holds five small files."""
-    five_files(git_repo)
-    client = await make_proxy(context={"rebase": "manual"})
-    await injected(client, upstream)
-    return client
 
 
 async def test_auto_rebase_warms_the_new_snapshot_before_switching(
@@ -369,104 +341,6 @@ async def test_an_unusable_state_file_means_a_fresh_epoch(
     assert snapshot.endswith(f"commit {git_repo.head()} ===\n")
 
 
-async def test_diff_lists_committed_changes_first_then_working_changes_by_age(
-    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
-) -> None:
-    client = await five_files_manual(make_proxy, upstream, git_repo)
-    git_repo.write("e.txt", "committed change\n")
-    git_repo.commit("commit e")
-    for name, age in (("a.txt", 300), ("b.txt", 100), ("d.txt", 200)):
-        path = git_repo.write(name, f"working change to {name}\n")
-        os.utime(path, ns=(1_800_000_000_000_000_000 - age * 10**9,) * 2)
-    _, diff = await injected(client, upstream)
-    order = headed_paths(diff)
-    assert order == ["e.txt", "a.txt", "d.txt", "b.txt"]
-
-    path = git_repo.write("a.txt", "edited again, now the newest\n")
-    os.utime(path, ns=(1_800_000_000_000_000_000,) * 2)
-    _, again = await injected(client, upstream)
-    assert headed_paths(again)[-1] == "a.txt"
-    cut = diff.index("=== file: a.txt [")
-    assert again.index("=== file: d.txt [") == cut  # everything before the edited file stays put
-    assert again[:cut] == diff[:cut]
-
-
-async def test_the_diff_only_grows_at_its_end_across_commits(
-    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
-) -> None:
-    client = await five_files_manual(make_proxy, upstream, git_repo)
-    texts = []
-    for number, name in enumerate("abcab"):
-        git_repo.write(f"{name}.txt", f"edit {number}\n")
-        git_repo.commit(f"edit {number} of {name}")
-        git_repo.write("scratch.txt", f"work in progress {number}\n")
-        _, diff = await injected(client, upstream)
-        texts.append(diff)
-    for earlier, later in itertools.pairwise(texts):
-        committed = earlier[: earlier.rindex("were committed as")]
-        assert later.startswith(committed)  # earlier commits' groups never change
-    last = texts[-1]
-    assert last.count("=== the changes above were committed as ") == 5
-    assert last.index("+edit 3") < last.index("+edit 4") < last.index("+work in progress 4")
-    assert last.index("=== the changes above are not committed yet ===") > last.index("+work in progress 4")
-
-
-async def test_committing_keeps_the_diff_bytes_up_to_the_new_label(
-    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
-) -> None:
-    five_files(git_repo)
-    git_repo.write("tool.bin", b"\0\1" * 100)
-    git_repo.write("big.txt", "line\n" * 2000)
-    git_repo.commit("a binary and a big file")
-    client = await make_proxy(context={"rebase": "manual"}, repository={"max_file_bytes": "4KiB"})
-    await injected(client, upstream)
-    edits: tuple[tuple[str, str | bytes], ...] = (
-        ("tool.bin", b"\2\0" * 100),
-        ("big.txt", "line two\n" * 2000),
-        ("d.txt", "work on d\n"),
-        ("b.txt", "work on b\n"),
-        ("new.txt", "work on new\n"),
-    )
-    for when, (name, content) in enumerate(edits):
-        path = git_repo.write(name, content)
-        os.utime(path, ns=(1_800_000_000_000_000_000 + when * 10**9,) * 2)
-    _, working = await injected(client, upstream)
-    commit = git_repo.commit("commit the work")
-    git_repo.write("d.txt", "more work on d\n")  # edited again before the next question
-    _, committed = await injected(client, upstream)
-    label = working.index("=== the changes above are not committed yet ===")
-    assert header_of(working, "tool.bin") == "modified, contents not shown: binary (200 bytes)"
-    assert header_of(working, "big.txt") == "modified, contents not shown: too large (18000 bytes)"
-    assert committed[:label] == working[:label]  # also a binary file and one too large to show
-    assert committed[label:].startswith(f"=== the changes above were committed as {commit}: commit the work ===")
-
-
-async def test_streams_ask_upstream_for_usage_but_strip_it_unless_the_client_asked(
-    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
-) -> None:
-    async def behaviour(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
-        response = await event_stream(request)
-        await response.write(sse_chunk("hi"))
-        usage = {"choices": [], "usage": {"prompt_tokens": 1000, "prompt_tokens_details": {"cached_tokens": 900}}}
-        event = b"data: " + json.dumps(usage).encode() + b"\n\n"
-        await response.write(event[:20])  # split mid-event, as networks do
-        await response.write(event[20:] + b"data: [DONE]\n\n")
-        return response
-
-    upstream.behaviour = behaviour
-    client = await make_proxy()
-    plain = await (await client.post("/v1/chat/completions", json=chat(stream=True))).text()
-    assert upstream.seen[-1].json["stream_options"] == {"include_usage": True}
-    assert "usage" not in plain and plain.endswith("data: [DONE]\n\n") and '"hi"' in plain
-    asked = await (
-        await client.post("/v1/chat/completions", json=chat(stream=True, stream_options={"include_usage": True}))
-    ).text()
-    assert '"cached_tokens": 900' in asked
-    totals = (await (await client.get("/health")).json())["totals"]
-    assert totals["prompt_tokens"] == 2000 and totals["cached_tokens"] == 1800
-    assert 0 < totals["snapshot_tokens_cached"] <= totals["snapshot_tokens"]
-
-
 async def test_keepalive_pings_resend_the_prefix_while_requests_arrive(
     make_proxy: ProxyFactory, upstream: FakeUpstream
 ) -> None:
@@ -479,99 +353,6 @@ async def test_keepalive_pings_resend_the_prefix_while_requests_arrive(
     settled = len(warmups(upstream))
     await asyncio.sleep(0.6)
     assert len(warmups(upstream)) == settled <= 3
-
-
-def test_admin_routes_are_for_loopback_clients() -> None:
-    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("127.8.9.10")
-    assert not is_loopback("192.168.1.20") and not is_loopback(None) and not is_loopback("not an address")
-
-
-def test_initial_order_puts_files_unchanged_in_the_window_first(git_repo: GitRepo) -> None:
-    git_repo.write("z_old.txt", "old\n")
-    git_repo.commit("old file")
-    git_repo.write("src/app.py", "changed once\n")
-    git_repo.commit("app")
-    git_repo.write("README.md", "changed last\n")
-    git_repo.commit("readme")
-    repo = git_repo.repo
-    paths = ["README.md", "src/app.py", "src/util.py", "z_old.txt"]
-    head = repo[repo.head.target].peel(pygit2.Commit)
-    assert least_recent_first(paths, last_changes(repo, head)) == [
-        "src/util.py",
-        "z_old.txt",
-        "src/app.py",
-        "README.md",
-    ]
-
-
-def test_a_first_epoch_walked_in_parts_orders_files_as_one_walk_would(git_repo: GitRepo) -> None:
-    """The build splits the history walk into parts; a long history crosses their boundaries."""
-    commits = -(-HISTORY_WINDOW // WALK_PARTS) + 10  # the first part and ten commits of the second
-    for number in range(commits):
-        git_repo.write(f"f{number % 7}.txt", f"{number}\n")
-        if number == 3:
-            git_repo.write("rare.txt", "changed in the second part only\n")
-        if number % 50 == 0:
-            git_repo.write("often.txt", f"{number}\n")  # last changed in the first part, earlier in both
-        git_repo.commit(f"commit {number}")
-    repo = git_repo.repo
-    head = repo[repo.head.target].peel(pygit2.Commit)
-    rules = ContentRules.from_config(Config())
-    snapshot = build_snapshot(git_repo.path, str(head.id), rules, 10**9, None)
-    ages = last_changes(repo, head)
-    assert ages["rare.txt"] >= -(-HISTORY_WINDOW // WALK_PARTS) and ages["often.txt"] < 50
-    assert list(snapshot.order) == least_recent_first([entry for entry, _ in snapshot.inlined], ages)
-    changed = [path for path in snapshot.order if path in ages]  # after the files the window never saw
-    assert changed[0] == "rare.txt" and changed[1] == "often.txt" and changed[-1] == f"f{(commits - 1) % 7}.txt"
-
-
-def test_carry_order_moves_changed_and_new_files_to_the_end() -> None:
-    previous = ["a", "b", "c", "d"]
-    assert carry_order(previous, {"b", "new"}, ["a", "b", "c", "d", "new"], {}) == ["a", "c", "d", "b", "new"]
-    assert carry_order(previous, {"c"}, ["a", "b", "d"], {}) == ["a", "b", "d"]  # c deleted
-    ages = {"b": 0, "c": 3, "new": 1}  # b changed in the last commit, c three commits before
-    assert carry_order(previous, {"b", "c", "new"}, ["a", "b", "c", "d", "new"], ages) == ["a", "d", "c", "new", "b"]
-
-
-async def test_rebase_command_talks_to_the_running_proxy(
-    tmp_path: Path, git_repo: GitRepo, upstream: FakeUpstream
-) -> None:
-    config = write_config(
-        tmp_path,
-        {
-            "server": {"port": str(free_port())},
-            "upstream": {"url": upstream.url},
-            "repository": {"path": "repo"},
-            "context": {"state_dir": "state", "rebase": "manual"},
-        },
-    )
-    async with ProxyProcess(config, tmp_path / "proxy.log") as proxy:
-        old = git_repo.head()
-        git_repo.write("src/app.py", "new\n")
-        new = git_repo.commit("new")
-        returncode, out, err = await rebase_command(config)
-        assert returncode == 0, err
-        assert f"rebased the snapshot from {old} to {new}" in out
-        assert "warm-up cached 90 of 100 prompt tokens" in out
-        assert await proxy.stop() == 0
-    returncode, _, err = await rebase_command(config)
-    assert returncode == 1 and "cannot reach the proxy" in err
-
-
-async def rebase_command(config: Path) -> tuple[int | None, str, str]:
-    """`scout-diff-cache rebase`, as a user runs it: its exit status and what it printed."""
-    command = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "scout_diff_cache",
-        "rebase",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(command.communicate(), 60)
-    return command.returncode, out.decode(), err.decode()
 
 
 def checkout_branch(git_repo: GitRepo, name: str) -> None:
@@ -646,3 +427,16 @@ async def test_a_background_rebase_ends_with_the_app(
     await client.close()
     switches = [task for task in asyncio.all_tasks() if "_switch" in repr(task.get_coro())]
     assert switches == []  # cancelled and awaited at cleanup, not left behind
+
+
+async def test_every_commit_mode_moves_the_snapshot_on_each_commit(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    client = await make_proxy(context={"rebase": "every-commit"})
+    before, _ = await injected(client, upstream)
+    git_repo.write("src/app.py", "def main():\n    return 'committed'\n")
+    commit = git_repo.commit("edit app")
+    after, diff = await injected(client, upstream)
+    assert after != before
+    assert after.endswith(f"commit {commit} ===\n") and "return 'committed'" in after
+    assert "No changes" in diff

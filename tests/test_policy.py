@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scout_diff_cache.context.policy import budget, closest_remembered, fold_pays, outgrown
+from scout_diff_cache.context.policy import Plan, budget, closest_remembered, fold_pays, outgrown, plan
 from scout_diff_cache.context.remembered import EpochPool
 from scout_diff_cache.git.snapshot import Snapshot
 
@@ -48,3 +48,37 @@ def test_the_pool_keeps_the_newest_epochs_within_its_capacity() -> None:
     pool.keep(snapshot_of("d"))
     pool.resize(1)
     assert pool.bases == ("d",)
+
+
+def step(
+    mode: str, *, on_served: bool = True, usable: bool = True, head: str = "a", anchor: str | None = None, diff: int = 0
+) -> Plan:
+    """The plan for a reading against base "a", nothing folded yet, with a budget of 10 bytes."""
+    return plan(
+        mode,
+        on_served=on_served,
+        usable=usable,
+        base="a",
+        head=head,
+        anchor=anchor,
+        folded=None,
+        diff_bytes=diff,
+        limit=10,
+    )
+
+
+def test_a_reading_against_a_snapshot_no_longer_served_is_read_again() -> None:
+    assert step("auto", on_served=False) == Plan("reread")
+    assert step("auto") == Plan("serve")
+
+
+def test_a_base_that_cannot_serve_or_a_new_head_under_every_commit_switches_first() -> None:
+    assert step("auto", usable=False, head="b") == Plan("switch")
+    assert step("every-commit", head="b") == Plan("switch")
+    assert step("manual", head="b") == Plan("serve")
+
+
+def test_only_auto_acts_on_an_outgrown_diff_and_a_moved_anchor_is_saved() -> None:
+    assert step("auto", head="b", anchor="c", diff=11) == Plan("serve", anchor_moved=True, outgrown=True)
+    assert step("manual", head="b", diff=11) == Plan("serve")
+    assert step("auto", diff=11) == Plan("serve")  # uncommitted work never outgrows the epoch

@@ -18,6 +18,7 @@ import pygit2
 import pytest
 from pygit2.enums import FileMode
 
+from scout_diff_cache import runtime
 from scout_diff_cache.apis.assembly import SYSTEM_CLOSE, SYSTEM_OPEN
 from scout_diff_cache.app import make_app
 from scout_diff_cache.git.epoch import Epoch
@@ -130,8 +131,16 @@ def test_sections_are_reused_only_under_the_same_rules(varied: GitRepo) -> None:
     assert SECRET in first.encoded().decode()
 
 
+def test_a_build_leaves_the_process_as_it_was(varied: GitRepo) -> None:
+    """Process-wide tuning is the server's (`runtime.after_build`), not the library's."""
+    frozen = gc.get_freeze_count()
+    build_snapshot(varied.path, varied.head(), rules(), 1 << 30, None)
+    assert gc.get_freeze_count() == frozen
+
+
 def test_a_built_snapshot_is_left_out_of_the_collectors_passes_yet_freed_when_dropped(varied: GitRepo) -> None:
     snapshot = build_snapshot(varied.path, varied.head(), rules(), 1 << 30, None)
+    runtime.after_build()  # as the server runs it after each build
     assert snapshot.rendered is not None
     walked = {id(item) for item in gc.get_objects()}  # every generation the collector passes over
     assert not walked & {id(snapshot), id(snapshot.rendered), *map(id, snapshot.rendered.sections.values())}

@@ -14,6 +14,10 @@ sub-agents sharing a prefix) continues from where it branched. A conversation st
 recompute, counted) when its epoch is no longer held (see `Epochs.snapshot_of`), when the client
 rewrote history past an inserted change, or when its changes outgrow the diff's budget. At most
 `[context] max_conversations` are kept, least recently used first out; they live in memory only.
+
+Requests of different conversations prepare at once; the turns of one conversation take turns (a
+lock of its own, held while the work tree is read against what it last showed), so no change is
+inserted twice or lost.
 """
 
 from __future__ import annotations
@@ -26,10 +30,10 @@ import attrs
 from ..apis.dialects import Dialect
 from ..apis.validation import ClientRequest
 from ..encoding import encode_text
-from ..git.reader import WorkState
+from ..git.reader import RepositoryReader, WorkState
 from ..git.snapshot import Snapshot
 from ..metrics import Metrics
-from .epochs import Epochs
+from .epochs import Epochs, Injection
 
 #: Where a change sits: (position, "before") as a message of its own before the client's message
 #: there (or after all of them); (position, "open" or "close") attached to that message's text.
@@ -55,6 +59,8 @@ class Conversation:
     #: The work tree as the conversation last showed it, where it differs from the base.
     shown: WorkState = attrs.Factory(dict)
     inserted_bytes: int = 0
+    #: Held by the request that continues it, while it reads the work tree (a branch gets its own).
+    turn: asyncio.Lock = attrs.field(init=False, factory=asyncio.Lock, eq=False, repr=False)
 
     def render(self, parts: tuple[bytes, ...], api: Dialect) -> tuple[bytes, ...]:
         """The client's messages with every change where it was inserted, each encoded."""
@@ -139,63 +145,69 @@ def _end(point: Point) -> int:
 
 
 class Conversations:
-    """The conversations being kept, least recently used first, at most `capacity`."""
+    """The conversations being kept, least recently used first, at most `capacity`, on the epochs
+    of one repository (read for a conversation's changes by `reader`)."""
 
-    def __init__(self, capacity: int, metrics: Metrics) -> None:
+    def __init__(self, capacity: int, metrics: Metrics, epochs: Epochs, reader: RepositoryReader) -> None:
         self.capacity = capacity
         self._metrics = metrics
+        self._epochs = epochs
+        self._reader = reader
         self._kept: dict[int, Conversation] = {}  # by identity, in order of use
-        self._lock = asyncio.Lock()
 
     def resize(self, capacity: int) -> None:
         self.capacity = capacity
         self._evict()
 
-    async def prepare(
-        self, epochs: Epochs, request: ClientRequest, api: Dialect, scope: str, placement: str = "system"
-    ) -> Prepared:
+    async def prepare(self, request: ClientRequest, api: Dialect, scope: str, placement: str = "system") -> Prepared:
         """The context and messages for `request`: its conversation continued, or a new one (whose
         changes will be placed as `placement` says). Conversations of different APIs never mix."""
-        injection = await epochs.current()
+        injection = await self._epochs.inject()
         hashes = message_hashes(request.identities)
         scope = f"{api.name}:{scope}"
-        async with self._lock:  # one request at a time changes a conversation
+        while True:
             found, matched = self._find(scope, hashes)
-            if found is not None:
-                continued = await self._continue(
-                    epochs, found, matched, request, api, hashes, injection.snapshot, injection.state
-                )
-                if continued is not None:
-                    self._metrics.conversations.inc((("outcome", "continued"),))
-                    return continued
-            outcome = "afresh" if found is not None else "new"
-            self._metrics.conversations.inc((("outcome", outcome),))
-            diff = injection.diff
-            started = Conversation(
-                scope,
-                injection.snapshot.commit,
-                diff.json_text,
-                diff.text_bytes,
-                hashes,
-                api.placement(placement),
-                shown=dict(injection.state),
-            )
-            self._keep(started)
-            injected = injection.snapshot.text_bytes + diff.text_bytes
-            return Prepared(injection.snapshot, diff.json_text, diff.text_bytes, request.parts, outcome, injected)
+            if found is None:
+                return self._start(scope, hashes, api.placement(placement), injection, request, "new")
+            async with found.turn:  # one request at a time continues a conversation
+                again, still = self._find(scope, hashes)
+                if again is not found or still != matched:
+                    continue  # it moved on while this request waited its turn: look again
+                continued = await self._continue(found, matched, request, api, hashes, injection)
+            if continued is not None:
+                self._metrics.conversations.inc((("outcome", "continued"),))
+                return continued
+            return self._start(scope, hashes, api.placement(placement), injection, request, "afresh")
+
+    def _start(
+        self,
+        scope: str,
+        hashes: list[bytes],
+        placement: str,
+        injection: Injection,
+        request: ClientRequest,
+        outcome: str,
+    ) -> Prepared:
+        """A new conversation on the current epoch ("afresh": one that could not continue)."""
+        self._metrics.conversations.inc((("outcome", outcome),))
+        diff, snapshot = injection.diff, injection.snapshot
+        started = Conversation(
+            scope, snapshot.commit, diff.json_text, diff.text_bytes, hashes, placement, shown=dict(injection.state)
+        )
+        self._keep(started)
+        injected = snapshot.text_bytes + diff.text_bytes
+        return Prepared(snapshot, diff.json_text, diff.text_bytes, request.parts, outcome, injected)
 
     async def _continue(
         self,
-        epochs: Epochs,
         conversation: Conversation,
         matched: int,
         request: ClientRequest,
         api: Dialect,
         hashes: list[bytes],
-        current: Snapshot,
-        current_state: WorkState,
+        injection: Injection,
     ) -> Prepared | None:
-        snapshot = epochs.snapshot_of(conversation.base)
+        snapshot = self._epochs.snapshot_of(conversation.base)
         if snapshot is None:
             self._drop(conversation)
             return None  # its epoch is no longer held: start on the current one
@@ -204,14 +216,13 @@ class Conversations:
             if not conversation.settled_within(matched):
                 return None  # history rewritten past a change: the other branch may still go on
             conversation = conversation.branch(matched)
-        now = current_state if snapshot is current else await asyncio.to_thread(epochs.reader.state, snapshot)
+        change, now = await self._changes(snapshot, conversation.shown, injection)
         if now is None:
             return None
-        change = await asyncio.to_thread(epochs.reader.changes, snapshot, conversation.shown, now)
         point = insertion_point(request.shapes, matched, conversation.placement)
         if change is not None and point is not None:
             size = len(change.encode())
-            if conversation.inserted_bytes + size > epochs.budget(snapshot):
+            if conversation.inserted_bytes + size > self._epochs.budget(snapshot):
                 self._drop(found)
                 return None  # the changes outgrew the budget a working diff has: start afresh
             conversation.inserts.setdefault(point, []).append(change)
@@ -225,6 +236,17 @@ class Conversations:
         injected = snapshot.text_bytes + conversation.start_bytes + conversation.inserted_bytes
         parts = conversation.render(request.parts, api)
         return Prepared(snapshot, conversation.start, conversation.start_bytes, parts, "continued", injected)
+
+    async def _changes(
+        self, snapshot: Snapshot, shown: WorkState, injection: Injection
+    ) -> tuple[str | None, WorkState | None]:
+        """The change message from the work tree as `shown` to now, and the work tree now (None:
+        the conversation's base cannot serve). Read in worker threads, under no lock but the turn."""
+        reader = self._reader
+        now = injection.state if snapshot is injection.snapshot else await asyncio.to_thread(reader.state, snapshot)
+        if now is None:
+            return None, None
+        return await asyncio.to_thread(reader.changes, snapshot, shown, now), now
 
     def _find(self, scope: str, hashes: list[bytes]) -> tuple[Conversation | None, int]:
         """The conversation sharing the most leading messages; of equals, one that can go on from

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import attrs
+
 
 def budget(snapshot_bytes: int, share: float, floor: int) -> float:
     """The bytes the diff may grow to before keeping the epoch stops paying."""
@@ -45,3 +47,38 @@ def closest_remembered(net_bytes: Mapping[str, int], limit: float) -> str | None
     """
     fitting = {base: size for base, size in net_bytes.items() if size <= RECALL_SHARE * limit}
     return min(fitting, key=lambda base: (fitting[base], base)) if fitting else None
+
+
+@attrs.frozen
+class Plan:
+    """What a request does with a reading of the served epoch (see `plan`)."""
+
+    #: "reread": the epoch switched while the diff was read; "switch": move to HEAD now, then read
+    #: again; "serve": serve the diff read.
+    action: str
+    #: The diff's net group ends elsewhere than the state file says: save it, so a restart renders the same.
+    anchor_moved: bool = False
+    #: The commits outgrew the epoch: fold them, or else rebase in the background (and serve meanwhile).
+    outgrown: bool = False
+
+
+def plan(
+    mode: str,
+    *,
+    on_served: bool,
+    usable: bool,
+    base: str | None,
+    head: str | None,
+    anchor: str | None,
+    folded: str | None,
+    diff_bytes: int,
+    limit: float,
+) -> Plan:
+    """Decide for a reading made `on_served` (against the snapshot still served) under `[context]
+    rebase = mode`: of a `usable` base, with HEAD at `head`, its net group ending at `anchor` while
+    the state file says `folded`, and a diff of `diff_bytes` against the budget `limit`."""
+    if not on_served:
+        return Plan("reread")
+    if not usable or (mode == "every-commit" and head != base):
+        return Plan("switch")
+    return Plan("serve", anchor != folded, mode == "auto" and outgrown(diff_bytes, head != base, limit))

@@ -9,12 +9,15 @@ atomically (temporary file, then rename). A missing or unreadable file just mean
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import os
 import tempfile
 from pathlib import Path
+
+import attrs
 
 from ..git.epoch import Epoch
 
@@ -64,3 +67,22 @@ def save_epoch(path: Path, repository: Path, epoch: Epoch) -> None:
         os.replace(out.name, path)
     except OSError as error:
         log.warning("cannot save the snapshot epoch to %s: %s", path, error)
+
+
+@attrs.frozen
+class StateFile:
+    """The state file of one repository, written from the event loop in a worker thread."""
+
+    path: Path
+    repository: Path
+
+    @classmethod
+    def under(cls, state_dir: Path, repository: Path) -> StateFile:
+        return cls(state_file(state_dir, repository), repository)
+
+    def load(self) -> Epoch | None:
+        """The saved epoch, if any (blocking)."""
+        return load_epoch(self.path, self.repository)
+
+    async def save(self, epoch: Epoch) -> None:
+        await asyncio.to_thread(save_epoch, self.path, self.repository, epoch)

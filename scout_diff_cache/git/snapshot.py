@@ -41,7 +41,6 @@ import pygit2
 
 from ..encoding import encode_text
 from ..errors import RepositoryError
-from ..runtime import exempt_from_collection, release_freed_memory
 from .content import spell
 from .epoch import Epoch
 from .order import HISTORY_WINDOW, carry_order, changed_paths, last_changes, least_recent_first
@@ -183,11 +182,7 @@ def build_snapshot(
         raise RepositoryError(f"cannot read commit {commit} in {path}: {error}") from None
     by_path = {entry[0]: entry for entry in entries}
     earlier = reuse.rendered.chunks if reuse is not None and reuse.rendered and reuse.rendered.rules == rules else ()
-    snapshot = _assemble(commit, key, [by_path[item] for item in order], sections, max_snapshot_bytes, rules, earlier)
-    del sections  # copied into the chunks: their memory goes back before the trim
-    release_freed_memory()
-    exempt_from_collection()
-    return snapshot
+    return _assemble(commit, key, [by_path[item] for item in order], sections, max_snapshot_bytes, rules, earlier)
 
 
 def history(path: Path, commit: str, since: str | None, start: int, stop: int) -> dict[str, int]:

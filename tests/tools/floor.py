@@ -31,7 +31,8 @@ from scout_diff_cache.encoding import encode_json
 from scout_diff_cache.git.diff import working_diff
 from scout_diff_cache.git.repository import ContentRules, head_commit, open_repository
 from scout_diff_cache.git.snapshot import build_snapshot
-from tests.support import ProxyProcess, free_port
+
+from support import ProxyProcess, free_port
 
 #: The project root: its modules are the source text, and the proxy's process imports from it.
 ROOT = Path(__file__).resolve().parents[2]

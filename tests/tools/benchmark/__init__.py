@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 import pygit2
@@ -47,8 +47,9 @@ from scout_diff_cache.git.repository import ContentRules, head_commit, open_repo
 from scout_diff_cache.git.sections import render_entries
 from scout_diff_cache.git.snapshot import Snapshot, changes_and_key, history
 from scout_diff_cache.git.workers import POOL_MIN_ENTRIES, Workers
-from scout_diff_cache.runtime import settle
-from tests.support import ProxyProcess, free_port
+from scout_diff_cache.runtime import after_build, settle
+
+from support import ProxyProcess, free_port
 
 #: The project root, so that the child processes find `scout_diff_cache` and `tests`.
 ROOT = Path(__file__).resolve().parents[2]
@@ -268,6 +269,13 @@ def anonymous_rss(pid: int | str = "self") -> int:
         return next(int(line.split()[1]) * 1024 for line in status if line.startswith("RssAnon:"))
 
 
+def build_as_served(reader: RepositoryReader, *args: Any) -> Snapshot:
+    """A build as `serve` runs one: the process tuned after it, in the same thread (`runtime.after_build`)."""
+    snapshot = reader.build(*args)
+    after_build()
+    return snapshot
+
+
 async def snapshot_costs(repository: Path, config: Config) -> Snapshot:
     """The snapshot as the proxy builds it, beside `git archive`; a rebase; the diff beside libgit2's."""
     rules = ContentRules.from_config(config)
@@ -280,7 +288,7 @@ async def snapshot_costs(repository: Path, config: Config) -> Snapshot:
     reader = RepositoryReader(repository, rules, cap, Workers())
     try:
         archive = git_archive(repository, str(parent.id))
-        first, build, stall = await stall_while(lambda: reader.build(str(parent.id), None))
+        first, build, stall = await stall_while(lambda: build_as_served(reader, str(parent.id), None))
         archive = min(archive, git_archive(repository, str(parent.id)))
         # The build's history walks, each alone in a worker process, as a build runs them: here,
         # libgit2 freeing a walk's memory holds the GIL for tens of milliseconds.
@@ -294,9 +302,11 @@ async def snapshot_costs(repository: Path, config: Config) -> Snapshot:
         assert first.rendered is not None
         keys = list(first.rendered.sections)
         _, rendering, _ = await stall_while(lambda: pool.submit(render_entries, repository, keys, rules).result())
-        _, warm, _ = await stall_while(lambda: reader.build(str(parent.id), None))
+        _, warm, _ = await stall_while(lambda: build_as_served(reader, str(parent.id), None))
         starting = pool_start()
-        snapshot, rebase, rebase_stall = await stall_while(lambda: reader.build(str(head.id), first.epoch, first))
+        snapshot, rebase, rebase_stall = await stall_while(
+            lambda: build_as_served(reader, str(head.id), first.epoch, first)
+        )
     finally:
         reader.close()
     megabytes = first.text_bytes / 1e6
@@ -349,7 +359,7 @@ def memory_costs(repository: Path, config_path: Path) -> dict[str, int]:
     settle()  # as the server does once it is set up
     figures = {"empty": anonymous_rss()}
     reader = RepositoryReader(repository, rules, config.repository.max_snapshot_bytes, Workers())
-    first = reader.build(str(parent.id), None)
+    first = build_as_served(reader, str(parent.id), None)
     gc.collect()
     figures["one epoch"] = anonymous_rss()
     figures["snapshot bytes"] = sum(map(len, first.json_text))
@@ -362,7 +372,7 @@ def memory_costs(repository: Path, config_path: Path) -> dict[str, int]:
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    second = reader.build(str(head.id), first.epoch, first)
+    second = build_as_served(reader, str(head.id), first.epoch, first)
     done.set()
     sampler.join()
     gc.collect()

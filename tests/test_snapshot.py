@@ -1,4 +1,4 @@
-"""What the upstream receives as snapshot and working diff, for real repositories."""
+"""The snapshot: what the upstream receives first, byte for byte, for real repositories."""
 
 from __future__ import annotations
 
@@ -44,78 +44,6 @@ async def test_snapshot_names_its_commit_last_and_puts_stable_files_first(
     order = headed_paths(snapshot)
     # unchanged since the first commit, in byte order; then the newer files, in byte order
     assert order == ["README.md", "src/app.py", "src/util.py", "B.txt", "a.b", "a/z.txt"]
-
-
-async def test_edits_staged_and_untracked_files_change_the_diff_not_the_snapshot(
-    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
-) -> None:
-    client = await make_proxy()
-    clean_snapshot, clean_diff = await injected(client, upstream)
-    assert "No changes" in clean_diff
-
-    git_repo.write("src/app.py", "def main():\n    return 'edited'\n")
-    git_repo.write("src/util.py", "def add(a, b):\n    return b + a\n")
-    git_repo.stage("src/util.py")
-    git_repo.write("notes/new.txt", "brand new untracked file\n")
-    (git_repo.path / "README.md").unlink()
-    snapshot, diff = await injected(client, upstream)
-
-    assert snapshot == clean_snapshot
-    assert "+    return 'edited'" in diff
-    assert "+    return b + a" in diff
-    assert "+brand new untracked file" in diff
-    assert header_of(diff, "README.md") == "deleted"
-    assert "'edited'" not in snapshot
-
-
-async def test_staged_then_edited_again_shows_the_working_tree(
-    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
-) -> None:
-    git_repo.write("src/app.py", "staged version\n")
-    git_repo.stage("src/app.py")
-    git_repo.write("src/app.py", "working version\n")
-    _, diff = await injected(await make_proxy(), upstream)
-    assert "+working version" in diff
-    assert "staged version" not in diff
-
-
-async def test_ignored_files_never_appear(make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo) -> None:
-    git_repo.write(".gitignore", "secret.txt\nlogs/\n")
-    git_repo.commit("ignore")
-    git_repo.write("secret.txt", "hunter2\n")
-    git_repo.write("logs/today.log", "hunter3\n")
-    snapshot, diff = await injected(await make_proxy(), upstream)
-    assert "hunter2" not in snapshot + diff
-    assert "hunter3" not in snapshot + diff
-
-
-async def test_a_commit_keeps_the_snapshot_and_the_diff_carries_it(
-    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
-) -> None:
-    client = await make_proxy()
-    before, _ = await injected(client, upstream)
-    base = git_repo.head()
-    git_repo.write("src/app.py", "def main():\n    return 'committed'\n")
-    commit = git_repo.commit("edit app")
-    after, diff = await injected(client, upstream)
-    assert after == before
-    assert "+    return 'committed'" in diff
-    assert diff.endswith(f"=== snapshot commit {base}; HEAD is {commit} ===\n")
-    response = await client.post("/v1/chat/completions", json=chat())
-    assert response.headers["X-Scout-Snapshot-Commit"] == base
-
-
-async def test_every_commit_mode_moves_the_snapshot_on_each_commit(
-    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
-) -> None:
-    client = await make_proxy(context={"rebase": "every-commit"})
-    before, _ = await injected(client, upstream)
-    git_repo.write("src/app.py", "def main():\n    return 'committed'\n")
-    commit = git_repo.commit("edit app")
-    after, diff = await injected(client, upstream)
-    assert after != before
-    assert after.endswith(f"commit {commit} ===\n") and "return 'committed'" in after
-    assert "No changes" in diff
 
 
 async def test_symlinks_show_their_target_and_are_never_followed(
@@ -240,32 +168,3 @@ async def test_concurrent_cold_requests_build_the_snapshot_once(
     health = await (await client.get("/health")).json()
     assert health["snapshot"]["builds"] == 2  # the one at startup, then one for the new commit
     assert health["snapshot"]["commit"] == git_repo.head()
-
-
-async def test_a_vanished_repository_is_a_500_and_recovers_when_restored(
-    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
-) -> None:
-    client = await make_proxy()
-    assert (await client.post("/v1/chat/completions", json=chat())).status == 200
-    hidden = git_repo.path.with_name("moved-away")
-    git_repo.path.rename(hidden)
-    response = await client.post("/v1/chat/completions", json=chat())
-    assert response.status == 500
-    error = (await response.json())["error"]
-    assert error["code"] == "repository_error" and "repository" in error["message"]
-    hidden.rename(git_repo.path)
-    assert (await client.post("/v1/chat/completions", json=chat())).status == 200
-
-
-async def test_a_corrupt_head_is_a_500_and_recovers_when_repaired(
-    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
-) -> None:
-    client = await make_proxy()
-    head_file = git_repo.path / ".git" / "HEAD"
-    original = head_file.read_text()
-    head_file.write_text("garbage\n")
-    response = await client.post("/v1/chat/completions", json=chat())
-    assert response.status == 500
-    assert (await response.json())["error"]["type"] == "server_error"
-    head_file.write_text(original)
-    assert (await client.post("/v1/chat/completions", json=chat())).status == 200

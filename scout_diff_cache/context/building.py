@@ -1,0 +1,100 @@
+"""Making an epoch's snapshot: the build in a worker thread, timed, counted and logged, and its
+warm-up upstream before it is served."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from ..errors import ProxyError
+from ..git.content import UNREADABLE
+from ..git.diff import WorkingDiff
+from ..git.epoch import Epoch
+from ..git.reader import RepositoryReader
+from ..git.repository import short
+from ..git.snapshot import Snapshot
+from ..metrics import Metrics
+from ..usage import Usage
+from .notices import Notices
+
+log = logging.getLogger("scout_diff_cache.context.epochs")  # the epochs' one logger, as before the split
+
+#: Sends a snapshot and diff upstream once, so that its cache holds them (a warm-up).
+Warmer = Callable[[Snapshot, WorkingDiff], Awaitable["Usage | None"]]
+
+#: Called in the build's thread once a snapshot is built: the server's process-wide tuning
+#: (see `runtime.after_build`); library callers leave the process as it is.
+AfterBuild = Callable[[], None]
+
+
+class Builder:
+    """Builds snapshots with a `RepositoryReader` and warms them up with a `Warmer`."""
+
+    def __init__(
+        self,
+        reader: RepositoryReader,
+        metrics: Metrics,
+        notices: Notices,
+        warmer: Warmer | None = None,
+        after_build: AfterBuild | None = None,
+    ) -> None:
+        self.reader = reader
+        self.warmer = warmer
+        self.last_error: str | None = None
+        self._metrics = metrics
+        self._notices = notices
+        self._after_build = after_build
+
+    async def build(self, commit: str | None, previous: Epoch | None, reuse: Snapshot | None = None) -> Snapshot:
+        self._metrics.snapshot_builds.inc()
+        started = time.monotonic()
+        try:
+            snapshot = await asyncio.to_thread(self._build, commit, previous, reuse)
+        except ProxyError as error:
+            self.last_error = error.message
+            log.error("snapshot build for %s failed: %s", short(commit), error.message)
+            raise
+        self.last_error = None
+        self._metrics.build_seconds.observe(time.monotonic() - started)
+        if snapshot.findings:
+            self._notices.report(f"snapshot {short(commit)}", snapshot.findings)
+        self._notices.note_unreadable(
+            (item.path, item.detail) for item in snapshot.left_out if item.reason == UNREADABLE
+        )
+        log.info(
+            "snapshot %s built in %.2fs: %d files inlined, %d bytes, %d left out",
+            short(commit),
+            time.monotonic() - started,
+            snapshot.files,
+            snapshot.text_bytes,
+            len(snapshot.left_out),
+        )
+        return snapshot
+
+    def _build(self, commit: str | None, previous: Epoch | None, reuse: Snapshot | None) -> Snapshot:
+        snapshot = self.reader.build(commit, previous, reuse)
+        if self._after_build is not None:
+            self._after_build()
+        return snapshot
+
+    async def warm_now(self, snapshot: Snapshot) -> Usage | None:
+        """Send `snapshot` and the current diff upstream once; None without a warmer."""
+        if self.warmer is None:
+            return None
+        return await self.warmer(snapshot, await asyncio.to_thread(self.reader.diff, snapshot))
+
+    async def warm_up(self, snapshot: Snapshot) -> Usage | None:
+        """Have the upstream cache the new epoch before it is served; a failure is logged, not fatal."""
+        if self.warmer is None:
+            return None
+        diff = await asyncio.to_thread(self.reader.diff, snapshot)
+        try:
+            usage = await self.warmer(snapshot, diff)
+        except ProxyError as error:
+            self._metrics.warmups.inc((("outcome", "failed"),))
+            log.warning("warm-up of snapshot %s failed, switching anyway: %s", short(snapshot.commit), error.message)
+            return None
+        self._metrics.warmups.inc((("outcome", "ok"),))
+        return usage
