@@ -143,3 +143,23 @@ def assemble_messages(messages: bytes, fields: bytes, snapshot: tuple[Chunk, ...
 def _closed(chunks: list[Chunk], fields: bytes) -> Body:
     """The body: `chunks`, then the client's other `fields` (encoded, without braces), and the close."""
     return Body((*chunks, *((b",", fields) if fields else ()), b"}"))
+
+
+class SystemTurns:
+    """Where a change goes on the APIs whose turns may hold a system message (chat, Responses): as
+    configured, as a system message of its own or attached to a message's text, whose content
+    parts are of the type `text_part` (a class attribute of each)."""
+
+    text_part = "text"
+
+    def placement(self, configured: str) -> str:
+        return configured
+
+    def separate(self, text: str) -> bytes:
+        return system_message(text)
+
+    def opened(self, part: bytes, lead: bytes) -> bytes:
+        return with_text(part, lead, self.text_part, at_start=True)
+
+    def closed(self, part: bytes, tail: bytes) -> bytes:
+        return with_text(part, tail, self.text_part, at_start=False)

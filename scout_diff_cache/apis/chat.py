@@ -12,7 +12,7 @@ import attrs
 from ..encoding import Body, Chunk
 from ..errors import InvalidRequest, ProxyError
 from ..usage import Usage, included_figures, read_counted, take_out_included
-from .assembly import assemble, chat_context, own_system_text, system_message, with_text
+from .assembly import SystemTurns, assemble, chat_context, own_system_text
 from .validation import ClientRequest, RequestRules, checked_messages, common_fields, encoded_request, object_body
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -42,24 +42,12 @@ def openai_error_body(error: ProxyError) -> bytes:
 
 
 @attrs.frozen
-class Chat:
+class Chat(SystemTurns):
     name: str = "chat"
     path: str = "/chat/completions"
 
     def parse(self, raw: bytes, rules: RequestRules) -> ClientRequest:
         return parse_chat_request(raw, rules)
-
-    def placement(self, configured: str) -> str:
-        return configured
-
-    def separate(self, text: str) -> bytes:
-        return system_message(text)
-
-    def opened(self, part: bytes, lead: bytes) -> bytes:
-        return with_text(part, lead, "text", at_start=True)
-
-    def closed(self, part: bytes, tail: bytes) -> bytes:
-        return with_text(part, tail, "text", at_start=False)
 
     def body(
         self,

@@ -12,7 +12,7 @@ import attrs
 from ..encoding import Body, Chunk, encode_json
 from ..errors import InvalidRequest, ProxyError
 from ..usage import Usage, included_figures, read_counted, take_out_included
-from .assembly import assemble_responses, enveloped, joined_text, own_system_text, system_message, with_text
+from .assembly import SystemTurns, assemble_responses, enveloped, joined_text, own_system_text
 from .chat import openai_error_body
 from .validation import ClientRequest, RequestRules, check_message, common_fields, encoded_request, object_body
 
@@ -60,24 +60,15 @@ def _item_shape(item: dict[str, Any]) -> str:
 
 
 @attrs.frozen
-class Responses:
+class Responses(SystemTurns):
+    """A system message is an input item too; a message's text parts are `input_text`."""
+
     name: str = "responses"
     path: str = "/responses"
+    text_part = "input_text"
 
     def parse(self, raw: bytes, rules: RequestRules) -> ClientRequest:
         return parse_responses_request(raw, rules)
-
-    def placement(self, configured: str) -> str:
-        return configured
-
-    def separate(self, text: str) -> bytes:
-        return system_message(text)  # a system message is an input item too
-
-    def opened(self, part: bytes, lead: bytes) -> bytes:
-        return with_text(part, lead, "input_text", at_start=True)
-
-    def closed(self, part: bytes, tail: bytes) -> bytes:
-        return with_text(part, tail, "input_text", at_start=False)
 
     def body(
         self,
