@@ -22,7 +22,7 @@ def _content(json_text: bytes) -> str:
 def render_report(config: Config, injection: Injection, show: str | None, layout: Layout | None = None) -> str:
     snapshot, diff = injection.snapshot, injection.diff
     if show == "snapshot":
-        return _content(snapshot.encoded())
+        return snapshot.text()
     if show == "diff":
         return _content(diff.json_text)
     if show == "files":

@@ -121,7 +121,7 @@ async def test_the_upstream_serves_the_snapshot_from_its_cache(
     client = await aiohttp_client(make_app(config))
     rules = ContentRules.from_config(config)
     snapshot = build_snapshot(repo.path, repo.head(), rules, config.repository.max_snapshot_bytes, None)
-    snapshot_text = json.loads(snapshot.encoded())["content"]
+    snapshot_text = snapshot.text()
     snapshot_tokens = tokens(llama_server, snapshot_text)
     REPORT.append(f"snapshot: {snapshot.text_bytes} bytes, {snapshot_tokens} tokens; rebase = auto")
 

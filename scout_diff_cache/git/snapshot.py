@@ -31,6 +31,7 @@ fits, otherwise it is listed as over the cap (and its diffs stay stubs: see `Con
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
@@ -148,6 +149,10 @@ class Snapshot:
     def encoded(self) -> bytes:
         """The encoded text in one piece: for inspection and tests, never per request."""
         return b"".join(self.json_text)
+
+    def text(self) -> str:
+        """The text itself, decoded from its encoding: for inspection and tests, never per request."""
+        return str(json.loads(b'"' + self.encoded() + b'"'))
 
 
 def build_snapshot(

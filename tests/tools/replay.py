@@ -516,7 +516,7 @@ def original_snapshot(workdir: Path, commit: str, rules: Any, cap: int) -> str:
     repo = open_repository(workdir)
     paths = tuple(sorted(_paths(repo[commit].peel(pygit2.Tree))))
     snapshot = build_snapshot(workdir, commit, rules, cap, Epoch(commit, paths))
-    return f"Commit {commit}\n" + json.loads(snapshot.encoded())["content"]
+    return f"Commit {commit}\n" + snapshot.text()
 
 
 def original_prompt(workdir: Path, rules: Any, cap: int, messages: list[dict[str, str]]) -> bytes:
