@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import pytest
@@ -162,6 +163,23 @@ async def test_an_over_long_prompt_reaches_every_api_as_its_clients_overflow(
                 assert (error["code"], error["type"]) == ("context_length_exceeded", "invalid_request_error")
                 assert error["param"] == ("messages" if path == "/v1/chat/completions" else "input")
                 assert f"maximum context length is {window} tokens" in error["message"]
+
+
+async def test_with_usage_for_the_client_the_figures_leave_the_injected_context_out(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    """The client's meter never counted the snapshot: the message counts as it does, the overshoot
+    the upstream's."""
+    upstream.behaviour = refuses_as_too_long(LLAMA_OVERFLOW)
+    client = await make_proxy(context={"usage": "client"})
+    answer = await client.post("/v1/messages", json=REQUESTS["/v1/messages"])
+    said = (await answer.json())["error"]["message"]
+    found = re.fullmatch(r"prompt is too long: (\d+) tokens > (\d+) maximum", said)
+    assert found is not None, said
+    told, most = int(found[1]), int(found[2])
+    assert 0 < most < 16384 and told - most == 231131 - 16384
+    openai = await client.post("/v1/chat/completions", json=REQUESTS["/v1/chat/completions"])
+    assert f"maximum context length is {most} tokens" in (await openai.json())["error"]["message"]
 
 
 async def test_a_stream_that_already_sent_keep_alives_ends_with_the_overflow_event(
