@@ -117,3 +117,26 @@ class UpstreamRejected(UpstreamError):
         self.status = status
         self.type = type_ or self.type
         self.code = code or self.code
+
+
+class ContextTooLong(UpstreamRejected):
+    """The upstream refused a prompt longer than its window: the error clients compact on.
+
+    `tokens` (what the upstream counted against the window) and `window` are the upstream's own
+    figures where it said them, None where it did not; each dialect words the message its way.
+    """
+
+    status = 400
+    code = "context_length_exceeded"
+
+    def __init__(self, message: str, tokens: int | None = None, window: int | None = None) -> None:
+        super().__init__(400, message, "invalid_request_error", self.code)
+        self.tokens = tokens
+        self.window = window
+
+    def less(self, injected: int) -> ContextTooLong:
+        """The figures as the client counts them, `injected` tokens out of both (the overshoot kept);
+        unchanged when a figure is unknown or the injected context alone fills the window."""
+        if self.tokens is None or self.window is None or not 0 < injected < self.window:
+            return self
+        return ContextTooLong(self.message, self.tokens - injected, self.window - injected)

@@ -19,7 +19,7 @@ from aiohttp import web
 from .accounting import Exchange
 from .apis.dialects import Dialect
 from .encoding import Body, encode_json
-from .errors import ProxyError
+from .errors import ContextTooLong, ProxyError
 from .state import metrics_key
 from .upstream.client import Upstream, check_status, next_chunk, no_first_byte, url_under
 from .usage import SseUsage, usage_fields
@@ -42,11 +42,22 @@ class Outbound:
     injected: int | None = None
 
 
+def as_the_client_counts(error: ProxyError, outbound: Outbound) -> ProxyError:
+    """An over-long prompt's figures without the injected tokens when the client's usage leaves
+    them out, so the message and the client's own meter agree (the overshoot is the same)."""
+    if isinstance(error, ContextTooLong) and outbound.injected:
+        return error.less(outbound.injected)
+    return error
+
+
 async def relay_json(
     upstream: Upstream, outbound: Outbound, *, headers: Mapping[str, str], exchange: Exchange
 ) -> web.Response:
     started = time.monotonic()
-    data, payload = await upstream.read_json_answer(outbound.body, outbound.path)
+    try:
+        data, payload = await upstream.read_json_answer(outbound.body, outbound.path)
+    except ContextTooLong as error:
+        raise as_the_client_counts(error, outbound) from None
     exchange.first_byte_seconds = time.monotonic() - started  # a JSON answer comes in one piece
     exchange.usage = outbound.api.read_usage(payload)
     usage = usage_fields(payload)
@@ -106,9 +117,10 @@ async def relay_stream(
             await client.write(rest)
         await client.write_eof()
         return client
-    except ProxyError as error:
+    except ProxyError as raised:
+        error = as_the_client_counts(raised, outbound)
         if client is None:
-            raise
+            raise error from None
         exchange.outcome = error.code
         await client.write(outbound.api.error_event(error))
         await client.write_eof()

@@ -382,6 +382,62 @@ async def hang(request: web.Request, upstream: FakeUpstream) -> web.StreamRespon
     return web.json_response(completion())
 
 
+# --- what the servers say to a prompt longer than their window ----------------------------------
+
+#: vLLM 0.32 on chat and Responses, recorded on this machine.
+VLLM_OVERFLOW: dict[str, Any] = {
+    "error": {
+        "message": "This model's maximum context length is 8192 tokens. However, your prompt contains at least"
+        " 8193 input tokens, and the model cannot generate any further tokens.",
+        "type": "BadRequestError",
+        "param": "input_tokens",
+        "code": 400,
+    }
+}
+#: vLLM 0.32 on /v1/messages: the same words in Anthropic's envelope.
+VLLM_MESSAGES_OVERFLOW: dict[str, Any] = {
+    "type": "error",
+    "error": {"type": "BadRequestError", "message": VLLM_OVERFLOW["error"]["message"]},
+}
+#: llama-server on every API, /v1/messages too (its error is OpenAI-shaped there as well).
+LLAMA_OVERFLOW: dict[str, Any] = {
+    "error": {
+        "code": 400,
+        "message": "request (231131 tokens) exceeds the available context size (16384 tokens), try increasing it",
+        "type": "exceed_context_size_error",
+        "n_prompt_tokens": 231131,
+        "n_ctx": 16384,
+    }
+}
+#: SGLang (its `ErrorResponse` is not wrapped in "error"); the words from its source.
+SGLANG_OVERFLOW: dict[str, Any] = {
+    "object": "error",
+    "message": "Requested token count exceeds the model's maximum context length of 8192 tokens. You requested a"
+    " total of 9000 tokens: 8000 tokens from the input messages and 1000 tokens for the completion. Please reduce"
+    " the number of tokens in the input messages or the completion to fit within the limit.",
+    "type": "BadRequestError",
+    "param": None,
+    "code": 400,
+}
+
+
+def refuses_as_too_long(chat: dict[str, Any], messages: dict[str, Any] | None = None) -> Behaviour:
+    """An upstream whose window the conversation outgrew: 400 with the server's body (`messages` on
+    /v1/messages, where it differs), except to the proxy's warm-ups, whose usage counts a token
+    per 4 bytes as they measure the injected context."""
+
+    async def refuse(request: web.Request, upstream: FakeUpstream) -> web.StreamResponse:
+        raw = await request.read()
+        if is_warmup(json.loads(raw)):
+            prompt = counted(raw)
+            usage = {"prompt_tokens": prompt, "completion_tokens": 1, "total_tokens": prompt + 1}
+            return web.json_response({**completion(), "usage": usage})
+        body = messages if messages is not None and request.path == "/v1/messages" else chat
+        return web.json_response(body, status=400)
+
+    return refuse
+
+
 # --- configuration and requests ----------------------------------------------------------------
 
 

@@ -10,7 +10,17 @@ from typing import Any
 
 import pytest
 
-from support import FakeUpstream, ProxyFactory, answer_stream, counted
+from support import (
+    LLAMA_OVERFLOW,
+    SGLANG_OVERFLOW,
+    VLLM_MESSAGES_OVERFLOW,
+    VLLM_OVERFLOW,
+    FakeUpstream,
+    ProxyFactory,
+    answer_stream,
+    counted,
+    refuses_as_too_long,
+)
 
 anthropic = pytest.importorskip("anthropic")
 
@@ -54,3 +64,31 @@ async def test_sdk_count_tokens_and_errors(make_proxy: ProxyFactory, upstream: F
     with pytest.raises(anthropic.BadRequestError) as caught:
         await client.messages.create(model="scout", max_tokens=16, messages=[])
     assert caught.value.body["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("chat", "messages", "figures"),
+    [
+        (VLLM_OVERFLOW, VLLM_MESSAGES_OVERFLOW, "8193 tokens > 8192 maximum"),
+        (LLAMA_OVERFLOW, None, "231131 tokens > 16384 maximum"),
+        (SGLANG_OVERFLOW, None, "9000 tokens > 8192 maximum"),
+    ],
+    ids=["vllm", "llama.cpp", "sglang"],
+)
+async def test_sdk_sees_an_over_long_prompt_as_claude_code_compacts_on(
+    make_proxy: ProxyFactory,
+    upstream: FakeUpstream,
+    chat: dict[str, Any],
+    messages: dict[str, Any] | None,
+    figures: str,
+) -> None:
+    upstream.behaviour = refuses_as_too_long(chat, messages)
+    client = await sdk_client(make_proxy)
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        await client.messages.create(model="scout", max_tokens=16, messages=MESSAGES)
+    assert caught.value.status_code == 400 and caught.value.body["error"]["type"] == "invalid_request_error"
+    assert caught.value.body["error"]["message"] == f"prompt is too long: {figures}"
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        async with client.messages.stream(model="scout", max_tokens=16, messages=MESSAGES) as stream:
+            await stream.get_final_message()
+    assert caught.value.body["error"]["message"].startswith("prompt is too long")

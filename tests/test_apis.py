@@ -245,7 +245,7 @@ async def test_messages_stream_and_errors_in_anthropics_envelope(
     assert (await refused.json())["error"]["type"] == "invalid_request_error"
 
     async def rejects(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
-        error = {"code": 400, "message": "the request exceeds the context size", "type": "exceed_context_size_error"}
+        error = {"code": 400, "message": "the request has no valid tool", "type": "invalid_request_error"}
         return web.json_response({"error": error}, status=400)
 
     upstream.behaviour = rejects
@@ -253,7 +253,7 @@ async def test_messages_stream_and_errors_in_anthropics_envelope(
     assert rejected.status == 400
     assert await rejected.json() == {
         "type": "error",
-        "error": {"type": "invalid_request_error", "message": "the request exceeds the context size"},
+        "error": {"type": "invalid_request_error", "message": "the request has no valid tool"},
     }
 
 

@@ -12,7 +12,17 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from support import FakeUpstream, ProxyFactory, answer_stream, counted, event_stream, sse_chunk
+from support import (
+    LLAMA_OVERFLOW,
+    VLLM_OVERFLOW,
+    FakeUpstream,
+    ProxyFactory,
+    answer_stream,
+    counted,
+    event_stream,
+    refuses_as_too_long,
+    sse_chunk,
+)
 
 openai = pytest.importorskip("openai")
 
@@ -95,3 +105,21 @@ async def test_sdk_responses_errors_come_in_openais_envelope(make_proxy: ProxyFa
     with pytest.raises(openai.BadRequestError) as caught:
         await client.responses.create(model="scout", input=[])
     assert "'input' must be a non-empty string" in caught.value.message
+
+
+@pytest.mark.parametrize("said", [VLLM_OVERFLOW, LLAMA_OVERFLOW], ids=["vllm", "llama.cpp"])
+async def test_sdk_sees_an_over_long_prompt_as_context_length_exceeded(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, said: dict[str, Any]
+) -> None:
+    """What Codex (Responses) and the chat clients compact on, streaming or not."""
+    upstream.behaviour = refuses_as_too_long(said)
+    client = await sdk_client(make_proxy)
+    asked = [{"role": "user", "content": "Where is main?"}]
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.chat.completions.create(model="scout", messages=asked, stream=stream)
+        assert (caught.value.code, caught.value.param) == ("context_length_exceeded", "messages")
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.responses.create(model="scout", input="Where is main?", stream=stream)
+        assert (caught.value.code, caught.value.param) == ("context_length_exceeded", "input")
+        assert caught.value.status_code == 400 and "maximum context length" in caught.value.message

@@ -10,7 +10,7 @@ from typing import Any
 import attrs
 
 from ..encoding import Body, Chunk
-from ..errors import InvalidRequest, ProxyError
+from ..errors import ContextTooLong, InvalidRequest, ProxyError
 from ..usage import Usage, included_figures, read_counted, take_out_included
 from .assembly import SystemTurns, assemble, chat_context, own_system_text
 from .validation import ClientRequest, RequestRules, checked_messages, common_fields, encoded_request, object_body
@@ -36,9 +36,23 @@ def parse_chat_request(raw: bytes, rules: RequestRules) -> ClientRequest:
     return encoded_request(stream, wants_usage, messages, body, shapes)
 
 
-def openai_error_body(error: ProxyError) -> bytes:
-    """OpenAI's envelope: `{"error": {"message", "type", "code"}}`."""
-    return json.dumps({"error": {"message": error.message, "type": error.type, "code": error.code}}).encode()
+def openai_error_body(error: ProxyError, param: str | None = None) -> bytes:
+    """OpenAI's envelope: `{"error": {"message", "type", "code"}}`; an over-long prompt's also names
+    the field that grew too long (`param`), as OpenAI's own does."""
+    inner: dict[str, object] = {"message": openai_message(error), "type": error.type, "code": error.code}
+    if isinstance(error, ContextTooLong):
+        inner["param"] = param
+    return json.dumps({"error": inner}).encode()
+
+
+def openai_message(error: ProxyError) -> str:
+    """An over-long prompt in OpenAI's words where the upstream gave both figures; else its message."""
+    if isinstance(error, ContextTooLong) and error.tokens is not None and error.window is not None:
+        return (
+            f"This model's maximum context length is {error.window} tokens. However, your messages resulted"
+            f" in {error.tokens} tokens. Please reduce the length of the messages."
+        )
+    return error.message
 
 
 @attrs.frozen
@@ -67,10 +81,10 @@ class Chat(SystemTurns):
         take_out_included(usage, injected, "prompt_tokens", "prompt_tokens_details")
 
     def error_body(self, error: ProxyError) -> bytes:
-        return openai_error_body(error)
+        return openai_error_body(error, "messages")
 
     def error_event(self, error: ProxyError) -> bytes:
-        return b"data: " + openai_error_body(error) + b"\n\n"
+        return b"data: " + self.error_body(error) + b"\n\n"
 
 
 CHAT = Chat()

@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from ..encoding import Body, Chunk, encode_json
-from ..errors import InvalidRequest, ProxyError
+from ..errors import ContextTooLong, InvalidRequest, ProxyError
 from ..usage import Usage, int_field, read_counted, take_out_in_order
 from .assembly import assemble_messages, system_message, with_text
 from .validation import ClientRequest, RequestRules, checked_messages, common_fields, encoded_request, object_body
@@ -107,6 +107,16 @@ def anthropic_type(status: int) -> str:
     return ANTHROPIC_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
 
 
+def anthropic_message(error: ProxyError) -> str:
+    """An over-long prompt in Anthropic's words, which Claude Code compacts on (and reads N - M from)."""
+    if not isinstance(error, ContextTooLong):
+        return error.message
+    if error.tokens is not None and error.window is not None:
+        return f"prompt is too long: {error.tokens} tokens > {error.window} maximum"
+    said = error.message
+    return said if said.lower().startswith("prompt is too long") else f"prompt is too long: {said}"
+
+
 def _prompt_figures(usage: dict[str, Any] | None) -> tuple[int | None, int | None]:
     parts = [
         int_field(usage, key) for key in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
@@ -160,7 +170,7 @@ class Messages:
 
     def error_body(self, error: ProxyError) -> bytes:
         """Anthropic's envelope: `{"type": "error", "error": {"type", "message"}}`."""
-        inner = {"type": anthropic_type(error.status), "message": error.message}
+        inner = {"type": anthropic_type(error.status), "message": anthropic_message(error)}
         return json.dumps({"type": "error", "error": inner}).encode()
 
     def error_event(self, error: ProxyError) -> bytes:

@@ -10,10 +10,10 @@ from typing import Any
 import attrs
 
 from ..encoding import Body, Chunk, encode_json
-from ..errors import InvalidRequest, ProxyError
+from ..errors import ContextTooLong, InvalidRequest, ProxyError
 from ..usage import Usage, included_figures, read_counted, take_out_included
 from .assembly import SystemTurns, assemble_responses, enveloped, joined_text, own_system_text
-from .chat import openai_error_body
+from .chat import openai_error_body, openai_message
 from .validation import ClientRequest, RequestRules, check_message, common_fields, encoded_request, object_body
 
 RESPONSES_ROLES = frozenset({"system", "developer", "user", "assistant"})
@@ -91,10 +91,11 @@ class Responses(SystemTurns):
         take_out_included(usage, injected, "input_tokens", "input_tokens_details")
 
     def error_body(self, error: ProxyError) -> bytes:
-        return openai_error_body(error)
+        return openai_error_body(error, "input")
 
     def error_event(self, error: ProxyError) -> bytes:
-        payload = {"type": "error", "code": error.code, "message": error.message, "param": None}
+        param = "input" if isinstance(error, ContextTooLong) else None
+        payload = {"type": "error", "code": error.code, "message": openai_message(error), "param": param}
         return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
 
 

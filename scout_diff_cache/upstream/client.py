@@ -26,6 +26,7 @@ from ..config import UpstreamConfig
 from ..encoding import Body, Encoded, encode_json
 from ..errors import ProxyError, UpstreamBadResponse, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from ..usage import Usage
+from .overflow import context_too_long
 from .routing import Routing
 
 #: An error body longer than this is cut before it is read whole.
@@ -88,6 +89,8 @@ def error_from_answer(status: int, data: bytes) -> ProxyError:
             message = error
     if status >= 500:
         return UpstreamBadResponse(f"the upstream answered HTTP {status}: {message}")
+    if overflow := context_too_long(status, payload):
+        return overflow
     type_ = error.get("type") if isinstance(error, dict) else None
     return UpstreamRejected(status, message, type_ if isinstance(type_, str) else None)
 
