@@ -25,6 +25,7 @@ from .systemd import Notifier, inherited_sockets, render_socket, render_template
 from .upstream.client import Upstream
 from .upstream.layout import Layout, Layouts
 from .upstream.routing import Routing
+from .upstream.window import Window, Windows
 
 log = logging.getLogger("scout_diff_cache")
 
@@ -109,17 +110,19 @@ def inspect(config: Config, show: str | None) -> int:
     except ProxyError as error:
         print(f"scout-diff-cache: {error.message}", file=sys.stderr)
         return 1
-    layout = asyncio.run(learn_layout(config)) if show is None else None
-    sys.stdout.write(render_report(config, preview, show, layout))
+    layout, window = asyncio.run(learn_upstream(config)) if show is None else (None, None)
+    sys.stdout.write(render_report(config, preview, show, layout, window))
     return 0
 
 
-async def learn_layout(config: Config) -> Layout:
-    """The layout the proxy would use now: configured, or learned from the upstream as it would."""
+async def learn_upstream(config: Config) -> tuple[Layout, Window]:
+    """The layout and window the proxy would use now: configured, or learned from the upstream as it would."""
     tasks = SharedTasks()
     routing = Routing()
+    target = (config.upstream.url, config.upstream.model)
     async with Upstream(lambda: config.upstream, lambda: routing) as upstream:
-        return await Layouts(config.context.layout, upstream.probe_systems, tasks).current()
+        window = await Windows(config.upstream.context_window, upstream.about, lambda: target, tasks).current()
+        return await Layouts(config.context.layout, upstream.probe_systems, tasks).current(), window
 
 
 def print_unit(config: Config, *, user: bool, socket_unit: bool) -> int:

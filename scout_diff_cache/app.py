@@ -93,8 +93,12 @@ def _record(request: web.Request, exchange: Exchange, status: int | str, elapsed
         metrics.first_byte_seconds.observe(exchange.first_byte_seconds)
     if exchange.to_upstream and exchange.outcome in UPSTREAM_OUTCOMES:
         metrics.last_upstream_outcome = exchange.outcome
+    live = request.app[live_key]
     if exchange.outcome == UpstreamUnavailable.code:
-        request.app[live_key].layouts.forget()  # the server that comes back may serve another template
+        live.layouts.forget()  # the server that comes back may serve another template
+        live.windows.forget()  # ... or another context
+    elif exchange.to_upstream and exchange.outcome in UPSTREAM_OUTCOMES:
+        live.windows.learn_soon()  # the upstream answers: learned if it was away
 
 
 @web.middleware
@@ -145,12 +149,15 @@ def make_app(config: Config, after_build: AfterBuild | None = None) -> web.Appli
     app[metrics_key] = metrics = Metrics()
     app[tokens_key] = InjectedTokens()
     app[probes_key] = probes = SharedTasks()
-    app[wiring_key] = wiring = Wiring(metrics, partial(_warm, app), partial(_probe, app), probes, after_build)
+    app[wiring_key] = wiring = Wiring(
+        metrics, partial(_warm, app), partial(_probe, app), probes, partial(_about, app), after_build
+    )
     app[live_key] = build_live(config, wiring)
     add_routes(app)
     app.cleanup_ctx.append(_upstream_session)
     app.cleanup_ctx.append(_epochs)
     app.cleanup_ctx.append(_background(_first_epoch))
+    app.cleanup_ctx.append(_background(_learn_window))
     app.cleanup_ctx.append(_background(_keep_warm))
     return app
 
@@ -180,6 +187,10 @@ async def _warm(app: web.Application, snapshot: Snapshot, diff: WorkingDiff) -> 
 
 async def _probe(app: web.Application, systems: int) -> ProxyError | None:
     return await app[upstream_key].probe_systems(systems)
+
+
+async def _about(app: web.Application, method: str, url: str, body: dict[str, Any] | None) -> Any:
+    return await app[upstream_key].about(method, url, body)
 
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
@@ -228,6 +239,14 @@ async def _first_epoch(app: web.Application) -> None:
     if app[live_key].config.context.inject:
         with contextlib.suppress(ProxyError):  # logged where it failed; requests will retry
             await app[live_key].epochs.start()
+
+
+async def _learn_window(app: web.Application) -> None:
+    """Learn the upstream's context window at startup (logged when learned), or say why not yet."""
+    windows = app[live_key].windows
+    window = await windows.current()
+    if window is not windows.learned:
+        log.info("upstream context window: %s", window.describe())
 
 
 async def _keep_warm(app: web.Application) -> None:

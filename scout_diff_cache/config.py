@@ -116,6 +116,14 @@ def _log_level(raw: str) -> str:
     return level
 
 
+def _window(raw: str) -> int | None:
+    if raw.strip() == "auto":
+        return None
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ValueError("expected auto or a whole number of tokens of at least 1, such as 131072")
+    return int(raw)
+
+
 def _url(raw: str) -> str:
     parts = urlsplit(raw.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
@@ -212,6 +220,8 @@ class UpstreamConfig:
     #: Variables for the upstream's chat template in every body the proxy builds (warm-ups too), a
     #: client's own winning: pins what a template would otherwise vary, such as Llama 3's date.
     chat_template_kwargs: dict[str, Any] | None = option(None, _json_object)
+    #: The upstream's context window in tokens per request; None (auto): learned from the upstream.
+    context_window: int | None = option(None, _window)
     #: Routes under /v1 the pass-through forwards besides the built-in inference routes.
     passthrough_routes: tuple[str, ...] = option((), _routes)
 
@@ -443,7 +453,7 @@ def render_config(config: Config) -> str:
 
 def _show(value: Any, field: attrs.Attribute) -> str:  # type: ignore[type-arg]
     if value is None:
-        return ""
+        return "auto" if field.metadata["parse"] is _window else ""
     if field.metadata["secret"]:
         return "********"
     if isinstance(value, bool):

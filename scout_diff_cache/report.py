@@ -8,6 +8,7 @@ from .config import Config
 from .context.epochs import Injection
 from .git.content import UNREADABLE
 from .upstream.layout import Layout
+from .upstream.window import Window
 
 #: A rough, model-independent estimate; real tokenizers give 3 to 5 bytes per token on code.
 BYTES_PER_TOKEN = 4
@@ -19,7 +20,9 @@ def _content(json_text: bytes) -> str:
     return str(json.loads(b'"' + json_text + b'"'))
 
 
-def render_report(config: Config, injection: Injection, show: str | None, layout: Layout | None = None) -> str:
+def render_report(
+    config: Config, injection: Injection, show: str | None, layout: Layout | None = None, window: Window | None = None
+) -> str:
     snapshot, diff = injection.snapshot, injection.diff
     if show == "snapshot":
         return snapshot.text()
@@ -38,6 +41,7 @@ def render_report(config: Config, injection: Injection, show: str | None, layout
         f"diff         {diff.files:,} file diffs, {diff.text_bytes:,} bytes, ~{diff.text_bytes // BYTES_PER_TOKEN:,} tokens",
         f"(tokens estimated at {BYTES_PER_TOKEN} bytes each; `--show snapshot` or `--show diff` prints the exact text)",
         *([f"layout       {layout.name}: {layout.reason}"] if layout else []),
+        *([f"window       {window.describe()}"] if window else []),
         "",
         "largest files inlined:",
     ]

@@ -173,6 +173,7 @@ async def models(request: web.Request) -> web.Response:
 async def health(request: web.Request) -> web.Response:
     epochs = request.app[live_key].epochs.status()
     layout = request.app[live_key].layouts.known
+    window = request.app[live_key].windows.known
     snapshot = epochs.snapshot
     rebase = epochs.last_rebase
     totals = request.app[totals_key]
@@ -182,6 +183,7 @@ async def health(request: web.Request) -> web.Response:
             "status": "ok",
             "inject": request.app[live_key].config.context.inject,
             "layout": {"name": layout.name, "reason": layout.reason},
+            "window": {"tokens": window.tokens, "source": window.source},
             "snapshot": {
                 "state": epochs.state,
                 "commit": snapshot.commit if snapshot else None,

@@ -108,6 +108,7 @@ async def reload(app: web.Application, notifier: Notifier) -> None:
     configure_logging(new.server.log_level, new.server.log_format, os.environ.get("JOURNAL_STREAM"))
     fresh = build_live(new, app[wiring_key], live)
     live.take_settings(fresh)
+    live.windows.learn_soon()  # another upstream, or the same one answering again
     if fresh.epochs is not live.epochs:
         log.info("repository settings changed: building the new snapshot before switching to it")
         if new.context.inject:

@@ -4,6 +4,7 @@ reload replaces, built by one function at start and at reload."""
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 import attrs
 from aiohttp import web
@@ -20,6 +21,7 @@ from .upstream.client import Upstream
 from .upstream.layout import Layouts, Probe
 from .upstream.routing import Routing
 from .upstream.tokens import InjectedTokens
+from .upstream.window import Ask, Windows
 
 
 @attrs.define
@@ -32,11 +34,13 @@ class Live:
     conversations: Conversations
     #: Where the context sits on chat and Responses (learned from the upstream, or configured).
     layouts: Layouts
+    #: The upstream's context window (learned from it, or configured).
+    windows: Windows
     routing: Routing = attrs.Factory(Routing)
 
     def take_settings(self, fresh: Live) -> None:
-        """The configuration and layouts of `fresh` (a reload): the next request follows them."""
-        self.config, self.layouts = fresh.config, fresh.layouts
+        """The configuration, layouts and window of `fresh` (a reload): the next request follows them."""
+        self.config, self.layouts, self.windows = fresh.config, fresh.layouts, fresh.windows
 
     def take_repository(self, fresh: Live) -> Epochs:
         """The epochs, conversations and routing of `fresh`; the epochs replaced, to be closed."""
@@ -47,13 +51,15 @@ class Live:
 
 @attrs.frozen
 class Wiring:
-    """What the application lends the state it builds: its counters, how to warm the upstream and
-    probe its template, and the process-wide tuning after each snapshot build (the server's only)."""
+    """What the application lends the state it builds: its counters, how to warm the upstream,
+    probe its template and ask it about itself, and the process-wide tuning after each snapshot
+    build (the server's only)."""
 
     metrics: Metrics
     warmer: Warmer
     probe: Probe
     probes: SharedTasks
+    ask: Ask
     after_build: AfterBuild | None = None
 
 
@@ -70,7 +76,7 @@ def build_live(config: Config, wiring: Wiring, previous: Live | None = None) -> 
     """The state serving `config`. At a reload (`previous`), what the change leaves valid is kept
     and follows the new settings: the epochs and conversations unless the repository settings
     changed (new ones are built, and `previous` keeps serving until they are swapped in), the
-    layouts unless `[context] layout` or the upstream changed (then they are learned again)."""
+    layouts and window unless their setting or the upstream changed (then they are learned again)."""
     if previous is not None:
         previous.epochs.configure(config.context)
         previous.conversations.resize(config.context.max_conversations)
@@ -87,7 +93,18 @@ def build_live(config: Config, wiring: Wiring, previous: Live | None = None) -> 
         layouts = previous.layouts.reconfigured(config.context.layout)
     else:
         layouts = previous.layouts
-    return Live(config, epochs, conversations, layouts, routing)
+    return Live(config, epochs, conversations, layouts, _windows(config, wiring, previous), routing)
+
+
+def _windows(config: Config, wiring: Wiring, previous: Live | None) -> Windows:
+    """The window of `previous` while the upstream settings stay; otherwise one to learn anew."""
+    if previous is not None and config.upstream == previous.config.upstream:
+        return previous.windows
+    return Windows(config.upstream.context_window, wiring.ask, partial(_target, config), wiring.probes)
+
+
+def _target(config: Config) -> tuple[str, str]:
+    return config.upstream.url, config.upstream.model
 
 
 async def identify(live: Live) -> None:

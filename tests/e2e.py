@@ -4,6 +4,7 @@ llama-server and vLLM both pass."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import time
@@ -124,3 +125,16 @@ async def strict_template_turns(server: str, api: str, tmp_path: Path, aiohttp_c
         f"{'strict template, ' + api + ', after an edit':58} prompt {second['prompt']:5}  cached {second['cached']:5}"
         f"  ({second['cached'] / first['prompt']:.0%} of the first prompt, {first['prompt']})"
     )
+
+
+async def learned_window(server: str, tmp_path: Path, aiohttp_client: Any, **upstream: str) -> dict[str, Any]:
+    """The window a proxy in front of `server` learns at start, as /health shows it once learned."""
+    repo = make_repository(tmp_path / "repo")
+    config = proxy_config(tmp_path, repo, f"{server}/v1", upstream=upstream)
+    client = await aiohttp_client(make_app(config))
+    for _ in range(600):
+        window: dict[str, Any] = (await (await client.get("/health")).json())["window"]
+        if not window["source"].startswith("not learned"):
+            return window
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the window was not learned in 30s: {window}")

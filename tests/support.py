@@ -124,6 +124,11 @@ class FakeUpstream:
         self.errors: list[BaseException] = []
         self.release = asyncio.Event()
         self.server: TestServer | None = None
+        #: What the server says of itself at its own routes, by "METHOD /path" (llama.cpp's
+        #: "GET /props", TGI's "GET /info", Ollama's "GET /api/ps", "GET /v1/models"); else a 404.
+        self.about: dict[str, Any] = {}
+        #: The routes asked about, in order ("GET /props", ...).
+        self.asked_about: list[str] = []
 
     @property
     def url(self) -> str:
@@ -138,6 +143,7 @@ class FakeUpstream:
         app.router.add_post("/v1/messages/count_tokens", self.handle_chat)
         app.router.add_get("/v1/models", self.handle_models)
         app.router.add_route("*", "/v1/{tail:.+}", self.handle_chat)
+        app.router.add_route("*", "/{tail:.*}", self.handle_about)
         return app
 
     @property
@@ -168,7 +174,16 @@ class FakeUpstream:
             raise
 
     async def handle_models(self, request: web.Request) -> web.StreamResponse:
-        return web.json_response({"object": "list", "data": [{"id": "upstream-model", "object": "model"}]})
+        self.asked_about.append("GET /v1/models")
+        listed = {"object": "list", "data": [{"id": "upstream-model", "object": "model"}]}
+        return web.json_response(self.about.get("GET /v1/models", listed))
+
+    async def handle_about(self, request: web.Request) -> web.StreamResponse:
+        key = f"{request.method} {request.path}"
+        self.asked_about.append(key)
+        if key not in self.about:
+            raise web.HTTPNotFound()
+        return web.json_response(self.about[key])
 
 
 class Tap:

@@ -82,6 +82,8 @@ def test_a_relative_repository_path_is_relative_to_the_config_file(tmp_path: Pat
         ("upstream", "first_byte_timeout", "soon", "duration"),
         ("upstream", "idle_timeout", "0", "positive duration"),
         ("upstream", "max_connections", "-3", "at least 1"),
+        ("upstream", "context_window", "lots", "expected auto or a whole number of tokens"),
+        ("upstream", "context_window", "0", "of at least 1"),
         ("upstream", "passthrough_routes", "files ../slots", "'..' segment; expected routes under /v1"),
         ("upstream", "passthrough_routes", "/v1/files", "empty segment"),
         ("upstream", "passthrough_routes", "files%2f..", "percent-encoding"),

@@ -22,7 +22,15 @@ from scout_diff_cache.app import make_app
 from scout_diff_cache.git.repository import ContentRules
 from scout_diff_cache.git.snapshot import build_snapshot
 
-from e2e import AGENT_PROMPT, agent_turn, make_repository, stop, strict_template_turns, wait_until_healthy
+from e2e import (
+    AGENT_PROMPT,
+    agent_turn,
+    learned_window,
+    make_repository,
+    stop,
+    strict_template_turns,
+    wait_until_healthy,
+)
 from support import free_port, headed_paths, proxy_config
 
 pytestmark = pytest.mark.e2e
@@ -85,6 +93,12 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def gemma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The model with Gemma 3's strict template, rendered by llama-server's Jinja engine."""
     yield from serve_llama(tmp_path_factory.mktemp("gemma"), "--jinja", "--chat-template-file", str(GEMMA_TEMPLATE))
+
+
+@pytest.fixture(scope="module")
+def two_slot_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """-c 8192 shared by two slots (-np 2): a request gets one slot's 4096."""
+    yield from serve_llama(tmp_path_factory.mktemp("slots"), "-c", "8192", "-np", "2")
 
 
 def tokens(server: str, text: str) -> int:
@@ -251,3 +265,10 @@ async def test_a_strict_template_takes_every_api_and_keeps_the_cache_across_an_e
 ) -> None:
     """Gemma's template refuses a second system message: the proxy learns that and sends one."""
     REPORT.append(await strict_template_turns(gemma_server, api, tmp_path, aiohttp_client, aiohttp_server))
+
+
+async def test_the_window_learned_is_the_context_of_one_slot(
+    two_slot_server: str, tmp_path: Path, aiohttp_client: Any
+) -> None:
+    window = await learned_window(two_slot_server, tmp_path, aiohttp_client)
+    assert window == {"tokens": 4096, "source": "llama.cpp /props: n_ctx 4096 per slot (2 slots)"}

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from e2e import stop, strict_template_turns, wait_until_healthy
+from e2e import learned_window, stop, strict_template_turns, wait_until_healthy
 from support import free_port
 
 pytestmark = pytest.mark.vllm
@@ -84,3 +84,8 @@ async def test_a_strict_template_takes_every_api_and_keeps_the_cache_across_an_e
     vllm_server: str, tmp_path: Path, aiohttp_client: Any, aiohttp_server: Any, api: str
 ) -> None:
     REPORT.append(await strict_template_turns(vllm_server, api, tmp_path, aiohttp_client, aiohttp_server))
+
+
+async def test_the_window_learned_is_vllms_max_model_len(vllm_server: str, tmp_path: Path, aiohttp_client: Any) -> None:
+    window = await learned_window(vllm_server, tmp_path, aiohttp_client, model="gemma")
+    assert window == {"tokens": 8192, "source": "/v1/models: max_model_len of gemma"}

@@ -131,7 +131,8 @@ async def test_over_a_raw_socket_only_listed_routes_arrive_upstream_exactly_as_s
     client = await make_proxy(
         url=str(upstream.make_url("/v1")),
         server={"api_keys_file": str(keys)},
-        upstream={"api_key": "upstream-key", "passthrough_routes": "files, batches"},
+        # a configured window: the proxy asks the upstream nothing of its own
+        upstream={"api_key": "upstream-key", "passthrough_routes": "files, batches", "context_window": "8192"},
         context={"inject": "false"},
     )
     escapes = [*ESCAPES, f"http://proxy{ESCAPES[0]}"]  # the absolute form, too

@@ -31,6 +31,8 @@ from .routing import Routing
 
 #: An error body longer than this is cut before it is read whole.
 MAX_ERROR_BODY = 64 * 1024
+#: An answer about the server (its /props, /info) longer than this is not read.
+MAX_ABOUT = 4 * 1024 * 1024
 #: A non-streaming answer is held whole to check it; larger than this, it is refused, not buffered.
 MAX_ANSWER = 32 * 1024 * 1024
 
@@ -97,6 +99,13 @@ def error_from_answer(status: int, data: bytes) -> ProxyError:
 
 def no_first_byte(config: UpstreamConfig) -> UpstreamTimeout:
     return UpstreamTimeout(f"the upstream sent no answer within first_byte_timeout ({config.first_byte_timeout:g}s)")
+
+
+def _json_or_none(data: bytes) -> Any:
+    try:
+        return json.loads(data) if data else None
+    except ValueError:
+        return None
 
 
 def _connect_only(config: UpstreamConfig) -> aiohttp.ClientTimeout:
@@ -229,3 +238,20 @@ class Upstream:
         if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
             raise UpstreamBadResponse("the upstream's /models answer is not a model list")
         return data
+
+    async def about(self, method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+        """The parsed JSON a server's own route answers with (`/props`, `/info`), bounded by the
+        connect timeout; None if it answered otherwise (a 404, not JSON, too long). Raises only
+        when the upstream cannot be reached or does not answer in time."""
+        config = self.config
+        try:
+            timeout = aiohttp.ClientTimeout(total=config.connect_timeout)
+            async with self.session.request(method, url, json=body, timeout=timeout) as response:
+                data = await read_all(response, config.connect_timeout, MAX_ABOUT + 1) if response.ok else b""
+        except asyncio.TimeoutError:
+            raise UpstreamTimeout(
+                f"the upstream at {config.url} did not answer within {config.connect_timeout:g}s"
+            ) from None
+        except aiohttp.ClientError as error:
+            raise UpstreamUnavailable(f"cannot reach the upstream at {config.url}: {error}") from None
+        return _json_or_none(data if len(data) <= MAX_ABOUT else b"")
