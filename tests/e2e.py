@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import time
 import urllib.request
@@ -138,3 +139,24 @@ async def learned_window(server: str, tmp_path: Path, aiohttp_client: Any, **ups
             return window
         await asyncio.sleep(0.05)
     raise AssertionError(f"the window was not learned in 30s: {window}")
+
+
+async def overflow_errors(server: str, tmp_path: Path, aiohttp_client: Any, words: int, **upstream: str) -> str:
+    """A question of `words` words, longer than `server`'s window, on chat and Messages through the
+    proxy: each client gets the error its agents compact on, with the server's own figures. The
+    Anthropic message, for the report."""
+    repo = make_repository(tmp_path / "repo")
+    config = proxy_config(tmp_path, repo, f"{server}/v1", upstream=upstream, context={"layout": "auto"})
+    client = await aiohttp_client(make_app(config))
+    question = [{"role": "user", "content": "word " * words}]
+    chat = await client.post("/v1/chat/completions", json={"model": "gemma", "max_tokens": 1, "messages": question})
+    assert chat.status == 400, await chat.text()
+    assert (await chat.json())["error"]["code"] == "context_length_exceeded"
+    body = {"model": "gemma", "max_tokens": 1, "messages": question}
+    messages = await client.post("/v1/messages", json=body)
+    assert messages.status == 400, await messages.text()
+    error = (await messages.json())["error"]
+    assert error["type"] == "invalid_request_error"
+    found = re.fullmatch(r"prompt is too long: (\d+) tokens > (\d+) maximum", error["message"])
+    assert found is not None and int(found[1]) > int(found[2]) > 0, error
+    return str(error["message"])

@@ -27,6 +27,7 @@ from e2e import (
     agent_turn,
     learned_window,
     make_repository,
+    overflow_errors,
     stop,
     strict_template_turns,
     wait_until_healthy,
@@ -272,3 +273,11 @@ async def test_the_window_learned_is_the_context_of_one_slot(
 ) -> None:
     window = await learned_window(two_slot_server, tmp_path, aiohttp_client)
     assert window == {"tokens": 4096, "source": "llama.cpp /props: n_ctx 4096 per slot (2 slots)"}
+
+
+async def test_a_prompt_longer_than_a_slot_gets_the_error_clients_compact_on(
+    two_slot_server: str, tmp_path: Path, aiohttp_client: Any
+) -> None:
+    REPORT.append(
+        f"over the 4,096 tokens of one slot: {await overflow_errors(two_slot_server, tmp_path, aiohttp_client, 6000)}"
+    )

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from e2e import learned_window, stop, strict_template_turns, wait_until_healthy
+from e2e import learned_window, overflow_errors, stop, strict_template_turns, wait_until_healthy
 from support import free_port
 
 pytestmark = pytest.mark.vllm
@@ -89,3 +89,10 @@ async def test_a_strict_template_takes_every_api_and_keeps_the_cache_across_an_e
 async def test_the_window_learned_is_vllms_max_model_len(vllm_server: str, tmp_path: Path, aiohttp_client: Any) -> None:
     window = await learned_window(vllm_server, tmp_path, aiohttp_client, model="gemma")
     assert window == {"tokens": 8192, "source": "/v1/models: max_model_len of gemma"}
+
+
+async def test_a_prompt_longer_than_max_model_len_gets_the_error_clients_compact_on(
+    vllm_server: str, tmp_path: Path, aiohttp_client: Any
+) -> None:
+    message = await overflow_errors(vllm_server, tmp_path, aiohttp_client, 9000, model="gemma")
+    REPORT.append(f"over vLLM's max_model_len of 8,192: {message}")
