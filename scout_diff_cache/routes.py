@@ -17,7 +17,7 @@ from .apis.validation import ClientRequest, RequestRules
 from .config import Config, is_loopback
 from .context.conversations import Prepared
 from .encoding import Body, encode_json
-from .errors import Forbidden, InvalidRequest, ProxyError
+from .errors import Forbidden, InvalidRequest, MethodNotAllowed, ProxyError
 from .metrics import render as render_metrics
 from .passthrough import forwarded
 from .relay import Outbound, relay_any, relay_json, relay_stream
@@ -145,7 +145,10 @@ async def count_tokens(request: web.Request) -> web.StreamResponse:
 async def passthrough(request: web.Request) -> web.StreamResponse:
     """An inference route the proxy does not serve itself (embeddings, completions, tokenize,
     audio...): to the upstream as it came, its answer streamed back as it comes. Only the client's
-    key stays behind; any other route, or a path that could mean another one, goes nowhere."""
+    key stays behind; any other route, or a path that could mean another one, goes nowhere, and a
+    route of the proxy's own asked with another method is told which it takes."""
+    if allowed := sorted(route.method for route in ROUTES if route.path == request.path):
+        raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use {', '.join(allowed)}")
     live = request.app[live_key]
     upstream = live.config.upstream
     segments = forwarded(request.rel_url.raw_path, upstream.passthrough_routes)

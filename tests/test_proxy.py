@@ -97,6 +97,22 @@ async def test_unknown_route_wrong_method_and_huge_body(make_proxy: ProxyFactory
     assert upstream.seen == []
 
 
+async def test_a_wrong_method_on_the_proxys_own_v1_routes_is_told_which_it_takes(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    """The pass-through's catch-all must not swallow them as unknown routes (nor forward them)."""
+    client = await make_proxy()
+    for method, path, allowed in (
+        ("GET", "/v1/chat/completions", "POST"),
+        ("DELETE", "/v1/messages", "POST"),
+        ("POST", "/v1/models", "GET"),
+    ):
+        response = await client.request(method, path)
+        assert response.status == 405, (method, path)
+        assert (await response.json())["error"]["message"].endswith(f"use {allowed}")
+    assert upstream.seen == []
+
+
 async def test_health_and_ready(make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo) -> None:
     client = await make_proxy()
     await until_async(lambda: ready_status(client), 200)
