@@ -13,7 +13,7 @@ cache of the snapshot stays valid. The epoch moves (a rebase) when keeping it st
 - `manual`: only when asked (`POST /admin/rebase`, `scout-diff-cache rebase`).
 
 Any base gives a faithful diff, an ancestor of HEAD or not (another branch, a rebase, an amend):
-the diff shows the net change from it (see `lineage.py`), and the budget decides as above. Only a
+the diff shows the net change from it (see `git/lineage.py`), and the budget decides as above. Only a
 base that is gone from the repository is replaced at once. The last `remembered_epochs` snapshots
 stay in memory: a rebase to one of their commits, or to one whose diff to HEAD fits the budget (a
 branch switched back to), reuses it byte for byte instead of building.

@@ -32,7 +32,7 @@ process orders it by the mtimes it then finds). Every file renders the same whic
 at, then reads each of those paths from HEAD and from the work tree: each request touches only what
 the stat cache says changed.
 
-A fold (chosen in `context.py`, kept with the epoch) turns the groups of the commits up to a fold
+A fold (chosen in `context/folding.py`, kept with the epoch) turns the groups of the commits up to a fold
 point into one group of their net changes, files least recently changed first: an order history
 fixes, so a restarted process renders it the same.
 """

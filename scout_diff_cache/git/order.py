@@ -13,7 +13,7 @@ not in path order but in order of stability:
   byte for byte, every file before the first one that changed, and files that change often drift
   toward the end. Cost: one tree-to-tree diff per commit between the two bases (at most the window).
 
-The order is stored with the base in the state file (see `epoch.py`), so a restarted process
+The order is stored with the base in the state file (see `context/statefile.py`), so a restarted process
 renders the same bytes.
 """
 
