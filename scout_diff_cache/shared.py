@@ -74,3 +74,46 @@ class Coalesced(Generic[T]):
         self._tasks.release(self)  # running now: later callers queue the next run
         self._running = asyncio.current_task()
         return await asyncio.to_thread(self._fn)
+
+
+class Learned(Generic[T]):
+    """A value configured, or learned from the upstream once it answers, and learned again after it
+    was forgotten (the upstream was unreachable: what comes back may differ). Callers that ask while
+    it is being learned wait for that one round; subclasses say how to learn it (`_ask`: None when
+    nothing could be learned this time)."""
+
+    def __init__(self, forced: T | None, unlearned: T, tasks: SharedTasks) -> None:
+        self._forced = forced
+        self._unlearned = unlearned
+        self._tasks = tasks
+        self._learned: T | None = None
+
+    @property
+    def known(self) -> T:
+        """The value now, without asking anything."""
+        return self._forced or self._learned or self._unlearned
+
+    @property
+    def learned(self) -> T | None:
+        """What the upstream told, once it has."""
+        return self._learned
+
+    async def current(self) -> T:
+        """The value, learned first if it is not known yet."""
+        if self._forced is None and self._learned is None:
+            await self._tasks.join(self, self._learn)
+        return self.known
+
+    def learn_soon(self) -> None:
+        """Learn it in the background if it is not known."""
+        if self._forced is None and self._learned is None:
+            self._tasks.start(self, self._learn)
+
+    def forget(self) -> None:
+        self._learned = None
+
+    async def _learn(self) -> None:
+        self._learned = await self._ask()
+
+    async def _ask(self) -> T | None:
+        raise NotImplementedError

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 import attrs
 
 from ..errors import ProxyError, UpstreamRejected
-from ..shared import SharedTasks
+from ..shared import Learned, SharedTasks
 
 
 @attrs.frozen
@@ -74,42 +74,25 @@ REFUSALS = frozenset({400, 422})
 Probe = Callable[[int], Awaitable["ProxyError | None"]]
 
 
-class Layouts:
+class Layouts(Learned[Layout]):
     """The layout in force: configured, or learned once from the upstream and again after it was
     unreachable (a restarted model server may serve another model with another template)."""
 
     def __init__(self, setting: str, probe: Probe, tasks: SharedTasks) -> None:
-        self._forced = configured(setting)
+        super().__init__(configured(setting), UNLEARNED, tasks)
         self._probe = probe
-        self._tasks = tasks
-        self._learned: Layout | None = None
-
-    @property
-    def known(self) -> Layout:
-        """The layout requests get now, without asking the upstream."""
-        return self._forced or self._learned or UNLEARNED
-
-    async def current(self) -> Layout:
-        """The layout for a request: learned first if it is not known yet (one probe at a time)."""
-        if self._forced is None and self._learned is None:
-            await self._tasks.join(self, self._learn)
-        return self.known
 
     def reconfigured(self, setting: str) -> Layouts:
         """A fresh start for a new setting or another upstream: nothing learned is kept."""
         return Layouts(setting, self._probe, self._tasks)
 
-    def forget(self) -> None:
-        """The upstream was unreachable: learn again when it answers."""
-        self._learned = None
-
-    async def _learn(self) -> None:
+    async def _ask(self) -> Layout | None:
         separate = await self._probe(2)
         strict = await self._probe(1) if _refused(separate) else None
         answers = [answer for answer in (separate, strict) if answer is not None]
         if any(not isinstance(answer, UpstreamRejected) for answer in answers):
-            return  # unreachable, failing or timing out: learned when the upstream answers
-        self._learned = judge(separate, strict)
+            return None  # unreachable, failing or timing out: learned when the upstream answers
+        return judge(separate, strict)
 
 
 def _refused(answer: ProxyError | None) -> bool:

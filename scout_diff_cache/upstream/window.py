@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 
 from ..errors import ProxyError
-from ..shared import SharedTasks
+from ..shared import Learned, SharedTasks
 
 log = logging.getLogger("scout_diff_cache")
 
@@ -149,45 +149,18 @@ async def ask_upstream(ask: Ask, url: str, model: str) -> Window | None:
     return NOT_REPORTED
 
 
-class Windows:
+class Windows(Learned[Window]):
     """The window in force: configured, or learned from the upstream once it answers, and again
     after it was unreachable (a restarted model server may serve another context)."""
 
     def __init__(self, setting: int | None, ask: Ask, target: Target, tasks: SharedTasks) -> None:
-        self._forced = configured(setting)
-        self._ask = ask
+        super().__init__(configured(setting), UNLEARNED, tasks)
+        self._ask_upstream = ask
         self._target = target
-        self._tasks = tasks
-        self._learned: Window | None = None
 
-    @property
-    def known(self) -> Window:
-        """The window now, without asking the upstream."""
-        return self._forced or self._learned or UNLEARNED
-
-    @property
-    def learned(self) -> Window | None:
-        """The window the upstream told (or that it tells none), once it has answered."""
-        return self._learned
-
-    async def current(self) -> Window:
-        """The window, learned first if it is not known yet (one round of questions at a time)."""
-        if self._forced is None and self._learned is None:
-            await self._tasks.join(self, self._learn)
-        return self.known
-
-    def learn_soon(self) -> None:
-        """Learn it in the background if it is not known (the upstream has just answered)."""
-        if self._forced is None and self._learned is None:
-            self._tasks.start(self, self._learn)
-
-    def forget(self) -> None:
-        """The upstream was unreachable: learn again when it answers."""
-        self._learned = None
-
-    async def _learn(self) -> None:
+    async def _ask(self) -> Window | None:
         url, model = self._target()
-        learned = await ask_upstream(self._ask, url, model)
+        learned = await ask_upstream(self._ask_upstream, url, model)
         if learned is not None:
-            self._learned = learned
             log.info("upstream context window: %s", learned.describe())
+        return learned
