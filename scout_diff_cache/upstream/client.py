@@ -219,22 +219,10 @@ class Upstream:
 
     async def fetch_models(self) -> bytes:
         """The upstream's model list, bounded by the connect timeout (a probe, not a generation)."""
-        config = self.config
-        try:
-            timeout = aiohttp.ClientTimeout(total=config.connect_timeout)
-            async with self.session.get(f"{config.url}/models", timeout=timeout) as response:
-                await check_status(response, config.connect_timeout)
-                data = await response.read()
-        except asyncio.TimeoutError:
-            raise UpstreamTimeout(
-                f"the upstream at {config.url} did not answer within {config.connect_timeout:g}s"
-            ) from None
-        except aiohttp.ClientError as error:
-            raise UpstreamUnavailable(f"cannot reach the upstream at {config.url}: {error}") from None
-        try:
-            payload = json.loads(data)
-        except ValueError:
-            payload = None
+        status, data = await self._brief("GET", f"{self.config.url}/models")
+        if status >= 400:
+            raise error_from_answer(status, data[:MAX_ERROR_BODY])
+        payload = _json_or_none(data if len(data) <= MAX_ABOUT else b"")
         if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
             raise UpstreamBadResponse("the upstream's /models answer is not a model list")
         return data
@@ -243,15 +231,20 @@ class Upstream:
         """The parsed JSON a server's own route answers with (`/props`, `/info`), bounded by the
         connect timeout; None if it answered otherwise (a 404, not JSON, too long). Raises only
         when the upstream cannot be reached or does not answer in time."""
+        status, data = await self._brief(method, url, body)
+        return _json_or_none(data) if status < 300 and len(data) <= MAX_ABOUT else None
+
+    async def _brief(self, method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
+        """A short exchange about the server, not a generation: its status and at most MAX_ABOUT + 1
+        bytes of its answer, all within the connect timeout."""
         config = self.config
         try:
             timeout = aiohttp.ClientTimeout(total=config.connect_timeout)
             async with self.session.request(method, url, json=body, timeout=timeout) as response:
-                data = await read_all(response, config.connect_timeout, MAX_ABOUT + 1) if response.ok else b""
+                return response.status, await read_all(response, config.connect_timeout, MAX_ABOUT + 1)
         except asyncio.TimeoutError:
             raise UpstreamTimeout(
                 f"the upstream at {config.url} did not answer within {config.connect_timeout:g}s"
             ) from None
         except aiohttp.ClientError as error:
             raise UpstreamUnavailable(f"cannot reach the upstream at {config.url}: {error}") from None
-        return _json_or_none(data if len(data) <= MAX_ABOUT else b"")
