@@ -41,12 +41,14 @@ from .state import (
     live_key,
     metrics_key,
     probes_key,
+    prompt_ids_key,
     tokens_key,
     totals_key,
     upstream_key,
     wiring_key,
 )
 from .upstream.client import Upstream
+from .upstream.prompt_ids import PromptIds
 from .upstream.tokens import InjectedTokens
 from .usage import Usage
 
@@ -148,6 +150,7 @@ def make_app(config: Config, after_build: AfterBuild | None = None) -> web.Appli
     app[totals_key] = Totals()
     app[metrics_key] = metrics = Metrics()
     app[tokens_key] = InjectedTokens()
+    app[prompt_ids_key] = PromptIds(metrics)
     app[probes_key] = probes = SharedTasks()
     app[wiring_key] = wiring = Wiring(
         metrics, partial(_warm, app), partial(_probe, app), probes, partial(_about, app), after_build
@@ -209,6 +212,7 @@ async def _epochs(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[live_key].epochs.close()
     await app[probes_key].close()
+    await app[prompt_ids_key].close()
 
 
 def _background(

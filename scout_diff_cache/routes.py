@@ -16,13 +16,23 @@ from .apis.dialects import CHAT, MESSAGES, RESPONSES, Dialect
 from .apis.validation import ClientRequest, RequestRules
 from .config import Config, is_loopback
 from .context.conversations import Prepared
-from .encoding import Body, encode_json
+from .encoding import Body, Chunk, encode_json
 from .errors import Forbidden, InvalidRequest, MethodNotAllowed, ProxyError
 from .metrics import render as render_metrics
 from .passthrough import forwarded
 from .relay import Outbound, relay_any, relay_json, relay_stream
-from .state import dialect_key, exchange_key, live_key, metrics_key, tokens_key, totals_key, upstream_key
+from .state import (
+    dialect_key,
+    exchange_key,
+    live_key,
+    metrics_key,
+    prompt_ids_key,
+    tokens_key,
+    totals_key,
+    upstream_key,
+)
 from .upstream.layout import Layout
+from .upstream.prompt_ids import BodyWith
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +86,23 @@ async def injected_tokens(request: web.Request, prepared: Prepared) -> int | Non
     return tokens.count(prepared.snapshot.commit, prepared.injected_bytes)
 
 
+async def as_ids(
+    request: web.Request, client: ClientRequest, body_with: BodyWith, prepared: Prepared, injected: int | None
+) -> Outbound | None:
+    """The request with the snapshot as token ids, where `[upstream] prompt` asks for them and the
+    API, the request and the upstream allow (None: it goes by text, counted with why)."""
+    if request.app[live_key].config.upstream.prompt == "text":
+        return None
+    ids = request.app[prompt_ids_key]
+    if request[dialect_key] is not CHAT:
+        ids.count("text", "api")  # Responses and Messages clients send tools: the chat parser is needed
+        return None
+    found = await ids.prompt(request.app[upstream_key], client, body_with, prepared.snapshot)
+    if found is None:
+        return None
+    return Outbound(CHAT, found.path, found.body, not client.wants_usage, injected, root=True, answers=found.answers)
+
+
 def request_rules(config: Config) -> RequestRules:
     upstream = config.upstream
     drop = config.context.billing_header == "drop"
@@ -103,7 +130,10 @@ async def forward(request: web.Request) -> web.StreamResponse:
     if config.context.inject:
         layout = await live.layouts.current()
         prepared = await prepare(request, client, api, layout)
-        body = api.body(client, prepared.parts, prepared.snapshot.json_text, prepared.start, layout.strict)
+
+        def body_with(snapshot: tuple[Chunk, ...]) -> Body:
+            return api.body(client, prepared.parts, snapshot, prepared.start, layout.strict)
+
         headers = injection_headers(prepared)
         exchange.snapshot_commit = prepared.snapshot.commit
         exchange.snapshot_bytes = prepared.snapshot.text_bytes
@@ -112,7 +142,11 @@ async def forward(request: web.Request) -> web.StreamResponse:
         exchange.injected_bytes = prepared.injected_bytes
         exchange.conversation = prepared.outcome
         # chat streams ask upstream for usage on the client's behalf; the other APIs always carry it
-        outbound = Outbound(api, api.path, body, not client.wants_usage, await injected_tokens(request, prepared))
+        injected = await injected_tokens(request, prepared)
+        outbound = await as_ids(request, client, body_with, prepared, injected) or Outbound(
+            api, api.path, body_with(prepared.snapshot.json_text), not client.wants_usage, injected
+        )
+        headers["X-Scout-Prompt"] = "tokens" if outbound.answers else "text"
     else:  # the client's body as it came
         outbound = Outbound(api, api.path, salted(raw, config.upstream.cache_salt))
     upstream = request.app[upstream_key]
