@@ -272,6 +272,16 @@ async def test_a_strict_template_takes_every_api_and_keeps_the_cache_across_an_e
     REPORT.append(await strict_template_turns(gemma_server, api, tmp_path, aiohttp_client, aiohttp_server))
 
 
+async def test_token_ids_rebuild_the_work_tree_and_keep_the_cache_across_an_edit(
+    gemma_server: str, tmp_path: Path, aiohttp_client: Any, aiohttp_server: Any
+) -> None:
+    """The strict-template turns with prompt = tokens: what llama.cpp received as ids and text rebuilds the work tree."""
+    turns = await strict_template_turns(
+        gemma_server, "chat/completions", tmp_path, aiohttp_client, aiohttp_server, "tokens"
+    )
+    REPORT.append(turns)
+
+
 async def test_the_window_learned_is_the_context_of_one_slot(
     two_slot_server: str, tmp_path: Path, aiohttp_client: Any
 ) -> None:
