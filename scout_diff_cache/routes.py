@@ -100,7 +100,7 @@ async def as_ids(
     found = await ids.prompt(request.app[upstream_key], client, body_with, prepared.snapshot)
     if found is None:
         return None
-    return Outbound(CHAT, found.path, found.body, not client.wants_usage, injected, root=True, answers=found.answers)
+    return Outbound(CHAT, found.path, found.body, not client.wants_usage, injected, found.root, found.answers)
 
 
 def request_rules(config: Config) -> RequestRules:
@@ -143,10 +143,12 @@ async def forward(request: web.Request) -> web.StreamResponse:
         exchange.conversation = prepared.outcome
         # chat streams ask upstream for usage on the client's behalf; the other APIs always carry it
         injected = await injected_tokens(request, prepared)
-        outbound = await as_ids(request, client, body_with, prepared, injected) or Outbound(
+        by_ids = await as_ids(request, client, body_with, prepared, injected)
+        text = by_ids is None
+        outbound = by_ids or Outbound(
             api, api.path, body_with(prepared.snapshot.json_text), not client.wants_usage, injected
         )
-        headers["X-Scout-Prompt"] = "tokens" if outbound.answers else "text"
+        headers["X-Scout-Prompt"] = "text" if text else "tokens"
     else:  # the client's body as it came
         outbound = Outbound(api, api.path, salted(raw, config.upstream.cache_salt))
     upstream = request.app[upstream_key]

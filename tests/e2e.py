@@ -121,15 +121,13 @@ async def strict_template_turns(
     assert second["cached"] >= 0.95 * first["prompt"], (first, second)
     layout = (await (await client.get("/health")).json())["layout"]
     assert layout["name"] == "strict" and "refused a second system message" in layout["reason"], layout
-    path = "/completion" if prompt == "tokens" else f"/v1/{api}"
-    received = [seen.json for seen in tap.seen if seen.path == path and not is_warmup(seen.json)]
+    paths = ("/completion", f"/v1/{api}") if prompt == "tokens" else (f"/v1/{api}",)
+    received = [seen.json for seen in tap.seen if seen.path in paths and not is_warmup(seen.json)]
     assert len(received) == 2
     if prompt == "tokens":
-        *ids, tail = received[-1]["prompt"]
-        text = post_json(f"{server}/detokenize", {"tokens": ids[1:]})["content"] + tail  # <bos> left out
-        check_conversation(gemma_turns(text), repo.path)
+        check_conversation(gemma_turns(sent_prompt(server, received[-1])), repo.path)
     else:
-        check_conversation(as_chat(path, received[-1]), repo.path)
+        check_conversation(as_chat(paths[0], received[-1]), repo.path)
     return (
         f"{f'strict template, {api}, prompt = {prompt}, after an edit':58} prompt {second['prompt']:5}  cached {second['cached']:5}"
         f"  ({second['cached'] / first['prompt']:.0%} of the first prompt, {first['prompt']})"
@@ -140,6 +138,16 @@ def post_json(url: str, payload: dict[str, Any]) -> Any:
     request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=600) as response:
         return json.load(response)
+
+
+def sent_prompt(server: str, body: dict[str, Any]) -> str:
+    """The prompt a body sent as ids carries, as text (detokenised by the server; <bos> left out):
+    llama.cpp's `/completion` `[ids…, "tail"]`, or vLLM's `kv_transfer_params.prompt_token_ids`."""
+    if "kv_transfer_params" in body:
+        ids = body["kv_transfer_params"]["prompt_token_ids"]
+        return str(post_json(f"{server}/detokenize", {"model": "gemma", "tokens": ids})["prompt"]).removeprefix("<bos>")
+    *ids, tail = body["prompt"]
+    return str(post_json(f"{server}/detokenize", {"tokens": ids[1:]})["content"]) + tail
 
 
 def gemma_turns(prompt: str) -> list[dict[str, object]]:

@@ -13,8 +13,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from scout_diff_cache.app import make_app
+from scout_diff_cache.upstream.id_routes import MARKER, parity, split_at_marker, split_ids
 from scout_diff_cache.upstream.llama_completion import ChatFromCompletion, completion_body, text_reason
-from scout_diff_cache.upstream.prompt_ids import MARKER, encoded_ids, parity, split_at_marker
+from scout_diff_cache.upstream.prompt_ids import encoded_ids
 
 from support import GitRepo, proxy_config
 
@@ -31,6 +32,8 @@ class FakeLlama:
         self.seen: list[tuple[str, Any]] = []
         self.merged: str | None = None
         self.llama = True
+        #: Whether it says it is vLLM (its /v1/models), taking chat bodies at /tokenize.
+        self.vllm = False
         #: Its base URL, /v1 included, once it serves.
         self.url = ""
 
@@ -41,6 +44,7 @@ class FakeLlama:
         app.router.add_post("/tokenize", self.tokenize)
         app.router.add_post("/completion", self.completion)
         app.router.add_post("/v1/chat/completions", self.chat)
+        app.router.add_get("/v1/models", self.models)
         return app
 
     def asked(self, path: str) -> list[Any]:
@@ -51,11 +55,17 @@ class FakeLlama:
             raise web.HTTPNotFound()
         return web.json_response({"default_generation_settings": {"n_ctx": 4096}})
 
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response({"data": [{"id": "m", "owned_by": "vllm" if self.vllm else "someone"}]})
+
+    @staticmethod
+    def render(body: dict[str, Any]) -> str:
+        return "".join(f"<turn>{m['role']}\n{m['content']}<eot>\n" for m in body["messages"]) + "<turn>assistant\n"
+
     async def apply_template(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.seen.append(("/apply-template", body))
-        turns = "".join(f"<turn>{m['role']}\n{m['content']}<eot>\n" for m in body["messages"])
-        return web.json_response({"prompt": turns + "<turn>assistant\n"})
+        return web.json_response({"prompt": self.render(body)})
 
     def ids(self, text: str, add_special: bool) -> list[int]:
         out = [BOS] if add_special else []
@@ -73,7 +83,10 @@ class FakeLlama:
     async def tokenize(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.seen.append(("/tokenize", body))
-        return web.json_response({"tokens": self.ids(body["content"], body["add_special"])})
+        if "messages" in body:  # vLLM: a chat body, rendered and tokenised at once
+            return web.json_response({"tokens": self.ids(self.render(body), True)})
+        text = body["content"] if "content" in body else body["prompt"]
+        return web.json_response({"tokens": self.ids(text, body.get("add_special", False))})
 
     async def completion(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -282,3 +295,30 @@ def test_a_stream_split_anywhere_translates_the_same() -> None:
     pieces = [split.feed(events[i : i + 7]) for i in range(0, len(events), 7)]
     assert b"".join(pieces) + split.flush() == expected
     assert expected.endswith(b"data: [DONE]\n\n") and b'"finish_reason":"stop"' in expected
+
+
+def test_the_marker_ids_must_occur_exactly_once_and_whole() -> None:
+    tokens, marker = array("i", [2, 105, 7, 8, 9, 106]), array("i", [7, 8])
+    assert split_ids(tokens, marker) == (array("i", [2, 105]), array("i", [9, 106]))
+    assert split_ids(array("i", [7, 8, 1, 7, 8]), marker) is None
+    assert split_ids(array("i", [7, 9]), marker) is None
+    assert split_ids(array("i", [256 * 7, 0]), array("i", [7])) is None  # bytes of it, not an id
+
+
+async def test_vllm_gets_every_id_in_kv_transfer_params_and_serves_tools(
+    tmp_path: Path, git_repo: GitRepo, llama: FakeLlama, aiohttp_client: Any
+) -> None:
+    llama.llama, llama.vllm = False, True
+    client = await proxy(tmp_path, git_repo, llama, aiohttp_client, "tokens")
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    for text in ("One?", "Two?"):
+        response = await client.post("/v1/chat/completions", json=question(text, tools=tools))
+        assert response.headers["X-Scout-Prompt"] == "tokens"
+        assert (await response.json())["choices"][0]["message"]["content"] == "by text"  # vLLM's own chat answer
+    sent = llama.asked("/v1/chat/completions")[-1]
+    real = [body for body in llama.asked("/tokenize") if "messages" in body and MARKER not in json.dumps(body, ensure_ascii=False)]
+    [whole] = real  # the whole prompt tokenised once, for the epoch
+    rendered = llama.render({"messages": [*whole["messages"][:-1], {"role": "user", "content": "Two?"}]})
+    assert sent["kv_transfer_params"] == {"prompt_token_ids": llama.ids(rendered, True)}
+    assert MARKER in sent["messages"][0]["content"] and sent["tools"] == tools  # small messages, for its parsers
+    assert not llama.asked("/completion") and not llama.asked("/apply-template")

@@ -101,7 +101,7 @@ def proxy_config(workdir: Path, repository: Path, server: str, prompt: str) -> P
     config_path.write_text(
         f"[server]\nport = {free_port()}\nlog_level = warning\n[upstream]\nurl = {server}/v1\nmodel = floor\n"
         f"prompt = {prompt}\n[repository]\npath = {repository}\n[context]\nstate_dir = {workdir / 'state'}\n"
-        "conversations = off\nrebase = manual\n"
+        "conversations = off\nrebase = manual\nusage = upstream\nlayout = separate\n"  # no probe to evict the prompt
     )
     return config_path
 
