@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -169,3 +171,13 @@ async def test_token_ids_answer_as_text_does_with_and_without_tools(
         history += [{"role": "assistant", "content": ids["text"]}, {"role": "user", "content": f"And now ({turn})?"}]
     metrics = await (await clients["tokens"].get("/metrics")).text()
     assert 'scout_prompt_requests_total{path="tokens",reason="ok"} 3' in metrics
+    times: dict[str, list[float]] = {"tokens": [], "text": []}
+    for _ in range(3):  # the last turn again, fully cached, one token: interleaved (reported, not asserted)
+        for mode, client in clients.items():
+            started = time.perf_counter()
+            await greedy(client, history, max_tokens=1)
+            times[mode].append(time.perf_counter() - started)
+    REPORT.append(
+        f"{'the last turn again, cached, through the proxy (median of 3)':58} "
+        + ", ".join(f"{mode} {statistics.median(seconds) * 1000:.0f} ms" for mode, seconds in times.items())
+    )

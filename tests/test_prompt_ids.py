@@ -316,7 +316,11 @@ async def test_vllm_gets_every_id_in_kv_transfer_params_and_serves_tools(
         assert response.headers["X-Scout-Prompt"] == "tokens"
         assert (await response.json())["choices"][0]["message"]["content"] == "by text"  # vLLM's own chat answer
     sent = llama.asked("/v1/chat/completions")[-1]
-    real = [body for body in llama.asked("/tokenize") if "messages" in body and MARKER not in json.dumps(body, ensure_ascii=False)]
+    real = [
+        body
+        for body in llama.asked("/tokenize")
+        if "messages" in body and MARKER not in json.dumps(body, ensure_ascii=False)
+    ]
     [whole] = real  # the whole prompt tokenised once, for the epoch
     rendered = llama.render({"messages": [*whole["messages"][:-1], {"role": "user", "content": "Two?"}]})
     assert sent["kv_transfer_params"] == {"prompt_token_ids": llama.ids(rendered, True)}
