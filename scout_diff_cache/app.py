@@ -19,6 +19,7 @@ from .apis.assembly import chat_context
 from .apis.dialects import CHAT
 from .config import Config
 from .context.building import AfterBuild
+from .context.fitting import Fitting
 from .errors import (
     BodyTooLarge,
     MethodNotAllowed,
@@ -28,6 +29,7 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .git.diff import WorkingDiff
+from .git.priority import ranks
 from .git.snapshot import Snapshot
 from .metrics import Metrics
 from .routes import add_routes
@@ -35,6 +37,7 @@ from .shared import SharedTasks
 from .state import (
     Wiring,
     build_live,
+    counter_key,
     dialect_key,
     exchange_key,
     identify,
@@ -47,6 +50,7 @@ from .state import (
     wiring_key,
 )
 from .upstream.client import Upstream
+from .upstream.counting import TokenCounter
 from .upstream.tokens import InjectedTokens
 from .usage import Usage
 
@@ -149,8 +153,15 @@ def make_app(config: Config, after_build: AfterBuild | None = None) -> web.Appli
     app[metrics_key] = metrics = Metrics()
     app[tokens_key] = InjectedTokens()
     app[probes_key] = probes = SharedTasks()
+    app[counter_key] = TokenCounter(lambda body: app[upstream_key].tokenize(body))
     app[wiring_key] = wiring = Wiring(
-        metrics, partial(_warm, app), partial(_probe, app), probes, partial(_about, app), after_build
+        metrics,
+        partial(_warm, app),
+        partial(_probe, app),
+        probes,
+        partial(_about, app),
+        after_build,
+        partial(_prepare, app),
     )
     app[live_key] = build_live(config, wiring)
     add_routes(app)
@@ -183,6 +194,24 @@ async def _warm(app: web.Application, snapshot: Snapshot, diff: WorkingDiff) -> 
         counts.unmeasurable(snapshot.commit)
         log.warning("the upstream reports no prompt tokens: usage is relayed as it counted it")
     return usage
+
+
+async def _prepare(app: web.Application, commit: str, reuse: Snapshot | None) -> Fitting | None:
+    """The fit of a build of `commit` to the window, keeping the choice `reuse` made; None while
+    the window is not known."""
+    live, upstream = app[live_key], app[upstream_key]
+    window = await live.windows.current()
+    if window.tokens is None:
+        log.warning(
+            "the upstream's context window is not known, so the snapshot is not fitted to it: %s", window.source
+        )
+        return None
+    url, model = upstream.config.url, upstream.config.model
+    counter = app[counter_key].bound(url, model, app[tokens_key].of(url, model).rate)
+    repository = live.config.repository
+    rank = partial(ranks, repository.path, commit, priorities=repository.priorities)
+    previous = reuse.over_window if reuse is not None and reuse.tokens is not None else None
+    return Fitting(asyncio.get_running_loop(), live.split(window.tokens), counter, rank, previous)
 
 
 async def _probe(app: web.Application, systems: int) -> ProxyError | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 import attrs
 from aiohttp import web
@@ -21,7 +22,7 @@ from .errors import Forbidden, InvalidRequest, MethodNotAllowed, ProxyError
 from .metrics import render as render_metrics
 from .passthrough import forwarded
 from .relay import Outbound, relay_any, relay_json, relay_stream
-from .state import dialect_key, exchange_key, live_key, metrics_key, tokens_key, totals_key, upstream_key
+from .state import Live, dialect_key, exchange_key, live_key, metrics_key, tokens_key, totals_key, upstream_key
 from .upstream.layout import Layout
 
 log = logging.getLogger(__name__)
@@ -164,19 +165,55 @@ async def root(request: web.Request) -> web.Response:
 
 
 async def models(request: web.Request) -> web.Response:
-    config = request.app[live_key].config.upstream
+    """The upstream's models, each with the window left to the client (see `client_window`) in the
+    fields clients read, in place of the upstream's whole window."""
+    live = request.app[live_key]
+    config = live.config.upstream
+    room = client_window(live)
     try:
         answer = await request.app[upstream_key].fetch_models()
-        return web.Response(body=answer, content_type="application/json")
     except ProxyError:
         listed = {"id": config.model, "object": "model", "created": 0, "owned_by": "scout-diff-cache"}
-        return web.json_response({"object": "list", "data": [listed]})
+        return web.json_response({"object": "list", "data": [{**listed, **_window_fields(room)}]})
+    parsed = _json_object(answer)
+    if room is None or not isinstance(parsed.get("data"), list):
+        return web.Response(body=answer, content_type="application/json")
+    parsed["data"] = [
+        {**entry, **_window_fields(room)} if isinstance(entry, dict) else entry for entry in parsed["data"]
+    ]
+    return web.json_response(parsed)
+
+
+def client_window(live: Live) -> int | None:
+    """The tokens a client's conversation and answer may take: the window less the snapshot (as
+    counted, or its part of the window) and the diff's part. None while the window is not known."""
+    window = live.windows.known.tokens
+    if window is None or not live.config.context.inject:
+        return window
+    parts = live.split(window)
+    snapshot = live.epochs.snapshot
+    taken = snapshot.tokens if snapshot is not None and snapshot.tokens is not None else parts.snapshot
+    return max(0, window - min(taken, parts.snapshot) - parts.diff)
+
+
+def _window_fields(room: int | None) -> dict[str, int]:
+    """vLLM's and SGLang's field, and the one OpenRouter-style clients (OpenCode, Continue) read."""
+    return {} if room is None else {"max_model_len": room, "context_length": room}
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
 
 
 async def health(request: web.Request) -> web.Response:
-    epochs = request.app[live_key].epochs.status()
-    layout = request.app[live_key].layouts.known
-    window = request.app[live_key].windows.known
+    live = request.app[live_key]
+    epochs = live.epochs.status()
+    layout = live.layouts.known
+    window = live.windows.known
     snapshot = epochs.snapshot
     rebase = epochs.last_rebase
     totals = request.app[totals_key]
@@ -186,12 +223,19 @@ async def health(request: web.Request) -> web.Response:
             "status": "ok",
             "inject": request.app[live_key].config.context.inject,
             "layout": {"name": layout.name, "reason": layout.reason},
-            "window": {"tokens": window.tokens, "source": window.source},
+            "window": {
+                "tokens": window.tokens,
+                "source": window.source,
+                "split": attrs.asdict(live.split(window.tokens)) if window.tokens else None,
+                "client": client_window(live),
+            },
             "snapshot": {
                 "state": epochs.state,
                 "commit": snapshot.commit if snapshot else None,
                 "bytes": snapshot.text_bytes if snapshot else 0,
                 "files": snapshot.files if snapshot else 0,
+                "tokens": snapshot.tokens if snapshot else None,
+                "over_window": len(snapshot.over_window) if snapshot else 0,
                 "builds": metrics.snapshot_builds.total,
                 "rebases": metrics.rebases.total,
                 "folds": metrics.folds.total,

@@ -12,12 +12,14 @@ from aiohttp import web
 from .accounting import Exchange, Totals
 from .apis.dialects import Dialect
 from .config import Config
-from .context.building import AfterBuild, Warmer
+from .context.building import AfterBuild, Prepare, Warmer
 from .context.conversations import Conversations
 from .context.epochs import Epochs, reader_for
+from .context.split import Split, split
 from .metrics import Metrics
 from .shared import SharedTasks
 from .upstream.client import Upstream
+from .upstream.counting import TokenCounter
 from .upstream.layout import Layouts, Probe
 from .upstream.routing import Routing
 from .upstream.tokens import InjectedTokens
@@ -37,6 +39,11 @@ class Live:
     #: The upstream's context window (learned from it, or configured).
     windows: Windows
     routing: Routing = attrs.Factory(Routing)
+
+    def split(self, window: int) -> Split:
+        """How `window` tokens are shared under the configured parts."""
+        terms = self.config.context
+        return split(window, terms.answer_tokens, terms.conversation_tokens, terms.diff_tokens)
 
     def take_settings(self, fresh: Live) -> None:
         """The configuration, layouts and window of `fresh` (a reload): the next request follows them."""
@@ -61,6 +68,8 @@ class Wiring:
     probes: SharedTasks
     ask: Ask
     after_build: AfterBuild | None = None
+    #: How a snapshot build is fitted to the upstream's window (see `context/fitting.py`).
+    prepare: Prepare | None = None
 
 
 def repository_changed(old: Config, new: Config) -> bool:
@@ -82,7 +91,7 @@ def build_live(config: Config, wiring: Wiring, previous: Live | None = None) -> 
         previous.conversations.resize(config.context.max_conversations)
     if previous is None or repository_changed(previous.config, config):
         reader = reader_for(config)
-        epochs = Epochs(reader, config, wiring.metrics, wiring.warmer, wiring.after_build)
+        epochs = Epochs(reader, config, wiring.metrics, wiring.warmer, wiring.after_build, wiring.prepare)
         conversations = Conversations(config.context.max_conversations, wiring.metrics, epochs, reader)
         routing = Routing()
     else:
@@ -118,6 +127,8 @@ wiring_key = web.AppKey("wiring", Wiring)
 totals_key = web.AppKey("totals", Totals)
 metrics_key = web.AppKey("metrics", Metrics)
 tokens_key = web.AppKey("tokens", InjectedTokens)
+#: Each file content's tokens, as each upstream counted them (kept across rebases and reloads).
+counter_key = web.AppKey("counter", TokenCounter)
 #: The probes of the upstream's template under way, shared by the requests that wait for one.
 probes_key = web.AppKey("probes", SharedTasks)
 exchange_key = web.RequestKey("exchange", Exchange)

@@ -129,6 +129,10 @@ class FakeUpstream:
         self.about: dict[str, Any] = {}
         #: The routes asked about, in order ("GET /props", ...).
         self.asked_about: list[str] = []
+        #: With a tokenizer (text -> tokens), `POST /tokenize` answers as llama.cpp does.
+        self.tokenizer: Callable[[str], int] | None = None
+        #: The texts `/tokenize` was asked to count, in order.
+        self.tokenized: list[str] = []
 
     @property
     def url(self) -> str:
@@ -181,6 +185,12 @@ class FakeUpstream:
     async def handle_about(self, request: web.Request) -> web.StreamResponse:
         key = f"{request.method} {request.path}"
         self.asked_about.append(key)
+        if key == "POST /tokenize" and self.tokenizer is not None:
+            body = await request.json()
+            if "content" not in body:
+                raise web.HTTPBadRequest()
+            self.tokenized.append(body["content"])
+            return web.json_response({"tokens": [7] * self.tokenizer(body["content"])})
         if key not in self.about:
             raise web.HTTPNotFound()
         return web.json_response(self.about[key])

@@ -35,7 +35,7 @@ from ..git.snapshot import Snapshot
 from ..metrics import Metrics
 from ..shared import SharedTasks
 from ..usage import Usage
-from .building import AfterBuild, Builder, Warmer
+from .building import AfterBuild, Builder, Prepare, Warmer
 from .folding import Folder
 from .notices import Notices
 from .policy import Plan, plan
@@ -43,7 +43,7 @@ from .served import Served
 from .statefile import StateFile
 from .switcher import Rebase, Switcher
 
-__all__ = ["EpochStatus", "Epochs", "Injection", "Rebase", "Warmer", "reader_for"]
+__all__ = ["EpochStatus", "Epochs", "Injection", "Prepare", "Rebase", "Warmer", "reader_for"]
 
 
 @attrs.frozen
@@ -87,11 +87,12 @@ class Epochs:
         metrics: Metrics,
         warmer: Warmer | None = None,
         after_build: AfterBuild | None = None,
+        prepare: Prepare | None = None,
     ) -> None:
         self._served = Served(reader, config.context, metrics)
         self._state_file = StateFile.under(config.context.state_dir, reader.path)
         self._notices = Notices(metrics, reader.rules.secrets)
-        self._builder = Builder(reader, metrics, self._notices, warmer, after_build)
+        self._builder = Builder(reader, metrics, self._notices, warmer, after_build, prepare)
         self._switcher = Switcher(self._served, self._builder, self._state_file, metrics)
         self._folder = Folder(self._served, self._state_file, metrics, self._switcher.busy)
         self._warming = SharedTasks()

@@ -1,0 +1,254 @@
+"""Fitting the snapshot to the upstream's window: the split of the window, the stable choice of
+files, their ranks, and the proxy leaving files out over the window of a fake llama.cpp (its
+/props and /tokenize), with what the upstream received parsed and checked against the repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pygit2
+import pytest
+
+from scout_diff_cache.config import DEFAULT_PRIORITIES
+from scout_diff_cache.context.selection import FILL, TAKE_BACK, Candidate, select
+from scout_diff_cache.context.split import split
+from scout_diff_cache.git.priority import ranks
+
+from reconstruction import check, parse_snapshot
+from support import FakeUpstream, GitRepo, ProxyFactory, injected, snapshot_ready
+
+# --- the split ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("window", "answer", "conversation", "diff", "snapshot"),
+    [
+        (16_384, 2_048, 4_096, 2_048, 8_192),
+        (131_072, 16_384, 32_768, 16_384, 65_536),
+        (1_048_576, 32_768, 262_144, 131_072, 622_592),
+        (10_485_760, 32_768, 262_144, 262_144, 9_928_704),
+    ],
+)
+def test_the_default_split_of_common_windows(
+    window: int, answer: int, conversation: int, diff: int, snapshot: int
+) -> None:
+    parts = split(window)
+    assert (parts.answer, parts.conversation, parts.diff, parts.snapshot) == (answer, conversation, diff, snapshot)
+    assert parts.answer + parts.conversation + parts.diff + parts.snapshot == window
+    assert parts.client == answer + conversation
+
+
+def test_parts_set_in_tokens_win_and_the_snapshot_gets_the_rest() -> None:
+    parts = split(100_000, answer=1_000, conversation=20_000, diff=4_000)
+    assert (parts.answer, parts.conversation, parts.diff, parts.snapshot) == (1_000, 20_000, 4_000, 75_000)
+    assert split(8_000, conversation=10_000).snapshot == 0  # nothing left: never negative
+
+
+# --- the choice --------------------------------------------------------------------------------
+
+
+def files(*specs: tuple[str, int, int]) -> list[Candidate]:
+    return [Candidate(path, rank, tokens, listed=5) for path, rank, tokens in specs]
+
+
+BASE = files(("src/a.py", 0, 300), ("src/b.py", 0, 300), ("README.md", 1, 200), ("tests/t.py", 2, 400))
+
+
+def test_everything_that_fits_is_inlined() -> None:
+    assert select(BASE, 1_200) == frozenset()
+    assert select(BASE, 1_200, frozenset()) == frozenset()
+
+
+def test_a_first_choice_takes_the_most_important_first() -> None:
+    assert select(BASE, 1_000) == {"tests/t.py"}  # 800 of 950 (FILL)
+    assert select(BASE, 700) == {"README.md", "tests/t.py"}
+    # what does not fit is skipped, what fits after it is still taken
+    assert select(files(("a", 0, 100), ("big", 1, 900), ("small", 2, 100)), 500) == {"big"}
+
+
+def test_an_unrelated_change_never_changes_the_choice() -> None:
+    first = select(BASE, 1_000)
+    grown = files(("src/a.py", 0, 340), ("src/b.py", 0, 300), ("README.md", 1, 200), ("tests/t.py", 2, 400))
+    shrunk = files(("src/a.py", 0, 260), ("src/b.py", 0, 300), ("README.md", 1, 200), ("tests/t.py", 2, 400))
+    added = [*BASE, Candidate("src/c.py", 0, 40, 5)]
+    for changed in (grown, shrunk, added):
+        assert select(changed, 1_000, first) == first, changed
+    # a small file deleted: less room freed than the twentieth of the budget a take-back needs
+    assert select(BASE, 1_000, select(added, 1_000)) == select(added, 1_000)
+
+
+def test_the_least_important_go_first_when_the_rest_no_longer_fits() -> None:
+    first = select(BASE, 1_000)
+    grown = files(("src/a.py", 0, 500), ("src/b.py", 0, 300), ("README.md", 1, 200), ("tests/t.py", 2, 400))
+    assert select(grown, 1_000, first) == {"README.md", "tests/t.py"}
+
+
+def test_a_file_comes_back_only_with_room_to_spare() -> None:
+    first = select(BASE, 1_000)
+    assert first == {"tests/t.py"}
+    shrunk = files(("src/a.py", 0, 300), ("src/b.py", 0, 300), ("README.md", 1, 200), ("tests/t.py", 2, 150))
+    assert select(shrunk, 1_000, first) == {"tests/t.py"}  # 950 would fit, but not under TAKE_BACK
+    smaller = files(("src/a.py", 0, 300), ("src/b.py", 0, 300), ("README.md", 1, 200), ("tests/t.py", 2, 90))
+    assert select(smaller, 1_000, first) == frozenset()  # 890: under TAKE_BACK
+    assert select(BASE[:1] + BASE[2:], 1_000, first) == frozenset()  # src/b.py deleted: room for it
+    assert FILL > TAKE_BACK
+
+
+def test_the_choice_depends_on_nothing_but_its_inputs() -> None:
+    assert select(list(reversed(BASE)), 1_000) == select(BASE, 1_000)
+
+
+# --- ranks -------------------------------------------------------------------------------------
+
+
+def test_ranks_follow_the_patterns_and_the_linguist_marks(git_repo: GitRepo) -> None:
+    git_repo.write(
+        ".gitattributes", "gen/** linguist-generated\nthird/*.js linguist-vendored\nkeep.js -linguist-generated\n"
+    )
+    for name in ("gen/api.py", "third/lib.js", "keep.js", "src/x.py", "docs/guide.md", "tests/test_x.py", "data.json"):
+        git_repo.write(name, "x\n")
+    commit = git_repo.commit("files of every kind")
+    got = ranks(
+        git_repo.path,
+        commit,
+        [
+            "gen/api.py",
+            "third/lib.js",
+            "keep.js",
+            "src/x.py",
+            "docs/guide.md",
+            "tests/test_x.py",
+            "data.json",
+            "yarn.lock",
+        ],
+        DEFAULT_PRIORITIES,
+    )
+    last = len(DEFAULT_PRIORITIES) + 1
+    assert got["gen/api.py"] == got["third/lib.js"] == last
+    assert got["keep.js"] == got["src/x.py"] == 0
+    assert 0 < got["docs/guide.md"] < got["tests/test_x.py"] < got["data.json"] < got["yarn.lock"] < last
+    assert ranks(git_repo.path, commit, ["src/x.py", "README.md"], ("*.md",)) == {"README.md": 0, "src/x.py": 1}
+
+
+# --- through the proxy -------------------------------------------------------------------------
+
+
+def llama_props(n_ctx: int) -> dict[str, Any]:
+    return {"default_generation_settings": {"n_ctx": n_ctx}, "total_slots": 1}
+
+
+def a_large_repository(repo: GitRepo) -> None:
+    """Source, docs and tests of about 2 KiB each: 40 files, far more than a 4k-token snapshot."""
+    for number in range(16):
+        repo.write(
+            f"src/module_{number:02}.py", "".join(f"def f{number}_{line}():\n    return {line}\n" for line in range(60))
+        )
+    for number in range(12):
+        repo.write(f"docs/page_{number:02}.md", "".join(f"Paragraph {line} of page {number}.\n" for line in range(80)))
+    for number in range(12):
+        repo.write(f"tests/test_{number:02}.py", "".join(f"assert f({line}) == {line}\n" for line in range(90)))
+    repo.commit("a large repository")
+
+
+def four_bytes_a_token(text: str) -> int:
+    return max(1, len(text.encode("utf-8")) // 4)
+
+
+async def test_the_snapshot_leaves_out_what_the_window_has_no_room_for(
+    git_repo: GitRepo, upstream: FakeUpstream, make_proxy: ProxyFactory
+) -> None:
+    a_large_repository(git_repo)
+    upstream.about["GET /props"] = llama_props(16_384)  # 8,192 tokens for the snapshot
+    upstream.tokenizer = four_bytes_a_token
+    client = await make_proxy()
+    await snapshot_ready(client)
+    health = await (await client.get("/health")).json()
+    assert health["window"]["split"]["snapshot"] == 8_192
+    snapshot_text, diff_text = await injected(client, upstream)
+    parsed = parse_snapshot(snapshot_text)
+    over = {path for path, reason in parsed.not_included.items() if reason == "over the window"}
+    assert over and all(path.startswith(("tests/", "docs/")) for path in over)
+    assert all(path in parsed.files for path in (f"src/module_{number:02}.py" for number in range(16)))
+    assert four_bytes_a_token(snapshot_text) <= 8_192
+    assert health["snapshot"]["tokens"] <= 8_192 and health["snapshot"]["over_window"] == len(over)
+    check(snapshot_text, diff_text, git_repo.path)  # what is inlined is exact; the rest is named
+    counted = len(upstream.tokenized)
+    assert counted == len(parsed.files) + len(over) + 1  # every file once, and the header
+
+    # an unrelated commit and a rebase: the same files left out, only the changed file counted again
+    git_repo.write("src/module_03.py", git_repo.path.joinpath("src/module_03.py").read_text() + "# one more line\n")
+    git_repo.commit("an unrelated change")
+    assert (await client.post("/admin/rebase")).status == 200
+    after, diff_after = await injected(client, upstream)
+    assert {path for path, reason in parse_snapshot(after).not_included.items() if reason == "over the window"} == over
+    assert len(upstream.tokenized) == counted + 1
+    check(after, diff_after, git_repo.path)
+
+
+async def test_an_edit_to_a_file_left_out_stays_out_of_the_diff(
+    git_repo: GitRepo, upstream: FakeUpstream, make_proxy: ProxyFactory
+) -> None:
+    a_large_repository(git_repo)
+    upstream.about["GET /props"] = llama_props(16_384)
+    upstream.tokenizer = four_bytes_a_token
+    client = await make_proxy()
+    await snapshot_ready(client)
+    snapshot_text, _ = await injected(client, upstream)
+    over = sorted(
+        path for path, reason in parse_snapshot(snapshot_text).not_included.items() if reason == "over the window"
+    )
+    git_repo.write(over[0], "edited\n" * 500)
+    _, diff_text = await injected(client, upstream)
+    assert f"=== file: {over[0]} [modified, contents not shown: not in the snapshot" in diff_text
+    assert "edited" not in diff_text
+
+
+async def test_without_a_tokenizer_the_bytes_are_counted_cautiously(
+    git_repo: GitRepo, upstream: FakeUpstream, make_proxy: ProxyFactory
+) -> None:
+    a_large_repository(git_repo)
+    upstream.about["GET /props"] = llama_props(16_384)  # no /tokenize: 404
+    client = await make_proxy()
+    await snapshot_ready(client)
+    snapshot_text, _ = await injected(client, upstream)
+    assert len(snapshot_text.encode("utf-8")) <= 8_192 * 3  # three bytes a token
+    assert "over the window: " in snapshot_text
+
+
+async def test_an_unknown_window_cuts_nothing(
+    git_repo: GitRepo, upstream: FakeUpstream, make_proxy: ProxyFactory
+) -> None:
+    a_large_repository(git_repo)
+    upstream.tokenizer = four_bytes_a_token
+    client = await make_proxy()
+    await snapshot_ready(client)
+    snapshot_text, _ = await injected(client, upstream)
+    assert "over the window" not in snapshot_text and not upstream.tokenized
+    health = await (await client.get("/health")).json()
+    assert health["window"]["split"] is None and health["snapshot"]["tokens"] is None
+
+
+async def test_models_tell_clients_the_window_left_to_them(
+    git_repo: GitRepo, upstream: FakeUpstream, make_proxy: ProxyFactory
+) -> None:
+    upstream.about["GET /props"] = llama_props(131_072)
+    upstream.tokenizer = four_bytes_a_token
+    client = await make_proxy()
+    await snapshot_ready(client)
+    health = await (await client.get("/health")).json()
+    models = await (await client.get("/v1/models")).json()
+    room = 131_072 - health["snapshot"]["tokens"] - health["window"]["split"]["diff"]
+    assert (
+        models["data"][0]["max_model_len"] == models["data"][0]["context_length"] == room == health["window"]["client"]
+    )
+    assert models["data"][0]["id"] == "upstream-model"
+
+
+def test_git_marks_read_from_the_commit_not_the_work_tree(git_repo: GitRepo) -> None:
+    git_repo.write(".gitattributes", "*.gen linguist-generated\n")
+    git_repo.write("a.gen", "x\n")
+    commit = git_repo.commit("marked")
+    Path(git_repo.path, ".gitattributes").unlink()
+    assert ranks(git_repo.path, commit, ["a.gen"], ("**",)) == {"a.gen": 2}
+    assert pygit2.Repository(str(git_repo.path)).head.target == pygit2.Oid(hex=commit)
