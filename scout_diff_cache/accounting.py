@@ -52,6 +52,8 @@ class Exchange:
     client_bytes: int = 0
     #: Bytes of text the proxy put in: snapshot, working diff, and the changes inserted in a conversation.
     injected_bytes: int = 0
+    #: The snapshot's tokens as the upstream counted them (None: not counted).
+    snapshot_tokens: int | None = None
     stream: bool = False
     #: A request that went (or tried to go) upstream: its outcome tells how the upstream is.
     to_upstream: bool = False
@@ -60,6 +62,11 @@ class Exchange:
     usage: Usage | None = None
     first_byte_seconds: float | None = None
     outcome: str = "ok"
+
+    @property
+    def sent_bytes(self) -> int:
+        """Bytes of text in the prompt: what the proxy put in and the client's messages."""
+        return self.injected_bytes + self.client_bytes
 
     def expected_snapshot_tokens(self) -> float | None:
         """The snapshot's share of the prompt tokens, estimated by its share of the bytes."""

@@ -52,6 +52,8 @@ from .state import (
 from .upstream.client import Upstream
 from .upstream.counting import TokenCounter
 from .upstream.tokens import InjectedTokens
+from .upstream.truncation import describe as describe_truncation
+from .upstream.truncation import truncated
 from .usage import Usage
 
 log = logging.getLogger("scout_diff_cache")
@@ -98,6 +100,8 @@ def _record(request: web.Request, exchange: Exchange, status: int | str, elapsed
     if exchange.to_upstream and exchange.outcome in UPSTREAM_OUTCOMES:
         metrics.last_upstream_outcome = exchange.outcome
     live = request.app[live_key]
+    if exchange.usage is not None and exchange.injected_bytes:
+        whole_prompt(request.app, exchange.sent_bytes, exchange.usage.prompt_tokens, exchange.snapshot_tokens)
     if exchange.outcome == UpstreamUnavailable.code:
         live.layouts.forget()  # the server that comes back may serve another template
         live.windows.forget()  # ... or another context
@@ -185,6 +189,8 @@ async def _warm(app: web.Application, snapshot: Snapshot, diff: WorkingDiff) -> 
             counts.bare = alone.prompt_tokens
     strict = (await live.layouts.current()).strict
     usage = await upstream.warm_up(*chat_context(snapshot.json_text, diff.json_text, strict))
+    if usage is not None:
+        whole_prompt(app, snapshot.text_bytes + diff.text_bytes, usage.prompt_tokens, snapshot.tokens)
     if not measuring:
         return usage
     if usage is not None and usage.prompt_tokens is not None and counts.bare is not None:
@@ -212,6 +218,22 @@ async def _prepare(app: web.Application, commit: str, reuse: Snapshot | None) ->
     rank = partial(ranks, repository.path, commit, priorities=repository.priorities)
     previous = reuse.over_window if reuse is not None and reuse.tokens is not None else None
     return Fitting(asyncio.get_running_loop(), live.split(window.tokens), counter, rank, previous)
+
+
+def whole_prompt(app: web.Application, sent: int, prompt_tokens: int | None, snapshot_tokens: int | None) -> None:
+    """Check that the upstream read the whole prompt (`sent` bytes of text): a cut one is said
+    loudly (logged once while it lasts, counted, in /health and a response header)."""
+    metrics = app[metrics_key]
+    if not truncated(sent, prompt_tokens, snapshot_tokens):
+        if prompt_tokens:
+            metrics.truncation = None
+        return
+    assert prompt_tokens is not None
+    metrics.truncated_prompts.inc()
+    told = describe_truncation(sent, prompt_tokens, app[live_key].windows.known.tokens)
+    if metrics.truncation is None:
+        log.error("%s", told)
+    metrics.truncation = told
 
 
 async def _probe(app: web.Application, systems: int) -> ProxyError | None:

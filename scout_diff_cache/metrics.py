@@ -69,6 +69,10 @@ class Metrics:
     streams_in_flight: int = 0
     #: How the last request to the upstream ended ("ok", "upstream_unavailable", ...).
     last_upstream_outcome: str = "none yet"
+    #: Prompts the upstream cut silently (see `upstream/truncation.py`), and what the last said
+    #: while the upstream still cuts them (None once a prompt arrived whole).
+    truncated_prompts: Counter = attrs.Factory(lambda: Counter({(): 0.0}))
+    truncation: str | None = None
 
 
 def escape_label(value: str) -> str:
@@ -133,6 +137,11 @@ def _proxy_lines(metrics: Metrics) -> list[str]:
         *_gauge("scout_snapshot_bytes", "Size of the snapshot being served, in bytes of text.", metrics.snapshot_bytes),
         *_gauge("scout_diff_bytes", "Size of the last working diff sent, in bytes of text.", metrics.diff_bytes),
         *_counter("scout_rebases_total", "Snapshot rebases (moves of the base commit).", metrics.rebases),
+        *_counter(
+            "scout_truncated_prompts_total",
+            "Prompts the upstream answered after cutting them (Ollama drops the front of an over-long prompt).",
+            metrics.truncated_prompts,
+        ),
         *_counter("scout_diff_folds_total", "Folds of the diff's commits into their net changes.", metrics.folds),
         *_gauge("scout_conversations", "Conversations kept now.", metrics.conversations_kept),
         *_counter(

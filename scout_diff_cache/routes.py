@@ -24,8 +24,14 @@ from .passthrough import forwarded
 from .relay import Outbound, relay_any, relay_json, relay_stream
 from .state import Live, dialect_key, exchange_key, live_key, metrics_key, tokens_key, totals_key, upstream_key
 from .upstream.layout import Layout
+from .upstream.truncation import truncated
 
 log = logging.getLogger(__name__)
+
+
+#: Said on an answer the upstream gave to a cut prompt (on a stream: while the upstream cuts them).
+TRUNCATED = "X-Scout-Context-Truncated"
+TRUNCATED_TEXT = "the upstream cut the prompt and did not read the whole repository; see /health"
 
 
 def injection_headers(prepared: Prepared) -> dict[str, str]:
@@ -104,10 +110,15 @@ async def forward(request: web.Request) -> web.StreamResponse:
     if config.context.inject:
         layout = await live.layouts.current()
         prepared = await prepare(request, client, api, layout)
+        window = live.windows.known.tokens
+        live.epochs.fit_to(live.split(window).snapshot if window else None)
         body = api.body(client, prepared.parts, prepared.snapshot.json_text, prepared.start, layout.strict)
         headers = injection_headers(prepared)
+        if request.app[metrics_key].truncation:
+            headers[TRUNCATED] = TRUNCATED_TEXT
         exchange.snapshot_commit = prepared.snapshot.commit
         exchange.snapshot_bytes = prepared.snapshot.text_bytes
+        exchange.snapshot_tokens = prepared.snapshot.tokens
         exchange.diff_bytes = prepared.start_bytes
         exchange.client_bytes = client.encoded_bytes
         exchange.injected_bytes = prepared.injected_bytes
@@ -122,7 +133,12 @@ async def forward(request: web.Request) -> web.StreamResponse:
         return await relay_stream(
             request, upstream, outbound, keepalive_interval=interval, headers=headers, exchange=exchange
         )
-    return await relay_json(upstream, outbound, headers=headers, exchange=exchange)
+    answer = await relay_json(upstream, outbound, headers=headers, exchange=exchange)
+    if exchange.usage is not None and exchange.injected_bytes:  # this answer's own usage tells
+        cut = truncated(exchange.sent_bytes, exchange.usage.prompt_tokens, exchange.snapshot_tokens)
+        answer.headers.popall(TRUNCATED, None)
+        answer.headers.update({TRUNCATED: TRUNCATED_TEXT} if cut else {})
+    return answer
 
 
 async def count_tokens(request: web.Request) -> web.StreamResponse:
@@ -235,6 +251,7 @@ async def health(request: web.Request) -> web.Response:
                 "bytes": snapshot.text_bytes if snapshot else 0,
                 "files": snapshot.files if snapshot else 0,
                 "tokens": snapshot.tokens if snapshot else None,
+                "budget": snapshot.budget if snapshot else None,
                 "over_window": len(snapshot.over_window) if snapshot else 0,
                 "builds": metrics.snapshot_builds.total,
                 "rebases": metrics.rebases.total,
@@ -243,6 +260,7 @@ async def health(request: web.Request) -> web.Response:
                 "error": epochs.last_error,
             },
             "last_rebase": attrs.asdict(rebase) if rebase else None,
+            "truncation": metrics.truncation,
             "totals": attrs.asdict(totals),
         }
     )

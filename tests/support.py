@@ -237,8 +237,8 @@ TAP_SESSION = web.AppKey("tap_session", aiohttp.ClientSession)
 UpstreamFactory = Callable[..., Awaitable[FakeUpstream]]
 
 
-def completion(content: str = "ok", cached: int | None = 90) -> dict[str, Any]:
-    usage: dict[str, Any] = {"prompt_tokens": 100, "completion_tokens": 1, "total_tokens": 101}
+def completion(content: str = "ok", cached: int | None = 90, prompt: int = 100) -> dict[str, Any]:
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": 1, "total_tokens": prompt + 1}
     if cached is not None:
         usage["prompt_tokens_details"] = {"cached_tokens": cached}
     return {

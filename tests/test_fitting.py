@@ -9,6 +9,8 @@ from typing import Any
 
 import pygit2
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
 
 from scout_diff_cache.config import DEFAULT_PRIORITIES
 from scout_diff_cache.context.selection import FILL, TAKE_BACK, Candidate, select
@@ -16,7 +18,21 @@ from scout_diff_cache.context.split import split
 from scout_diff_cache.git.priority import ranks
 
 from reconstruction import check, parse_snapshot
-from support import FakeUpstream, GitRepo, ProxyFactory, injected, snapshot_ready
+from support import (
+    Behaviour,
+    FakeUpstream,
+    GitRepo,
+    ProxyFactory,
+    UpstreamFactory,
+    chat,
+    completion,
+    event_stream,
+    free_port,
+    injected,
+    snapshot_ready,
+    stream_events,
+    until_async,
+)
 
 # --- the split ---------------------------------------------------------------------------------
 
@@ -252,3 +268,102 @@ def test_git_marks_read_from_the_commit_not_the_work_tree(git_repo: GitRepo) -> 
     Path(git_repo.path, ".gitattributes").unlink()
     assert ranks(git_repo.path, commit, ["a.gen"], ("**",)) == {"a.gen": 2}
     assert pygit2.Repository(str(git_repo.path)).head.target == pygit2.Oid(hex=commit)
+
+
+async def test_a_window_learned_later_refits_the_snapshot_and_a_larger_one_takes_files_back(
+    git_repo: GitRepo, make_upstream: UpstreamFactory, make_proxy: ProxyFactory
+) -> None:
+    a_large_repository(git_repo)
+    port = free_port()
+    client = await make_proxy(url=f"http://127.0.0.1:{port}/v1")
+    await snapshot_ready(client)  # built while the upstream is away: not fitted
+    assert (await (await client.get("/health")).json())["snapshot"]["tokens"] is None
+    small = await make_upstream(port=port)
+    small.about["GET /props"] = llama_props(16_384)
+    small.tokenizer = four_bytes_a_token
+    await until_async(lambda: over_window(client, small), True, timeout=10)
+    snapshot_text, _ = await injected(client, small)
+    assert "over the window: " in snapshot_text and four_bytes_a_token(snapshot_text) <= 8_192
+    assert small.server is not None
+    await small.server.close()
+    question = chat({"role": "user", "content": "Hi"})
+    assert (await client.post("/v1/chat/completions", json=question)).status == 503
+    large = await make_upstream(port=port)  # back with a context that holds everything
+    large.about["GET /props"] = llama_props(131_072)
+    large.tokenizer = four_bytes_a_token
+    await until_async(lambda: over_window(client, large), False, timeout=10)
+    snapshot_text, diff_text = await injected(client, large)
+    assert "over the window" not in snapshot_text
+    check(snapshot_text, diff_text, git_repo.path)
+
+
+async def over_window(client: TestClient, upstream: FakeUpstream) -> bool | None:
+    """Whether the snapshot served leaves files out over the window, once it was fitted to the
+    window now known (None before); each call is a request, as requests are what notice it."""
+    await client.post("/v1/chat/completions", json=chat({"role": "user", "content": "Hi"}))
+    health = await (await client.get("/health")).json()
+    split = health["window"]["split"]
+    if split is None or health["snapshot"]["budget"] != split["snapshot"]:
+        return None
+    return bool(health["snapshot"]["over_window"])
+
+
+# --- an upstream that cuts prompts silently, as Ollama does --------------------------------------
+
+
+def ollama_like(loaded: int) -> Behaviour:
+    """Ollama's OpenAI-compatible chat: a prompt longer than the loaded context loses its front
+    and is answered with 200, its usage counting what was kept (ollama#5902)."""
+
+    async def answer(request: web.Request, upstream: FakeUpstream) -> web.StreamResponse:
+        body = await request.json()
+        tokens = sum(four_bytes_a_token(str(message.get("content", ""))) for message in body["messages"])
+        kept = min(tokens, loaded - 16)
+        if not body.get("stream"):
+            return web.json_response(completion(prompt=kept))
+        response = await event_stream(request)
+        for event in stream_events(request.path, kept):
+            await response.write(event)
+        await response.write_eof()
+        return response
+
+    return answer
+
+
+OLLAMA_PS = {"models": [{"name": "upstream-model", "model": "upstream-model", "context_length": 4096}]}
+
+
+async def test_fitted_to_the_context_ollama_loaded_nothing_is_cut(
+    git_repo: GitRepo, upstream: FakeUpstream, make_proxy: ProxyFactory
+) -> None:
+    a_large_repository(git_repo)
+    upstream.about["GET /api/ps"] = OLLAMA_PS  # no /props, no /tokenize: counted at 3 bytes a token
+    upstream.behaviour = ollama_like(4096)
+    client = await make_proxy(upstream={"model": "upstream-model"})
+    await snapshot_ready(client)
+    response = await client.post("/v1/chat/completions", json=chat({"role": "user", "content": "Where is main?"}))
+    assert response.status == 200 and "X-Scout-Context-Truncated" not in response.headers
+    health = await (await client.get("/health")).json()
+    assert health["window"]["tokens"] == 4096 and health["truncation"] is None
+
+
+async def test_a_prompt_cut_by_the_upstream_is_said_loudly(
+    git_repo: GitRepo, upstream: FakeUpstream, make_proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    a_large_repository(git_repo)
+    upstream.behaviour = ollama_like(4096)
+    client = await make_proxy(upstream={"context_window": "1000000"})  # more than it loaded
+    await snapshot_ready(client)
+    question = chat({"role": "user", "content": "Where is main?"})
+    response = await client.post("/v1/chat/completions", json=question)
+    assert response.status == 200  # the answer is the client's, with a warning on it
+    assert "did not read the whole repository" in response.headers["X-Scout-Context-Truncated"]
+    streamed = await client.post("/v1/chat/completions", json={**question, "stream": True})
+    assert "X-Scout-Context-Truncated" in streamed.headers  # said from what the last answer showed
+    await streamed.read()
+    health = await (await client.get("/health")).json()
+    assert "the upstream cut the prompt" in health["truncation"] and "OLLAMA_CONTEXT_LENGTH" in health["truncation"]
+    metrics = await (await client.get("/metrics")).text()
+    assert "scout_truncated_prompts_total 0" not in metrics and "scout_truncated_prompts_total" in metrics
+    assert sum("the upstream cut the prompt" in record.message for record in caplog.records) == 1  # once while it lasts
+    assert "Where is main" not in caplog.text

@@ -96,6 +96,7 @@ class Epochs:
         self._switcher = Switcher(self._served, self._builder, self._state_file, metrics)
         self._folder = Folder(self._served, self._state_file, metrics, self._switcher.busy)
         self._warming = SharedTasks()
+        self._fitting: int | None = None
         self.last_request = 0.0
 
     def configure(self, terms: ContextConfig) -> None:
@@ -182,6 +183,15 @@ class Epochs:
     async def start(self) -> Snapshot:
         """The first epoch: the saved one if it is still usable (same bytes as before a restart)."""
         return await self._switcher.start()
+
+    def fit_to(self, budget: int | None) -> None:
+        """Fit the served snapshot to `budget` tokens (the snapshot's part of the window now) in
+        the background, if it was fitted to another or to none; None (no window known) changes nothing."""
+        snapshot = self._served.snapshot
+        if budget is None or snapshot is None or snapshot.commit is None or budget in (snapshot.budget, self._fitting):
+            return
+        self._fitting = budget  # tried once per window: a build that fails is not tried per request
+        self._switcher.refit_in_background()
 
     async def rebase(self) -> Rebase:
         """A manual rebase to HEAD, warmed upstream before the switch."""

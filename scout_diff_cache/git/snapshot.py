@@ -143,8 +143,11 @@ class Snapshot:
     rendered: Rendered | None = attrs.field(default=None, repr=False, eq=False)
     #: The repository's name in the header (see `repository_key`); None before the first commit.
     key: str | None = attrs.field(default=None, repr=False)
-    #: Its tokens as the upstream counts them, once it was fitted to a window (None: not fitted).
+    #: Its tokens as the upstream's tokenizer counts them, once fitted to a window (None: not
+    #: fitted, or the upstream cannot count and its tokens were estimated)...
     tokens: int | None = None
+    #: ...and the tokens it was fitted to (the snapshot's part of that window; None: not fitted).
+    budget: int | None = None
 
     @property
     def files(self) -> int:
