@@ -16,12 +16,14 @@ from .context.building import AfterBuild, Warmer
 from .context.conversations import Conversations
 from .context.epochs import Epochs, reader_for
 from .metrics import Metrics
+from .recent import Recent
 from .shared import SharedTasks
 from .upstream.client import Upstream
 from .upstream.layout import Layouts, Probe
 from .upstream.routing import Routing
 from .upstream.tokens import InjectedTokens
 from .upstream.window import Ask, Windows
+from .warming import WarmUps
 
 
 @attrs.define
@@ -120,6 +122,9 @@ metrics_key = web.AppKey("metrics", Metrics)
 tokens_key = web.AppKey("tokens", InjectedTokens)
 #: The probes of the upstream's template under way, shared by the requests that wait for one.
 probes_key = web.AppKey("probes", SharedTasks)
+#: The last requests and their diagnoses, and the warm-ups (the status page's).
+recent_key = web.AppKey("recent", Recent)
+warmups_key = web.AppKey("warmups", WarmUps)
 exchange_key = web.RequestKey("exchange", Exchange)
 #: The client API of the route that took the request (see `routes.Route.dialect`).
 dialect_key: web.RequestKey[Dialect] = web.RequestKey("dialect")
