@@ -1,8 +1,11 @@
 """The status page and its JSON, the diagnosis in the log line, /health and the metrics, the
-warm-up's progress.
+warm-up's progress, and `python -m scout_diff_cache status`."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import logging
 import re
 from pathlib import Path
@@ -13,12 +16,13 @@ from aiohttp.test_utils import TestClient
 from test_access import REMOTE, keys_file, seen_as_from
 from test_diagnosis import BILLING, SYSTEM
 
+from scout_diff_cache.__main__ import main
 from scout_diff_cache.app import make_app
-from scout_diff_cache.status import warmup_line
+from scout_diff_cache.status import render_text, warmup_line
 from scout_diff_cache.usage import Usage
 from scout_diff_cache.warming import WarmUps
 
-from support import FakeUpstream, GitRepo, PrefixCache, ProxyFactory, proxy_config, snapshot_ready
+from support import FakeUpstream, GitRepo, PrefixCache, ProxyFactory, free_port, proxy_config, snapshot_ready
 
 KEEP_BILLING = {"billing_header": "keep"}
 
@@ -125,3 +129,23 @@ def test_a_warm_up_shows_its_progress_from_the_rate_of_earlier_ones(monkeypatch:
     assert warmup_line(running) == (
         "warm-up     [########----------------------] 25% ~15s left of ~8,000 tokens at 400 tokens/s"
     )
+
+
+async def test_the_status_command_prints_what_the_proxy_shows(
+    tmp_path: Path, git_repo: GitRepo, upstream: FakeUpstream, aiohttp_server: Any, aiohttp_client: Any
+) -> None:
+    upstream.behaviour = PrefixCache()
+    port = free_port()
+    config = proxy_config(tmp_path, git_repo, upstream.url, server={"port": str(port)}, context=KEEP_BILLING)
+    server = await aiohttp_server(make_app(config), host="127.0.0.1", port=port)
+    client = await aiohttp_client(server)
+    await snapshot_ready(client)
+    await two_conversations(client)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = await asyncio.to_thread(main, ["status", "--config", str(config.source)])
+    assert code == 0
+    figures = await (await client.get("/status.json")).json()
+    assert printed.getvalue() == render_text(figures)
+    assert "system[0] differs from this client's previous request (" in printed.getvalue()
+    assert "prefix breaks  system prompt and tools: 1" in printed.getvalue()
