@@ -30,6 +30,8 @@ SLACK_TOKENS = 128
 
 #: Few bytes of the text at `offset` of encoded `data` (redacted), for the page; never for the log.
 Excerpt = Callable[[bytes, int], str]
+#: The proxy's own regions: a change there is a break whatever the earlier prompt was.
+CONTEXT_REGIONS = ("snapshot", "diff")
 
 
 @attrs.frozen
@@ -62,6 +64,18 @@ class Prompt:
                 return element.region
             position -= element.size
         return self.elements[-1].region if self.elements else "turn"
+
+
+@attrs.frozen
+class Earlier:
+    """The prompt a request is compared with, and what it was."""
+
+    prompt: Prompt
+    #: As the explanation names it: "the warm-up", "this client's previous request (10:02:03)".
+    name: str
+    #: The same client's, on the same API: a change in the client's own part is then a break (the
+    #: client's part of another client's prompt, or of the warm-up, was never this one's to reuse).
+    own: bool = False
 
 
 @attrs.frozen
@@ -150,7 +164,8 @@ class Diagnosis:
         where = f"cached to the {REGIONS[self.region]}" if self.region else "no cached tokens reported"
         if self.cause == "changed":
             at = f" at byte {self.offset}" if self.offset is not None else ""
-            return f"{self.label} differs from {self.against}{at}: {self.split()[1]:,} tokens computed again; {where}"
+            cost = f": {self.split()[1]:,} tokens computed again" if self.prompt_tokens else ""
+            return f"{self.label} differs from {self.against}{at}{cost}; {where}"
         if self.cause == "cold":
             return f"the upstream computed {self.split()[1]:,} tokens again that it was expected to hold; {where}"
         if self.cause == "hit":
@@ -175,16 +190,17 @@ def tokens_at(position: int, prompt: Prompt, prompt_tokens: int) -> int:
 
 
 def diagnose(
-    sent: Prompt,
-    earlier: tuple[Prompt, str] | None,
-    prompt_tokens: int | None,
-    cached_tokens: int | None,
-    excerpt: Excerpt,
+    sent: Prompt, earlier: Earlier | None, prompt_tokens: int | None, cached_tokens: int | None, excerpt: Excerpt
 ) -> Diagnosis:
-    """Where `sent`'s cached prefix ended and why, given the closest `earlier` prompt (and what it
-    was) and the upstream's figures."""
-    found = diverge(sent, earlier[0], excerpt) if earlier is not None else Divergence(0)
-    changed = found.region is not None and found.region != "turn"
+    """Where `sent`'s cached prefix ended and why, given the closest `earlier` prompt and the
+    upstream's figures."""
+    found = diverge(sent, earlier.prompt, excerpt) if earlier is not None else Divergence(0)
+    changed = (
+        earlier is not None
+        and found.region in (*CONTEXT_REGIONS, "system", "history")
+        and (earlier.own or found.region in CONTEXT_REGIONS)
+        and found.lost > 0
+    )
     shared = tokens_at(found.shared, sent, prompt_tokens or 0)
     expected = tokens_at(found.shared + (found.lost if changed else 0), sent, prompt_tokens or 0)
     region = None
@@ -199,7 +215,7 @@ def diagnose(
     else:
         cause = "hit" if earlier is not None and expected else "new"
     broke = found.region if cause == "changed" else region if cause == "cold" else None
-    against = earlier[1] if earlier is not None else ""
+    against = earlier.name if earlier is not None else ""
     return Diagnosis(
         prompt_tokens,
         cached_tokens,

@@ -9,7 +9,7 @@ import time
 
 import attrs
 
-from .diagnosis import Diagnosis, Prompt, diagnose, diverge
+from .diagnosis import Diagnosis, Earlier, Prompt, diagnose, diverge
 from .sent import excerpt
 from .warming import WarmUps
 
@@ -62,15 +62,15 @@ class Recent:
     counted: tuple[int, int] = (0, 0)
     _seen: collections.deque[Seen] = attrs.Factory(lambda: collections.deque(maxlen=KEPT))
 
-    def closest(self, prompt: Prompt, client: str, api: str, warmups: WarmUps) -> tuple[Prompt, str] | None:
-        """The earlier prompt sharing the longest start with `prompt` (the previous request of its
-        conversation, or of its epoch, or the warm-up), and what it was."""
-        candidates = [(seen.prompt, _named(seen, client, api)) for seen in self._seen]
+    def closest(self, prompt: Prompt, client: str, api: str, warmups: WarmUps) -> Earlier | None:
+        """The earlier prompt sharing the longest start with `prompt`: the previous request of its
+        conversation, or of its epoch, or the warm-up."""
+        candidates = [Earlier(seen.prompt, *_named(seen, client, api)) for seen in self._seen]
         if warmups.warmed is not None:
-            candidates.append((warmups.warmed, "the warm-up"))
+            candidates.append(Earlier(warmups.warmed, "the warm-up"))
         if not candidates:
             return None
-        shared = [diverge(prompt, earlier, _none).shared for earlier, _ in candidates]
+        shared = [diverge(prompt, earlier.prompt, _none).shared for earlier in candidates]
         return candidates[max(range(len(candidates)), key=lambda index: (shared[index], index))]
 
     def add(
@@ -102,12 +102,13 @@ class Recent:
         self.counted = (rebases, folds)
 
 
-def _named(seen: Seen, client: str, api: str) -> str:
-    """What an earlier request was, as the diagnosis words it (by key name, never by key)."""
+def _named(seen: Seen, client: str, api: str) -> tuple[str, bool]:
+    """What an earlier request was, as the diagnosis words it (by key name, never by key), and
+    whether it was the same client's on the same API."""
     clock = time.strftime("%H:%M:%S", time.localtime(seen.at))
     if (seen.client, seen.api) == (client, api):
-        return f"this client's previous request ({clock})"
-    return f"a {seen.api} request of {seen.client} ({clock})"
+        return f"this client's previous request ({clock})", True
+    return f"a {seen.api} request of {seen.client} ({clock})", False
 
 
 def _none(data: bytes, offset: int) -> str:

@@ -4,6 +4,7 @@ the order of their regions, and the few redacted bytes around a break the status
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 from .apis.validation import ClientRequest
 from .context.conversations import Prepared
@@ -19,7 +20,6 @@ RADIUS = 12
 CONTEXT = 256
 #: Roles of the messages that are the client's system prompt when they lead the conversation.
 SYSTEM_ROLES = ("system", "developer")
-ASSISTANT_ROLES = ("assistant",)
 
 
 def context_elements(snapshot: Snapshot, start: bytes) -> tuple[Element, ...]:
@@ -39,28 +39,41 @@ def warmed_prompt(snapshot: Snapshot, diff: WorkingDiff) -> Prompt:
 def sent_prompt(client: ClientRequest, prepared: Prepared | None) -> Prompt:
     """The request's elements as the upstream renders them: the snapshot, the client's own system
     text (Responses' instructions, Messages' system: the snapshot's neighbours there), the working
-    diff, the client's leading system messages (chat), its tools, then its messages as sent (changes
-    inserted), the run after the last assistant message being the new turn."""
+    diff, the client's leading system messages (chat), its tools, then its messages as sent, the
+    run after the last assistant message being the new turn. A change a conversation inserted as
+    a message of its own is the working diff's, where it stands."""
     elements = _system_blocks(client.system)
-    if prepared is not None:  # the client's own system text (Responses, Messages) stands before the diff
+    if prepared is not None:
         snapshot, diff = context_elements(prepared.snapshot, prepared.start)
         elements = [snapshot, *elements, diff]
-    parts = prepared.parts if prepared else client.parts
-    roles = [_role(part) for part in parts]
-    leading = next((index for index, role in enumerate(roles) if role not in SYSTEM_ROLES), len(roles))
-    elements += [Element("system", f"messages[{index}]", parts[index], len(parts[index])) for index in range(leading)]
+    shapes = client.shapes
+    leading = next((index for index, shape in enumerate(shapes) if shape not in SYSTEM_ROLES), len(shapes))
+    answered = max((index for index, shape in enumerate(shapes) if shape.startswith("assistant")), default=-1)
+    turn = max(leading, answered + 1 if answered + 1 < len(shapes) else answered)
+    messages = []
+    for index, part, own in _messages(client.parts, prepared.parts if prepared else client.parts):
+        if not own:
+            messages.append(Element("diff", f"change before messages[{index}]", part, len(part)))
+            continue
+        region = "system" if index < leading else "turn" if index >= turn else "history"
+        messages.append(Element(region, f"messages[{index}]", part, len(part)))
     tools = json.loads(b"{" + client.fields + b"}").get("tools")
-    if isinstance(tools, list):
-        elements += [
-            Element("system", f"tools[{index}]", encode_json(tool), len(encode_json(tool)))
-            for index, tool in enumerate(tools)
-        ]
-    answered = max((index for index, role in enumerate(roles) if role in ASSISTANT_ROLES), default=-1)
-    turn = answered + 1 if answered + 1 < len(parts) else answered
-    for index in range(leading, len(parts)):
-        region = "turn" if index >= max(turn, leading) else "history"
-        elements.append(Element(region, f"messages[{index}]", parts[index], len(parts[index])))
-    return Prompt(tuple(elements))
+    encoded = [encode_json(tool) for tool in tools] if isinstance(tools, list) else []
+    listed = [Element("system", f"tools[{index}]", tool, len(tool)) for index, tool in enumerate(encoded)]
+    return Prompt((*elements, *messages[:leading], *listed, *messages[leading:]))
+
+
+def _messages(own: tuple[bytes, ...], sent: tuple[bytes, ...]) -> Iterator[tuple[int, bytes, bool]]:
+    """The messages `sent`, each with the index of the client's message it is (with a change
+    attached, perhaps) and whether it is one, or the index of the message before which a change
+    was inserted as a message of its own."""
+    index = 0
+    for position, part in enumerate(sent):
+        inserted = index >= len(own) or (
+            part != own[index] and position + 1 < len(sent) and sent[position + 1] == own[index]
+        )
+        yield index, part, not inserted
+        index += not inserted
 
 
 def _system_blocks(system: bytes) -> list[Element]:
@@ -71,11 +84,6 @@ def _system_blocks(system: bytes) -> list[Element]:
         return [Element("system", "system", system, len(system))]
     blocks = [encode_json(block) for block in json.loads(system)]
     return [Element("system", f"system[{index}]", block, len(block)) for index, block in enumerate(blocks)]
-
-
-def _role(part: bytes) -> str:
-    message = json.loads(part)
-    return str(message.get("role", "")) if isinstance(message, dict) else ""
 
 
 def excerpt(data: bytes, offset: int) -> str:

@@ -76,14 +76,14 @@ def _rows(pairs: list[tuple[str, str, str]]) -> str:
 
 def _context(status: dict[str, Any]) -> str:
     snapshot, diff, window, epochs = status["snapshot"], status["diff"], status["window"], status["epochs"]
-    tokens = _number(snapshot["tokens"]) + ("" if snapshot["tokens_measured"] else " (estimated)")
+    tokens = f"{_number(snapshot['tokens'])} tokens" + ("" if snapshot["tokens_measured"] else " (estimated)")
     budget = diff["budget"] or 0
     share = diff["bytes"] / budget if budget else 0.0
     context = [
         ("state", "snapshot.state", escape(snapshot["state"])),
         ("commit", "snapshot.commit", f"<code>{escape(snapshot['commit'] or 'none')}</code>"),
         ("files", "snapshot.files", f"{snapshot['files']:,} inlined, {snapshot['left_out']:,} left out"),
-        ("size", "snapshot.bytes", f"{snapshot['bytes']:,} bytes, {tokens} tokens"),
+        ("size", "snapshot.bytes", f"{snapshot['bytes']:,} bytes, {tokens}"),
         ("window", "window.tokens", f"{_number(window['tokens'])} tokens ({escape(window['source'])})"),
     ]
     if snapshot["error"]:

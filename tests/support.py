@@ -438,7 +438,7 @@ def rendered_prompt(body: dict[str, Any]) -> bytes:
     texts = [block["text"] for block in system] if isinstance(system, list) else [system]
     messages = body.get("messages") or []
     leading = next((i for i, message in enumerate(messages) if message["role"] != "system"), len(messages))
-    texts += [json.dumps(message["content"]) for message in messages[:leading]]
+    texts += [str(message["content"]) for message in messages[:leading]]
     texts += [json.dumps(tool) for tool in body.get("tools") or []]
     texts += [json.dumps(message) for message in messages[leading:]]
     return "\n".join(texts).encode()

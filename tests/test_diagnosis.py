@@ -9,7 +9,7 @@ from typing import Any, cast
 from scout_diff_cache.apis.dialects import CHAT, MESSAGES, Dialect
 from scout_diff_cache.apis.validation import RequestRules
 from scout_diff_cache.context.conversations import Prepared
-from scout_diff_cache.diagnosis import Diagnosis, Prompt, diagnose, diverge, tokens_at
+from scout_diff_cache.diagnosis import Diagnosis, Earlier, Prompt, diagnose, diverge, tokens_at
 from scout_diff_cache.encoding import encode_json
 from scout_diff_cache.git.snapshot import Snapshot
 from scout_diff_cache.sent import excerpt, sent_prompt
@@ -38,7 +38,7 @@ def figures(sent: Prompt, upto: int) -> tuple[int, int]:
 
 
 def the(sent: Prompt, earlier: Prompt, cached_upto: int, against: str = "this client's request") -> Diagnosis:
-    return diagnose(sent, (earlier, against), *figures(sent, cached_upto), excerpt)
+    return diagnose(sent, Earlier(earlier, against, own=True), *figures(sent, cached_upto), excerpt)
 
 
 def claude(nonce: str, question: str) -> dict[str, Any]:
@@ -141,8 +141,8 @@ def test_a_first_request_has_nothing_to_expect() -> None:
 
 def test_without_cache_figures_a_change_is_still_named() -> None:
     first, second = prompt(claude("ed9", "hi"), MESSAGES), prompt(claude("3f1", "hi"), MESSAGES)
-    assert diagnose(second, (first, "x"), 100, None, excerpt).cause == "changed"
-    assert diagnose(first, (first, "x"), None, None, excerpt).cause == "unknown"
+    assert diagnose(second, Earlier(first, "x", own=True), 100, None, excerpt).cause == "changed"
+    assert diagnose(first, Earlier(first, "x", own=True), None, None, excerpt).cause == "unknown"
 
 
 def test_the_new_turn_is_what_follows_the_last_answer() -> None:
@@ -172,3 +172,30 @@ def test_a_secret_near_a_break_is_masked_in_the_excerpt() -> None:
     shown = excerpt(data, data.index(b"AKIA") + 6)
     assert "AKIA" not in shown and "CCCC" not in shown and "[REDACTED:" in shown
     assert excerpt(b"plain text here", 5) == "plain text here"
+
+
+def test_another_clients_system_prompt_is_no_break_of_this_ones() -> None:
+    first, second = prompt(claude("ed9", "hi"), MESSAGES), prompt(claude("3f1", "hello"), MESSAGES)
+    cached = figures(second, diverge(second, first, excerpt).shared)
+    diagnosis = diagnose(second, Earlier(first, "a messages request of key 2"), *cached, excerpt)
+    assert (diagnosis.cause, diagnosis.broke) == ("hit", None) and diagnosis.split()[1] <= 1  # rounding
+
+
+def test_a_change_a_conversation_inserted_is_the_working_diffs() -> None:
+    body = {"messages": turns_of("a", "b", "c")}
+    client = CHAT.parse(json.dumps(body).encode(), RequestRules("scout"))
+    change = b'{"role":"system","content":"src/app.py changed"}'
+    parts = (*client.parts[:2], change, client.parts[2])
+    snapshot = cast(Snapshot, SimpleNamespace(commit="a" * 40, text_bytes=40_000))
+    sent = sent_prompt(client, Prepared(snapshot, b"diff", 4, parts, "continued", 0))
+    assert [(element.label, element.region) for element in sent.elements[2:]] == [
+        ("messages[0]", "history"),
+        ("messages[1]", "history"),
+        ("change before messages[2]", "diff"),
+        ("messages[2]", "turn"),
+    ]
+
+
+def turns_of(*texts: str) -> list[dict[str, str]]:
+    """User and assistant taking turns, the user first."""
+    return [{"role": ("user", "assistant")[index % 2], "content": text} for index, text in enumerate(texts)]
