@@ -27,7 +27,7 @@ dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 12px;margin:0}dt{c
 .meter.over span{background:#d64545}
 table{border-collapse:collapse;width:100%;font-size:13px}th,td{text-align:left;padding:3px 6px;border-bottom:1px solid #eef0f2}
 th{color:#4a5560;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}
-code{background:#f0f2f4;padding:0 3px;border-radius:3px;white-space:pre-wrap}
+code{background:#f0f2f4;padding:0 3px;border-radius:3px;white-space:pre-wrap;word-break:break-all}
 .key span{display:inline-block;width:10px;height:10px;margin:0 4px 0 12px;border-radius:2px}
 .break{color:#b02a2a;font-weight:600}svg{width:100%;height:auto;display:block}
 """

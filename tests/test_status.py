@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import logging
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from test_access import REMOTE, keys_file, seen_as_from
 from test_diagnosis import BILLING, SYSTEM
@@ -22,7 +24,18 @@ from scout_diff_cache.status import render_text, warmup_line
 from scout_diff_cache.usage import Usage
 from scout_diff_cache.warming import WarmUps
 
-from support import FakeUpstream, GitRepo, PrefixCache, ProxyFactory, free_port, proxy_config, snapshot_ready
+from support import (
+    FakeUpstream,
+    GitRepo,
+    PrefixCache,
+    ProxyFactory,
+    answer_json,
+    free_port,
+    is_warmup,
+    proxy_config,
+    snapshot_ready,
+    until_async,
+)
 
 KEEP_BILLING = {"billing_header": "keep"}
 
@@ -107,6 +120,37 @@ async def test_the_page_is_for_admins_and_names_keys_never_shows_them(
     await two_conversations(keyed, {"x-api-key": "second-secret-key"})
     html = await (await keyed.get("/status", headers={"Authorization": "Bearer first-secret-key"})).text()
     assert "key 2" in html and "secret-key" not in html
+
+
+async def test_a_warm_up_under_way_is_on_the_page(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    async def slow_warm_ups(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
+        if is_warmup(json.loads(await request.read())):
+            await fake.release.wait()
+        return await answer_json(request, fake)
+
+    upstream.behaviour = slow_warm_ups
+    client = await make_proxy(context={"rebase": "manual"})
+    await snapshot_ready(client)
+    git_repo.write("src/new.py", "def new():\n    return 1\n")
+    git_repo.commit("a new module")
+    rebase = asyncio.ensure_future(client.post("/admin/rebase"))
+    await until_async(lambda: figure(client, "warmup", "state"), "running")
+    html = await (await client.get("/status")).text()
+    assert "<dt>prefilling</dt>" in html and '<dt>state</dt><dd data-figure="warmup.state">running</dd>' in html
+    upstream.release.set()
+    assert (await rebase).status == 200
+    await until_async(lambda: figure(client, "warmup", "state"), "idle")
+    assert (await figure(client, "epochs", "rebases")) == 1
+
+
+async def figure(client: TestClient, *path: str) -> Any:
+    """One figure of /status.json."""
+    found = await (await client.get("/status.json")).json()
+    for key in path:
+        found = found[key]
+    return found
 
 
 def test_a_warm_up_shows_its_progress_from_the_rate_of_earlier_ones(monkeypatch: pytest.MonkeyPatch) -> None:
