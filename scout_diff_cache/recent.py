@@ -55,6 +55,9 @@ class ClientFigures:
 
 @attrs.define
 class Recent:
+    """What the status page remembers: the last requests and their prompts, the rebases and folds
+    seen, and each client's totals (by key name)."""
+
     records: collections.deque[Record] = attrs.Factory(lambda: collections.deque(maxlen=KEPT))
     events: collections.deque[Event] = attrs.Factory(lambda: collections.deque(maxlen=KEPT))
     clients: dict[str, ClientFigures] = attrs.Factory(dict)
