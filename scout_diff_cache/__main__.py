@@ -1,4 +1,4 @@
-"""Command line: `python -m scout_diff_cache [serve|check-config|inspect|rebase|systemd-unit]`."""
+"""Command line: `python -m scout_diff_cache [serve|check-config|inspect|rebase|status|systemd-unit]`."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import json
 import logging
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .config import Config, default_locations, find_config, load_config, render_config
@@ -21,6 +23,7 @@ from .metrics import Metrics
 from .report import render_report
 from .server import serve
 from .shared import SharedTasks
+from .status import render_text
 from .systemd import Notifier, inherited_sockets, render_socket, render_template, render_unit
 from .upstream.client import Upstream
 from .upstream.layout import Layout, Layouts
@@ -42,6 +45,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         "serve": "run the proxy (the default)",
         "check-config": "validate the configuration and print it, secrets masked",
         "rebase": "ask the running proxy to move its snapshot to HEAD now",
+        "status": "print the running proxy's status: its context, warm-up and where the last prompts' cache broke",
         "systemd-unit": "print a systemd service unit for this interpreter and config file (or its .socket unit)",
         "inspect": "show what would be sent upstream right now, without starting the server",
     }
@@ -84,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "rebase":
         return request_rebase(config)
+    if args.command == "status":
+        return print_status(config)
     if args.command == "systemd-unit":
         if args.template:
             print(render_template(user=args.user), end="")
@@ -137,20 +143,51 @@ def print_unit(config: Config, *, user: bool, socket_unit: bool) -> int:
     return 0
 
 
-def request_rebase(config: Config) -> int:
-    """POST /admin/rebase to the proxy this configuration describes, and say what it did."""
+def ask_proxy(config: Config, path: str, method: str = "GET") -> Any:
+    """The JSON answer of the proxy this configuration describes at `path` (with a client key when
+    keys are configured); a failure is printed and raised as OSError."""
     host = config.server.host
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{config.server.port}/admin/rebase"
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{config.server.port}{path}"
+    keys = config.server.api_keys
+    headers = {"Authorization": f"Bearer {keys[0]}"} if keys else {}
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=3600) as response:
-            done = json.load(response)
+        with urllib.request.urlopen(
+            urllib.request.Request(url, method=method, headers=headers), timeout=3600
+        ) as answer:
+            return json.load(answer)
     except urllib.error.HTTPError as error:
         print(f"scout-diff-cache: {url}: HTTP {error.code}: {error.read().decode(errors='replace')}", file=sys.stderr)
-        return 1
+        raise
     except (urllib.error.URLError, OSError) as error:
         print(f"scout-diff-cache: cannot reach the proxy at {url}: {error}", file=sys.stderr)
+        raise
+
+
+def print_status(config: Config) -> int:
+    """GET /status.json and print it; on a terminal, while a warm-up runs, redrawn every second
+    (its progress bar) until it ends."""
+    redrawn = False
+    while True:
+        try:
+            status = ask_proxy(config, "/status.json")
+        except OSError:
+            return 1
+        running = status["warmup"]["state"] == "running" and sys.stdout.isatty()
+        sys.stdout.write(("\x1b[H\x1b[2J" if redrawn or running else "") + render_text(status))
+        sys.stdout.flush()
+        if not running:
+            return 0
+        redrawn = True
+        time.sleep(1.0)
+
+
+def request_rebase(config: Config) -> int:
+    """POST /admin/rebase to the proxy this configuration describes, and say what it did."""
+    try:
+        done = ask_proxy(config, "/admin/rebase", "POST")
+    except OSError:
         return 1
     if done["previous"] == done["base"]:
         print(f"the snapshot is already at HEAD ({done['base']})")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import attrs
 
+from .diagnosis import Diagnosis, Prompt
 from .usage import Usage
 
 
@@ -62,6 +63,11 @@ class Exchange:
     usage: Usage | None = None
     first_byte_seconds: float | None = None
     outcome: str = "ok"
+    #: What went upstream, as the diagnosis reads it, and whose it was (a key's name, never the key).
+    sent: Prompt | None = None
+    client: str = ""
+    #: Where its cached prefix ended, and why (once the answer is in).
+    diagnosis: Diagnosis | None = None
 
     @property
     def sent_bytes(self) -> int:
@@ -92,6 +98,8 @@ class Exchange:
             expected = self.expected_snapshot_tokens()
             if expected and self.usage.cached_tokens is not None:
                 parts.append(f"snapshot_cached={min(1.0, self.usage.cached_tokens / expected):.0%}")
+        if self.diagnosis is not None:
+            parts.append(self.diagnosis.describe())
         return " ".join(parts)
 
 

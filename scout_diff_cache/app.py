@@ -32,7 +32,10 @@ from .git.diff import WorkingDiff
 from .git.priority import ranks
 from .git.snapshot import Snapshot
 from .metrics import Metrics
+from .recent import Recent
+from .report import BYTES_PER_TOKEN
 from .routes import add_routes
+from .sent import warmed_prompt
 from .shared import SharedTasks
 from .state import (
     Wiring,
@@ -44,9 +47,11 @@ from .state import (
     live_key,
     metrics_key,
     probes_key,
+    recent_key,
     tokens_key,
     totals_key,
     upstream_key,
+    warmups_key,
     wiring_key,
 )
 from .upstream.client import Upstream
@@ -55,6 +60,7 @@ from .upstream.tokens import InjectedTokens
 from .upstream.truncation import describe as describe_truncation
 from .upstream.truncation import truncated
 from .usage import Usage
+from .warming import WarmUps
 
 log = logging.getLogger("scout_diff_cache")
 
@@ -77,6 +83,7 @@ async def log_requests(request: web.Request, handler: Handler) -> web.StreamResp
         raise
     finally:
         elapsed = time.monotonic() - started
+        _diagnose(request.app, exchange)
         request.app[totals_key].add(exchange)
         _record(request, exchange, status, elapsed)
         log.info(
@@ -107,6 +114,21 @@ def _record(request: web.Request, exchange: Exchange, status: int | str, elapsed
         live.windows.forget()  # ... or another context
     elif exchange.to_upstream and exchange.outcome in UPSTREAM_OUTCOMES:
         live.windows.learn_soon()  # the upstream answers: learned if it was away
+
+
+def _diagnose(app: web.Application, exchange: Exchange) -> None:
+    """Where the cached prefix of a request that went upstream ended, and why: kept for the status
+    page, told in the log line and counted when it broke before the new turn."""
+    metrics = app[metrics_key]
+    app[recent_key].observe(metrics.rebases.total, metrics.folds.total)
+    if exchange.sent is None:
+        return
+    usage = exchange.usage
+    figures = (usage.prompt_tokens, usage.cached_tokens) if usage is not None else (None, None)
+    request = (exchange.client, exchange.api or "other", exchange.outcome, exchange.conversation)
+    diagnosis = exchange.diagnosis = app[recent_key].add(exchange.sent, figures, request, app[warmups_key])
+    if diagnosis.is_break:
+        metrics.prefix_breaks.inc((("region", diagnosis.broke or "unknown"),))
 
 
 @web.middleware
@@ -156,6 +178,8 @@ def make_app(config: Config, after_build: AfterBuild | None = None) -> web.Appli
     app[totals_key] = Totals()
     app[metrics_key] = metrics = Metrics()
     app[tokens_key] = InjectedTokens()
+    app[recent_key] = Recent()
+    app[warmups_key] = WarmUps()
     app[probes_key] = probes = SharedTasks()
     app[counter_key] = TokenCounter(lambda body: app[upstream_key].tokenize(body))
     app[wiring_key] = wiring = Wiring(
@@ -188,13 +212,19 @@ async def _warm(app: web.Application, snapshot: Snapshot, diff: WorkingDiff) -> 
         if alone is not None and alone.prompt_tokens is not None:
             counts.bare = alone.prompt_tokens
     strict = (await live.layouts.current()).strict
-    usage = await upstream.warm_up(*chat_context(snapshot.json_text, diff.json_text, strict))
+    injected = snapshot.text_bytes + diff.text_bytes
+    tokens = counts.count(snapshot.commit, injected) or injected // BYTES_PER_TOKEN
+    warmups, usage = app[warmups_key], None
+    started = warmups.begin(warmed_prompt(snapshot, diff), tokens)
+    try:
+        usage = await upstream.warm_up(*chat_context(snapshot.json_text, diff.json_text, strict))
+    finally:
+        warmups.end(started, usage)
     if usage is not None:
-        whole_prompt(app, snapshot.text_bytes + diff.text_bytes, usage.prompt_tokens, snapshot.tokens)
+        whole_prompt(app, injected, usage.prompt_tokens, snapshot.tokens)
     if not measuring:
         return usage
     if usage is not None and usage.prompt_tokens is not None and counts.bare is not None:
-        injected = snapshot.text_bytes + diff.text_bytes
         counts.learn(snapshot.commit, injected, usage.prompt_tokens - counts.bare)
     else:
         counts.unmeasurable(snapshot.commit)

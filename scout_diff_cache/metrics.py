@@ -62,6 +62,8 @@ class Metrics:
     change_bytes: Counter = attrs.Factory(lambda: Counter({(): 0.0}))
     #: Entries shown as stubs because they could not be read, by why: each path and reason once.
     unreadable: Counter = attrs.Factory(Counter)
+    #: Requests whose cached prefix broke before their new turn, by the region it broke in.
+    prefix_breaks: Counter = attrs.Factory(Counter)
     #: Gauges: the snapshot being served, the last working diff sent (bytes of text), conversations kept.
     snapshot_bytes: int = 0
     diff_bytes: int = 0
@@ -158,6 +160,12 @@ def _proxy_lines(metrics: Metrics) -> list[str]:
             "Entries of a tree or the work tree shown as stubs because they could not be read, by reason "
             "(each path and reason counted once).",
             metrics.unreadable,
+        ),
+        *_counter(
+            "scout_prefix_breaks_total",
+            "Requests whose cached prefix broke before their new turn, by region: snapshot, diff, system, history "
+            "(see /status).",
+            metrics.prefix_breaks,
         ),
     ]
 

@@ -11,18 +11,30 @@ import attrs
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from .access import client_scope, limit_concurrency, require_key
+from .access import admin_only, client_scope, key_name, limit_concurrency, require_key
 from .accounting import Exchange
 from .apis.dialects import CHAT, MESSAGES, RESPONSES, Dialect
 from .apis.validation import ClientRequest, RequestRules
-from .config import Config, is_loopback
+from .config import Config
 from .context.conversations import Prepared
 from .encoding import Body, encode_json
-from .errors import Forbidden, InvalidRequest, MethodNotAllowed, ProxyError
+from .errors import InvalidRequest, MethodNotAllowed, ProxyError
 from .metrics import render as render_metrics
 from .passthrough import forwarded
 from .relay import Outbound, relay_any, relay_json, relay_stream
-from .state import Live, dialect_key, exchange_key, live_key, metrics_key, tokens_key, totals_key, upstream_key
+from .sent import sent_prompt
+from .state import (
+    Live,
+    dialect_key,
+    exchange_key,
+    live_key,
+    metrics_key,
+    recent_key,
+    tokens_key,
+    totals_key,
+    upstream_key,
+)
+from .status import prefix_health, status_json, status_page
 from .upstream.layout import Layout
 from .upstream.truncation import truncated
 
@@ -106,6 +118,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
     client = api.parse(raw, request_rules(config))
     exchange: Exchange = request[exchange_key]
     exchange.api, exchange.to_upstream, exchange.stream = api.name, True, client.stream
+    exchange.client = key_name(request)
     headers: dict[str, str] = {}
     if config.context.inject:
         layout = await live.layouts.current()
@@ -123,9 +136,11 @@ async def forward(request: web.Request) -> web.StreamResponse:
         exchange.client_bytes = client.encoded_bytes
         exchange.injected_bytes = prepared.injected_bytes
         exchange.conversation = prepared.outcome
+        exchange.sent = sent_prompt(client, prepared)
         # chat streams ask upstream for usage on the client's behalf; the other APIs always carry it
         outbound = Outbound(api, api.path, body, not client.wants_usage, await injected_tokens(request, prepared))
     else:  # the client's body as it came
+        exchange.sent = sent_prompt(client, None)
         outbound = Outbound(api, api.path, salted(raw, config.upstream.cache_salt))
     upstream = request.app[upstream_key]
     if client.stream:
@@ -262,6 +277,7 @@ async def health(request: web.Request) -> web.Response:
             "last_rebase": attrs.asdict(rebase) if rebase else None,
             "truncation": metrics.truncation,
             "totals": attrs.asdict(totals),
+            "prefix": prefix_health(request.app[recent_key], metrics),
         }
     )
 
@@ -281,8 +297,6 @@ async def ready(request: web.Request) -> web.Response:
 
 async def rebase(request: web.Request) -> web.Response:
     """Move the snapshot to HEAD now (warmed upstream first): loopback clients, or key holders."""
-    if not is_loopback(request.remote) and not request.app[live_key].config.server.api_keys:
-        raise Forbidden("admin routes accept only loopback clients, or clients with an API key (api_keys_file)")
     if not request.app[live_key].config.context.inject:
         raise InvalidRequest("context injection is off ([context] inject = false): there is no snapshot to rebase")
     done = await request.app[live_key].epochs.rebase()
@@ -307,6 +321,8 @@ class Route:
     #: The client API it speaks, errors included (None: OpenAI's envelope, as chat's); its
     #: handler finds it under `dialect_key`.
     dialect: Dialect | None = None
+    #: Only for loopback clients, unless client keys are configured (see `access.admin_only`).
+    admin: bool = False
 
 
 #: In the order they are matched: the catch-all /v1 route last.
@@ -321,13 +337,16 @@ ROUTES = (
     Route("GET", "/health", health, open=True),
     Route("GET", "/ready", ready),
     Route("GET", "/metrics", metrics),
-    Route("POST", "/admin/rebase", rebase),
+    Route("POST", "/admin/rebase", rebase, admin=True),
+    Route("GET", "/status", status_page, admin=True),
+    Route("GET", "/status.json", status_json, admin=True),
 )
 
 
 def add_routes(app: web.Application) -> None:
     for route in ROUTES:
         handler = limit_concurrency(route.handler) if route.limited else route.handler
+        handler = admin_only(handler) if route.admin else handler
         handler = handler if route.open else require_key(handler)
         app.router.add_route(route.method, route.path, _speaking(route.dialect, handler) if route.dialect else handler)
 

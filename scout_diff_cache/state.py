@@ -17,6 +17,7 @@ from .context.conversations import Conversations
 from .context.epochs import Epochs, reader_for
 from .context.split import Split, split
 from .metrics import Metrics
+from .recent import Recent
 from .shared import SharedTasks
 from .upstream.client import Upstream
 from .upstream.counting import TokenCounter
@@ -24,6 +25,7 @@ from .upstream.layout import Layouts, Probe
 from .upstream.routing import Routing
 from .upstream.tokens import InjectedTokens
 from .upstream.window import Ask, Windows
+from .warming import WarmUps
 
 
 @attrs.define
@@ -131,6 +133,9 @@ tokens_key = web.AppKey("tokens", InjectedTokens)
 counter_key = web.AppKey("counter", TokenCounter)
 #: The probes of the upstream's template under way, shared by the requests that wait for one.
 probes_key = web.AppKey("probes", SharedTasks)
+#: The last requests and their diagnoses, and the warm-ups (the status page's).
+recent_key = web.AppKey("recent", Recent)
+warmups_key = web.AppKey("warmups", WarmUps)
 exchange_key = web.RequestKey("exchange", Exchange)
 #: The client API of the route that took the request (see `routes.Route.dialect`).
 dialect_key: web.RequestKey[Dialect] = web.RequestKey("dialect")

@@ -22,6 +22,7 @@ from scout_diff_cache.app import make_app
 from scout_diff_cache.git.repository import ContentRules
 from scout_diff_cache.git.snapshot import build_snapshot
 
+from browser import CHROMIUM, Browser
 from e2e import (
     AGENT_PROMPT,
     agent_turn,
@@ -231,6 +232,13 @@ async def test_a_conversation_keeps_its_cache_across_an_edit_and_a_commit(
     if conversations == "on":
         assert second["cached"] >= 0.95 * first["prompt"]
         assert third["cached"] >= 0.95 * second["prompt"]
+        if Path(CHROMIUM).exists():  # the status page after this conversation, for the closing note
+            shot = tmp_path / "status.png"
+            async with Browser(tmp_path / "profile") as browser:
+                await browser.open(str(client.make_url("/status")))
+                await browser.until("document.querySelectorAll('#chart rect').length === 9")
+                await browser.screenshot(shot)
+            REPORT.append(f"the status page after this conversation: {shot}")
     else:
         assert second["cached"] < 0.95 * first["prompt"]  # the edit moved the diff in front of the conversation
 

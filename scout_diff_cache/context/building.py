@@ -72,7 +72,9 @@ class Builder:
         if fitting is not None and fitting.fitted is not None:
             self.fitted = fitting.fitted
             fitted = fitting.fitted
-            snapshot = attrs.evolve(snapshot, tokens=fitted.tokens if fitted.exact else None, budget=fitted.split.snapshot)
+            snapshot = attrs.evolve(
+                snapshot, tokens=fitted.tokens if fitted.exact else None, budget=fitted.split.snapshot
+            )
             log.info("snapshot %s fits the window: %s", short(commit), fitting.fitted.describe())
         self._metrics.build_seconds.observe(time.monotonic() - started)
         if snapshot.findings:
