@@ -26,6 +26,7 @@ from browser import CHROMIUM, Browser
 from e2e import (
     AGENT_PROMPT,
     agent_turn,
+    fitted_repository_turns,
     learned_window,
     make_repository,
     overflow_errors,
@@ -81,20 +82,30 @@ def serve_llama(directory: Path, *extra: str) -> Iterator[str]:
         stop(server)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def report() -> Iterator[None]:
+    """The figures the tests noted, printed once the module is done (for the README)."""
+    yield
+    if REPORT:
+        print("\n" + "\n".join(REPORT))
+
+
 @pytest.fixture(scope="module")
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The model as it comes: no chat template, so llama-server falls back to ChatML."""
-    try:
-        yield from serve_llama(tmp_path_factory.mktemp("llama"))
-    finally:
-        if REPORT:
-            print("\n" + "\n".join(REPORT))
+    yield from serve_llama(tmp_path_factory.mktemp("llama"))
 
 
 @pytest.fixture(scope="module")
 def gemma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The model with Gemma 3's strict template, rendered by llama-server's Jinja engine."""
     yield from serve_llama(tmp_path_factory.mktemp("gemma"), "--jinja", "--chat-template-file", str(GEMMA_TEMPLATE))
+
+
+@pytest.fixture(scope="module")
+def small_window_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """-c 16384: the smallest window people serve, far less than this project's repository."""
+    yield from serve_llama(tmp_path_factory.mktemp("small"), "-c", "16384")
 
 
 @pytest.fixture(scope="module")
@@ -289,3 +300,12 @@ async def test_a_prompt_longer_than_a_slot_gets_the_error_clients_compact_on(
     REPORT.append(
         f"over the 4,096 tokens of one slot: {await overflow_errors(two_slot_server, tmp_path, aiohttp_client, 6000)}"
     )
+
+
+async def test_a_repository_larger_than_the_window_is_fitted_and_keeps_its_cache(
+    small_window_server: str, tmp_path: Path, aiohttp_client: Any, aiohttp_server: Any
+) -> None:
+    """This project's own repository (about 230k tokens) in front of a 16k window: every request
+    answers, what the server received rebuilds the files it includes and names the rest, and the
+    choice and the cached prefix hold across an edit and a commit."""
+    REPORT.append(await fitted_repository_turns(small_window_server, tmp_path, aiohttp_client, aiohttp_server))
