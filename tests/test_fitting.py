@@ -4,18 +4,24 @@ files, their ranks, and the proxy leaving files out over the window of a fake ll
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pygit2
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from scout_diff_cache.config import DEFAULT_PRIORITIES
+from scout_diff_cache.context.policy import window_limit
 from scout_diff_cache.context.selection import FILL, TAKE_BACK, Candidate, select
 from scout_diff_cache.context.split import split
 from scout_diff_cache.git.priority import ranks
+from scout_diff_cache.git.repository import ContentRules
+from scout_diff_cache.git.snapshot import build_snapshot
+from scout_diff_cache.patterns import compile_patterns
 
 from reconstruction import check, parse_snapshot
 from support import (
@@ -367,3 +373,40 @@ async def test_a_prompt_cut_by_the_upstream_is_said_loudly(
     assert "scout_truncated_prompts_total 0" not in metrics and "scout_truncated_prompts_total" in metrics
     assert sum("the upstream cut the prompt" in record.message for record in caplog.records) == 1  # once while it lasts
     assert "Where is main" not in caplog.text
+
+
+async def test_a_diff_past_its_part_of_the_window_moves_the_snapshot_on(
+    git_repo: GitRepo, upstream: FakeUpstream, make_proxy: ProxyFactory
+) -> None:
+    """Commits grow the diff; past its part of the window (2,048 tokens of 16k) the snapshot moves
+    to HEAD, though the diff is far under the byte budget (256 KiB)."""
+    upstream.about["GET /props"] = llama_props(16_384)
+    upstream.tokenizer = four_bytes_a_token
+    client = await make_proxy()
+    await snapshot_ready(client)
+    first = (await (await client.get("/health")).json())["snapshot"]["commit"]
+    git_repo.write("src/small.py", "x = 1\n" * 100)  # 600 bytes: 150 tokens
+    git_repo.commit("a small change")
+    await injected(client, upstream)
+    assert (await (await client.get("/health")).json())["snapshot"]["commit"] == first
+    git_repo.write("src/large.py", "y = 2\n" * 2_000)  # 12 KB: 3,000 tokens
+    head = git_repo.commit("a large change")
+    await injected(client, upstream)
+    await until_async(health_commit(client), head)
+
+
+def health_commit(client: TestClient) -> Callable[[], Awaitable[str]]:
+    async def commit() -> str:
+        return str((await (await client.get("/health")).json())["snapshot"]["commit"])
+
+    return commit
+
+
+def test_the_diff_limit_is_its_part_of_the_window_at_the_snapshot_s_bytes_per_token(git_repo: GitRepo) -> None:
+    snapshot = build_snapshot(
+        git_repo.path, git_repo.head(), ContentRules(compile_patterns(()), 1 << 20), 1 << 20, None
+    )
+    assert window_limit(snapshot) == 0  # not fitted: no part of a window
+    fitted = attrs.evolve(snapshot, tokens=snapshot.text_bytes // 4, budget=8_192, diff_budget=2_048)
+    assert window_limit(fitted) == pytest.approx(2_048 * snapshot.text_bytes / (snapshot.text_bytes // 4))
+    assert window_limit(attrs.evolve(fitted, tokens=None)) == 2_048 * 3  # estimated: cautiously

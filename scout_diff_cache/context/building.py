@@ -70,12 +70,11 @@ class Builder:
             raise
         self.last_error = None
         if fitting is not None and fitting.fitted is not None:
-            self.fitted = fitting.fitted
-            fitted = fitting.fitted
-            snapshot = attrs.evolve(
-                snapshot, tokens=fitted.tokens if fitted.exact else None, budget=fitted.split.snapshot
-            )
-            log.info("snapshot %s fits the window: %s", short(commit), fitting.fitted.describe())
+            self.fitted = fitted = fitting.fitted
+            tokens = fitted.tokens if fitted.exact else None
+            split = fitted.split
+            snapshot = attrs.evolve(snapshot, tokens=tokens, budget=split.snapshot, diff_budget=split.diff)
+            log.info("snapshot %s fitted to the window: %s", short(commit), fitted.describe())
         self._metrics.build_seconds.observe(time.monotonic() - started)
         if snapshot.findings:
             self._notices.report(f"snapshot {short(commit)}", snapshot.findings)

@@ -146,8 +146,10 @@ class Snapshot:
     #: Its tokens as the upstream's tokenizer counts them, once fitted to a window (None: not
     #: fitted, or the upstream cannot count and its tokens were estimated)...
     tokens: int | None = None
-    #: ...and the tokens it was fitted to (the snapshot's part of that window; None: not fitted).
+    #: ...and the tokens it was fitted to (the snapshot's part of that window; None: not fitted)...
     budget: int | None = None
+    #: ...and the diff's part of that window.
+    diff_budget: int | None = None
 
     @property
     def files(self) -> int:
