@@ -17,11 +17,12 @@ from .apis.dialects import CHAT, MESSAGES, RESPONSES, Dialect
 from .apis.validation import ClientRequest, RequestRules
 from .config import Config
 from .context.conversations import Prepared
+from .context.split import too_long
 from .encoding import Body, encode_json
-from .errors import InvalidRequest, MethodNotAllowed, ProxyError
+from .errors import ContextTooLong, InvalidRequest, MethodNotAllowed, ProxyError
 from .metrics import render as render_metrics
 from .passthrough import forwarded
-from .relay import Outbound, relay_any, relay_json, relay_stream
+from .relay import Outbound, as_the_client_counts, relay_any, relay_json, relay_stream
 from .sent import sent_prompt
 from .state import (
     Live,
@@ -95,6 +96,24 @@ async def injected_tokens(request: web.Request, prepared: Prepared) -> int | Non
     return tokens.count(prepared.snapshot.commit, prepared.injected_bytes)
 
 
+def refused(live: Live, prepared: Prepared, client_bytes: int) -> ContextTooLong | None:
+    """The error for a prompt the proxy can tell is longer than the window (see `split.too_long`):
+    only with a snapshot the upstream counted, and a window known."""
+    window, snapshot = live.windows.known.tokens, prepared.snapshot
+    if window is None or snapshot.tokens is None:
+        return None
+    rest = prepared.injected_bytes - snapshot.text_bytes + client_bytes
+    estimate = too_long(window, snapshot.tokens, snapshot.text_bytes, rest)
+    if estimate is None:
+        return None
+    return ContextTooLong(
+        f"the prompt would be about {estimate:,} tokens, more than the upstream's window of {window:,} tokens "
+        "(not sent); shorten the conversation",
+        estimate,
+        window,
+    )
+
+
 def request_rules(config: Config) -> RequestRules:
     upstream = config.upstream
     drop = config.context.billing_header == "drop"
@@ -139,6 +158,9 @@ async def forward(request: web.Request) -> web.StreamResponse:
         exchange.sent = sent_prompt(client, prepared)
         # chat streams ask upstream for usage on the client's behalf; the other APIs always carry it
         outbound = Outbound(api, api.path, body, not client.wants_usage, await injected_tokens(request, prepared))
+        refusal = refused(live, prepared, client.encoded_bytes)
+        if refusal is not None:  # the upstream would refuse it: say so without sending it
+            raise as_the_client_counts(refusal, outbound)
     else:  # the client's body as it came
         exchange.sent = sent_prompt(client, None)
         outbound = Outbound(api, api.path, salted(raw, config.upstream.cache_salt))

@@ -4,6 +4,7 @@ files, their ranks, and the proxy leaving files out over the window of a fake ll
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -410,3 +411,26 @@ def test_the_diff_limit_is_its_part_of_the_window_at_the_snapshot_s_bytes_per_to
     fitted = attrs.evolve(snapshot, tokens=snapshot.text_bytes // 4, budget=8_192, diff_budget=2_048)
     assert window_limit(fitted) == pytest.approx(2_048 * snapshot.text_bytes / (snapshot.text_bytes // 4))
     assert window_limit(attrs.evolve(fitted, tokens=None)) == 2_048 * 3  # estimated: cautiously
+
+
+async def test_a_prompt_the_proxy_can_tell_is_too_long_is_refused_without_sending(
+    git_repo: GitRepo, upstream: FakeUpstream, make_proxy: ProxyFactory
+) -> None:
+    upstream.about["GET /props"] = llama_props(16_384)
+    upstream.tokenizer = four_bytes_a_token
+    client = await make_proxy()
+    await snapshot_ready(client)
+    long = [{"role": "user", "content": "word " * 30_000}]  # 150 KB: about 37k tokens
+    chat_answer = await client.post("/v1/chat/completions", json=chat(*long))
+    assert chat_answer.status == 400
+    error = (await chat_answer.json())["error"]
+    assert error["code"] == "context_length_exceeded" and "maximum context length is 16384" in error["message"]
+    messages_answer = await client.post("/v1/messages", json={"model": "m", "max_tokens": 5, "messages": long})
+    assert messages_answer.status == 400
+    refusal = (await messages_answer.json())["error"]
+    assert refusal["type"] == "invalid_request_error"
+    assert re.fullmatch(r"prompt is too long: \d+ tokens > 16384 maximum", refusal["message"]), refusal
+    assert upstream.asked == []  # nothing went upstream
+    fits = [{"role": "user", "content": "word " * 8_000}]  # about 10k tokens: sent, the upstream decides
+    assert (await client.post("/v1/chat/completions", json=chat(*fits))).status == 200
+    assert len(upstream.asked) == 1

@@ -55,3 +55,19 @@ def split(window: int, answer: int | None = None, conversation: int | None = Non
     """Share `window` tokens: the parts set (None: their defaults), the snapshot what is left."""
     parts = (_part(window, answer, ANSWER), _part(window, conversation, CONVERSATION), _part(window, diff, DIFF))
     return Split(window, *parts, max(0, window - sum(parts)))
+
+
+#: The rest of a prompt (diff, the client's JSON-encoded messages) counts less per byte than the
+#: snapshot's text: its escapes and field names are bytes the template does not render as such...
+REST_DISCOUNT = 0.75
+#: ...and a prompt is refused before it is sent only when its estimate is past the window by this much.
+REFUSE_OVER = 1.1
+
+
+def too_long(window: int, snapshot_tokens: int, snapshot_bytes: int, rest_bytes: int) -> int | None:
+    """The estimated tokens of a prompt that cannot fit `window`, or None when it may: a snapshot
+    the upstream counted, and the rest of the prompt at the snapshot's bytes per token, discounted."""
+    if snapshot_tokens <= 0 or snapshot_bytes <= 0:
+        return None
+    estimate = snapshot_tokens + round(rest_bytes * snapshot_tokens / snapshot_bytes * REST_DISCOUNT)
+    return estimate if estimate > window * REFUSE_OVER else None
