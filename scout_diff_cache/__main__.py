@@ -16,8 +16,10 @@ from typing import Any
 
 from . import __version__
 from .config import Config, default_locations, find_config, load_config, render_config
-from .context.epochs import Epochs, reader_for
+from .context.epochs import Epochs, Injection, reader_for
+from .context.fitting import Fitting, fitting_for
 from .errors import ConfigError, ProxyError
+from .git.snapshot import Snapshot
 from .logs import configure_logging
 from .metrics import Metrics
 from .report import render_report
@@ -26,6 +28,7 @@ from .shared import SharedTasks
 from .status import render_text
 from .systemd import Notifier, inherited_sockets, render_socket, render_template, render_unit
 from .upstream.client import Upstream
+from .upstream.counting import TokenCounter
 from .upstream.layout import Layout, Layouts
 from .upstream.routing import Routing
 from .upstream.window import Window, Windows
@@ -112,23 +115,31 @@ def main(argv: list[str] | None = None) -> int:
 
 def inspect(config: Config, show: str | None) -> int:
     try:
-        preview = asyncio.run(Epochs(reader_for(config), config, Metrics()).preview())
+        preview, layout, window = asyncio.run(preview_upstream(config, layout=show is None))
     except ProxyError as error:
         print(f"scout-diff-cache: {error.message}", file=sys.stderr)
         return 1
-    layout, window = asyncio.run(learn_upstream(config)) if show is None else (None, None)
     sys.stdout.write(render_report(config, preview, show, layout, window))
     return 0
 
 
-async def learn_upstream(config: Config) -> tuple[Layout, Window]:
-    """The layout and window the proxy would use now: configured, or learned from the upstream as it would."""
+async def preview_upstream(config: Config, *, layout: bool) -> tuple[Injection, Layout | None, Window]:
+    """What a server started now would send, fitted to the window it would learn (its files
+    counted by the upstream), with the layout (if asked) and the window it would use."""
     tasks = SharedTasks()
     routing = Routing()
     target = (config.upstream.url, config.upstream.model)
     async with Upstream(lambda: config.upstream, lambda: routing) as upstream:
-        window = await Windows(config.upstream.context_window, upstream.about, lambda: target, tasks).current()
-        return await Layouts(config.context.layout, upstream.probe_systems, tasks).current(), window
+        windows = Windows(config.upstream.context_window, upstream.about, lambda: target, tasks)
+        counter = TokenCounter(upstream.tokenize).bound(*target, None)
+
+        async def prepare(commit: str, reuse: Snapshot | None) -> Fitting | None:
+            window = (await windows.current()).tokens
+            return fitting_for(config, window, counter, commit, reuse) if window else None
+
+        preview = await Epochs(reader_for(config), config, Metrics(), prepare=prepare).preview()
+        learned = await Layouts(config.context.layout, upstream.probe_systems, tasks).current() if layout else None
+        return preview, learned, await windows.current()
 
 
 def print_unit(config: Config, *, user: bool, socket_unit: bool) -> int:

@@ -19,7 +19,7 @@ from .apis.assembly import chat_context
 from .apis.dialects import CHAT
 from .config import Config
 from .context.building import AfterBuild
-from .context.fitting import Fitting
+from .context.fitting import Fitting, fitting_for
 from .errors import (
     BodyTooLarge,
     MethodNotAllowed,
@@ -29,7 +29,6 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .git.diff import WorkingDiff
-from .git.priority import ranks
 from .git.snapshot import Snapshot
 from .metrics import Metrics
 from .recent import Recent
@@ -244,10 +243,7 @@ async def _prepare(app: web.Application, commit: str, reuse: Snapshot | None) ->
         return None
     url, model = upstream.config.url, upstream.config.model
     counter = app[counter_key].bound(url, model, app[tokens_key].of(url, model).rate)
-    repository = live.config.repository
-    rank = partial(ranks, repository.path, commit, priorities=repository.priorities)
-    previous = reuse.over_window if reuse is not None and reuse.tokens is not None else None
-    return Fitting(asyncio.get_running_loop(), live.split(window.tokens), counter, rank, previous)
+    return fitting_for(live.config, window.tokens, counter, commit, reuse)
 
 
 def whole_prompt(app: web.Application, sent: int, prompt_tokens: int | None, snapshot_tokens: int | None) -> None:

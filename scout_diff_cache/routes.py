@@ -17,7 +17,7 @@ from .apis.dialects import CHAT, MESSAGES, RESPONSES, Dialect
 from .apis.validation import ClientRequest, RequestRules
 from .config import Config
 from .context.conversations import Prepared
-from .context.split import too_long
+from .context.split import client_room, too_long
 from .encoding import Body, encode_json
 from .errors import ContextTooLong, InvalidRequest, MethodNotAllowed, ProxyError
 from .metrics import render as render_metrics
@@ -238,15 +238,13 @@ async def models(request: web.Request) -> web.Response:
 
 
 def client_window(live: Live) -> int | None:
-    """The tokens a client's conversation and answer may take: the window less the snapshot (as
-    counted, or its part of the window) and the diff's part. None while the window is not known."""
+    """The tokens a client's conversation and answer may take (see `split.client_room`); the
+    whole window without injection; None while the window is not known."""
     window = live.windows.known.tokens
     if window is None or not live.config.context.inject:
         return window
-    parts = live.split(window)
     snapshot = live.epochs.snapshot
-    taken = snapshot.tokens if snapshot is not None and snapshot.tokens is not None else parts.snapshot
-    return max(0, window - min(taken, parts.snapshot) - parts.diff)
+    return client_room(live.split(window), snapshot.tokens if snapshot is not None else None)
 
 
 def _window_fields(room: int | None) -> dict[str, int]:

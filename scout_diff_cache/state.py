@@ -15,7 +15,8 @@ from .config import Config
 from .context.building import AfterBuild, Prepare, Warmer
 from .context.conversations import Conversations
 from .context.epochs import Epochs, reader_for
-from .context.split import Split, split
+from .context.fitting import split_for
+from .context.split import Split
 from .metrics import Metrics
 from .recent import Recent
 from .shared import SharedTasks
@@ -44,8 +45,7 @@ class Live:
 
     def split(self, window: int) -> Split:
         """How `window` tokens are shared under the configured parts."""
-        terms = self.config.context
-        return split(window, terms.answer_tokens, terms.conversation_tokens, terms.diff_tokens)
+        return split_for(self.config.context, window)
 
     def take_settings(self, fresh: Live) -> None:
         """The configuration, layouts and window of `fresh` (a reload): the next request follows them."""

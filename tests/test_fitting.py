@@ -4,6 +4,7 @@ files, their ranks, and the proxy leaving files out over the window of a fake ll
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -36,9 +37,11 @@ from support import (
     event_stream,
     free_port,
     injected,
+    run_cli,
     snapshot_ready,
     stream_events,
     until_async,
+    write_config,
 )
 
 # --- the split ---------------------------------------------------------------------------------
@@ -434,3 +437,25 @@ async def test_a_prompt_the_proxy_can_tell_is_too_long_is_refused_without_sendin
     fits = [{"role": "user", "content": "word " * 8_000}]  # about 10k tokens: sent, the upstream decides
     assert (await client.post("/v1/chat/completions", json=chat(*fits))).status == 200
     assert len(upstream.asked) == 1
+
+
+async def test_inspect_prints_the_split_the_fit_and_the_client_s_room(
+    tmp_path: Path, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    a_large_repository(git_repo)
+    upstream.about["GET /props"] = llama_props(16_384)
+    upstream.tokenizer = four_bytes_a_token
+    sections = {"repository": {"path": str(git_repo.path)}, "upstream": {"url": upstream.url}}
+    path = write_config(tmp_path, {**sections, "context": {"state_dir": str(tmp_path / "state"), "layout": "separate"}})
+    done = await asyncio.to_thread(run_cli, "--config", str(path), "inspect")
+    assert done.returncode == 0, done.stderr
+    assert "split        snapshot 8,192, diff 2,048, conversation 4,096, answer 2,048 tokens" in done.stdout
+    fitted = re.search(
+        r"fitted       snapshot ([\d,]+) tokens, counted by the upstream; (\d+) files left out", done.stdout
+    )
+    assert fitted is not None and int(fitted[1].replace(",", "")) <= 8_192 and int(fitted[2]) > 0, done.stdout
+    room = re.search(r"client room  ([\d,]+) tokens", done.stdout)
+    assert room is not None and int(room[1].replace(",", "")) == 16_384 - int(fitted[1].replace(",", "")) - 2_048
+    assert "over the window" in done.stdout  # each file left out, in the list of what is left out
+    shown = await asyncio.to_thread(run_cli, "--config", str(path), "inspect", "--show", "snapshot")
+    assert shown.returncode == 0 and "over the window: " in shown.stdout

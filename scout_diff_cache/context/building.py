@@ -36,6 +36,12 @@ Prepare = Callable[[str, "Snapshot | None"], Awaitable["Fitting | None"]]
 AfterBuild = Callable[[], None]
 
 
+def with_fit(snapshot: Snapshot, fitted: Fitted) -> Snapshot:
+    """`snapshot` with what its fit found: its tokens where they were counted, and its parts of the window."""
+    tokens = fitted.tokens if fitted.exact else None
+    return attrs.evolve(snapshot, tokens=tokens, budget=fitted.split.snapshot, diff_budget=fitted.split.diff)
+
+
 class Builder:
     """Builds snapshots with a `RepositoryReader` and warms them up with a `Warmer`."""
 
@@ -70,11 +76,9 @@ class Builder:
             raise
         self.last_error = None
         if fitting is not None and fitting.fitted is not None:
-            self.fitted = fitted = fitting.fitted
-            tokens = fitted.tokens if fitted.exact else None
-            split = fitted.split
-            snapshot = attrs.evolve(snapshot, tokens=tokens, budget=split.snapshot, diff_budget=split.diff)
-            log.info("snapshot %s fitted to the window: %s", short(commit), fitted.describe())
+            self.fitted = fitting.fitted
+            snapshot = with_fit(snapshot, fitting.fitted)
+            log.info("snapshot %s fitted to the window: %s", short(commit), fitting.fitted.describe())
         self._metrics.build_seconds.observe(time.monotonic() - started)
         if snapshot.findings:
             self._notices.report(f"snapshot {short(commit)}", snapshot.findings)
@@ -90,6 +94,12 @@ class Builder:
             len(snapshot.left_out),
         )
         return snapshot
+
+    async def preview(self, commit: str | None, previous: Epoch | None) -> Snapshot:
+        """What a build of `commit` would give, fitted as it would be; nothing counted or kept."""
+        fitting = await self.prepare(commit, None) if self.prepare is not None and commit is not None else None
+        snapshot = await asyncio.to_thread(self.reader.build, commit, previous, None, fitting)
+        return with_fit(snapshot, fitting.fitted) if fitting is not None and fitting.fitted is not None else snapshot
 
     def _build(
         self, commit: str | None, previous: Epoch | None, reuse: Snapshot | None, fitting: Fitting | None

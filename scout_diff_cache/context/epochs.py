@@ -218,6 +218,5 @@ class Epochs:
     async def preview(self) -> Injection:
         """What a server started now would send, without saving or switching anything."""
         base, saved = await self._switcher.first_base()
-        reader = self._served.reader
-        snapshot = await asyncio.to_thread(reader.build, base, saved)
-        return Injection(snapshot, await asyncio.to_thread(reader.diff, snapshot))
+        snapshot = await self._builder.preview(base, saved)
+        return Injection(snapshot, await asyncio.to_thread(self._served.reader.diff, snapshot))

@@ -14,15 +14,19 @@ import asyncio
 import json
 import math
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 import attrs
 
+from ..config import Config, ContextConfig
 from ..encoding import digest, encode_text
 from ..git.content import spell
+from ..git.priority import ranks
 from ..git.sections import Section
+from ..git.snapshot import Snapshot
 from .selection import Candidate, select
-from .split import Split
+from .split import Split, split
 
 
 class Counter(Protocol):
@@ -120,3 +124,17 @@ def _listing(section: Section, rate: float) -> int:
     """The tokens of the line that lists a file left out over the window."""
     line = f"over the window: {spell(section.path)} ({section.size} bytes)\n"
     return math.ceil(len(line.encode("utf-8")) * rate) + 1
+
+
+def split_for(terms: ContextConfig, window: int) -> Split:
+    """How `window` tokens are shared under the configured parts."""
+    return split(window, terms.answer_tokens, terms.conversation_tokens, terms.diff_tokens)
+
+
+def fitting_for(config: Config, window: int, counter: Counter, commit: str, reuse: Snapshot | None) -> Fitting:
+    """The fit of a build of `commit` to `window` (on the running loop), keeping the choice of
+    `reuse` (the snapshot it follows) if that was fitted."""
+    repository = config.repository
+    rank = partial(ranks, repository.path, commit, priorities=repository.priorities)
+    previous = reuse.over_window if reuse is not None and reuse.budget is not None else None
+    return Fitting(asyncio.get_running_loop(), split_for(config.context, window), counter, rank, previous)

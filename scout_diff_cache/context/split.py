@@ -46,6 +46,13 @@ class Split:
         )
 
 
+def client_room(parts: Split, snapshot_tokens: int | None) -> int:
+    """The window left to a client's conversation and answer: all of it but the snapshot (as
+    counted, at most its part; its part when not counted) and the diff's part."""
+    taken = parts.snapshot if snapshot_tokens is None else min(snapshot_tokens, parts.snapshot)
+    return max(0, parts.window - taken - parts.diff)
+
+
 def _part(window: int, setting: int | None, default: tuple[float, int]) -> int:
     share, cap = default
     return setting if setting is not None else min(int(window * share), cap)
