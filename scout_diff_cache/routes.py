@@ -17,7 +17,7 @@ from .apis.dialects import CHAT, MESSAGES, RESPONSES, Dialect
 from .apis.validation import ClientRequest, RequestRules
 from .config import Config
 from .context.conversations import Prepared
-from .context.split import client_room, too_long
+from .context.split import too_long
 from .encoding import Body, encode_json
 from .errors import ContextTooLong, InvalidRequest, MethodNotAllowed, ProxyError
 from .metrics import render as render_metrics
@@ -218,11 +218,11 @@ async def root(request: web.Request) -> web.Response:
 
 
 async def models(request: web.Request) -> web.Response:
-    """The upstream's models, each with the window left to the client (see `client_window`) in the
+    """The upstream's models, each with the window left to the client (see `Live.client_window`) in the
     fields clients read, in place of the upstream's whole window."""
     live = request.app[live_key]
     config = live.config.upstream
-    room = client_window(live)
+    room = live.client_window()
     try:
         answer = await request.app[upstream_key].fetch_models()
     except ProxyError:
@@ -235,16 +235,6 @@ async def models(request: web.Request) -> web.Response:
         {**entry, **_window_fields(room)} if isinstance(entry, dict) else entry for entry in parsed["data"]
     ]
     return web.json_response(parsed)
-
-
-def client_window(live: Live) -> int | None:
-    """The tokens a client's conversation and answer may take (see `split.client_room`); the
-    whole window without injection; None while the window is not known."""
-    window = live.windows.known.tokens
-    if window is None or not live.config.context.inject:
-        return window
-    snapshot = live.epochs.snapshot
-    return client_room(live.split(window), snapshot.tokens if snapshot is not None else None)
 
 
 def _window_fields(room: int | None) -> dict[str, int]:
@@ -278,7 +268,7 @@ async def health(request: web.Request) -> web.Response:
                 "tokens": window.tokens,
                 "source": window.source,
                 "split": attrs.asdict(live.split(window.tokens)) if window.tokens else None,
-                "client": client_window(live),
+                "client": live.client_window(),
             },
             "snapshot": {
                 "state": epochs.state,

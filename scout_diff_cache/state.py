@@ -16,7 +16,7 @@ from .context.building import AfterBuild, Prepare, Warmer
 from .context.conversations import Conversations
 from .context.epochs import Epochs, reader_for
 from .context.fitting import split_for
-from .context.split import Split
+from .context.split import Split, client_room
 from .metrics import Metrics
 from .recent import Recent
 from .shared import SharedTasks
@@ -46,6 +46,15 @@ class Live:
     def split(self, window: int) -> Split:
         """How `window` tokens are shared under the configured parts."""
         return split_for(self.config.context, window)
+
+    def client_window(self) -> int | None:
+        """The tokens a client's conversation and answer may take (see `split.client_room`); the
+        whole window without injection; None while the window is not known."""
+        window = self.windows.known.tokens
+        if window is None or not self.config.context.inject:
+            return window
+        snapshot = self.epochs.snapshot
+        return client_room(self.split(window), snapshot.tokens if snapshot is not None else None)
 
     def take_settings(self, fresh: Live) -> None:
         """The configuration, layouts and window of `fresh` (a reload): the next request follows them."""

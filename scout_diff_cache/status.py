@@ -79,8 +79,8 @@ def status_of(app: web.Application) -> dict[str, Any]:
     epochs = live.epochs.status()
     snapshot, terms = epochs.snapshot, live.config.context
     window = live.windows.known
-    measured = None
-    if snapshot is not None:
+    measured = snapshot.tokens if snapshot is not None else None
+    if snapshot is not None and measured is None:
         measured = (
             app[tokens_key]
             .of(live.config.upstream.url, live.config.upstream.model)
@@ -99,7 +99,13 @@ def status_of(app: web.Application) -> dict[str, Any]:
             "tokens_measured": measured is not None,
             "error": epochs.last_error,
         },
-        "window": {"tokens": window.tokens, "source": window.source},
+        "window": {
+            "tokens": window.tokens,
+            "source": window.source,
+            "split": attrs.asdict(live.split(window.tokens)) if window.tokens else None,
+            "client": live.client_window(),
+            "over_window": len(snapshot.over_window) if snapshot else 0,
+        },
         "epochs": {
             "remembered": list(epochs.remembered),
             "builds": metrics.snapshot_builds.total,

@@ -86,6 +86,11 @@ def _context(status: dict[str, Any]) -> str:
         ("size", "snapshot.bytes", f"{snapshot['bytes']:,} bytes, {tokens}"),
         ("window", "window.tokens", f"{_number(window['tokens'])} tokens ({escape(window['source'])})"),
     ]
+    if window["split"]:
+        parts = window["split"]
+        shared = ", ".join(f"{name} {parts[name]:,}" for name in ("snapshot", "diff", "conversation", "answer"))
+        context.append(("split", "window.split", f"{shared} tokens; {window['over_window']:,} files over the window"))
+        context.append(("client room", "window.client", f"{window['client']:,} tokens"))
     if snapshot["error"]:
         context.append(("error", "snapshot.error", f'<span class="break">{escape(snapshot["error"])}</span>'))
     remembered = ", ".join(f"<code>{escape(commit[:12])}</code>" for commit in epochs["remembered"]) or "none"
@@ -95,7 +100,11 @@ def _context(status: dict[str, Any]) -> str:
         ("rebases", "epochs.rebases", str(epochs["rebases"])),
         ("folds", "epochs.folds", str(epochs["folds"])),
         ("diff", "diff.bytes", f"{diff['bytes']:,} of {budget:,} bytes" + _meter(share, share > 1)),
-        ("budget", "diff.budget", f"the larger of {diff['share']:.0%} of the snapshot and {diff['floor']:,} bytes"),
+        (
+            "budget",
+            "diff.budget",
+            f"the larger of {diff['share']:.0%} of the snapshot and {diff['floor']:,} bytes, at most the diff's part of the window",
+        ),
     ]
     return (
         f"<section><h2>Snapshot</h2>{_rows(context)}</section><section><h2>Epochs and diff</h2>{_rows(kept)}</section>"

@@ -130,8 +130,12 @@ def test_the_choice_depends_on_nothing_but_its_inputs() -> None:
 
 def test_ranks_follow_the_patterns_and_the_linguist_marks(git_repo: GitRepo) -> None:
     git_repo.write(
-        ".gitattributes", "gen/** linguist-generated\nthird/*.js linguist-vendored\nkeep.js -linguist-generated\n"
+        ".gitattributes",
+        "gen/** linguist-generated -linguist-vendored\nthird/*.js linguist-vendored\n*.js linguist-generated\n"
+        "keep.js -linguist-generated\n",
     )
+    git_repo.write("third/.gitattributes", "lib.js -linguist-vendored\nold.js !linguist-vendored linguist-generated=false\n")
+    git_repo.write("third/old.js", "x\n")
     for name in ("gen/api.py", "third/lib.js", "keep.js", "src/x.py", "docs/guide.md", "tests/test_x.py", "data.json"):
         git_repo.write(name, "x\n")
     commit = git_repo.commit("files of every kind")
@@ -151,10 +155,11 @@ def test_ranks_follow_the_patterns_and_the_linguist_marks(git_repo: GitRepo) -> 
         DEFAULT_PRIORITIES,
     )
     last = len(DEFAULT_PRIORITIES) + 1
-    assert got["gen/api.py"] == got["third/lib.js"] == last
+    assert got["gen/api.py"] == got["third/lib.js"] == last  # lib.js: generated (*.js), though not vendored
     assert got["keep.js"] == got["src/x.py"] == 0
     assert 0 < got["docs/guide.md"] < got["tests/test_x.py"] < got["data.json"] < got["yarn.lock"] < last
     assert ranks(git_repo.path, commit, ["src/x.py", "README.md"], ("*.md",)) == {"README.md": 0, "src/x.py": 1}
+    assert ranks(git_repo.path, commit, ["third/old.js"], ("**",)) == {"third/old.js": 0}  # the deeper file unset it
 
 
 # --- through the proxy -------------------------------------------------------------------------

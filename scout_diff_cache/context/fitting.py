@@ -65,7 +65,10 @@ class Fitted:
     def describe(self) -> str:
         exact = "" if self.exact else " (partly estimated from bytes)"
         cut = f"; {self.left_out} files left out over the window" if self.left_out else ""
-        return f"{self.tokens:,} of {self.split.snapshot:,} snapshot tokens{exact}{cut}"
+        return (
+            f"{self.tokens:,} of {self.split.snapshot:,} snapshot tokens{exact}{cut} "
+            f"(window {self.split.window:,}: {self.split.describe()})"
+        )
 
 
 class Fitting:

@@ -93,15 +93,15 @@ class TokenCounter:
         """The tokens of each text by its digest in `keys` (`texts` those not counted yet, `sizes`
         their bytes); estimated at `rate` tokens a byte (or the cautious rate) where the upstream
         cannot count."""
-        gate = asyncio.Semaphore(CONCURRENCY)
+        todo = iter([(key, text) for key, text in texts.items() if key not in known.counts])
 
-        async def one(key: bytes, text: str) -> None:
-            async with gate:
+        async def worker() -> None:  # a few workers taking turns, not a task per text: one loop
+            for key, text in todo:  # turn for thousands of tasks would stall every request
                 tokens = await self._one(known, text)
-            if tokens is not None:
-                known.keep(key, tokens)
+                if tokens is not None:
+                    known.keep(key, tokens)
 
-        await asyncio.gather(*(one(key, text) for key, text in texts.items() if key not in known.counts))
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
         per_byte = rate or 1 / CAUTIOUS_BYTES_PER_TOKEN
         tokens = tuple(known.counts.get(key, round(size * per_byte)) for key, size in zip(keys, sizes, strict=True))
         return Counted(tokens, all(key in known.counts for key in keys))
