@@ -29,6 +29,7 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .git.diff import WorkingDiff
+from .git.repository import short
 from .git.snapshot import Snapshot
 from .metrics import Metrics
 from .recent import Recent
@@ -212,15 +213,16 @@ async def _warm(app: web.Application, snapshot: Snapshot, diff: WorkingDiff) -> 
             counts.bare = alone.prompt_tokens
     strict = (await live.layouts.current()).strict
     injected = snapshot.text_bytes + diff.text_bytes
-    tokens = counts.count(snapshot.commit, injected) or injected // BYTES_PER_TOKEN
+    tokens = counts.count(snapshot.commit, injected) or snapshot.tokens or injected // BYTES_PER_TOKEN
     warmups, usage = app[warmups_key], None
     started = warmups.begin(warmed_prompt(snapshot, diff), tokens)
     try:
         usage = await upstream.warm_up(*chat_context(snapshot.json_text, diff.json_text, strict))
     finally:
         warmups.end(started, usage)
-    if usage is not None:
+    if usage is not None and usage.prompt_tokens:
         whole_prompt(app, injected, usage.prompt_tokens, snapshot.tokens)
+        _confirm_fit(snapshot, usage.prompt_tokens)
     if not measuring:
         return usage
     if usage is not None and usage.prompt_tokens is not None and counts.bare is not None:
@@ -244,6 +246,29 @@ async def _prepare(app: web.Application, commit: str, reuse: Snapshot | None) ->
     url, model = upstream.config.url, upstream.config.model
     counter = app[counter_key].bound(url, model, app[tokens_key].of(url, model).rate)
     return fitting_for(live.config, window.tokens, counter, commit, reuse)
+
+
+def _confirm_fit(snapshot: Snapshot, prompt_tokens: int) -> None:
+    """The warm-up's prompt (snapshot, diff, a one-line question) as the upstream counted it,
+    against the parts of the window the snapshot was fitted to: said either way."""
+    if snapshot.budget is None or snapshot.diff_budget is None:
+        return
+    parts = snapshot.budget + snapshot.diff_budget
+    if prompt_tokens > parts:
+        log.warning(
+            "the warm-up of snapshot %s took %d prompt tokens, more than the %d of the snapshot's and the diff's "
+            "parts of the window: the conversations get less room than the split says",
+            short(snapshot.commit),
+            prompt_tokens,
+            parts,
+        )
+    else:
+        log.info(
+            "the warm-up of snapshot %s confirms the fit: %d of %d prompt tokens",
+            short(snapshot.commit),
+            prompt_tokens,
+            parts,
+        )
 
 
 def whole_prompt(app: web.Application, sent: int, prompt_tokens: int | None, snapshot_tokens: int | None) -> None:

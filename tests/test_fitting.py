@@ -5,6 +5,7 @@ files, their ranks, and the proxy leaving files out over the window of a fake ll
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -134,7 +135,9 @@ def test_ranks_follow_the_patterns_and_the_linguist_marks(git_repo: GitRepo) -> 
         "gen/** linguist-generated -linguist-vendored\nthird/*.js linguist-vendored\n*.js linguist-generated\n"
         "keep.js -linguist-generated\n",
     )
-    git_repo.write("third/.gitattributes", "lib.js -linguist-vendored\nold.js !linguist-vendored linguist-generated=false\n")
+    git_repo.write(
+        "third/.gitattributes", "lib.js -linguist-vendored\nold.js !linguist-vendored linguist-generated=false\n"
+    )
     git_repo.write("third/old.js", "x\n")
     for name in ("gen/api.py", "third/lib.js", "keep.js", "src/x.py", "docs/guide.md", "tests/test_x.py", "data.json"):
         git_repo.write(name, "x\n")
@@ -187,7 +190,7 @@ def four_bytes_a_token(text: str) -> int:
 
 
 async def test_the_snapshot_leaves_out_what_the_window_has_no_room_for(
-    git_repo: GitRepo, upstream: FakeUpstream, make_proxy: ProxyFactory
+    git_repo: GitRepo, upstream: FakeUpstream, make_proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     a_large_repository(git_repo)
     upstream.about["GET /props"] = llama_props(16_384)  # 8,192 tokens for the snapshot
@@ -210,7 +213,9 @@ async def test_the_snapshot_leaves_out_what_the_window_has_no_room_for(
     # an unrelated commit and a rebase: the same files left out, only the changed file counted again
     git_repo.write("src/module_03.py", git_repo.path.joinpath("src/module_03.py").read_text() + "# one more line\n")
     git_repo.commit("an unrelated change")
-    assert (await client.post("/admin/rebase")).status == 200
+    with caplog.at_level(logging.INFO, "scout_diff_cache"):
+        assert (await client.post("/admin/rebase")).status == 200  # warmed up before the switch
+    assert "confirms the fit: 100 of 10240 prompt tokens" in caplog.text  # the fake counts 100
     after, diff_after = await injected(client, upstream)
     assert {path for path, reason in parse_snapshot(after).not_included.items() if reason == "over the window"} == over
     assert len(upstream.tokenized) == counted + 1
