@@ -6,7 +6,7 @@ CONFIG ?=
 
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_USE_PREBUILT_UI=OFF
 
-.PHONY: run test lint e2e e2e-vllm vllm routers bench bench-floor bench-replay check-config clean
+.PHONY: run test lint e2e e2e-vllm vllm routers browser bench bench-floor bench-replay check-config clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,7 @@ check-config: $(VENV)/.installed
 	$(BIN)/python -m scout_diff_cache check-config $(if $(CONFIG),--config $(CONFIG))
 
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q -m "not e2e and not routers and not vllm" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m "not e2e and not routers and not vllm and not browser" $(PYTEST_ARGS)
 
 $(VENV)/.installed-lint: setup.cfg $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
@@ -81,6 +81,14 @@ $(VENV)/.installed-routers: $(VENV)/.installed-test
 
 routers: $(VENV)/.installed-routers
 	$(BIN)/python -m pytest -q -s -m routers tests/test_routers.py
+
+# The status page in a real headless Chromium, Debian's package (installed when missing: CI runs as
+# root), driven over its DevTools protocol. `make browser SCREENSHOT=.readme/status.png` renews the
+# README's picture of the page; by default it goes to a temporary file, whose path is printed.
+SCREENSHOT ?=
+browser: $(VENV)/.installed-test
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+	SCOUT_STATUS_SCREENSHOT=$(SCREENSHOT) $(BIN)/python -m pytest -q -s -m browser tests/test_browser.py
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m tests.tools.benchmark $(BENCH_ARGS)

@@ -1,4 +1,4 @@
-"""Command line: `python -m scout_diff_cache [serve|check-config|inspect|rebase|systemd-unit]`."""
+"""Command line: `python -m scout_diff_cache [serve|check-config|inspect|rebase|status|systemd-unit]`."""
 
 from __future__ import annotations
 
@@ -8,21 +8,27 @@ import json
 import logging
 import os
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from .config import Config, default_locations, find_config, load_config, render_config
-from .context.epochs import Epochs, reader_for
+from .context.epochs import Epochs, Injection, reader_for
+from .context.fitting import Fitting, fitting_for
 from .errors import ConfigError, ProxyError
+from .git.snapshot import Snapshot
 from .logs import configure_logging
 from .metrics import Metrics
 from .report import render_report
 from .server import serve
 from .shared import SharedTasks
+from .status import render_text
 from .systemd import Notifier, inherited_sockets, render_socket, render_template, render_unit
 from .upstream.client import Upstream
+from .upstream.counting import TokenCounter
 from .upstream.layout import Layout, Layouts
 from .upstream.routing import Routing
 from .upstream.window import Window, Windows
@@ -42,6 +48,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         "serve": "run the proxy (the default)",
         "check-config": "validate the configuration and print it, secrets masked",
         "rebase": "ask the running proxy to move its snapshot to HEAD now",
+        "status": "print the running proxy's status: its context, warm-up and where the last prompts' cache broke",
         "systemd-unit": "print a systemd service unit for this interpreter and config file (or its .socket unit)",
         "inspect": "show what would be sent upstream right now, without starting the server",
     }
@@ -84,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "rebase":
         return request_rebase(config)
+    if args.command == "status":
+        return print_status(config)
     if args.command == "systemd-unit":
         if args.template:
             print(render_template(user=args.user), end="")
@@ -106,23 +115,31 @@ def main(argv: list[str] | None = None) -> int:
 
 def inspect(config: Config, show: str | None) -> int:
     try:
-        preview = asyncio.run(Epochs(reader_for(config), config, Metrics()).preview())
+        preview, layout, window = asyncio.run(preview_upstream(config, layout=show is None))
     except ProxyError as error:
         print(f"scout-diff-cache: {error.message}", file=sys.stderr)
         return 1
-    layout, window = asyncio.run(learn_upstream(config)) if show is None else (None, None)
     sys.stdout.write(render_report(config, preview, show, layout, window))
     return 0
 
 
-async def learn_upstream(config: Config) -> tuple[Layout, Window]:
-    """The layout and window the proxy would use now: configured, or learned from the upstream as it would."""
+async def preview_upstream(config: Config, *, layout: bool) -> tuple[Injection, Layout | None, Window]:
+    """What a server started now would send, fitted to the window it would learn (its files
+    counted by the upstream), with the layout (if asked) and the window it would use."""
     tasks = SharedTasks()
     routing = Routing()
     target = (config.upstream.url, config.upstream.model)
     async with Upstream(lambda: config.upstream, lambda: routing) as upstream:
-        window = await Windows(config.upstream.context_window, upstream.about, lambda: target, tasks).current()
-        return await Layouts(config.context.layout, upstream.probe_systems, tasks).current(), window
+        windows = Windows(config.upstream.context_window, upstream.about, lambda: target, tasks)
+        counter = TokenCounter(upstream.tokenize).bound(*target, None)
+
+        async def prepare(commit: str, reuse: Snapshot | None) -> Fitting | None:
+            window = (await windows.current()).tokens
+            return fitting_for(config, window, counter, commit, reuse) if window else None
+
+        preview = await Epochs(reader_for(config), config, Metrics(), prepare=prepare).preview()
+        learned = await Layouts(config.context.layout, upstream.probe_systems, tasks).current() if layout else None
+        return preview, learned, await windows.current()
 
 
 def print_unit(config: Config, *, user: bool, socket_unit: bool) -> int:
@@ -137,20 +154,51 @@ def print_unit(config: Config, *, user: bool, socket_unit: bool) -> int:
     return 0
 
 
-def request_rebase(config: Config) -> int:
-    """POST /admin/rebase to the proxy this configuration describes, and say what it did."""
+def ask_proxy(config: Config, path: str, method: str = "GET") -> Any:
+    """The JSON answer of the proxy this configuration describes at `path` (with a client key when
+    keys are configured); a failure is printed and raised as OSError."""
     host = config.server.host
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{config.server.port}/admin/rebase"
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{config.server.port}{path}"
+    keys = config.server.api_keys
+    headers = {"Authorization": f"Bearer {keys[0]}"} if keys else {}
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=3600) as response:
-            done = json.load(response)
+        with urllib.request.urlopen(
+            urllib.request.Request(url, method=method, headers=headers), timeout=3600
+        ) as answer:
+            return json.load(answer)
     except urllib.error.HTTPError as error:
         print(f"scout-diff-cache: {url}: HTTP {error.code}: {error.read().decode(errors='replace')}", file=sys.stderr)
-        return 1
+        raise
     except (urllib.error.URLError, OSError) as error:
         print(f"scout-diff-cache: cannot reach the proxy at {url}: {error}", file=sys.stderr)
+        raise
+
+
+def print_status(config: Config) -> int:
+    """GET /status.json and print it; on a terminal, while a warm-up runs, redrawn every second
+    (its progress bar) until it ends."""
+    redrawn = False
+    while True:
+        try:
+            status = ask_proxy(config, "/status.json")
+        except OSError:
+            return 1
+        running = status["warmup"]["state"] == "running" and sys.stdout.isatty()
+        sys.stdout.write(("\x1b[H\x1b[2J" if redrawn or running else "") + render_text(status))
+        sys.stdout.flush()
+        if not running:
+            return 0
+        redrawn = True
+        time.sleep(1.0)
+
+
+def request_rebase(config: Config) -> int:
+    """POST /admin/rebase to the proxy this configuration describes, and say what it did."""
+    try:
+        done = ask_proxy(config, "/admin/rebase", "POST")
+    except OSError:
         return 1
     if done["previous"] == done["base"]:
         print(f"the snapshot is already at HEAD ({done['base']})")

@@ -16,7 +16,8 @@ import attrs
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from .errors import TooManyRequests, Unauthorized
+from .config import is_loopback
+from .errors import Forbidden, TooManyRequests, Unauthorized
 from .state import live_key
 
 
@@ -55,6 +56,15 @@ def client_scope(request: web.Request) -> str:
     return hashlib.sha256(presented_key(request).encode()).hexdigest()
 
 
+def key_name(request: web.Request) -> str:
+    """Whose request this is, for the status page and its log: "key N", the presented key's line
+    among the configured keys (never the key), or "anyone" when no keys are configured."""
+    keys = request.app[live_key].config.server.api_keys
+    presented = presented_key(request).encode()
+    found = [hmac.compare_digest(presented, key.encode()) for key in keys]  # no early exit
+    return f"key {found.index(True) + 1}" if True in found else "anyone"
+
+
 def require_key(handler: Handler) -> Handler:
     """The route answers only clients that present a configured key (when keys are configured)."""
 
@@ -65,6 +75,19 @@ def require_key(handler: Handler) -> Handler:
             raise Unauthorized(
                 "a valid API key is required: send it as 'Authorization: Bearer KEY' or 'x-api-key: KEY'"
             )
+        return await handler(request)
+
+    return checked
+
+
+def admin_only(handler: Handler) -> Handler:
+    """The route answers loopback clients only, unless client keys are configured (then a key
+    holder anywhere: `require_key` checks the key)."""
+
+    @functools.wraps(handler)
+    async def checked(request: web.Request) -> web.StreamResponse:
+        if not is_loopback(request.remote) and not request.app[live_key].config.server.api_keys:
+            raise Forbidden("admin routes accept only loopback clients, or clients with an API key (api_keys_file)")
         return await handler(request)
 
     return checked

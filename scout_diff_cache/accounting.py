@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import attrs
 
+from .diagnosis import Diagnosis, Prompt
 from .usage import Usage
 
 
@@ -52,6 +53,8 @@ class Exchange:
     client_bytes: int = 0
     #: Bytes of text the proxy put in: snapshot, working diff, and the changes inserted in a conversation.
     injected_bytes: int = 0
+    #: The snapshot's tokens as the upstream counted them (None: not counted).
+    snapshot_tokens: int | None = None
     stream: bool = False
     #: A request that went (or tried to go) upstream: its outcome tells how the upstream is.
     to_upstream: bool = False
@@ -60,6 +63,16 @@ class Exchange:
     usage: Usage | None = None
     first_byte_seconds: float | None = None
     outcome: str = "ok"
+    #: What went upstream, as the diagnosis reads it, and whose it was (a key's name, never the key).
+    sent: Prompt | None = None
+    client: str = ""
+    #: Where its cached prefix ended, and why (once the answer is in).
+    diagnosis: Diagnosis | None = None
+
+    @property
+    def sent_bytes(self) -> int:
+        """Bytes of text in the prompt: what the proxy put in and the client's messages."""
+        return self.injected_bytes + self.client_bytes
 
     def expected_snapshot_tokens(self) -> float | None:
         """The snapshot's share of the prompt tokens, estimated by its share of the bytes."""
@@ -85,6 +98,8 @@ class Exchange:
             expected = self.expected_snapshot_tokens()
             if expected and self.usage.cached_tokens is not None:
                 parts.append(f"snapshot_cached={min(1.0, self.usage.cached_tokens / expected):.0%}")
+        if self.diagnosis is not None:
+            parts.append(self.diagnosis.describe())
         return " ".join(parts)
 
 

@@ -19,6 +19,7 @@ from .apis.assembly import chat_context
 from .apis.dialects import CHAT
 from .config import Config
 from .context.building import AfterBuild
+from .context.fitting import Fitting, fitting_for
 from .errors import (
     BodyTooLarge,
     MethodNotAllowed,
@@ -28,13 +29,18 @@ from .errors import (
     UpstreamUnavailable,
 )
 from .git.diff import WorkingDiff
+from .git.repository import short
 from .git.snapshot import Snapshot
 from .metrics import Metrics
+from .recent import Recent
+from .report import BYTES_PER_TOKEN
 from .routes import add_routes
+from .sent import warmed_prompt
 from .shared import SharedTasks
 from .state import (
     Wiring,
     build_live,
+    counter_key,
     dialect_key,
     exchange_key,
     identify,
@@ -42,15 +48,21 @@ from .state import (
     metrics_key,
     probes_key,
     prompt_ids_key,
+    recent_key,
     tokens_key,
     totals_key,
     upstream_key,
+    warmups_key,
     wiring_key,
 )
 from .upstream.client import Upstream
+from .upstream.counting import TokenCounter
 from .upstream.prompt_ids import PromptIds
 from .upstream.tokens import InjectedTokens
+from .upstream.truncation import describe as describe_truncation
+from .upstream.truncation import truncated
 from .usage import Usage
+from .warming import WarmUps
 
 log = logging.getLogger("scout_diff_cache")
 
@@ -73,6 +85,7 @@ async def log_requests(request: web.Request, handler: Handler) -> web.StreamResp
         raise
     finally:
         elapsed = time.monotonic() - started
+        _diagnose(request.app, exchange)
         request.app[totals_key].add(exchange)
         _record(request, exchange, status, elapsed)
         log.info(
@@ -96,11 +109,28 @@ def _record(request: web.Request, exchange: Exchange, status: int | str, elapsed
     if exchange.to_upstream and exchange.outcome in UPSTREAM_OUTCOMES:
         metrics.last_upstream_outcome = exchange.outcome
     live = request.app[live_key]
+    if exchange.usage is not None and exchange.injected_bytes:
+        whole_prompt(request.app, exchange.sent_bytes, exchange.usage.prompt_tokens, exchange.snapshot_tokens)
     if exchange.outcome == UpstreamUnavailable.code:
         live.layouts.forget()  # the server that comes back may serve another template
         live.windows.forget()  # ... or another context
     elif exchange.to_upstream and exchange.outcome in UPSTREAM_OUTCOMES:
         live.windows.learn_soon()  # the upstream answers: learned if it was away
+
+
+def _diagnose(app: web.Application, exchange: Exchange) -> None:
+    """Where the cached prefix of a request that went upstream ended, and why: kept for the status
+    page, told in the log line and counted when it broke before the new turn."""
+    metrics = app[metrics_key]
+    app[recent_key].observe(metrics.rebases.total, metrics.folds.total)
+    if exchange.sent is None:
+        return
+    usage = exchange.usage
+    figures = (usage.prompt_tokens, usage.cached_tokens) if usage is not None else (None, None)
+    request = (exchange.client, exchange.api or "other", exchange.outcome, exchange.conversation)
+    diagnosis = exchange.diagnosis = app[recent_key].add(exchange.sent, figures, request, app[warmups_key])
+    if diagnosis.is_break:
+        metrics.prefix_breaks.inc((("region", diagnosis.broke or "unknown"),))
 
 
 @web.middleware
@@ -151,9 +181,18 @@ def make_app(config: Config, after_build: AfterBuild | None = None) -> web.Appli
     app[metrics_key] = metrics = Metrics()
     app[tokens_key] = InjectedTokens()
     app[prompt_ids_key] = PromptIds(metrics)
+    app[recent_key] = Recent()
+    app[warmups_key] = WarmUps()
     app[probes_key] = probes = SharedTasks()
+    app[counter_key] = TokenCounter(lambda body: app[upstream_key].tokenize(body))
     app[wiring_key] = wiring = Wiring(
-        metrics, partial(_warm, app), partial(_probe, app), probes, partial(_about, app), after_build
+        metrics,
+        partial(_warm, app),
+        partial(_probe, app),
+        probes,
+        partial(_about, app),
+        after_build,
+        partial(_prepare, app),
     )
     app[live_key] = build_live(config, wiring)
     add_routes(app)
@@ -176,16 +215,79 @@ async def _warm(app: web.Application, snapshot: Snapshot, diff: WorkingDiff) -> 
         if alone is not None and alone.prompt_tokens is not None:
             counts.bare = alone.prompt_tokens
     strict = (await live.layouts.current()).strict
-    usage = await upstream.warm_up(*chat_context(snapshot.json_text, diff.json_text, strict))
+    injected = snapshot.text_bytes + diff.text_bytes
+    tokens = counts.count(snapshot.commit, injected) or snapshot.tokens or injected // BYTES_PER_TOKEN
+    warmups, usage = app[warmups_key], None
+    started = warmups.begin(warmed_prompt(snapshot, diff), tokens)
+    try:
+        usage = await upstream.warm_up(*chat_context(snapshot.json_text, diff.json_text, strict))
+    finally:
+        warmups.end(started, usage)
+    if usage is not None and usage.prompt_tokens:
+        whole_prompt(app, injected, usage.prompt_tokens, snapshot.tokens)
+        _confirm_fit(snapshot, usage.prompt_tokens)
     if not measuring:
         return usage
     if usage is not None and usage.prompt_tokens is not None and counts.bare is not None:
-        injected = snapshot.text_bytes + diff.text_bytes
         counts.learn(snapshot.commit, injected, usage.prompt_tokens - counts.bare)
     else:
         counts.unmeasurable(snapshot.commit)
         log.warning("the upstream reports no prompt tokens: usage is relayed as it counted it")
     return usage
+
+
+async def _prepare(app: web.Application, commit: str, reuse: Snapshot | None) -> Fitting | None:
+    """The fit of a build of `commit` to the window, keeping the choice `reuse` made; None while
+    the window is not known."""
+    live, upstream = app[live_key], app[upstream_key]
+    window = await live.windows.current()
+    if window.tokens is None:
+        log.warning(
+            "the upstream's context window is not known, so the snapshot is not fitted to it: %s", window.source
+        )
+        return None
+    url, model = upstream.config.url, upstream.config.model
+    counter = app[counter_key].bound(url, model, app[tokens_key].of(url, model).rate)
+    return fitting_for(live.config, window.tokens, counter, commit, reuse)
+
+
+def _confirm_fit(snapshot: Snapshot, prompt_tokens: int) -> None:
+    """The warm-up's prompt (snapshot, diff, a one-line question) as the upstream counted it,
+    against the parts of the window the snapshot was fitted to: said either way."""
+    if snapshot.budget is None or snapshot.diff_budget is None:
+        return
+    parts = snapshot.budget + snapshot.diff_budget
+    if prompt_tokens > parts:
+        log.warning(
+            "the warm-up of snapshot %s took %d prompt tokens, more than the %d of the snapshot's and the diff's "
+            "parts of the window: the conversations get less room than the split says",
+            short(snapshot.commit),
+            prompt_tokens,
+            parts,
+        )
+    else:
+        log.info(
+            "the warm-up of snapshot %s confirms the fit: %d of %d prompt tokens",
+            short(snapshot.commit),
+            prompt_tokens,
+            parts,
+        )
+
+
+def whole_prompt(app: web.Application, sent: int, prompt_tokens: int | None, snapshot_tokens: int | None) -> None:
+    """Check that the upstream read the whole prompt (`sent` bytes of text): a cut one is said
+    loudly (logged once while it lasts, counted, in /health and a response header)."""
+    metrics = app[metrics_key]
+    if not truncated(sent, prompt_tokens, snapshot_tokens):
+        if prompt_tokens:
+            metrics.truncation = None
+        return
+    assert prompt_tokens is not None
+    metrics.truncated_prompts.inc()
+    told = describe_truncation(sent, prompt_tokens, app[live_key].windows.known.tokens)
+    if metrics.truncation is None:
+        log.error("%s", told)
+    metrics.truncation = told
 
 
 async def _probe(app: web.Application, systems: int) -> ProxyError | None:

@@ -41,6 +41,42 @@ DEFAULT_EXCLUDE = (
     "*.map",
 )
 
+#: What goes first when the repository does not fit the window: a file takes the rank of the first
+#: pattern it matches, `**` standing for every file that no other pattern matches (the source).
+DEFAULT_PRIORITIES = (
+    "**",
+    "*.md",
+    "*.rst",
+    "*.txt",
+    "*.adoc",
+    "doc/",
+    "docs/",
+    "examples/",
+    "test/",
+    "tests/",
+    "spec/",
+    "__tests__/",
+    "test_*",
+    "*_test.*",
+    "*.test.*",
+    "*.spec.*",
+    "*.json",
+    "*.csv",
+    "*.tsv",
+    "*.xml",
+    "*.svg",
+    "data/",
+    "fixtures/",
+    "testdata/",
+    "*.lock",
+    "package-lock.json",
+    "pnpm-lock.yaml",
+    "go.sum",
+    "*.min.js",
+    "*.min.css",
+    "*.map",
+)
+
 
 def _size(raw: str) -> int:
     match = re.fullmatch(r"(\d+)\s*(B|KiB|MiB|GiB)?", raw.strip(), re.IGNORECASE)
@@ -116,7 +152,7 @@ def _log_level(raw: str) -> str:
     return level
 
 
-def _window(raw: str) -> int | None:
+def _tokens(raw: str) -> int | None:
     if raw.strip() == "auto":
         return None
     if not raw.strip().isdigit() or int(raw) < 1:
@@ -141,6 +177,13 @@ def _patterns(raw: str) -> tuple[str, ...]:
         compile_patterns(lines)
     except PatternError as error:
         raise ValueError(f"expected gitignore-style patterns, one per line: {error}") from None
+    return lines
+
+
+def _priorities(raw: str) -> tuple[str, ...]:
+    lines = _patterns(raw)
+    if any(line.startswith("!") for line in lines):
+        raise ValueError("expected one pattern per line, most important first, without '!'")
     return lines
 
 
@@ -221,7 +264,7 @@ class UpstreamConfig:
     #: client's own winning: pins what a template would otherwise vary, such as Llama 3's date.
     chat_template_kwargs: dict[str, Any] | None = option(None, _json_object)
     #: The upstream's context window in tokens per request; None (auto): learned from the upstream.
-    context_window: int | None = option(None, _window)
+    context_window: int | None = option(None, _tokens)
     #: Routes under /v1 the pass-through forwards besides the built-in inference routes.
     passthrough_routes: tuple[str, ...] = option((), _routes)
     #: How chat prompts go upstream: text (rendered and tokenised by the upstream every request),
@@ -236,6 +279,8 @@ class RepositoryConfig:
     exclude: tuple[str, ...] = option(DEFAULT_EXCLUDE, _patterns)
     max_file_bytes: int = option(512 * KiB, _positive_size)
     max_snapshot_bytes: int = option(64 * MiB, _positive_size)
+    #: When the snapshot does not fit the window: what is inlined first (see `git/fitting.py`).
+    priorities: tuple[str, ...] = option(DEFAULT_PRIORITIES, _priorities)
 
 
 def _share(raw: str) -> float:
@@ -281,6 +326,11 @@ class ContextConfig:
     #: conversation, leaves a Messages `system` before it can break the prefix; keep: sent on.
     billing_header: str = option("drop", one_of("drop", "keep"))
     state_dir: Path = option(attrs.Factory(_state_home), _path)
+    #: The window's parts, in tokens (None: their share of it; see `context/split.py`); the
+    #: snapshot gets what they leave.
+    answer_tokens: int | None = option(None, _tokens)
+    conversation_tokens: int | None = option(None, _tokens)
+    diff_tokens: int | None = option(None, _tokens)
 
 
 @attrs.frozen
@@ -457,7 +507,7 @@ def render_config(config: Config) -> str:
 
 def _show(value: Any, field: attrs.Attribute) -> str:  # type: ignore[type-arg]
     if value is None:
-        return "auto" if field.metadata["parse"] is _window else ""
+        return "auto" if field.metadata["parse"] is _tokens else ""
     if field.metadata["secret"]:
         return "********"
     if isinstance(value, bool):

@@ -6,6 +6,7 @@ goes out as a list of chunks, so tens of megabytes are never copied or re-serial
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -44,3 +45,8 @@ class Body:
     @property
     def length(self) -> int:
         return sum(map(len, self.chunks))
+
+
+def digest(encoded: bytes | memoryview) -> bytes:
+    """A short digest of an encoded text: what identifies a content whose tokens were counted."""
+    return hashlib.blake2b(encoded, digest_size=16).digest()

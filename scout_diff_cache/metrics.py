@@ -66,6 +66,8 @@ class Metrics:
     prompts: Counter = attrs.Factory(Counter)
     #: Checks of an epoch's token ids against the server's tokenisation of the whole prompt, by outcome.
     prompt_checks: Counter = attrs.Factory(Counter)
+    #: Requests whose cached prefix broke before their new turn, by the region it broke in.
+    prefix_breaks: Counter = attrs.Factory(Counter)
     #: Gauges: the snapshot being served, the last working diff sent (bytes of text), conversations kept.
     snapshot_bytes: int = 0
     diff_bytes: int = 0
@@ -73,6 +75,10 @@ class Metrics:
     streams_in_flight: int = 0
     #: How the last request to the upstream ended ("ok", "upstream_unavailable", ...).
     last_upstream_outcome: str = "none yet"
+    #: Prompts the upstream cut silently (see `upstream/truncation.py`), and what the last said
+    #: while the upstream still cuts them (None once a prompt arrived whole).
+    truncated_prompts: Counter = attrs.Factory(lambda: Counter({(): 0.0}))
+    truncation: str | None = None
 
 
 def escape_label(value: str) -> str:
@@ -137,6 +143,11 @@ def _proxy_lines(metrics: Metrics) -> list[str]:
         *_gauge("scout_snapshot_bytes", "Size of the snapshot being served, in bytes of text.", metrics.snapshot_bytes),
         *_gauge("scout_diff_bytes", "Size of the last working diff sent, in bytes of text.", metrics.diff_bytes),
         *_counter("scout_rebases_total", "Snapshot rebases (moves of the base commit).", metrics.rebases),
+        *_counter(
+            "scout_truncated_prompts_total",
+            "Prompts the upstream answered after cutting them (Ollama drops the front of an over-long prompt).",
+            metrics.truncated_prompts,
+        ),
         *_counter("scout_diff_folds_total", "Folds of the diff's commits into their net changes.", metrics.folds),
         *_gauge("scout_conversations", "Conversations kept now.", metrics.conversations_kept),
         *_counter(
@@ -163,6 +174,12 @@ def _proxy_lines(metrics: Metrics) -> list[str]:
             "Entries of a tree or the work tree shown as stubs because they could not be read, by reason "
             "(each path and reason counted once).",
             metrics.unreadable,
+        ),
+        *_counter(
+            "scout_prefix_breaks_total",
+            "Requests whose cached prefix broke before their new turn, by region: snapshot, diff, system, history "
+            "(see /status).",
+            metrics.prefix_breaks,
         ),
     ]
 

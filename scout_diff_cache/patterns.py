@@ -113,6 +113,11 @@ class PathMatcher:
         parts = path.split("/")
         return (len(parts) > 1 and self._excludes_directory(path.rpartition("/")[0])) or self._verdict(parts, False)
 
+    def matches(self, path: str) -> bool:
+        """True when the rules pick `path` itself, whatever the directories above it (the way
+        `.gitattributes` patterns apply: a directory's attributes are not its files')."""
+        return self._verdict(path.split("/"), False)
+
     def _excludes_directory(self, directory: str) -> bool:
         """True when `directory` or one of the directories above it is excluded."""
         verdict = self._directories.get(directory)

@@ -6,7 +6,10 @@ import json
 
 from .config import Config
 from .context.epochs import Injection
+from .context.fitting import split_for
+from .context.split import client_room
 from .git.content import UNREADABLE
+from .git.snapshot import Snapshot
 from .upstream.layout import Layout
 from .upstream.window import Window
 
@@ -18,6 +21,21 @@ LARGEST = 10
 def _content(json_text: bytes) -> str:
     """The text of JSON-encoded text without its quotes."""
     return str(json.loads(b'"' + json_text + b'"'))
+
+
+def _fit_lines(config: Config, snapshot: Snapshot, window: Window | None) -> list[str]:
+    """How the window is shared, what the snapshot takes of it, and what is left to a client."""
+    if window is None or window.tokens is None:
+        return []
+    parts = split_for(config.context, window.tokens)
+    counted = f"{snapshot.tokens:,} tokens, counted by the upstream" if snapshot.tokens else "not counted"
+    over = len(snapshot.over_window)
+    return [
+        f"split        {parts.describe()}",
+        f"fitted       snapshot {counted}; {over} file{'s' if over != 1 else ''} left out over the window",
+        f"client room  {client_room(parts, snapshot.tokens):,} tokens: set your client's context window to this"
+        " (see the README's recipes)",
+    ]
 
 
 def render_report(
@@ -42,6 +60,7 @@ def render_report(
         f"(tokens estimated at {BYTES_PER_TOKEN} bytes each; `--show snapshot` or `--show diff` prints the exact text)",
         *([f"layout       {layout.name}: {layout.reason}"] if layout else []),
         *([f"window       {window.describe()}"] if window else []),
+        *_fit_lines(config, snapshot, window),
         "",
         "largest files inlined:",
     ]

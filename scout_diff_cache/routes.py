@@ -5,36 +5,48 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 import attrs
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from .access import client_scope, limit_concurrency, require_key
+from .access import admin_only, client_scope, key_name, limit_concurrency, require_key
 from .accounting import Exchange
 from .apis.dialects import CHAT, MESSAGES, RESPONSES, Dialect
 from .apis.validation import ClientRequest, RequestRules
-from .config import Config, is_loopback
+from .config import Config
 from .context.conversations import Prepared
+from .context.split import too_long
 from .encoding import Body, Chunk, encode_json
-from .errors import Forbidden, InvalidRequest, MethodNotAllowed, ProxyError
+from .errors import ContextTooLong, InvalidRequest, MethodNotAllowed, ProxyError
 from .metrics import render as render_metrics
 from .passthrough import forwarded
-from .relay import Outbound, relay_any, relay_json, relay_stream
+from .relay import Outbound, as_the_client_counts, relay_any, relay_json, relay_stream
+from .sent import sent_prompt
 from .state import (
+    Live,
     dialect_key,
     exchange_key,
     live_key,
     metrics_key,
     prompt_ids_key,
+    recent_key,
     tokens_key,
     totals_key,
     upstream_key,
 )
+from .status import prefix_health, status_json, status_page
 from .upstream.layout import Layout
 from .upstream.prompt_ids import BodyWith
+from .upstream.truncation import truncated
 
 log = logging.getLogger(__name__)
+
+
+#: Said on an answer the upstream gave to a cut prompt (on a stream: while the upstream cuts them).
+TRUNCATED = "X-Scout-Context-Truncated"
+TRUNCATED_TEXT = "the upstream cut the prompt and did not read the whole repository; see /health"
 
 
 def injection_headers(prepared: Prepared) -> dict[str, str]:
@@ -103,6 +115,24 @@ async def as_ids(
     return Outbound(CHAT, found.path, found.body, not client.wants_usage, injected, found.root, found.answers)
 
 
+def refused(live: Live, prepared: Prepared, client_bytes: int) -> ContextTooLong | None:
+    """The error for a prompt the proxy can tell is longer than the window (see `split.too_long`):
+    only with a snapshot the upstream counted, and a window known."""
+    window, snapshot = live.windows.known.tokens, prepared.snapshot
+    if window is None or snapshot.tokens is None:
+        return None
+    rest = prepared.injected_bytes - snapshot.text_bytes + client_bytes
+    estimate = too_long(window, snapshot.tokens, snapshot.text_bytes, rest)
+    if estimate is None:
+        return None
+    return ContextTooLong(
+        f"the prompt would be about {estimate:,} tokens, more than the upstream's window of {window:,} tokens "
+        "(not sent); shorten the conversation",
+        estimate,
+        window,
+    )
+
+
 def request_rules(config: Config) -> RequestRules:
     upstream = config.upstream
     drop = config.context.billing_header == "drop"
@@ -126,30 +156,39 @@ async def forward(request: web.Request) -> web.StreamResponse:
     client = api.parse(raw, request_rules(config))
     exchange: Exchange = request[exchange_key]
     exchange.api, exchange.to_upstream, exchange.stream = api.name, True, client.stream
+    exchange.client = key_name(request)
     headers: dict[str, str] = {}
     if config.context.inject:
         layout = await live.layouts.current()
         prepared = await prepare(request, client, api, layout)
+        window = live.windows.known.tokens
+        live.epochs.fit_to(live.split(window).snapshot if window else None)
 
         def body_with(snapshot: tuple[Chunk, ...]) -> Body:
             return api.body(client, prepared.parts, snapshot, prepared.start, layout.strict)
 
         headers = injection_headers(prepared)
+        if request.app[metrics_key].truncation:
+            headers[TRUNCATED] = TRUNCATED_TEXT
         exchange.snapshot_commit = prepared.snapshot.commit
         exchange.snapshot_bytes = prepared.snapshot.text_bytes
+        exchange.snapshot_tokens = prepared.snapshot.tokens
         exchange.diff_bytes = prepared.start_bytes
         exchange.client_bytes = client.encoded_bytes
         exchange.injected_bytes = prepared.injected_bytes
         exchange.conversation = prepared.outcome
+        exchange.sent = sent_prompt(client, prepared)
         # chat streams ask upstream for usage on the client's behalf; the other APIs always carry it
         injected = await injected_tokens(request, prepared)
+        text = Outbound(api, api.path, body_with(prepared.snapshot.json_text), not client.wants_usage, injected)
+        refusal = refused(live, prepared, client.encoded_bytes)
+        if refusal is not None:  # the upstream would refuse it: say so without sending it
+            raise as_the_client_counts(refusal, text)
         by_ids = await as_ids(request, client, body_with, prepared, injected)
-        text = by_ids is None
-        outbound = by_ids or Outbound(
-            api, api.path, body_with(prepared.snapshot.json_text), not client.wants_usage, injected
-        )
-        headers["X-Scout-Prompt"] = "text" if text else "tokens"
+        outbound = by_ids or text
+        headers["X-Scout-Prompt"] = "text" if by_ids is None else "tokens"
     else:  # the client's body as it came
+        exchange.sent = sent_prompt(client, None)
         outbound = Outbound(api, api.path, salted(raw, config.upstream.cache_salt))
     upstream = request.app[upstream_key]
     if client.stream:
@@ -157,7 +196,12 @@ async def forward(request: web.Request) -> web.StreamResponse:
         return await relay_stream(
             request, upstream, outbound, keepalive_interval=interval, headers=headers, exchange=exchange
         )
-    return await relay_json(upstream, outbound, headers=headers, exchange=exchange)
+    answer = await relay_json(upstream, outbound, headers=headers, exchange=exchange)
+    if exchange.usage is not None and exchange.injected_bytes:  # this answer's own usage tells
+        cut = truncated(exchange.sent_bytes, exchange.usage.prompt_tokens, exchange.snapshot_tokens)
+        answer.headers.popall(TRUNCATED, None)
+        answer.headers.update({TRUNCATED: TRUNCATED_TEXT} if cut else {})
+    return answer
 
 
 async def count_tokens(request: web.Request) -> web.StreamResponse:
@@ -200,19 +244,43 @@ async def root(request: web.Request) -> web.Response:
 
 
 async def models(request: web.Request) -> web.Response:
-    config = request.app[live_key].config.upstream
+    """The upstream's models, each with the window left to the client (see `Live.client_window`) in the
+    fields clients read, in place of the upstream's whole window."""
+    live = request.app[live_key]
+    config = live.config.upstream
+    room = live.client_window()
     try:
         answer = await request.app[upstream_key].fetch_models()
-        return web.Response(body=answer, content_type="application/json")
     except ProxyError:
         listed = {"id": config.model, "object": "model", "created": 0, "owned_by": "scout-diff-cache"}
-        return web.json_response({"object": "list", "data": [listed]})
+        return web.json_response({"object": "list", "data": [{**listed, **_window_fields(room)}]})
+    parsed = _json_object(answer)
+    if room is None or not isinstance(parsed.get("data"), list):
+        return web.Response(body=answer, content_type="application/json")
+    parsed["data"] = [
+        {**entry, **_window_fields(room)} if isinstance(entry, dict) else entry for entry in parsed["data"]
+    ]
+    return web.json_response(parsed)
+
+
+def _window_fields(room: int | None) -> dict[str, int]:
+    """vLLM's and SGLang's field, and the one OpenRouter-style clients (OpenCode, Continue) read."""
+    return {} if room is None else {"max_model_len": room, "context_length": room}
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
 
 
 async def health(request: web.Request) -> web.Response:
-    epochs = request.app[live_key].epochs.status()
-    layout = request.app[live_key].layouts.known
-    window = request.app[live_key].windows.known
+    live = request.app[live_key]
+    epochs = live.epochs.status()
+    layout = live.layouts.known
+    window = live.windows.known
     snapshot = epochs.snapshot
     rebase = epochs.last_rebase
     totals = request.app[totals_key]
@@ -222,12 +290,20 @@ async def health(request: web.Request) -> web.Response:
             "status": "ok",
             "inject": request.app[live_key].config.context.inject,
             "layout": {"name": layout.name, "reason": layout.reason},
-            "window": {"tokens": window.tokens, "source": window.source},
+            "window": {
+                "tokens": window.tokens,
+                "source": window.source,
+                "split": attrs.asdict(live.split(window.tokens)) if window.tokens else None,
+                "client": live.client_window(),
+            },
             "snapshot": {
                 "state": epochs.state,
                 "commit": snapshot.commit if snapshot else None,
                 "bytes": snapshot.text_bytes if snapshot else 0,
                 "files": snapshot.files if snapshot else 0,
+                "tokens": snapshot.tokens if snapshot else None,
+                "budget": snapshot.budget if snapshot else None,
+                "over_window": len(snapshot.over_window) if snapshot else 0,
                 "builds": metrics.snapshot_builds.total,
                 "rebases": metrics.rebases.total,
                 "folds": metrics.folds.total,
@@ -235,7 +311,9 @@ async def health(request: web.Request) -> web.Response:
                 "error": epochs.last_error,
             },
             "last_rebase": attrs.asdict(rebase) if rebase else None,
+            "truncation": metrics.truncation,
             "totals": attrs.asdict(totals),
+            "prefix": prefix_health(request.app[recent_key], metrics),
         }
     )
 
@@ -255,8 +333,6 @@ async def ready(request: web.Request) -> web.Response:
 
 async def rebase(request: web.Request) -> web.Response:
     """Move the snapshot to HEAD now (warmed upstream first): loopback clients, or key holders."""
-    if not is_loopback(request.remote) and not request.app[live_key].config.server.api_keys:
-        raise Forbidden("admin routes accept only loopback clients, or clients with an API key (api_keys_file)")
     if not request.app[live_key].config.context.inject:
         raise InvalidRequest("context injection is off ([context] inject = false): there is no snapshot to rebase")
     done = await request.app[live_key].epochs.rebase()
@@ -281,6 +357,8 @@ class Route:
     #: The client API it speaks, errors included (None: OpenAI's envelope, as chat's); its
     #: handler finds it under `dialect_key`.
     dialect: Dialect | None = None
+    #: Only for loopback clients, unless client keys are configured (see `access.admin_only`).
+    admin: bool = False
 
 
 #: In the order they are matched: the catch-all /v1 route last.
@@ -295,13 +373,16 @@ ROUTES = (
     Route("GET", "/health", health, open=True),
     Route("GET", "/ready", ready),
     Route("GET", "/metrics", metrics),
-    Route("POST", "/admin/rebase", rebase),
+    Route("POST", "/admin/rebase", rebase, admin=True),
+    Route("GET", "/status", status_page, admin=True),
+    Route("GET", "/status.json", status_json, admin=True),
 )
 
 
 def add_routes(app: web.Application) -> None:
     for route in ROUTES:
         handler = limit_concurrency(route.handler) if route.limited else route.handler
+        handler = admin_only(handler) if route.admin else handler
         handler = handler if route.open else require_key(handler)
         app.router.add_route(route.method, route.path, _speaking(route.dialect, handler) if route.dialect else handler)
 

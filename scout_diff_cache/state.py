@@ -12,17 +12,22 @@ from aiohttp import web
 from .accounting import Exchange, Totals
 from .apis.dialects import Dialect
 from .config import Config
-from .context.building import AfterBuild, Warmer
+from .context.building import AfterBuild, Prepare, Warmer
 from .context.conversations import Conversations
 from .context.epochs import Epochs, reader_for
+from .context.fitting import split_for
+from .context.split import Split, client_room
 from .metrics import Metrics
+from .recent import Recent
 from .shared import SharedTasks
 from .upstream.client import Upstream
+from .upstream.counting import TokenCounter
 from .upstream.layout import Layouts, Probe
 from .upstream.prompt_ids import PromptIds
 from .upstream.routing import Routing
 from .upstream.tokens import InjectedTokens
 from .upstream.window import Ask, Windows
+from .warming import WarmUps
 
 
 @attrs.define
@@ -38,6 +43,19 @@ class Live:
     #: The upstream's context window (learned from it, or configured).
     windows: Windows
     routing: Routing = attrs.Factory(Routing)
+
+    def split(self, window: int) -> Split:
+        """How `window` tokens are shared under the configured parts."""
+        return split_for(self.config.context, window)
+
+    def client_window(self) -> int | None:
+        """The tokens a client's conversation and answer may take (see `split.client_room`); the
+        whole window without injection; None while the window is not known."""
+        window = self.windows.known.tokens
+        if window is None or not self.config.context.inject:
+            return window
+        snapshot = self.epochs.snapshot
+        return client_room(self.split(window), snapshot.tokens if snapshot is not None else None)
 
     def take_settings(self, fresh: Live) -> None:
         """The configuration, layouts and window of `fresh` (a reload): the next request follows them."""
@@ -62,6 +80,8 @@ class Wiring:
     probes: SharedTasks
     ask: Ask
     after_build: AfterBuild | None = None
+    #: How a snapshot build is fitted to the upstream's window (see `context/fitting.py`).
+    prepare: Prepare | None = None
 
 
 def repository_changed(old: Config, new: Config) -> bool:
@@ -83,7 +103,7 @@ def build_live(config: Config, wiring: Wiring, previous: Live | None = None) -> 
         previous.conversations.resize(config.context.max_conversations)
     if previous is None or repository_changed(previous.config, config):
         reader = reader_for(config)
-        epochs = Epochs(reader, config, wiring.metrics, wiring.warmer, wiring.after_build)
+        epochs = Epochs(reader, config, wiring.metrics, wiring.warmer, wiring.after_build, wiring.prepare)
         conversations = Conversations(config.context.max_conversations, wiring.metrics, epochs, reader)
         routing = Routing()
     else:
@@ -121,8 +141,13 @@ metrics_key = web.AppKey("metrics", Metrics)
 tokens_key = web.AppKey("tokens", InjectedTokens)
 #: The snapshot's token ids per epoch, for `[upstream] prompt = tokens` or `auto`.
 prompt_ids_key = web.AppKey("prompt_ids", PromptIds)
+#: Each file content's tokens, as each upstream counted them (kept across rebases and reloads).
+counter_key = web.AppKey("counter", TokenCounter)
 #: The probes of the upstream's template under way, shared by the requests that wait for one.
 probes_key = web.AppKey("probes", SharedTasks)
+#: The last requests and their diagnoses, and the warm-ups (the status page's).
+recent_key = web.AppKey("recent", Recent)
+warmups_key = web.AppKey("warmups", WarmUps)
 exchange_key = web.RequestKey("exchange", Exchange)
 #: The client API of the route that took the request (see `routes.Route.dialect`).
 dialect_key: web.RequestKey[Dialect] = web.RequestKey("dialect")

@@ -5,6 +5,7 @@ llama-server and vLLM both pass."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 import subprocess
@@ -17,7 +18,7 @@ from aiohttp.test_utils import TestClient
 
 from scout_diff_cache.app import make_app
 
-from reconstruction import as_chat, check_conversation, split_strict
+from reconstruction import as_chat, check, check_conversation, parse_snapshot, split_strict
 from support import GitRepo, Tap, is_warmup, proxy_config
 
 #: Real source for the repository: three of this project's own modules (about 2,700 tokens).
@@ -200,3 +201,68 @@ async def overflow_errors(server: str, tmp_path: Path, aiohttp_client: Any, word
     found = re.fullmatch(r"prompt is too long: (\d+) tokens > (\d+) maximum", error["message"])
     assert found is not None and int(found[1]) > int(found[2]) > 0, error
     return str(error["message"])
+
+
+#: This project's own files, for a repository far larger than a small window.
+PROJECT = PACKAGE.parent
+PROJECT_FILES = ("README.md", "Makefile", "setup.cfg", "scout.ini.example", "scout_diff_cache/**/*.py", "tests/**/*.py")
+
+
+def project_repository(path: Path) -> GitRepo:
+    """A repository holding this project's own source, tests and docs (about 230k tokens)."""
+    repo = GitRepo(path)
+    for pattern in PROJECT_FILES:
+        for source in sorted(PROJECT.glob(pattern)):
+            repo.write(str(source.relative_to(PROJECT)), source.read_text())
+    repo.commit("this project's own files")
+    return repo
+
+
+async def fitted_repository_turns(server: str, tmp_path: Path, aiohttp_client: Any, aiohttp_server: Any) -> str:
+    """Questions to the proxy in front of `server`, whose window is far smaller than this project's
+    repository: the snapshot fits its part, what the server received (seen by a recording tap)
+    rebuilds the files it includes and lists the rest as over the window, and after an edit and
+    after a commit the same files are left out and >= 95% of the previous prompt is cached. The report."""
+    tap = Tap(server)
+    tapped = await aiohttp_server(tap.app(), host="127.0.0.1")
+    repo = project_repository(tmp_path / "repo")
+    config = proxy_config(tmp_path, repo, str(tapped.make_url("/v1")), upstream={"first_byte_timeout": "10m"})
+    client = await aiohttp_client(make_app(config))
+    figures, left_out = [], []
+    steps = ("a first question", "a second question", "after an edit", "after a commit")
+    for step in steps:
+        if step == "after an edit":
+            repo.write(
+                "scout_diff_cache/errors.py", (repo.path / "scout_diff_cache/errors.py").read_text() + "# edited\n"
+            )
+        if step == "after a commit":
+            repo.commit("commit the edit")
+        body = {"max_tokens": 1, "messages": [{"role": "user", "content": f"What is this repository? ({step})"}]}
+        response = await client.post("/v1/chat/completions", json=body)
+        assert response.status == 200, await response.text()
+        answer = await response.json()
+        figures.append((answer["usage"]["prompt_tokens"], answer["timings"]["cache_n"]))
+        received = [seen.json for seen in tap.seen if seen.path == "/v1/chat/completions" and not is_warmup(seen.json)]
+        snapshot_text, diff_text = (message["content"] for message in received[-1]["messages"][:2])
+        left_out.append(
+            {path for path, why in parse_snapshot(snapshot_text).not_included.items() if why == "over the window"}
+        )
+        check(snapshot_text, diff_text, repo.path)
+    health = await (await client.get("/health")).json()
+    window, snapshot = health["window"], health["snapshot"]
+    assert window["tokens"] == 16384 and snapshot["tokens"] <= window["split"]["snapshot"], health
+    assert left_out[0] and all(chosen == left_out[0] for chosen in left_out), "the choice moved"
+    for (prompt, _), (_, cached) in itertools.pairwise(figures):
+        assert cached >= 0.95 * prompt, figures
+    inlined = len(parse_snapshot(snapshot_text).files)
+    lines = [
+        f"this repository in a 16k window: {inlined} files inlined, {len(left_out[0])} over the window; "
+        f"snapshot {snapshot['tokens']:,} of {window['split']['snapshot']:,} tokens ({window['split']})"
+    ]
+    previous = figures[0][0]
+    for step, (prompt, cached) in zip(steps, figures, strict=True):
+        lines.append(
+            f"  {step:56} prompt {prompt:5}  cached {cached:5}  ({cached / previous:.0%} of the previous prompt)"
+        )
+        previous = prompt
+    return "\n".join(lines)

@@ -48,6 +48,7 @@ NOT_INCLUDED_REASONS = (
     "binary",
     "too large",
     "over the snapshot cap",
+    "over the window",
     "submodule",
     "secret by its name",
     "holds a secret",
@@ -74,7 +75,7 @@ MODE = re.compile(r"mode (\d{6}) -> (\d{6})")
 HIDDEN = "contents not shown: "
 #: Why a change's contents are not shown: the snapshot's reasons (but its cap), or the cap's own.
 STUB_REASONS = (
-    *(reason for reason in NOT_INCLUDED_REASONS if reason != "over the snapshot cap"),
+    *(reason for reason in NOT_INCLUDED_REASONS if reason not in ("over the snapshot cap", "over the window")),
     "not in the snapshot",
 )
 STUB = re.compile(rf"({'|'.join(map(re.escape, STUB_REASONS))}) \((.+)\)")

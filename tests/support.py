@@ -129,6 +129,10 @@ class FakeUpstream:
         self.about: dict[str, Any] = {}
         #: The routes asked about, in order ("GET /props", ...).
         self.asked_about: list[str] = []
+        #: With a tokenizer (text -> tokens), `POST /tokenize` answers as llama.cpp does.
+        self.tokenizer: Callable[[str], int] | None = None
+        #: The texts `/tokenize` was asked to count, in order.
+        self.tokenized: list[str] = []
 
     @property
     def url(self) -> str:
@@ -181,6 +185,12 @@ class FakeUpstream:
     async def handle_about(self, request: web.Request) -> web.StreamResponse:
         key = f"{request.method} {request.path}"
         self.asked_about.append(key)
+        if key == "POST /tokenize" and self.tokenizer is not None:
+            body = await request.json()
+            if "content" not in body:
+                raise web.HTTPBadRequest()
+            self.tokenized.append(body["content"])
+            return web.json_response({"tokens": [7] * self.tokenizer(body["content"])})
         if key not in self.about:
             raise web.HTTPNotFound()
         return web.json_response(self.about[key])
@@ -227,8 +237,8 @@ TAP_SESSION = web.AppKey("tap_session", aiohttp.ClientSession)
 UpstreamFactory = Callable[..., Awaitable[FakeUpstream]]
 
 
-def completion(content: str = "ok", cached: int | None = 90) -> dict[str, Any]:
-    usage: dict[str, Any] = {"prompt_tokens": 100, "completion_tokens": 1, "total_tokens": 101}
+def completion(content: str = "ok", cached: int | None = 90, prompt: int = 100) -> dict[str, Any]:
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": 1, "total_tokens": prompt + 1}
     if cached is not None:
         usage["prompt_tokens_details"] = {"cached_tokens": cached}
     return {
@@ -395,6 +405,53 @@ async def hang(request: web.Request, upstream: FakeUpstream) -> web.StreamRespon
     await asyncio.sleep(30)
     upstream.fail("the proxy should have hung up")
     return web.json_response(completion())
+
+
+class PrefixCache:
+    """A behaviour that keeps a prefix cache as a model server does, a token per 4 bytes: each
+    prompt (its system text, then its tools, then its other messages, as templates render them)
+    is cached as far as it shares its start with an earlier one. `forget()` is a restart."""
+
+    def __init__(self) -> None:
+        self.prompts: list[bytes] = []
+
+    def forget(self) -> None:
+        self.prompts.clear()
+
+    async def __call__(self, request: web.Request, upstream: FakeUpstream) -> web.StreamResponse:
+        body = json.loads(await request.read())
+        rendered = rendered_prompt(body)
+        shared = max((shared_start(rendered, earlier) for earlier in self.prompts), default=0)
+        self.prompts.append(rendered)
+        prompt, cached = len(rendered) // 4, shared // 4
+        if request.path == "/v1/messages":
+            usage = {"input_tokens": prompt - cached, "cache_read_input_tokens": cached, "output_tokens": 1}
+            return web.json_response({**anthropic_message(prompt), "usage": usage})
+        answer = completion()
+        answer["usage"] = {
+            "prompt_tokens": prompt,
+            "completion_tokens": 1,
+            "total_tokens": prompt + 1,
+            "prompt_tokens_details": {"cached_tokens": cached},
+        }
+        return web.json_response(answer)
+
+
+def shared_start(a: bytes, b: bytes) -> int:
+    """How many bytes two prompts share from their start."""
+    return next((index for index, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def rendered_prompt(body: dict[str, Any]) -> bytes:
+    """A chat or Messages body as a template renders it: system texts, tools, then the turns."""
+    system = body.get("system") or []
+    texts = [block["text"] for block in system] if isinstance(system, list) else [system]
+    messages = body.get("messages") or []
+    leading = next((i for i, message in enumerate(messages) if message["role"] != "system"), len(messages))
+    texts += [str(message["content"]) for message in messages[:leading]]
+    texts += [json.dumps(tool) for tool in body.get("tools") or []]
+    texts += [json.dumps(message) for message in messages[leading:]]
+    return "\n".join(texts).encode()
 
 
 # --- what the servers say to a prompt longer than their window ----------------------------------

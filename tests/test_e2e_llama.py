@@ -22,9 +22,11 @@ from scout_diff_cache.app import make_app
 from scout_diff_cache.git.repository import ContentRules
 from scout_diff_cache.git.snapshot import build_snapshot
 
+from browser import CHROMIUM, Browser
 from e2e import (
     AGENT_PROMPT,
     agent_turn,
+    fitted_repository_turns,
     learned_window,
     make_repository,
     overflow_errors,
@@ -82,7 +84,7 @@ def serve_llama(directory: Path, *extra: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module", autouse=True)
 def report() -> Iterator[None]:
-    """The figures the tests gathered, printed once they all ran."""
+    """The figures the tests noted, printed once the module is done (for the README)."""
     yield
     if REPORT:
         print("\n" + "\n".join(REPORT))
@@ -98,6 +100,12 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def gemma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The model with Gemma 3's strict template, rendered by llama-server's Jinja engine."""
     yield from serve_llama(tmp_path_factory.mktemp("gemma"), "--jinja", "--chat-template-file", str(GEMMA_TEMPLATE))
+
+
+@pytest.fixture(scope="module")
+def small_window_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """-c 16384: the smallest window people serve, far less than this project's repository."""
+    yield from serve_llama(tmp_path_factory.mktemp("small"), "-c", "16384")
 
 
 @pytest.fixture(scope="module")
@@ -235,6 +243,13 @@ async def test_a_conversation_keeps_its_cache_across_an_edit_and_a_commit(
     if conversations == "on":
         assert second["cached"] >= 0.95 * first["prompt"]
         assert third["cached"] >= 0.95 * second["prompt"]
+        if Path(CHROMIUM).exists():  # the status page after this conversation, for the closing note
+            shot = tmp_path / "status.png"
+            async with Browser(tmp_path / "profile") as browser:
+                await browser.open(str(client.make_url("/status")))
+                await browser.until("document.querySelectorAll('#chart rect').length === 9")
+                await browser.screenshot(shot)
+            REPORT.append(f"the status page after this conversation: {shot}")
     else:
         assert second["cached"] < 0.95 * first["prompt"]  # the edit moved the diff in front of the conversation
 
@@ -368,3 +383,12 @@ async def test_token_ids_answer_as_text_does_and_share_its_cache_across_edits(
     metrics = await (await clients["tokens"].get("/metrics")).text()
     assert 'scout_prompt_requests_total{path="tokens",reason="ok"} 3' in metrics
     assert 'scout_prompt_checks_total{outcome="match"} 1' in metrics
+
+
+async def test_a_repository_larger_than_the_window_is_fitted_and_keeps_its_cache(
+    small_window_server: str, tmp_path: Path, aiohttp_client: Any, aiohttp_server: Any
+) -> None:
+    """This project's own repository (about 230k tokens) in front of a 16k window: every request
+    answers, what the server received rebuilds the files it includes and names the rest, and the
+    choice and the cached prefix hold across an edit and a commit."""
+    REPORT.append(await fitted_repository_turns(small_window_server, tmp_path, aiohttp_client, aiohttp_server))

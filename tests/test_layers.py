@@ -23,6 +23,7 @@ FOUNDATION = {
     "metrics",
     "accounting",
     "usage",
+    "diagnosis",
 }
 ALLOWED = {
     "foundation": {"foundation"},

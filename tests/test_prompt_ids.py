@@ -50,6 +50,11 @@ class FakeLlama:
     def asked(self, path: str) -> list[Any]:
         return [body for seen, body in self.seen if seen == path]
 
+    def tokenised(self) -> list[Any]:
+        """What the token-id path asked `/tokenize` (text with its special tokens, or a chat body),
+        not the proxy's counting of file contents."""
+        return [body for body in self.asked("/tokenize") if "parse_special" in body or "model" in body]
+
     async def props(self, request: web.Request) -> web.Response:
         if not self.llama:
             raise web.HTTPNotFound()
@@ -171,7 +176,7 @@ async def test_the_snapshot_is_tokenised_once_per_epoch(
     for text in ("One?", "Two?", "Three?"):
         assert (await client.post("/v1/chat/completions", json=question(text))).status == 200
     # the snapshot's ids, the whole prompt's and the first tail's, once; then one render a request
-    assert len(llama.asked("/tokenize")) == 3
+    assert len(llama.tokenised()) == 3
     assert len(llama.asked("/apply-template")) == 4
     assert len(llama.asked("/completion")) == 3
     metrics = await (await client.get("/metrics")).text()
@@ -217,7 +222,7 @@ async def test_a_request_that_needs_the_chat_endpoint_goes_by_text(
     response = await client.post("/v1/chat/completions", json=body)
     assert response.headers["X-Scout-Prompt"] == "text"
     assert (await response.json())["choices"][0]["message"]["content"] == "by text"
-    assert not llama.asked("/completion") and not llama.asked("/tokenize")
+    assert not llama.asked("/completion") and not llama.tokenised()
     metrics = await (await client.get("/metrics")).text()
     assert f'scout_prompt_requests_total{{path="text",reason="{reason}"}} 1' in metrics
 
@@ -231,7 +236,7 @@ async def test_ids_that_differ_from_the_whole_prompts_send_the_epoch_by_text(
         response = await client.post("/v1/chat/completions", json=question(text))
         assert response.headers["X-Scout-Prompt"] == "text"
     assert not llama.asked("/completion") and len(llama.asked("/v1/chat/completions")) == 2
-    assert len(llama.asked("/tokenize")) == 3  # checked once for the epoch
+    assert len(llama.tokenised()) == 3  # checked once for the epoch
     metrics = await (await client.get("/metrics")).text()
     assert 'scout_prompt_checks_total{outcome="mismatch"} 1' in metrics
     assert 'scout_prompt_requests_total{path="text",reason="parity"} 2' in metrics
@@ -252,7 +257,7 @@ async def test_prompt_text_asks_nothing_of_the_tokenizer(
 ) -> None:
     client = await proxy(tmp_path, git_repo, llama, aiohttp_client, "text")
     assert (await client.post("/v1/chat/completions", json=question())).headers["X-Scout-Prompt"] == "text"
-    assert [path for path, _ in llama.seen] == ["/v1/chat/completions"]
+    assert not llama.tokenised() and not llama.asked("/apply-template") and not llama.asked("/completion")
     assert "scout_prompt_requests_total{" not in await (await client.get("/metrics")).text()
 
 
@@ -318,7 +323,7 @@ async def test_vllm_gets_every_id_in_kv_transfer_params_and_serves_tools(
     sent = llama.asked("/v1/chat/completions")[-1]
     real = [
         body
-        for body in llama.asked("/tokenize")
+        for body in llama.tokenised()
         if "messages" in body and MARKER not in json.dumps(body, ensure_ascii=False)
     ]
     [whole] = real  # the whole prompt tokenised once, for the epoch

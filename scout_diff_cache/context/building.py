@@ -8,6 +8,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+import attrs
+
 from ..errors import ProxyError
 from ..git.content import UNREADABLE
 from ..git.diff import WorkingDiff
@@ -17,6 +19,7 @@ from ..git.repository import short
 from ..git.snapshot import Snapshot
 from ..metrics import Metrics
 from ..usage import Usage
+from .fitting import Fitted, Fitting
 from .notices import Notices
 
 log = logging.getLogger("scout_diff_cache.context.epochs")  # the epochs' one logger, as before the split
@@ -24,9 +27,19 @@ log = logging.getLogger("scout_diff_cache.context.epochs")  # the epochs' one lo
 #: Sends a snapshot and diff upstream once, so that its cache holds them (a warm-up).
 Warmer = Callable[[Snapshot, WorkingDiff], Awaitable["Usage | None"]]
 
+#: Prepares the fit to the window of a build of a commit, given the snapshot it follows: None when
+#: no window is known.
+Prepare = Callable[[str, "Snapshot | None"], Awaitable["Fitting | None"]]
+
 #: Called in the build's thread once a snapshot is built: the server's process-wide tuning
 #: (see `runtime.after_build`); library callers leave the process as it is.
 AfterBuild = Callable[[], None]
+
+
+def with_fit(snapshot: Snapshot, fitted: Fitted) -> Snapshot:
+    """`snapshot` with what its fit found: its tokens where they were counted, and its parts of the window."""
+    tokens = fitted.tokens if fitted.exact else None
+    return attrs.evolve(snapshot, tokens=tokens, budget=fitted.split.snapshot, diff_budget=fitted.split.diff)
 
 
 class Builder:
@@ -39,9 +52,13 @@ class Builder:
         notices: Notices,
         warmer: Warmer | None = None,
         after_build: AfterBuild | None = None,
+        prepare: Prepare | None = None,
     ) -> None:
         self.reader = reader
         self.warmer = warmer
+        self.prepare = prepare
+        #: The last build's fit to the window (None: none was made).
+        self.fitted: Fitted | None = None
         self.last_error: str | None = None
         self._metrics = metrics
         self._notices = notices
@@ -50,13 +67,18 @@ class Builder:
     async def build(self, commit: str | None, previous: Epoch | None, reuse: Snapshot | None = None) -> Snapshot:
         self._metrics.snapshot_builds.inc()
         started = time.monotonic()
+        fitting = await self.prepare(commit, reuse) if self.prepare is not None and commit is not None else None
         try:
-            snapshot = await asyncio.to_thread(self._build, commit, previous, reuse)
+            snapshot = await asyncio.to_thread(self._build, commit, previous, reuse, fitting)
         except ProxyError as error:
             self.last_error = error.message
             log.error("snapshot build for %s failed: %s", short(commit), error.message)
             raise
         self.last_error = None
+        if fitting is not None and fitting.fitted is not None:
+            self.fitted = fitting.fitted
+            snapshot = with_fit(snapshot, fitting.fitted)
+            log.info("snapshot %s fitted to the window: %s", short(commit), fitting.fitted.describe())
         self._metrics.build_seconds.observe(time.monotonic() - started)
         if snapshot.findings:
             self._notices.report(f"snapshot {short(commit)}", snapshot.findings)
@@ -73,8 +95,16 @@ class Builder:
         )
         return snapshot
 
-    def _build(self, commit: str | None, previous: Epoch | None, reuse: Snapshot | None) -> Snapshot:
-        snapshot = self.reader.build(commit, previous, reuse)
+    async def preview(self, commit: str | None, previous: Epoch | None) -> Snapshot:
+        """What a build of `commit` would give, fitted as it would be; nothing counted or kept."""
+        fitting = await self.prepare(commit, None) if self.prepare is not None and commit is not None else None
+        snapshot = await asyncio.to_thread(self.reader.build, commit, previous, None, fitting)
+        return with_fit(snapshot, fitting.fitted) if fitting is not None and fitting.fitted is not None else snapshot
+
+    def _build(
+        self, commit: str | None, previous: Epoch | None, reuse: Snapshot | None, fitting: Fitting | None
+    ) -> Snapshot:
+        snapshot = self.reader.build(commit, previous, reuse, fitting)
         if self._after_build is not None:
             self._after_build()
         return snapshot

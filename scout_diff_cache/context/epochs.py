@@ -35,7 +35,7 @@ from ..git.snapshot import Snapshot
 from ..metrics import Metrics
 from ..shared import SharedTasks
 from ..usage import Usage
-from .building import AfterBuild, Builder, Warmer
+from .building import AfterBuild, Builder, Prepare, Warmer
 from .folding import Folder
 from .notices import Notices
 from .policy import Plan, plan
@@ -43,7 +43,7 @@ from .served import Served
 from .statefile import StateFile
 from .switcher import Rebase, Switcher
 
-__all__ = ["EpochStatus", "Epochs", "Injection", "Rebase", "Warmer", "reader_for"]
+__all__ = ["EpochStatus", "Epochs", "Injection", "Prepare", "Rebase", "Warmer", "reader_for"]
 
 
 @attrs.frozen
@@ -87,14 +87,16 @@ class Epochs:
         metrics: Metrics,
         warmer: Warmer | None = None,
         after_build: AfterBuild | None = None,
+        prepare: Prepare | None = None,
     ) -> None:
         self._served = Served(reader, config.context, metrics)
         self._state_file = StateFile.under(config.context.state_dir, reader.path)
         self._notices = Notices(metrics, reader.rules.secrets)
-        self._builder = Builder(reader, metrics, self._notices, warmer, after_build)
+        self._builder = Builder(reader, metrics, self._notices, warmer, after_build, prepare)
         self._switcher = Switcher(self._served, self._builder, self._state_file, metrics)
         self._folder = Folder(self._served, self._state_file, metrics, self._switcher.busy)
         self._warming = SharedTasks()
+        self._fitting: int | None = None
         self.last_request = 0.0
 
     def configure(self, terms: ContextConfig) -> None:
@@ -182,6 +184,15 @@ class Epochs:
         """The first epoch: the saved one if it is still usable (same bytes as before a restart)."""
         return await self._switcher.start()
 
+    def fit_to(self, budget: int | None) -> None:
+        """Fit the served snapshot to `budget` tokens (the snapshot's part of the window now) in
+        the background, if it was fitted to another or to none; None (no window known) changes nothing."""
+        snapshot = self._served.snapshot
+        if budget is None or snapshot is None or snapshot.commit is None or budget in (snapshot.budget, self._fitting):
+            return
+        self._fitting = budget  # tried once per window: a build that fails is not tried per request
+        self._switcher.refit_in_background()
+
     async def rebase(self) -> Rebase:
         """A manual rebase to HEAD, warmed upstream before the switch."""
         head = await asyncio.to_thread(self._served.reader.head)
@@ -207,6 +218,5 @@ class Epochs:
     async def preview(self) -> Injection:
         """What a server started now would send, without saving or switching anything."""
         base, saved = await self._switcher.first_base()
-        reader = self._served.reader
-        snapshot = await asyncio.to_thread(reader.build, base, saved)
-        return Injection(snapshot, await asyncio.to_thread(reader.diff, snapshot))
+        snapshot = await self._builder.preview(base, saved)
+        return Injection(snapshot, await asyncio.to_thread(self._served.reader.diff, snapshot))

@@ -2,7 +2,8 @@
 
 To a prefix cache, keeping the base costs nothing but prompt length (the diff only grows at its
 end), while a rebase recomputes the snapshot from its first changed file on. So the diff gets a
-*budget* of prompt growth, a share of the snapshot; only past it does anything move.
+*budget* of prompt growth, a share of the snapshot (and no more than the diff's part of the
+upstream's window, see `split.py`); only past it does anything move.
 """
 
 from __future__ import annotations
@@ -11,10 +12,23 @@ from collections.abc import Mapping
 
 import attrs
 
+from ..git.snapshot import Snapshot
+
 
 def budget(snapshot_bytes: int, share: float, floor: int) -> float:
     """The bytes the diff may grow to before keeping the epoch stops paying."""
     return max(floor, share * snapshot_bytes)
+
+
+#: Bytes a token is taken to hold when the snapshot's tokens were not counted (few: errs short).
+CAUTIOUS_BYTES_PER_TOKEN = 3.0
+
+
+def window_limit(snapshot: Snapshot) -> float:
+    """The diff's part of the window the snapshot was fitted to, in bytes at the snapshot's own
+    bytes per token: past it, the commits in the diff move into a new snapshot."""
+    per_token = snapshot.text_bytes / snapshot.tokens if snapshot.tokens else CAUTIOUS_BYTES_PER_TOKEN
+    return (snapshot.diff_budget or 0) * per_token
 
 
 def outgrown(diff_bytes: int, head_moved: bool, limit: float) -> bool:

@@ -14,7 +14,7 @@ from ..git.reader import Reading, RepositoryReader
 from ..git.snapshot import Snapshot
 from ..metrics import Metrics
 from ..shared import Coalesced, SharedTasks
-from .policy import budget
+from .policy import budget, window_limit
 from .remembered import EpochPool
 
 
@@ -52,7 +52,8 @@ class Served:
 
     def budget(self, snapshot: Snapshot) -> float:
         """The bytes a diff (or a conversation's changes) may grow to on `snapshot`."""
-        return budget(snapshot.text_bytes, self.terms.rebase_diff_share, self.terms.rebase_min_diff_bytes)
+        limit = budget(snapshot.text_bytes, self.terms.rebase_diff_share, self.terms.rebase_min_diff_bytes)
+        return min(limit, window_limit(snapshot)) if snapshot.diff_budget is not None else limit
 
     def epoch(self, snapshot: Snapshot) -> Epoch:
         """What the state file keeps of `snapshot`: its epoch and the served fold point."""

@@ -9,6 +9,7 @@ import time
 
 import attrs
 
+from ..errors import ProxyError
 from ..git.epoch import Epoch
 from ..git.repository import short
 from ..git.snapshot import Snapshot
@@ -74,6 +75,25 @@ class Switcher:
     def switch_in_background(self, head: str | None) -> None:
         if not self._tasks.busy():
             self._tasks.start(("switch", head), lambda: self._switch(head, prewarm=True))
+
+    def refit_in_background(self) -> None:
+        """Fit the served snapshot again (the window changed): built from its own sections, so
+        only the files taken back are rendered, warmed up, then swapped in."""
+        if not self._tasks.busy():
+            self._tasks.start("refit", self._refit)
+
+    async def _refit(self) -> None:
+        served = self._served.snapshot
+        if served is None:
+            return
+        try:
+            snapshot = await self._builder.build(served.commit, served.epoch, served)
+        except ProxyError:
+            return  # logged by the build; the snapshot served stays
+        await self._builder.warm_up(snapshot)
+        if self._served.snapshot is served:  # nothing switched meanwhile
+            self._served.serve(snapshot)
+            log.info("refitted snapshot %s to the window", short(snapshot.commit))
 
     async def _start(self) -> Snapshot:
         base, saved = await self.first_base()

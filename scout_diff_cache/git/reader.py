@@ -20,7 +20,7 @@ from .epoch import Epoch
 from .lineage import Lineage, trace
 from .order import changed_paths
 from .repository import ContentRules, head_commit, opened, repository_key
-from .snapshot import Snapshot, build_snapshot
+from .snapshot import Fit, Snapshot, build_snapshot
 from .workers import Workers
 
 #: What the work tree holds (None: nothing) at each path where it differs from a base commit.
@@ -73,10 +73,20 @@ class RepositoryReader:
             head = head_commit(repo)
             return repository_key(repo, head, known) if head is not None else None
 
-    def build(self, commit: str | None, previous: Epoch | None, reuse: Snapshot | None = None) -> Snapshot:
-        """The snapshot of `commit`, taking from `reuse` every section of an unchanged entry."""
+    def build(
+        self, commit: str | None, previous: Epoch | None, reuse: Snapshot | None = None, fit: Fit | None = None
+    ) -> Snapshot:
+        """The snapshot of `commit`, taking from `reuse` every section of an unchanged entry, with
+        what `fit` leaves out over the window."""
         return build_snapshot(
-            self.path, commit, self.rules, self._max_snapshot_bytes, previous, workers=self.workers, reuse=reuse
+            self.path,
+            commit,
+            self.rules,
+            self._max_snapshot_bytes,
+            previous,
+            workers=self.workers,
+            reuse=reuse,
+            fit=fit,
         )
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ Layout (the contract the model reads, and the bytes the upstream caches):
     binary: PATH (N bytes)
     too large: PATH (N bytes)
     over the snapshot cap: PATH (N bytes)
+    over the window: PATH (N bytes)      the upstream's window has no room for it
     submodule: PATH (at COMMIT)
     secret by its name: PATH (not read)
     holds a secret: PATH (N found)       only with [security] secrets = exclude-file
@@ -27,12 +28,14 @@ on any machine. A header counts its file's lines, so no text inside a file can e
 a phantom file (the README gives the grammar). Excluded paths are left out silently. The cap
 (`max_snapshot_bytes`) is first-fit in snapshot order: a file is inlined when its section still
 fits, otherwise it is listed as over the cap (and its diffs stay stubs: see `ContentRules.over_cap`).
+When the repository does not fit its part of the upstream's window, a `Fit` (see
+`context/fitting.py`) names the files left out for it, listed as over the window, treated the same.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -76,6 +79,8 @@ differ, the diff is the current state.
 
 #: The reason of a file whose section did not fit under `max_snapshot_bytes`.
 OVER_CAP = "over the snapshot cap"
+#: The reason of a file left out so that the snapshot fits its part of the upstream's window.
+OVER_WINDOW = "over the window"
 
 UNBORN = """\
 # Repository snapshot
@@ -88,11 +93,16 @@ in the working diff that follows.
 @attrs.frozen
 class LeftOut:
     path: str
-    reason: str  # "binary", "too large", "over the snapshot cap", "submodule", "secret by its name", "holds a secret", "unreadable"
+    reason: str  # "binary", "too large", "over the snapshot cap", "over the window", "submodule", "secret by its name", "holds a secret", "unreadable"
     detail: str
 
     def render(self) -> str:
         return f"{self.reason}: {spell(self.path)} ({self.detail})"
+
+
+#: Called once a build has rendered every section, with the sections that could be inlined (in
+#: snapshot order, under the cap) and the header's text: the paths to leave out over the window.
+Fit = Callable[[list[Section], str], frozenset[str]]
 
 
 #: What a chunk was joined from, piece by piece: a section's key, or the bytes of a piece that has none.
@@ -133,6 +143,13 @@ class Snapshot:
     rendered: Rendered | None = attrs.field(default=None, repr=False, eq=False)
     #: The repository's name in the header (see `repository_key`); None before the first commit.
     key: str | None = attrs.field(default=None, repr=False)
+    #: Its tokens as the upstream's tokenizer counts them, once fitted to a window (None: not
+    #: fitted, or the upstream cannot count and its tokens were estimated)...
+    tokens: int | None = None
+    #: ...and the tokens it was fitted to (the snapshot's part of that window; None: not fitted)...
+    budget: int | None = None
+    #: ...and the diff's part of that window.
+    diff_budget: int | None = None
 
     @property
     def files(self) -> int:
@@ -140,7 +157,12 @@ class Snapshot:
 
     @property
     def over_cap(self) -> frozenset[str]:
-        return frozenset(item.path for item in self.left_out if item.reason == OVER_CAP)
+        """Files left out for their size (the cap or the window): their diffs stay stubs."""
+        return frozenset(item.path for item in self.left_out if item.reason in (OVER_CAP, OVER_WINDOW))
+
+    @property
+    def over_window(self) -> frozenset[str]:
+        return frozenset(item.path for item in self.left_out if item.reason == OVER_WINDOW)
 
     @property
     def epoch(self) -> Epoch:
@@ -164,9 +186,11 @@ def build_snapshot(
     *,
     workers: Workers | None = None,
     reuse: Snapshot | None = None,
+    fit: Fit | None = None,
 ) -> Snapshot:
     """Render `commit` (None: no commits yet), ordered from the `previous` epoch, taking every
-    section `reuse` has for an unchanged entry. Blocking; the rendering runs on `workers`."""
+    section `reuse` has for an unchanged entry, leaving out what `fit` says. Blocking; the
+    rendering runs on `workers`."""
     if commit is None:
         return Snapshot(None, (), len(UNBORN.encode("utf-8")), (), (), (), (), (encode_text(UNBORN),))
     try:
@@ -186,8 +210,21 @@ def build_snapshot(
     except (pygit2.GitError, KeyError, ValueError) as error:
         raise RepositoryError(f"cannot read commit {commit} in {path}: {error}") from None
     by_path = {entry[0]: entry for entry in entries}
+    ordered = [by_path[item] for item in order]
+    over = fit(_inlinable(ordered, sections, max_snapshot_bytes), HEADER.format(key=key)) if fit else frozenset()
     earlier = reuse.rendered.chunks if reuse is not None and reuse.rendered and reuse.rendered.rules == rules else ()
-    return _assemble(commit, key, [by_path[item] for item in order], sections, max_snapshot_bytes, rules, earlier)
+    return _assemble(commit, key, ordered, sections, max_snapshot_bytes, rules, earlier, over)
+
+
+def _inlinable(entries: list[SectionKey], sections: dict[SectionKey, Section], cap: int) -> list[Section]:
+    """The sections the cap lets in, in snapshot order (as `_assemble` decides)."""
+    inlined = []
+    for entry in entries:
+        item = sections[entry]
+        if item.reason is None and item.cost <= cap:
+            cap -= item.cost
+            inlined.append(item)
+    return inlined
 
 
 def history(path: Path, commit: str, since: str | None, start: int, stop: int) -> dict[str, int]:
@@ -264,8 +301,10 @@ def _assemble(
     max_snapshot_bytes: int,
     rules: ContentRules,
     earlier: tuple[tuple[bytes, Layout], ...],
+    over_window: frozenset[str] = frozenset(),
 ) -> Snapshot:
-    """The sections in snapshot order, the first that fit under the cap inlined, the rest listed."""
+    """The sections in snapshot order, the first that fit under the cap inlined, the rest listed,
+    and those `over_window` names listed too."""
     header = HEADER.format(key=key)
     left_out: list[LeftOut] = []
     excluded: list[str] = []
@@ -281,8 +320,9 @@ def _assemble(
             excluded.append(item.path)
         elif item.reason is not None:
             left_out.append(LeftOut(item.path, item.reason, item.detail))
-        elif item.cost > budget:
-            left_out.append(LeftOut(item.path, OVER_CAP, f"{item.size} bytes"))
+        elif item.cost > budget or item.path in over_window:
+            left_out.append(LeftOut(item.path, OVER_CAP if item.cost > budget else OVER_WINDOW, f"{item.size} bytes"))
+            budget -= 0 if item.cost > budget else item.cost  # the cap decides as if it were inlined
             findings += item.findings
             continue  # not kept: its text would be held outside the chunks
         else:
@@ -292,10 +332,7 @@ def _assemble(
             pieces.append((entry, item.encoded))
         findings += item.findings
         kept[entry] = item
-    tail = [f"=== not included [{len(left_out)} entries] ===\n"] if left_out else []
-    tail += [item.render() + "\n" for item in left_out]
-    tail.append(f"=== end of snapshot: commit {commit} ===\n")
-    text = "".join(tail)
+    text = _tail(left_out, commit)
     text_bytes += len(text.encode("utf-8"))
     pieces.append((None, encode_text(text)))
     chunks, views = _chunks(pieces, earlier)
@@ -315,6 +352,14 @@ def _assemble(
         tuple(chunk for chunk, _ in chunks),
         rendered,
         key,
+    )
+
+
+def _tail(left_out: list[LeftOut], commit: str) -> str:
+    """The end of the snapshot: the files not included, and the commit."""
+    listed = [f"=== not included [{len(left_out)} entries] ===\n"] if left_out else []
+    return "".join(
+        [*listed, *(item.render() + "\n" for item in left_out), f"=== end of snapshot: commit {commit} ===\n"]
     )
 
 

@@ -242,17 +242,29 @@ class Upstream:
         status, data = await self._brief(method, url, body)
         return _json_or_none(data) if status < 300 and len(data) <= MAX_ABOUT else None
 
-    async def _brief(self, method: str, url: str, body: dict[str, Any] | None = None) -> tuple[int, bytes]:
-        """A short exchange about the server, not a generation: its status and at most MAX_ABOUT + 1
-        bytes of its answer, all within the connect timeout."""
+    async def tokenize(self, body: dict[str, Any]) -> tuple[int, bytes]:
+        """The server's own tokenizer on one text (`POST /tokenize` at its root): the status and the
+        answer, within the idle timeout (a file of a few hundred KiB takes a fraction of a second)."""
         config = self.config
+        return await self._brief("POST", f"{root_of(config.url)}/tokenize", body, config.idle_timeout, MAX_ANSWER)
+
+    async def _brief(
+        self,
+        method: str,
+        url: str,
+        body: dict[str, Any] | None = None,
+        within: float | None = None,
+        limit: int = MAX_ABOUT,
+    ) -> tuple[int, bytes]:
+        """A short exchange about the server, not a generation: its status and at most `limit` + 1
+        bytes of its answer, all `within` seconds (the connect timeout unless said)."""
+        config = self.config
+        within = within or config.connect_timeout
         try:
-            timeout = aiohttp.ClientTimeout(total=config.connect_timeout)
+            timeout = aiohttp.ClientTimeout(total=within)
             async with self.session.request(method, url, json=body, timeout=timeout) as response:
-                return response.status, await read_all(response, config.connect_timeout, MAX_ABOUT + 1)
+                return response.status, await read_all(response, within, limit + 1)
         except asyncio.TimeoutError:
-            raise UpstreamTimeout(
-                f"the upstream at {config.url} did not answer within {config.connect_timeout:g}s"
-            ) from None
+            raise UpstreamTimeout(f"the upstream at {config.url} did not answer within {within:g}s") from None
         except aiohttp.ClientError as error:
             raise UpstreamUnavailable(f"cannot reach the upstream at {config.url}: {error}") from None

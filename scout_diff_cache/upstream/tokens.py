@@ -72,6 +72,12 @@ class UpstreamTokens:
         while len(self._counts) > KEPT:
             del self._counts[next(iter(self._counts))]
 
+    @property
+    def rate(self) -> float | None:
+        """Tokens per byte of injected text, as the latest warm-up measured (None: none did)."""
+        latest = next(reversed(self._counts.values()), None)
+        return latest.rate if latest is not None and latest.rate else None
+
     def unmeasurable(self, commit: str | None) -> None:
         self._unmeasurable.add(commit)
 

@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,6 +41,7 @@ from scout_diff_cache.apis.chat import parse_chat_request
 from scout_diff_cache.apis.dialects import CHAT
 from scout_diff_cache.apis.validation import RequestRules
 from scout_diff_cache.config import Config, load_config
+from scout_diff_cache.context.fitting import fitting_for
 from scout_diff_cache.git.diff import FLAGS, WorkingDiff, working_diff
 from scout_diff_cache.git.order import HISTORY_WINDOW, changed_paths
 from scout_diff_cache.git.reader import RepositoryReader
@@ -48,6 +50,7 @@ from scout_diff_cache.git.sections import render_entries
 from scout_diff_cache.git.snapshot import Snapshot, changes_and_key, history
 from scout_diff_cache.git.workers import POOL_MIN_ENTRIES, Workers
 from scout_diff_cache.runtime import after_build, settle
+from scout_diff_cache.upstream.counting import TokenCounter
 
 from support import ProxyProcess, free_port
 
@@ -178,9 +181,16 @@ async def discard(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def tokenize(request: web.Request) -> web.Response:
+    """llama.cpp's `/tokenize` answer for a text: a token id per 4 bytes (its ids listed, as llama.cpp does)."""
+    content = (await request.json())["content"]
+    return web.json_response({"tokens": [1] * (len(content.encode()) // 4)})
+
+
 def serve_upstream(port: int) -> None:
     app = web.Application(client_max_size=2**40)
     app.router.add_post("/v1/chat/completions", discard)
+    app.router.add_post("/tokenize", tokenize)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
@@ -436,6 +446,7 @@ async def measure(repository: Path, count: int, workdir: Path) -> None:
         [sys.executable, "-m", "tests.tools.benchmark", "--serve-upstream", str(upstream_port)], env=env
     )
     try:
+        await counting_costs(repository, config, upstream_port)
         async with proxy_process(config_path, workdir, proxy_port) as proxy:
             timeout = aiohttp.ClientTimeout(total=None)
             async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -492,6 +503,49 @@ async def measure(repository: Path, count: int, workdir: Path) -> None:
         f"(goal <= 2); each conversation +{(conversations - serving) / CONVERSATIONS / 1e3:.0f} kB "
         f"({CONVERSATIONS} opened); idle worker processes {workers / 2**20:.0f} MiB"
     )
+
+
+async def counting_costs(repository: Path, config: Config, port: int) -> None:
+    """What fitting to a window adds to a build: every file's tokens counted by the upstream's
+    `/tokenize` (here a minimal one in its own process), the choice made, the snapshot assembled
+    again; cold (every file counted) and on a rebase (only the changed ones), beside the same
+    builds unfitted, in the same process with the workers running."""
+    rules = ContentRules.from_config(config)
+    repo = open_repository(repository)
+    head = head_commit(repo)
+    assert head is not None
+    parent = str((head.parents[0] if head.parents else head).id)
+    reader = RepositoryReader(repository, rules, config.repository.max_snapshot_bytes, Workers())
+    async with aiohttp.ClientSession() as session:
+
+        async def ask(body: dict[str, Any]) -> tuple[int, bytes]:
+            async with session.post(f"http://127.0.0.1:{port}/tokenize", json=body) as answer:
+                return answer.status, await answer.read()
+
+        counter = TokenCounter(ask).bound("bench", "bench", None)
+        try:
+            plain, cold, _ = await stall_while(lambda: reader.build(parent, None))
+            for window in (10_485_760, 1_048_576):
+                fitting = fitting_for(config, window, counter, parent, None)
+                counter.known.counts.clear()  # every file counted again: the cold case
+                fitted, counting, stall = await stall_while(partial(reader.build, parent, None, None, fitting))
+                assert fitting.fitted is not None
+                print(
+                    f"fitted to a {window:,}-token window, cold ({fitted.files + len(fitted.over_window)} files counted "
+                    f"by /tokenize): {counting:.2f} s against {cold:.2f} s unfitted (+{counting - cold:.2f} s, "
+                    f"{counting / cold:.1f}x); {fitting.fitted.describe()}; longest stall {stall * 1000:.1f} ms"
+                )
+            _, rebase, _ = await stall_while(lambda: reader.build(str(head.id), plain.epoch, plain))
+            fitting = fitting_for(config, 1_048_576, counter, str(head.id), fitted)
+            asked = len(counter.known.counts)
+            _, refit, stall = await stall_while(lambda: reader.build(str(head.id), fitted.epoch, fitted, fitting))
+            print(
+                f"  a rebase HEAD^ -> HEAD, fitted: {refit:.2f} s against {rebase:.2f} s unfitted "
+                f"(+{(refit - rebase) * 1000:.0f} ms; {len(counter.known.counts) - asked} new contents counted); "
+                f"longest stall {stall * 1000:.1f} ms"
+            )
+        finally:
+            reader.close()
 
 
 def children(pid: int) -> list[int]:
