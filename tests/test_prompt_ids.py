@@ -322,9 +322,7 @@ async def test_vllm_gets_every_id_in_kv_transfer_params_and_serves_tools(
         assert (await response.json())["choices"][0]["message"]["content"] == "by text"  # vLLM's own chat answer
     sent = llama.asked("/v1/chat/completions")[-1]
     real = [
-        body
-        for body in llama.tokenised()
-        if "messages" in body and MARKER not in json.dumps(body, ensure_ascii=False)
+        body for body in llama.tokenised() if "messages" in body and MARKER not in json.dumps(body, ensure_ascii=False)
     ]
     [whole] = real  # the whole prompt tokenised once, for the epoch
     rendered = llama.render({"messages": [*whole["messages"][:-1], {"role": "user", "content": "Two?"}]})

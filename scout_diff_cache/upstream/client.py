@@ -98,6 +98,11 @@ def error_from_answer(status: int, data: bytes) -> ProxyError:
     return UpstreamRejected(status, message, type_ if isinstance(type_, str) else None)
 
 
+def url_of(config: UpstreamConfig, path: str, root: bool = False) -> str:
+    """`path` under the base URL, or under the server's root (llama.cpp's own routes)."""
+    return f"{root_of(config.url) if root else config.url}{path}"
+
+
 def no_first_byte(config: UpstreamConfig) -> UpstreamTimeout:
     return UpstreamTimeout(f"the upstream sent no answer within first_byte_timeout ({config.first_byte_timeout:g}s)")
 
@@ -154,11 +159,6 @@ class Upstream:
         routing.remember(response.headers)
         return response
 
-    def url_of(self, path: str, root: bool = False) -> str:
-        """`path` under the base URL, or under the server's root (llama.cpp's own routes)."""
-        config = self.config
-        return f"{root_of(config.url) if root else config.url}{path}"
-
     async def send(self, path: str, body: Body, root: bool = False) -> aiohttp.ClientResponse:
         """POST the body to `path` (written chunk by chunk, with its length); return once headers arrive."""
 
@@ -167,7 +167,7 @@ class Upstream:
                 yield chunk
 
         headers = {"Content-Type": "application/json", "Content-Length": str(body.length)}
-        return await self._request("POST", self.url_of(path, root), chunks(), headers)
+        return await self._request("POST", url_of(self.config, path, root), chunks(), headers)
 
     async def request_any(self, method: str, url: URL, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
         """Send a client's request on to the upstream's `url` as it came."""

@@ -35,7 +35,7 @@ from ..errors import ProxyError
 from ..git.snapshot import CHUNK_BYTES, Snapshot
 from ..metrics import Metrics
 from ..shared import SharedTasks
-from .client import Upstream
+from .client import Upstream, url_of
 from .id_routes import MARKER, IdsPrompt, IdsRoute, LlamaCompletion, Split, VllmChat
 
 log = logging.getLogger(__name__)
@@ -116,8 +116,8 @@ class PromptIds:
         """How the upstream takes ids (asked once per URL; again if it could not be reached)."""
         url = upstream.config.url
         if url not in self._routes:
-            props = await upstream.about("GET", upstream.url_of("/props", root=True))
-            models = None if props else await upstream.about("GET", upstream.url_of("/models"))
+            props = await upstream.about("GET", url_of(upstream.config, "/props", root=True))
+            models = None if props else await upstream.about("GET", url_of(upstream.config, "/models"))
             self._routes[url] = route_for(props, models)
             if self._routes[url] is None:
                 _tell(upstream, "prompt by text: the upstream is neither llama.cpp nor vLLM")
