@@ -469,3 +469,30 @@ async def test_inspect_prints_the_split_the_fit_and_the_client_s_room(
     assert "over the window" in done.stdout  # each file left out, in the list of what is left out
     shown = await asyncio.to_thread(run_cli, "--config", str(path), "inspect", "--show", "snapshot")
     assert shown.returncode == 0 and "over the window: " in shown.stdout
+
+
+async def test_a_restart_keeps_the_choice_the_epochs_before_it_made(
+    tmp_path: Path, git_repo: GitRepo, upstream: FakeUpstream, make_proxy: ProxyFactory
+) -> None:
+    """A choice kept across a commit can differ from the one a fresh start would make: the state
+    file keeps it, so a restarted proxy renders the same snapshot (and the upstream's cache holds)."""
+    upstream.about["GET /props"] = llama_props(16_384)  # 8,192 snapshot tokens
+    upstream.tokenizer = four_bytes_a_token
+    line = "a" * 39 + "\n"
+    git_repo.write("src/a.py", line * 400)  # 4,000 tokens
+    git_repo.write("src/b.py", line * 280)  # 2,800
+    git_repo.write("docs/x.md", line * 120)  # 1,200: left out by a first choice
+    git_repo.commit("three large files")
+    client = await make_proxy()
+    await snapshot_ready(client)
+    assert "over the window: docs/x.md" in (await injected(client, upstream))[0]
+    git_repo.write("src/b.py", line * 210)  # 700 tokens less: a first choice would take docs/x.md back
+    git_repo.commit("a smaller file")
+    assert (await client.post("/admin/rebase")).status == 200
+    assert "over the window: docs/x.md" in (await injected(client, upstream))[0]  # the choice kept
+    restarted = await make_proxy()
+    await snapshot_ready(restarted)
+    assert "over the window: docs/x.md" in (await injected(restarted, upstream))[0]
+    fresh = await make_proxy(context={"state_dir": str(tmp_path / "elsewhere")})
+    await snapshot_ready(fresh)
+    assert "over the window" not in (await injected(fresh, upstream))[0]  # what a first choice makes

@@ -166,7 +166,8 @@ class Snapshot:
 
     @property
     def epoch(self) -> Epoch:
-        return Epoch(self.commit, self.order, key=self.key)
+        chosen = tuple(sorted(self.over_window)) if self.budget is not None else None
+        return Epoch(self.commit, self.order, key=self.key, over_window=chosen)
 
     def encoded(self) -> bytes:
         """The encoded text in one piece: for inspection and tests, never per request."""
