@@ -189,14 +189,21 @@ def four_bytes_a_token(text: str) -> int:
     return max(1, len(text.encode("utf-8")) // 4)
 
 
+async def fitted_proxy(upstream: FakeUpstream, make_proxy: ProxyFactory, n_ctx: int) -> TestClient:
+    """A proxy in front of a llama.cpp-like upstream of `n_ctx` tokens that counts 4 bytes a token,
+    once its first snapshot is fitted."""
+    upstream.about["GET /props"] = llama_props(n_ctx)
+    upstream.tokenizer = four_bytes_a_token
+    client = await make_proxy()
+    await snapshot_ready(client)
+    return client
+
+
 async def test_the_snapshot_leaves_out_what_the_window_has_no_room_for(
     git_repo: GitRepo, upstream: FakeUpstream, make_proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     a_large_repository(git_repo)
-    upstream.about["GET /props"] = llama_props(16_384)  # 8,192 tokens for the snapshot
-    upstream.tokenizer = four_bytes_a_token
-    client = await make_proxy()
-    await snapshot_ready(client)
+    client = await fitted_proxy(upstream, make_proxy, 16_384)  # 8,192 tokens for the snapshot
     health = await (await client.get("/health")).json()
     assert health["window"]["split"]["snapshot"] == 8_192
     snapshot_text, diff_text = await injected(client, upstream)
@@ -226,10 +233,7 @@ async def test_an_edit_to_a_file_left_out_stays_out_of_the_diff(
     git_repo: GitRepo, upstream: FakeUpstream, make_proxy: ProxyFactory
 ) -> None:
     a_large_repository(git_repo)
-    upstream.about["GET /props"] = llama_props(16_384)
-    upstream.tokenizer = four_bytes_a_token
-    client = await make_proxy()
-    await snapshot_ready(client)
+    client = await fitted_proxy(upstream, make_proxy, 16_384)
     snapshot_text, _ = await injected(client, upstream)
     over = sorted(
         path for path, reason in parse_snapshot(snapshot_text).not_included.items() if reason == "over the window"
@@ -268,10 +272,7 @@ async def test_an_unknown_window_cuts_nothing(
 async def test_models_tell_clients_the_window_left_to_them(
     git_repo: GitRepo, upstream: FakeUpstream, make_proxy: ProxyFactory
 ) -> None:
-    upstream.about["GET /props"] = llama_props(131_072)
-    upstream.tokenizer = four_bytes_a_token
-    client = await make_proxy()
-    await snapshot_ready(client)
+    client = await fitted_proxy(upstream, make_proxy, 131_072)
     health = await (await client.get("/health")).json()
     models = await (await client.get("/v1/models")).json()
     room = 131_072 - health["snapshot"]["tokens"] - health["window"]["split"]["diff"]
@@ -394,10 +395,7 @@ async def test_a_diff_past_its_part_of_the_window_moves_the_snapshot_on(
 ) -> None:
     """Commits grow the diff; past its part of the window (2,048 tokens of 16k) the snapshot moves
     to HEAD, though the diff is far under the byte budget (256 KiB)."""
-    upstream.about["GET /props"] = llama_props(16_384)
-    upstream.tokenizer = four_bytes_a_token
-    client = await make_proxy()
-    await snapshot_ready(client)
+    client = await fitted_proxy(upstream, make_proxy, 16_384)
     first = (await (await client.get("/health")).json())["snapshot"]["commit"]
     git_repo.write("src/small.py", "x = 1\n" * 100)  # 600 bytes: 150 tokens
     git_repo.commit("a small change")
@@ -429,10 +427,7 @@ def test_the_diff_limit_is_its_part_of_the_window_at_the_snapshot_s_bytes_per_to
 async def test_a_prompt_the_proxy_can_tell_is_too_long_is_refused_without_sending(
     git_repo: GitRepo, upstream: FakeUpstream, make_proxy: ProxyFactory
 ) -> None:
-    upstream.about["GET /props"] = llama_props(16_384)
-    upstream.tokenizer = four_bytes_a_token
-    client = await make_proxy()
-    await snapshot_ready(client)
+    client = await fitted_proxy(upstream, make_proxy, 16_384)
     long = [{"role": "user", "content": "word " * 30_000}]  # 150 KB: about 37k tokens
     chat_answer = await client.post("/v1/chat/completions", json=chat(*long))
     assert chat_answer.status == 400
