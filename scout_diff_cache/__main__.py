@@ -19,7 +19,6 @@ from .config import Config, default_locations, find_config, load_config, render_
 from .context.epochs import Epochs, Injection, reader_for
 from .context.fitting import Fitting, fitting_for
 from .errors import ConfigError, ProxyError
-from .git.snapshot import Snapshot
 from .logs import configure_logging
 from .metrics import Metrics
 from .report import render_report
@@ -133,9 +132,9 @@ async def preview_upstream(config: Config, *, layout: bool) -> tuple[Injection, 
         windows = Windows(config.upstream.context_window, upstream.about, lambda: target, tasks)
         counter = TokenCounter(upstream.tokenize).bound(*target, None)
 
-        async def prepare(commit: str, reuse: Snapshot | None) -> Fitting | None:
+        async def prepare(commit: str, previous: frozenset[str] | None) -> Fitting | None:
             window = (await windows.current()).tokens
-            return fitting_for(config, window, counter, commit, reuse) if window else None
+            return fitting_for(config, window, counter, commit, previous) if window else None
 
         preview = await Epochs(reader_for(config), config, Metrics(), prepare=prepare).preview()
         learned = await Layouts(config.context.layout, upstream.probe_systems, tasks).current() if layout else None

@@ -236,8 +236,8 @@ async def _warm(app: web.Application, snapshot: Snapshot, diff: WorkingDiff) -> 
     return usage
 
 
-async def _prepare(app: web.Application, commit: str, reuse: Snapshot | None) -> Fitting | None:
-    """The fit of a build of `commit` to the window, keeping the choice `reuse` made; None while
+async def _prepare(app: web.Application, commit: str, previous: frozenset[str] | None) -> Fitting | None:
+    """The fit of a build of `commit` to the window, keeping the `previous` choice; None while
     the window is not known."""
     live, upstream = app[live_key], app[upstream_key]
     window = await live.windows.current()
@@ -248,7 +248,7 @@ async def _prepare(app: web.Application, commit: str, reuse: Snapshot | None) ->
         return None
     url, model = upstream.config.url, upstream.config.model
     counter = app[counter_key].bound(url, model, app[tokens_key].of(url, model).rate)
-    return fitting_for(live.config, window.tokens, counter, commit, reuse)
+    return fitting_for(live.config, window.tokens, counter, commit, previous)
 
 
 def _confirm_fit(snapshot: Snapshot, prompt_tokens: int) -> None:

@@ -189,14 +189,21 @@ def four_bytes_a_token(text: str) -> int:
     return max(1, len(text.encode("utf-8")) // 4)
 
 
+async def fitted_proxy(upstream: FakeUpstream, make_proxy: ProxyFactory, n_ctx: int) -> TestClient:
+    """A proxy in front of a llama.cpp-like upstream of `n_ctx` tokens that counts 4 bytes a token,
+    once its first snapshot is fitted."""
+    upstream.about["GET /props"] = llama_props(n_ctx)
+    upstream.tokenizer = four_bytes_a_token
+    client = await make_proxy()
+    await snapshot_ready(client)
+    return client
+
+
 async def test_the_snapshot_leaves_out_what_the_window_has_no_room_for(
     git_repo: GitRepo, upstream: FakeUpstream, make_proxy: ProxyFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     a_large_repository(git_repo)
-    upstream.about["GET /props"] = llama_props(16_384)  # 8,192 tokens for the snapshot
-    upstream.tokenizer = four_bytes_a_token
-    client = await make_proxy()
-    await snapshot_ready(client)
+    client = await fitted_proxy(upstream, make_proxy, 16_384)  # 8,192 tokens for the snapshot
     health = await (await client.get("/health")).json()
     assert health["window"]["split"]["snapshot"] == 8_192
     snapshot_text, diff_text = await injected(client, upstream)
@@ -226,10 +233,7 @@ async def test_an_edit_to_a_file_left_out_stays_out_of_the_diff(
     git_repo: GitRepo, upstream: FakeUpstream, make_proxy: ProxyFactory
 ) -> None:
     a_large_repository(git_repo)
-    upstream.about["GET /props"] = llama_props(16_384)
-    upstream.tokenizer = four_bytes_a_token
-    client = await make_proxy()
-    await snapshot_ready(client)
+    client = await fitted_proxy(upstream, make_proxy, 16_384)
     snapshot_text, _ = await injected(client, upstream)
     over = sorted(
         path for path, reason in parse_snapshot(snapshot_text).not_included.items() if reason == "over the window"
@@ -268,10 +272,7 @@ async def test_an_unknown_window_cuts_nothing(
 async def test_models_tell_clients_the_window_left_to_them(
     git_repo: GitRepo, upstream: FakeUpstream, make_proxy: ProxyFactory
 ) -> None:
-    upstream.about["GET /props"] = llama_props(131_072)
-    upstream.tokenizer = four_bytes_a_token
-    client = await make_proxy()
-    await snapshot_ready(client)
+    client = await fitted_proxy(upstream, make_proxy, 131_072)
     health = await (await client.get("/health")).json()
     models = await (await client.get("/v1/models")).json()
     room = 131_072 - health["snapshot"]["tokens"] - health["window"]["split"]["diff"]
@@ -394,10 +395,7 @@ async def test_a_diff_past_its_part_of_the_window_moves_the_snapshot_on(
 ) -> None:
     """Commits grow the diff; past its part of the window (2,048 tokens of 16k) the snapshot moves
     to HEAD, though the diff is far under the byte budget (256 KiB)."""
-    upstream.about["GET /props"] = llama_props(16_384)
-    upstream.tokenizer = four_bytes_a_token
-    client = await make_proxy()
-    await snapshot_ready(client)
+    client = await fitted_proxy(upstream, make_proxy, 16_384)
     first = (await (await client.get("/health")).json())["snapshot"]["commit"]
     git_repo.write("src/small.py", "x = 1\n" * 100)  # 600 bytes: 150 tokens
     git_repo.commit("a small change")
@@ -429,10 +427,7 @@ def test_the_diff_limit_is_its_part_of_the_window_at_the_snapshot_s_bytes_per_to
 async def test_a_prompt_the_proxy_can_tell_is_too_long_is_refused_without_sending(
     git_repo: GitRepo, upstream: FakeUpstream, make_proxy: ProxyFactory
 ) -> None:
-    upstream.about["GET /props"] = llama_props(16_384)
-    upstream.tokenizer = four_bytes_a_token
-    client = await make_proxy()
-    await snapshot_ready(client)
+    client = await fitted_proxy(upstream, make_proxy, 16_384)
     long = [{"role": "user", "content": "word " * 30_000}]  # 150 KB: about 37k tokens
     chat_answer = await client.post("/v1/chat/completions", json=chat(*long))
     assert chat_answer.status == 400
@@ -469,3 +464,30 @@ async def test_inspect_prints_the_split_the_fit_and_the_client_s_room(
     assert "over the window" in done.stdout  # each file left out, in the list of what is left out
     shown = await asyncio.to_thread(run_cli, "--config", str(path), "inspect", "--show", "snapshot")
     assert shown.returncode == 0 and "over the window: " in shown.stdout
+
+
+async def test_a_restart_keeps_the_choice_the_epochs_before_it_made(
+    tmp_path: Path, git_repo: GitRepo, upstream: FakeUpstream, make_proxy: ProxyFactory
+) -> None:
+    """A choice kept across a commit can differ from the one a fresh start would make: the state
+    file keeps it, so a restarted proxy renders the same snapshot (and the upstream's cache holds)."""
+    upstream.about["GET /props"] = llama_props(16_384)  # 8,192 snapshot tokens
+    upstream.tokenizer = four_bytes_a_token
+    line = "a" * 39 + "\n"
+    git_repo.write("src/a.py", line * 400)  # 4,000 tokens
+    git_repo.write("src/b.py", line * 280)  # 2,800
+    git_repo.write("docs/x.md", line * 120)  # 1,200: left out by a first choice
+    git_repo.commit("three large files")
+    client = await make_proxy()
+    await snapshot_ready(client)
+    assert "over the window: docs/x.md" in (await injected(client, upstream))[0]
+    git_repo.write("src/b.py", line * 210)  # 700 tokens less: a first choice would take docs/x.md back
+    git_repo.commit("a smaller file")
+    assert (await client.post("/admin/rebase")).status == 200
+    assert "over the window: docs/x.md" in (await injected(client, upstream))[0]  # the choice kept
+    restarted = await make_proxy()
+    await snapshot_ready(restarted)
+    assert "over the window: docs/x.md" in (await injected(restarted, upstream))[0]
+    fresh = await make_proxy(context={"state_dir": str(tmp_path / "elsewhere")})
+    await snapshot_ready(fresh)
+    assert "over the window" not in (await injected(fresh, upstream))[0]  # what a first choice makes

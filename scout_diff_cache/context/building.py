@@ -27,9 +27,9 @@ log = logging.getLogger("scout_diff_cache.context.epochs")  # the epochs' one lo
 #: Sends a snapshot and diff upstream once, so that its cache holds them (a warm-up).
 Warmer = Callable[[Snapshot, WorkingDiff], Awaitable["Usage | None"]]
 
-#: Prepares the fit to the window of a build of a commit, given the snapshot it follows: None when
-#: no window is known.
-Prepare = Callable[[str, "Snapshot | None"], Awaitable["Fitting | None"]]
+#: Prepares the fit to the window of a build of a commit, given the choice of the fit before it
+#: (None: none to keep): None when no window is known.
+Prepare = Callable[[str, "frozenset[str] | None"], Awaitable["Fitting | None"]]
 
 #: Called in the build's thread once a snapshot is built: the server's process-wide tuning
 #: (see `runtime.after_build`); library callers leave the process as it is.
@@ -67,7 +67,7 @@ class Builder:
     async def build(self, commit: str | None, previous: Epoch | None, reuse: Snapshot | None = None) -> Snapshot:
         self._metrics.snapshot_builds.inc()
         started = time.monotonic()
-        fitting = await self.prepare(commit, reuse) if self.prepare is not None and commit is not None else None
+        fitting = await self._prepare(commit, previous, reuse)
         try:
             snapshot = await asyncio.to_thread(self._build, commit, previous, reuse, fitting)
         except ProxyError as error:
@@ -97,9 +97,17 @@ class Builder:
 
     async def preview(self, commit: str | None, previous: Epoch | None) -> Snapshot:
         """What a build of `commit` would give, fitted as it would be; nothing counted or kept."""
-        fitting = await self.prepare(commit, None) if self.prepare is not None and commit is not None else None
+        fitting = await self._prepare(commit, previous, None)
         snapshot = await asyncio.to_thread(self.reader.build, commit, previous, None, fitting)
         return with_fit(snapshot, fitting.fitted) if fitting is not None and fitting.fitted is not None else snapshot
+
+    async def _prepare(self, commit: str | None, previous: Epoch | None, reuse: Snapshot | None) -> Fitting | None:
+        """The fit of a build of `commit`, keeping the choice of the snapshot it follows (or of the
+        epoch saved before a restart)."""
+        if self.prepare is None or commit is None:
+            return None
+        chosen = reuse.epoch.over_window if reuse is not None else previous.over_window if previous else None
+        return await self.prepare(commit, frozenset(chosen) if chosen is not None else None)
 
     def _build(
         self, commit: str | None, previous: Epoch | None, reuse: Snapshot | None, fitting: Fitting | None

@@ -24,7 +24,6 @@ from ..encoding import digest, encode_text
 from ..git.content import spell
 from ..git.priority import ranks
 from ..git.sections import Section
-from ..git.snapshot import Snapshot
 from .selection import Candidate, select
 from .split import Split, split
 
@@ -134,10 +133,9 @@ def split_for(terms: ContextConfig, window: int) -> Split:
     return split(window, terms.answer_tokens, terms.conversation_tokens, terms.diff_tokens)
 
 
-def fitting_for(config: Config, window: int, counter: Counter, commit: str, reuse: Snapshot | None) -> Fitting:
-    """The fit of a build of `commit` to `window` (on the running loop), keeping the choice of
-    `reuse` (the snapshot it follows) if that was fitted."""
+def fitting_for(config: Config, window: int, counter: Counter, commit: str, previous: frozenset[str] | None) -> Fitting:
+    """The fit of a build of `commit` to `window` (on the running loop), keeping the `previous`
+    choice of files left out, if there is one."""
     repository = config.repository
     rank = partial(ranks, repository.path, commit, priorities=repository.priorities)
-    previous = reuse.over_window if reuse is not None and reuse.budget is not None else None
     return Fitting(asyncio.get_running_loop(), split_for(config.context, window), counter, rank, previous)

@@ -45,10 +45,17 @@ def load_epoch(path: Path, repository: Path) -> Epoch | None:
         or not all(isinstance(item, str) for item in data["order"])
         or not isinstance(data.get("folded"), (str, type(None)))
         or not isinstance(data.get("key"), (str, type(None)))
+        or not isinstance(data.get("over_window"), (list, type(None)))
+        or not all(isinstance(item, str) for item in data.get("over_window") or [])
     ):
         log.warning("ignoring the state file %s: not one this version wrote for %s", path, repository)
         return None
-    return Epoch(data["base"], tuple(data["order"]), data.get("folded"), data.get("key"))
+    chosen = data.get("over_window")
+    return Epoch(data["base"], tuple(data["order"]), data.get("folded"), data.get("key"), _paths(chosen))
+
+
+def _paths(listed: list[str] | None) -> tuple[str, ...] | None:
+    return tuple(listed) if listed is not None else None
 
 
 def save_epoch(path: Path, repository: Path, epoch: Epoch) -> None:
@@ -59,6 +66,7 @@ def save_epoch(path: Path, repository: Path, epoch: Epoch) -> None:
         "order": list(epoch.order),
         "folded": epoch.folded,
         "key": epoch.key,
+        "over_window": list(epoch.over_window) if epoch.over_window is not None else None,
     }
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -93,6 +93,7 @@ class Switcher:
         await self._builder.warm_up(snapshot)
         if self._served.snapshot is served:  # nothing switched meanwhile
             self._served.serve(snapshot)
+            await self._state_file.save(self._served.epoch(snapshot))  # its choice of files, for a restart
             log.info("refitted snapshot %s to the window", short(snapshot.commit))
 
     async def _start(self) -> Snapshot:

@@ -15,6 +15,9 @@ class Epoch:
     #: The repository's name in the base's snapshot (see `repository_key`): a restart takes it
     #: instead of walking the first-parent line to the first commit again (24,000 commits in git/git).
     key: str | None = None
+    #: The files the snapshot left out over the window, once fitted to one (None: not fitted):
+    #: the choice the next fit keeps, a restart's included (see `context/selection.py`).
+    over_window: tuple[str, ...] | None = None
 
     @property
     def named(self) -> tuple[str, str] | None:

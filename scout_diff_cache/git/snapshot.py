@@ -166,7 +166,8 @@ class Snapshot:
 
     @property
     def epoch(self) -> Epoch:
-        return Epoch(self.commit, self.order, key=self.key)
+        chosen = tuple(sorted(self.over_window)) if self.budget is not None else None
+        return Epoch(self.commit, self.order, key=self.key, over_window=chosen)
 
     def encoded(self) -> bytes:
         """The encoded text in one piece: for inspection and tests, never per request."""
@@ -320,11 +321,13 @@ def _assemble(
             excluded.append(item.path)
         elif item.reason is not None:
             left_out.append(LeftOut(item.path, item.reason, item.detail))
-        elif item.cost > budget or item.path in over_window:
-            left_out.append(LeftOut(item.path, OVER_CAP if item.cost > budget else OVER_WINDOW, f"{item.size} bytes"))
-            budget -= 0 if item.cost > budget else item.cost  # the cap decides as if it were inlined
+        elif item.cost > budget:
+            left_out.append(LeftOut(item.path, OVER_CAP, f"{item.size} bytes"))
             findings += item.findings
             continue  # not kept: its text would be held outside the chunks
+        elif item.path in over_window:  # kept, text and all: a fit may take it back at any rebase
+            left_out.append(LeftOut(item.path, OVER_WINDOW, f"{item.size} bytes"))
+            budget -= item.cost  # the cap decides as if it were inlined
         else:
             budget -= item.cost
             text_bytes += item.cost

@@ -536,7 +536,7 @@ async def counting_costs(repository: Path, config: Config, port: int) -> None:
                     f"{counting / cold:.1f}x); {fitting.fitted.describe()}; longest stall {stall * 1000:.1f} ms"
                 )
             _, rebase, _ = await stall_while(lambda: reader.build(str(head.id), plain.epoch, plain))
-            fitting = fitting_for(config, 1_048_576, counter, str(head.id), fitted)
+            fitting = fitting_for(config, 1_048_576, counter, str(head.id), fitted.over_window)
             asked = len(counter.known.counts)
             _, refit, stall = await stall_while(lambda: reader.build(str(head.id), fitted.epoch, fitted, fitting))
             print(
