@@ -102,6 +102,8 @@ def proxy_config(workdir: Path, repository: Path, server: str, prompt: str) -> P
         f"[server]\nport = {free_port()}\nlog_level = warning\n[upstream]\nurl = {server}/v1\nmodel = floor\n"
         f"prompt = {prompt}\n[repository]\npath = {repository}\n[context]\nstate_dir = {workdir / 'state'}\n"
         "conversations = off\nrebase = manual\nusage = upstream\nlayout = separate\n"  # no probe to evict the prompt
+        # the whole repository in the window, as it is sent directly (not fitted to a snapshot's share)
+        "answer_tokens = 256\nconversation_tokens = 1024\ndiff_tokens = 1024\n"
     )
     return config_path
 
