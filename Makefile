@@ -93,8 +93,9 @@ browser: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m tests.tools.benchmark $(BENCH_ARGS)
 
-# The upstream's own floor: time to first token of a fully cached prompt of 1k, 4k and 16k tokens on
-# the real llama-server of `make e2e`, directly and through the proxy, beside its /tokenize time.
+# The upstream's own floor: time to first token of a fully cached prompt of 1k to 30k tokens on the
+# real llama-server of `make e2e`, as text and as token ids, directly and through the proxy, beside
+# the server's template and /tokenize time (also at 55k, 110k and 230k tokens, past its window).
 FLOOR_ARGS ?=
 bench-floor: $(VENV)/.installed-e2e
 	$(BIN)/python -m tests.tools.floor $(FLOOR_ARGS)

@@ -47,6 +47,7 @@ from .state import (
     live_key,
     metrics_key,
     probes_key,
+    prompt_ids_key,
     recent_key,
     tokens_key,
     totals_key,
@@ -56,6 +57,7 @@ from .state import (
 )
 from .upstream.client import Upstream
 from .upstream.counting import TokenCounter
+from .upstream.prompt_ids import PromptIds
 from .upstream.tokens import InjectedTokens
 from .upstream.truncation import describe as describe_truncation
 from .upstream.truncation import truncated
@@ -178,6 +180,7 @@ def make_app(config: Config, after_build: AfterBuild | None = None) -> web.Appli
     app[totals_key] = Totals()
     app[metrics_key] = metrics = Metrics()
     app[tokens_key] = InjectedTokens()
+    app[prompt_ids_key] = PromptIds(metrics)
     app[recent_key] = Recent()
     app[warmups_key] = WarmUps()
     app[probes_key] = probes = SharedTasks()
@@ -311,6 +314,7 @@ async def _epochs(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[live_key].epochs.close()
     await app[probes_key].close()
+    await app[prompt_ids_key].close()
 
 
 def _background(

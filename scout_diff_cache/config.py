@@ -267,6 +267,10 @@ class UpstreamConfig:
     context_window: int | None = option(None, _tokens)
     #: Routes under /v1 the pass-through forwards besides the built-in inference routes.
     passthrough_routes: tuple[str, ...] = option((), _routes)
+    #: How chat prompts go upstream: text (rendered and tokenised by the upstream every request),
+    #: tokens (the snapshot as token ids tokenised once per epoch, where the server and request
+    #: allow, text otherwise, the fallbacks logged as warnings) or auto (the same, quietly).
+    prompt: str = option("text", one_of("text", "tokens", "auto"))
 
 
 @attrs.frozen

@@ -62,6 +62,10 @@ class Metrics:
     change_bytes: Counter = attrs.Factory(lambda: Counter({(): 0.0}))
     #: Entries shown as stubs because they could not be read, by why: each path and reason once.
     unreadable: Counter = attrs.Factory(Counter)
+    #: Chat prompts sent upstream by path (tokens, text) and why (with `[upstream] prompt` not text).
+    prompts: Counter = attrs.Factory(Counter)
+    #: Checks of an epoch's token ids against the server's tokenisation of the whole prompt, by outcome.
+    prompt_checks: Counter = attrs.Factory(Counter)
     #: Requests whose cached prefix broke before their new turn, by the region it broke in.
     prefix_breaks: Counter = attrs.Factory(Counter)
     #: Gauges: the snapshot being served, the last working diff sent (bytes of text), conversations kept.
@@ -155,6 +159,16 @@ def _proxy_lines(metrics: Metrics) -> list[str]:
             "scout_change_bytes_total", "Bytes of work-tree changes inserted into conversations.", metrics.change_bytes
         ),
         *_counter("scout_warmups_total", "Warm-up requests sent upstream, by outcome.", metrics.warmups),
+        *_counter(
+            "scout_prompt_requests_total",
+            "Chat prompts sent upstream with [upstream] prompt = tokens or auto, by path (tokens, text) and why.",
+            metrics.prompts,
+        ),
+        *_counter(
+            "scout_prompt_checks_total",
+            "Checks of an epoch's token ids against the server's tokens of the whole prompt, by outcome.",
+            metrics.prompt_checks,
+        ),
         *_counter(
             "scout_unreadable_entries_total",
             "Entries of a tree or the work tree shown as stubs because they could not be read, by reason "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
+from typing import Any, Protocol
 
 import aiohttp
 import attrs
@@ -40,6 +41,20 @@ class Outbound:
     strip_usage: bool = False
     #: Injected tokens to take out of the usage the client sees (None: report the upstream's).
     injected: int | None = None
+    #: `path` is under the server's root, not its base URL (llama.cpp's own routes).
+    root: bool = False
+    #: Turns an answer in another format (llama.cpp's `/completion`) into the client API's.
+    answers: Answers | None = None
+
+
+class Answers(Protocol):
+    """The translation of one answer: whole, or its stream chunk by chunk."""
+
+    def answer(self, payload: Any) -> Any: ...
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def flush(self) -> bytes: ...
 
 
 def as_the_client_counts(error: ProxyError, outbound: Outbound) -> ProxyError:
@@ -55,9 +70,12 @@ async def relay_json(
 ) -> web.Response:
     started = time.monotonic()
     try:
-        data, payload = await upstream.read_json_answer(outbound.body, outbound.path)
+        data, payload = await upstream.read_json_answer(outbound.body, outbound.path, outbound.root)
     except ContextTooLong as error:
         raise as_the_client_counts(error, outbound) from None
+    if outbound.answers is not None:
+        payload = outbound.answers.answer(payload)
+        data = encode_json(payload)
     exchange.first_byte_seconds = time.monotonic() - started  # a JSON answer comes in one piece
     exchange.usage = outbound.api.read_usage(payload)
     usage = usage_fields(payload)
@@ -68,7 +86,7 @@ async def relay_json(
 
 
 async def _open_stream(upstream: Upstream, outbound: Outbound) -> tuple[aiohttp.ClientResponse, bytes]:
-    response = await upstream.send(outbound.path, outbound.body)
+    response = await upstream.send(outbound.path, outbound.body, outbound.root)
     idle_timeout = upstream.config.idle_timeout
     try:
         await check_status(response, idle_timeout)
@@ -109,11 +127,13 @@ async def relay_stream(
         answer, chunk = opening.result()
         exchange.first_byte_seconds = loop.time() - started
         client = client or await _start_sse(request, headers)
+        answers = outbound.answers
         while chunk:
-            if relayed := usage.feed(chunk):
+            if relayed := usage.feed(answers.feed(chunk) if answers else chunk):
                 await client.write(relayed)
             chunk = await next_chunk(answer, config.idle_timeout)
-        if rest := usage.flush():
+        rest = usage.feed(answers.flush()) if answers else b""
+        if rest := rest + usage.flush():
             await client.write(rest)
         await client.write_eof()
         return client

@@ -18,7 +18,7 @@ from .apis.validation import ClientRequest, RequestRules
 from .config import Config
 from .context.conversations import Prepared
 from .context.split import too_long
-from .encoding import Body, encode_json
+from .encoding import Body, Chunk, encode_json
 from .errors import ContextTooLong, InvalidRequest, MethodNotAllowed, ProxyError
 from .metrics import render as render_metrics
 from .passthrough import forwarded
@@ -30,6 +30,7 @@ from .state import (
     exchange_key,
     live_key,
     metrics_key,
+    prompt_ids_key,
     recent_key,
     tokens_key,
     totals_key,
@@ -37,6 +38,7 @@ from .state import (
 )
 from .status import prefix_health, status_json, status_page
 from .upstream.layout import Layout
+from .upstream.prompt_ids import BodyWith
 from .upstream.truncation import truncated
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,23 @@ async def injected_tokens(request: web.Request, prepared: Prepared) -> int | Non
     return tokens.count(prepared.snapshot.commit, prepared.injected_bytes)
 
 
+async def as_ids(
+    request: web.Request, client: ClientRequest, body_with: BodyWith, prepared: Prepared, injected: int | None
+) -> Outbound | None:
+    """The request with the snapshot as token ids, where `[upstream] prompt` asks for them and the
+    API, the request and the upstream allow (None: it goes by text, counted with why)."""
+    if request.app[live_key].config.upstream.prompt == "text":
+        return None
+    ids = request.app[prompt_ids_key]
+    if request[dialect_key] is not CHAT:
+        ids.count("text", "api")  # Responses and Messages clients send tools: the chat parser is needed
+        return None
+    found = await ids.prompt(request.app[upstream_key], client, body_with, prepared.snapshot)
+    if found is None:
+        return None
+    return Outbound(CHAT, found.path, found.body, not client.wants_usage, injected, found.root, found.answers)
+
+
 def refused(live: Live, prepared: Prepared, client_bytes: int) -> ContextTooLong | None:
     """The error for a prompt the proxy can tell is longer than the window (see `split.too_long`):
     only with a snapshot the upstream counted, and a window known."""
@@ -144,7 +163,10 @@ async def forward(request: web.Request) -> web.StreamResponse:
         prepared = await prepare(request, client, api, layout)
         window = live.windows.known.tokens
         live.epochs.fit_to(live.split(window).snapshot if window else None)
-        body = api.body(client, prepared.parts, prepared.snapshot.json_text, prepared.start, layout.strict)
+
+        def body_with(snapshot: tuple[Chunk, ...]) -> Body:
+            return api.body(client, prepared.parts, snapshot, prepared.start, layout.strict)
+
         headers = injection_headers(prepared)
         if request.app[metrics_key].truncation:
             headers[TRUNCATED] = TRUNCATED_TEXT
@@ -157,10 +179,14 @@ async def forward(request: web.Request) -> web.StreamResponse:
         exchange.conversation = prepared.outcome
         exchange.sent = sent_prompt(client, prepared)
         # chat streams ask upstream for usage on the client's behalf; the other APIs always carry it
-        outbound = Outbound(api, api.path, body, not client.wants_usage, await injected_tokens(request, prepared))
+        injected = await injected_tokens(request, prepared)
+        text = Outbound(api, api.path, body_with(prepared.snapshot.json_text), not client.wants_usage, injected)
         refusal = refused(live, prepared, client.encoded_bytes)
         if refusal is not None:  # the upstream would refuse it: say so without sending it
-            raise as_the_client_counts(refusal, outbound)
+            raise as_the_client_counts(refusal, text)
+        by_ids = await as_ids(request, client, body_with, prepared, injected)
+        outbound = by_ids or text
+        headers["X-Scout-Prompt"] = "text" if by_ids is None else "tokens"
     else:  # the client's body as it came
         exchange.sent = sent_prompt(client, None)
         outbound = Outbound(api, api.path, salted(raw, config.upstream.cache_salt))

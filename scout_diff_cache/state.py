@@ -23,6 +23,7 @@ from .shared import SharedTasks
 from .upstream.client import Upstream
 from .upstream.counting import TokenCounter
 from .upstream.layout import Layouts, Probe
+from .upstream.prompt_ids import PromptIds
 from .upstream.routing import Routing
 from .upstream.tokens import InjectedTokens
 from .upstream.window import Ask, Windows
@@ -138,6 +139,8 @@ wiring_key = web.AppKey("wiring", Wiring)
 totals_key = web.AppKey("totals", Totals)
 metrics_key = web.AppKey("metrics", Metrics)
 tokens_key = web.AppKey("tokens", InjectedTokens)
+#: The snapshot's token ids per epoch, for `[upstream] prompt = tokens` or `auto`.
+prompt_ids_key = web.AppKey("prompt_ids", PromptIds)
 #: Each file content's tokens, as each upstream counted them (kept across rebases and reloads).
 counter_key = web.AppKey("counter", TokenCounter)
 #: The probes of the upstream's template under way, shared by the requests that wait for one.

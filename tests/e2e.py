@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient
 
 from scout_diff_cache.app import make_app
 
-from reconstruction import as_chat, check, check_conversation, parse_snapshot
+from reconstruction import as_chat, check, check_conversation, parse_snapshot, split_strict
 from support import GitRepo, Tap, is_warmup, proxy_config
 
 #: Real source for the repository: three of this project's own modules (about 2,700 tokens).
@@ -101,16 +101,19 @@ def stop(server: subprocess.Popen[bytes]) -> None:
         server.wait(30)
 
 
-async def strict_template_turns(server: str, api: str, tmp_path: Path, aiohttp_client: Any, aiohttp_server: Any) -> str:
+async def strict_template_turns(
+    server: str, api: str, tmp_path: Path, aiohttp_client: Any, aiohttp_server: Any, prompt: str = "text"
+) -> str:
     """A one-shot question, then a conversation's next turn after an edit, on `api` through the
     proxy in front of a server whose template is Gemma 3's (one system message, strict alternation):
     every request answers 200, the proxy learned the strict layout, what the server received (seen
-    by a recording tap) rebuilds the work tree, and the second prompt is >= 95% cached. The report line."""
+    by a recording tap; as token ids and text with `prompt` = tokens) rebuilds the work tree, and
+    the second prompt is >= 95% cached. The report line."""
     tap = Tap(server)
     tapped = await aiohttp_server(tap.app(), host="127.0.0.1")
     repo = make_repository(tmp_path / "repo")
     url = str(tapped.make_url("/v1"))
-    upstream = {"first_byte_timeout": "10m", "model": "gemma"}  # the name vLLM serves it under
+    upstream = {"first_byte_timeout": "10m", "model": "gemma", "prompt": prompt}  # the name vLLM serves it under
     config = proxy_config(tmp_path, repo, url, context={"layout": "auto"}, upstream=upstream)
     client = await aiohttp_client(make_app(config))
     first = await agent_turn(client, api, ["Where are errors built?"], stream=False)
@@ -119,14 +122,51 @@ async def strict_template_turns(server: str, api: str, tmp_path: Path, aiohttp_c
     assert second["cached"] >= 0.95 * first["prompt"], (first, second)
     layout = (await (await client.get("/health")).json())["layout"]
     assert layout["name"] == "strict" and "refused a second system message" in layout["reason"], layout
-    path = f"/v1/{api}"
-    received = [seen.json for seen in tap.seen if seen.path == path and not is_warmup(seen.json)]
+    paths = ("/completion", f"/v1/{api}") if prompt == "tokens" else (f"/v1/{api}",)
+    received = [seen.json for seen in tap.seen if seen.path in paths and not is_warmup(seen.json)]
     assert len(received) == 2
-    check_conversation(as_chat(path, received[-1]), repo.path)
+    if prompt == "tokens":
+        check_conversation(gemma_turns(sent_prompt(server, received[-1])), repo.path)
+    else:
+        check_conversation(as_chat(paths[0], received[-1]), repo.path)
     return (
-        f"{'strict template, ' + api + ', after an edit':58} prompt {second['prompt']:5}  cached {second['cached']:5}"
+        f"{f'strict template, {api}, prompt = {prompt}, after an edit':58} prompt {second['prompt']:5}  cached {second['cached']:5}"
         f"  ({second['cached'] / first['prompt']:.0%} of the first prompt, {first['prompt']})"
     )
+
+
+def post_json(url: str, payload: dict[str, Any]) -> Any:
+    request = urllib.request.Request(url, json.dumps(payload).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=600) as response:
+        return json.load(response)
+
+
+def sent_prompt(server: str, body: dict[str, Any]) -> str:
+    """The prompt a body sent as ids carries, as text (detokenised by the server; <bos> left out):
+    llama.cpp's `/completion` `[ids…, "tail"]`, or vLLM's `kv_transfer_params.prompt_token_ids`."""
+    if "kv_transfer_params" in body:
+        ids = body["kv_transfer_params"]["prompt_token_ids"]
+        return str(post_json(f"{server}/detokenize", {"model": "gemma", "tokens": ids})["prompt"]).removeprefix("<bos>")
+    *ids, tail = body["prompt"]
+    return str(post_json(f"{server}/detokenize", {"tokens": ids[1:]})["content"]) + tail
+
+
+def gemma_turns(prompt: str) -> list[dict[str, object]]:
+    """A prompt rendered by Gemma 3's template, as the separate layout's chat messages: the first
+    user turn opens with the strict layout's system text (snapshot, working diff, own text)."""
+    turns = [turn.removesuffix("<end_of_turn>\n") for turn in prompt.split("<start_of_turn>")[1:]]
+    messages: list[dict[str, object]] = []
+    for turn in turns:
+        role, _, content = turn.partition("\n")
+        messages.append({"role": "assistant" if role == "model" else role, "content": content})
+    assert messages and messages[-1] == {"role": "assistant", "content": ""}, "no generation prompt at the end"
+    snapshot, diff, own = split_strict(str(messages[0]["content"]))
+    return [
+        {"role": "system", "content": snapshot},
+        {"role": "system", "content": diff},
+        {"role": "user", "content": own},
+        *messages[1:-1],
+    ]
 
 
 async def learned_window(server: str, tmp_path: Path, aiohttp_client: Any, **upstream: str) -> dict[str, Any]:

@@ -89,6 +89,7 @@ def test_a_relative_repository_path_is_relative_to_the_config_file(tmp_path: Pat
         ("upstream", "passthrough_routes", "files%2f..", "percent-encoding"),
         ("upstream", "chat_template_kwargs", '["date_string"]', "expected a JSON object"),
         ("upstream", "chat_template_kwargs", "{date_string: 1}", "expected a JSON object"),
+        ("upstream", "prompt", "ids", "expected text, tokens or auto"),
         ("repository", "exclude", "[unclosed", "unclosed '['"),
         ("context", "inject", "maybe", "true or false"),
     ],

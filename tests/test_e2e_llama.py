@@ -287,6 +287,16 @@ async def test_a_strict_template_takes_every_api_and_keeps_the_cache_across_an_e
     REPORT.append(await strict_template_turns(gemma_server, api, tmp_path, aiohttp_client, aiohttp_server))
 
 
+async def test_token_ids_rebuild_the_work_tree_and_keep_the_cache_across_an_edit(
+    gemma_server: str, tmp_path: Path, aiohttp_client: Any, aiohttp_server: Any
+) -> None:
+    """The strict-template turns with prompt = tokens: what llama.cpp received as ids and text rebuilds the work tree."""
+    turns = await strict_template_turns(
+        gemma_server, "chat/completions", tmp_path, aiohttp_client, aiohttp_server, "tokens"
+    )
+    REPORT.append(turns)
+
+
 async def test_the_window_learned_is_the_context_of_one_slot(
     two_slot_server: str, tmp_path: Path, aiohttp_client: Any
 ) -> None:
@@ -300,6 +310,79 @@ async def test_a_prompt_longer_than_a_slot_gets_the_error_clients_compact_on(
     REPORT.append(
         f"over the 4,096 tokens of one slot: {await overflow_errors(two_slot_server, tmp_path, aiohttp_client, 6000)}"
     )
+
+
+async def said(client: TestClient, messages: list[dict[str, str]], stream: bool) -> dict[str, Any]:
+    """One greedy request: the answer's text and finish, how it went upstream, and the server's figures."""
+    body = {"model": "gemma", "max_tokens": 8, "temperature": 0, "messages": messages, "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    response = await client.post("/v1/chat/completions", json=body)
+    assert response.status == 200, await response.text()
+    if stream:
+        lines = (await response.read()).split(b"\n\n")
+        assert lines[-2:] == [b"data: [DONE]", b""], lines[-3:]
+        events = [json.loads(line[6:]) for line in lines[:-2]]
+        text = "".join(e["choices"][0]["delta"].get("content") or "" for e in events if e["choices"])
+        finish = [e["choices"][0]["finish_reason"] for e in events if e["choices"]][-1]
+        answer = {"usage": events[-1]["usage"], "timings": events[-1]["timings"]}
+    else:
+        answer = await response.json()
+        text, finish = answer["choices"][0]["message"]["content"], answer["choices"][0]["finish_reason"]
+    usage = answer["usage"]
+    assert answer["timings"]["cache_n"] == usage["prompt_tokens_details"]["cached_tokens"]
+    return {
+        "text": text,
+        "finish": finish,
+        "path": response.headers["X-Scout-Prompt"],
+        "prompt": usage["prompt_tokens"],
+        "cached": usage["prompt_tokens_details"]["cached_tokens"],
+        "processed": answer["timings"]["prompt_n"],
+    }
+
+
+async def test_token_ids_answer_as_text_does_and_share_its_cache_across_edits(
+    gemma_server: str, tmp_path: Path, aiohttp_client: Any
+) -> None:
+    """prompt = tokens and prompt = text side by side on one conversation with an edit and a commit
+    between turns: the same greedy answers, the same tokens (each text request right after its
+    token twin is served whole from the cache), and each turn >= 95% cached from the one before."""
+    repo = make_repository(tmp_path / "repo")
+    clients = {}
+    for mode in ("tokens", "text"):
+        (tmp_path / mode).mkdir()
+        upstream = {"first_byte_timeout": "10m", "prompt": mode}
+        config = proxy_config(
+            tmp_path / mode,
+            repo,
+            f"{gemma_server}/v1",
+            upstream=upstream,
+            context={"layout": "strict"},  # no probe between two requests: the server has one slot
+        )
+        clients[mode] = await aiohttp_client(make_app(config))
+    history = [{"role": "system", "content": AGENT_PROMPT}, {"role": "user", "content": "Where are errors built?"}]
+    previous = None
+    for turn, stream in enumerate((False, True, False)):
+        ids = await said(clients["tokens"], history, stream)
+        text = await said(clients["text"], history, stream)
+        REPORT.append(
+            line(f"7.{turn} prompt = tokens, turn {turn + 1}", ids, previous or ids["prompt"], "previous prompt")
+        )
+        REPORT.append(line(f"7.{turn} prompt = text, the same turn", text, text["prompt"], "prompt"))
+        assert (ids["path"], text["path"]) == ("tokens", "text")
+        assert (ids["text"], ids["finish"], ids["prompt"]) == (text["text"], text["finish"], text["prompt"])
+        assert text["cached"] >= text["prompt"] - 1  # the same tokens: the text request finds them all
+        if previous is not None:
+            assert ids["cached"] >= 0.95 * previous, (ids, previous)
+        previous = text["prompt"]
+        edited = repo.path / "proxy/errors.py"
+        edited.write_text(edited.read_text() + f"\n# an edit after turn {turn + 1}\n")
+        if turn == 1:
+            repo.commit("commit the edits")
+        history += [{"role": "assistant", "content": ids["text"]}, {"role": "user", "content": f"And now ({turn})?"}]
+    metrics = await (await clients["tokens"].get("/metrics")).text()
+    assert 'scout_prompt_requests_total{path="tokens",reason="ok"} 3' in metrics
+    assert 'scout_prompt_checks_total{outcome="match"} 1' in metrics
 
 
 async def test_a_repository_larger_than_the_window_is_fitted_and_keeps_its_cache(

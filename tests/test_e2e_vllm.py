@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,8 +21,10 @@ from typing import Any
 
 import pytest
 
-from e2e import learned_window, overflow_errors, stop, strict_template_turns, wait_until_healthy
-from support import free_port
+from scout_diff_cache.app import make_app
+
+from e2e import learned_window, make_repository, overflow_errors, stop, strict_template_turns, wait_until_healthy
+from support import free_port, proxy_config
 
 pytestmark = pytest.mark.vllm
 
@@ -96,3 +100,84 @@ async def test_a_prompt_longer_than_max_model_len_gets_the_error_clients_compact
 ) -> None:
     message = await overflow_errors(vllm_server, tmp_path, aiohttp_client, 9000, model="gemma")
     REPORT.append(f"over vLLM's max_model_len of 8,192: {message}")
+
+
+async def test_token_ids_rebuild_the_work_tree_and_keep_the_cache_across_an_edit(
+    vllm_server: str, tmp_path: Path, aiohttp_client: Any, aiohttp_server: Any
+) -> None:
+    """The strict-template turns with prompt = tokens: what vLLM received as ids rebuilds the work tree."""
+    turns = await strict_template_turns(
+        vllm_server, "chat/completions", tmp_path, aiohttp_client, aiohttp_server, "tokens"
+    )
+    REPORT.append(turns)
+
+
+async def greedy(client: Any, messages: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
+    """One greedy request: its answer's text, how it went upstream, and vLLM's prompt and cached tokens."""
+    body = {"model": "gemma", "max_tokens": 8, "temperature": 0, "messages": messages, **fields}
+    response = await client.post("/v1/chat/completions", json=body)
+    assert response.status == 200, await response.text()
+    answer = await response.json()
+    usage = answer["usage"]
+    return {
+        "text": answer["choices"][0]["message"]["content"],
+        "path": response.headers["X-Scout-Prompt"],
+        "prompt": usage["prompt_tokens"],
+        "cached": (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0,
+    }
+
+
+async def test_token_ids_answer_as_text_does_with_and_without_tools(
+    vllm_server: str, tmp_path: Path, aiohttp_client: Any
+) -> None:
+    """prompt = tokens and prompt = text side by side on one conversation with an edit and a commit
+    between turns, the last turn with tools: the same greedy answers and prompt tokens, and each
+    token turn >= 95% cached from the turn before (less one 128-token block)."""
+    repo = make_repository(tmp_path / "repo")
+    clients = {}
+    for mode in ("tokens", "text"):
+        (tmp_path / mode).mkdir()
+        upstream = {"first_byte_timeout": "10m", "prompt": mode, "model": "gemma"}
+        config = proxy_config(
+            tmp_path / mode, repo, f"{vllm_server}/v1", upstream=upstream, context={"layout": "strict"}
+        )
+        clients[mode] = await aiohttp_client(make_app(config))
+    tools = [
+        {"type": "function", "function": {"name": "read_file", "parameters": {"type": "object", "properties": {}}}}
+    ]
+    history: list[dict[str, Any]] = [{"role": "user", "content": "Where are errors built?"}]
+    previous = None
+    for turn in range(3):
+        fields = {"tools": tools, "tool_choice": "none"} if turn == 2 else {}
+        ids = await greedy(clients["tokens"], history, **fields)
+        text = await greedy(clients["text"], history, **fields)
+        REPORT.append(
+            f"{f'prompt = tokens, turn {turn + 1}' + (' with tools' if fields else ''):58} prompt {ids['prompt']:5}"
+            f"  cached {ids['cached']:5}; prompt = text: prompt {text['prompt']:5}  cached {text['cached']:5}"
+        )
+        paths = [
+            line for line in (await (await clients["tokens"].get("/metrics")).text()).splitlines() if "prompt" in line
+        ]
+        assert (ids["path"], text["path"]) == ("tokens", "text"), paths
+        assert (ids["text"], ids["prompt"]) == (text["text"], text["prompt"])
+        assert text["cached"] >= text["prompt"] - 128  # the same tokens: all but the last block
+        if previous is not None:
+            assert ids["cached"] >= 0.95 * previous - 128, (ids, previous)
+        previous = text["prompt"]
+        edited = repo.path / "proxy/errors.py"
+        edited.write_text(edited.read_text() + f"\n# an edit after turn {turn + 1}\n")
+        if turn == 1:
+            repo.commit("commit the edits")
+        history += [{"role": "assistant", "content": ids["text"]}, {"role": "user", "content": f"And now ({turn})?"}]
+    metrics = await (await clients["tokens"].get("/metrics")).text()
+    assert 'scout_prompt_requests_total{path="tokens",reason="ok"} 3' in metrics
+    times: dict[str, list[float]] = {"tokens": [], "text": []}
+    for _ in range(3):  # the last turn again, fully cached, one token: interleaved (reported, not asserted)
+        for mode, client in clients.items():
+            started = time.perf_counter()
+            await greedy(client, history, max_tokens=1)
+            times[mode].append(time.perf_counter() - started)
+    REPORT.append(
+        f"{'the last turn again, cached, through the proxy (median of 3)':58} "
+        + ", ".join(f"{mode} {statistics.median(seconds) * 1000:.0f} ms" for mode, seconds in times.items())
+    )

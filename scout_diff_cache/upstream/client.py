@@ -98,6 +98,11 @@ def error_from_answer(status: int, data: bytes) -> ProxyError:
     return UpstreamRejected(status, message, type_ if isinstance(type_, str) else None)
 
 
+def url_of(config: UpstreamConfig, path: str, root: bool = False) -> str:
+    """`path` under the base URL, or under the server's root (llama.cpp's own routes)."""
+    return f"{root_of(config.url) if root else config.url}{path}"
+
+
 def no_first_byte(config: UpstreamConfig) -> UpstreamTimeout:
     return UpstreamTimeout(f"the upstream sent no answer within first_byte_timeout ({config.first_byte_timeout:g}s)")
 
@@ -154,7 +159,7 @@ class Upstream:
         routing.remember(response.headers)
         return response
 
-    async def send(self, path: str, body: Body) -> aiohttp.ClientResponse:
+    async def send(self, path: str, body: Body, root: bool = False) -> aiohttp.ClientResponse:
         """POST the body to `path` (written chunk by chunk, with its length); return once headers arrive."""
 
         async def chunks() -> AsyncIterator[bytes | memoryview]:
@@ -162,7 +167,7 @@ class Upstream:
                 yield chunk
 
         headers = {"Content-Type": "application/json", "Content-Length": str(body.length)}
-        return await self._request("POST", f"{self.config.url}{path}", chunks(), headers)
+        return await self._request("POST", url_of(self.config, path, root), chunks(), headers)
 
     async def request_any(self, method: str, url: URL, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
         """Send a client's request on to the upstream's `url` as it came."""
@@ -177,11 +182,13 @@ class Upstream:
         except aiohttp.ClientError as error:
             raise UpstreamBadResponse(f"the upstream at {config.url} failed before answering: {error}") from None
 
-    async def read_json_answer(self, body: Body, path: str = "/chat/completions") -> tuple[bytes, Any]:
+    async def read_json_answer(
+        self, body: Body, path: str = "/chat/completions", root: bool = False
+    ) -> tuple[bytes, Any]:
         """A non-streaming exchange: the answer's bytes, untouched, and their parsed JSON."""
         config = self.config
         try:
-            response = await asyncio.wait_for(self.send(path, body), config.first_byte_timeout)
+            response = await asyncio.wait_for(self.send(path, body, root), config.first_byte_timeout)
         except asyncio.TimeoutError:
             raise no_first_byte(config) from None
         try:

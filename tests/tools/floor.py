@@ -1,12 +1,15 @@
 """`make bench-floor`: the upstream's own floor, on the real llama-server of `make e2e`.
 
-    python -m tests.tools.floor [--tokens 1000,4000,16000] [--repeat 3]
+    python -m tests.tools.floor [--tokens 1000,4000,16000,30000] [--text-only 55000,110000,230000] [--repeat 3]
 
 For repositories whose prompt is about each number of tokens (this project's own source, repeated),
-it times the first token of a request whose whole prompt the server already holds in its cache,
-sent directly (the body the proxy would send) and through the real proxy (its own process), and the
-server's `/apply-template` and `/tokenize` of the same prompt: what the server does again for every
-request, cached or not, and what a later token-id mode would be measured against.
+it times the first token of a request whose whole prompt the server already holds in its cache, on
+both paths side by side: as text (the chat body the proxy sends with `prompt = text`) and as token
+ids (`/completion` with the ids of everything up to the snapshot's end and the rest as text, what
+`prompt = tokens` sends), each directly and through the real proxy (its own process), and the
+server's `/apply-template` and `/tokenize` of the same prompt: what the text path makes the server
+do again for every request, cached or not, and the token path does not. Then the same template and
+tokenising cost at sizes past the server's window (`--text-only`), where no question can be asked.
 """
 
 from __future__ import annotations
@@ -92,19 +95,45 @@ async def timed_post(session: aiohttp.ClientSession, url: str, payload: dict[str
     return time.perf_counter() - started, answer
 
 
+def proxy_config(workdir: Path, repository: Path, server: str, prompt: str) -> Path:
+    """A proxy's config for the repository, with `[upstream] prompt` as given, on a port of its own."""
+    config_path = workdir / f"floor-{repository.name}-{prompt}.ini"
+    config_path.write_text(
+        f"[server]\nport = {free_port()}\nlog_level = warning\n[upstream]\nurl = {server}/v1\nmodel = floor\n"
+        f"prompt = {prompt}\n[repository]\npath = {repository}\n[context]\nstate_dir = {workdir / 'state'}\n"
+        "conversations = off\nrebase = manual\nusage = upstream\nlayout = separate\n"  # no probe to evict the prompt
+        # the whole repository in the window, as it is sent directly (not fitted to a snapshot's share)
+        "answer_tokens = 256\nconversation_tokens = 1024\ndiff_tokens = 1024\n"
+    )
+    return config_path
+
+
+async def first_completion_token(session: aiohttp.ClientSession, url: str, body: bytes) -> float:
+    """Seconds to the first token streamed by llama.cpp's `/completion`."""
+    started = time.perf_counter()
+    async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
+        assert response.status == 200, await response.text()
+        async for line in response.content:
+            if line.startswith(b"data: {"):
+                return time.perf_counter() - started
+    raise AssertionError("no token came")
+
+
+async def ids_body(session: aiohttp.ClientSession, server: str, prompt: str, snapshot_text: str) -> bytes:
+    """What `prompt = tokens` sends for `prompt`: the ids up to the snapshot's end, the rest as text."""
+    cut = prompt.index(snapshot_text) + len(snapshot_text)
+    _, ids = await timed_post(session, f"{server}/tokenize", {"content": prompt[:cut], "add_special": True})
+    fields = {"n_predict": 1, "temperature": 0, "stream": True, "cache_prompt": True, "response_fields": ["content"]}
+    return json.dumps({"prompt": [*ids["tokens"], prompt[cut:]], **fields}).encode()
+
+
 async def measure_size(
     session: aiohttp.ClientSession, server: str, tokens: int, repeat: int, workdir: Path
 ) -> dict[str, float]:
     repository = workdir / f"repo-{tokens}"
     source_repository(repository, tokens)
-    port = free_port()
-    config_path = workdir / f"floor-{tokens}.ini"
-    config_path.write_text(
-        f"[server]\nport = {port}\nlog_level = warning\n[upstream]\nurl = {server}/v1\nmodel = floor\n"
-        f"[repository]\npath = {repository}\n[context]\nstate_dir = {workdir / 'state'}\nconversations = off\n"
-        "rebase = manual\n"
-    )
-    config = load_config(config_path)
+    configs = {prompt: proxy_config(workdir, repository, server, prompt) for prompt in ("text", "tokens")}
+    config = load_config(configs["text"])
     rules = ContentRules.from_config(config)
     repo = open_repository(repository)
     head = head_commit(repo)
@@ -125,34 +154,70 @@ async def measure_size(
     messages = json.loads(body)["messages"]
     _, templated = await timed_post(session, f"{server}/apply-template", {"messages": messages})
     prompt = templated["prompt"]
-    direct, through, template, tokenize = [], [], [], []
+    by_ids = await ids_body(session, server, prompt, snapshot.text())
+    times: dict[str, list[float]] = {
+        name: [] for name in ("direct", "proxy", "ids", "ids_proxy", "template", "tokenize")
+    }
     usage: dict[str, Any] = {}
-    log = workdir / f"proxy-{tokens}.log"
-    async with ProxyProcess(config_path, log, port=port, env={"PYTHONPATH": str(ROOT)}, ready_timeout=300) as proxy:
-        small = json.dumps({"messages": QUESTION, **fields}).encode()
-        await first_token(session, f"{proxy.url}/v1/chat/completions", small)  # warms the path
+    small = json.dumps({"messages": QUESTION, **fields}).encode()
+    env = {"PYTHONPATH": str(ROOT)}
+    async with (
+        ProxyProcess(configs["text"], workdir / f"proxy-{tokens}-text.log", env=env, ready_timeout=300) as text,
+        ProxyProcess(configs["tokens"], workdir / f"proxy-{tokens}-tokens.log", env=env, ready_timeout=300) as ids,
+    ):
+        for proxy in (text, ids):  # warms the path: the template's probes, the epoch's ids and their check
+            await first_token(session, f"{proxy.url}/v1/chat/completions", small)
         for _ in range(repeat):  # interleaved, so drift in the machine hits all alike
             seconds, usage = await first_token(session, direct_url, body)
-            direct.append(seconds)
-            seconds, usage = await first_token(session, f"{proxy.url}/v1/chat/completions", small)
-            through.append(seconds)
-            template.append((await timed_post(session, f"{server}/apply-template", {"messages": messages}))[0])
+            times["direct"].append(seconds)
+            times["proxy"].append((await first_token(session, f"{text.url}/v1/chat/completions", small))[0])
+            times["ids"].append(await first_completion_token(session, f"{server}/completion", by_ids))
+            times["ids_proxy"].append((await first_token(session, f"{ids.url}/v1/chat/completions", small))[0])
+            times["template"].append((await timed_post(session, f"{server}/apply-template", {"messages": messages}))[0])
             seconds, tokenized = await timed_post(session, f"{server}/tokenize", {"content": prompt})
-            tokenize.append(seconds)
+            times["tokenize"].append(seconds)
+        answered = await (await session.get(f"{ids.url}/metrics")).text()
+    assert 'scout_prompt_requests_total{path="tokens",reason="ok"}' in answered, "the token path was not taken"
     details = usage.get("prompt_tokens_details") or {}
     return {
         "tokens": len(tokenized["tokens"]),
         "prompt_tokens": usage.get("prompt_tokens", 0),
         "cached": details.get("cached_tokens", 0),
         "cold": cold,
-        "direct": statistics.median(direct),
-        "proxy": statistics.median(through),
-        "template": statistics.median(template),
-        "tokenize": statistics.median(tokenize),
+        **{name: statistics.median(values) for name, values in times.items()},
     }
 
 
-async def measure(sizes: list[int], repeat: int, workdir: Path) -> None:
+async def text_cost(session: aiohttp.ClientSession, server: str, tokens: int, repeat: int) -> tuple[int, float, float]:
+    """The template and tokenising time of a prompt of about `tokens` tokens (this project's source
+    as the system message, a question after it), past any window: the tokens, and both medians."""
+    text = "".join(source.read_text() for source in sorted((ROOT / "scout_diff_cache").glob("*.py")))
+    wanted = int(tokens * BYTES_PER_TOKEN)
+    messages = [{"role": "system", "content": (text * (wanted // len(text) + 1))[:wanted]}, *QUESTION]
+    template, tokenize, count = [], [], 0
+    for _ in range(repeat):
+        seconds, rendered = await timed_post(session, f"{server}/apply-template", {"messages": messages})
+        template.append(seconds)
+        seconds, tokenized = await timed_post(session, f"{server}/tokenize", {"content": rendered["prompt"]})
+        tokenize.append(seconds)
+        count = len(tokenized["tokens"])
+    return count, statistics.median(template), statistics.median(tokenize)
+
+
+def print_row(row: dict[str, float]) -> None:
+    """One size: its figures, what the token path removed of the text path's extra cost (the goal:
+    at least 90% of the server's template and tokenising time) and what the proxy adds to it."""
+    extra = row["template"] + row["tokenize"]
+    removed = (row["direct"] - row["ids"]) / extra if extra else 0.0
+    print(
+        f"{row['prompt_tokens']:>8,}{row['cached']:>8,}{row['cold']:>7.1f}s"
+        + "".join(f"{row[name] * 1000:>9.0f}ms" for name in ("direct", "ids", "proxy", "ids_proxy"))
+        + f"{row['template'] * 1000:>10.1f}ms{row['tokenize'] * 1000:>10.1f}ms{removed:>9.0%}"
+        + f"{(row['ids_proxy'] - row['ids']) * 1000:>+10.0f}ms"
+    )
+
+
+async def measure(sizes: list[int], text_only: list[int], repeat: int, workdir: Path) -> None:
     model, binary = model_and_server()
     port = free_port()
     log = (workdir / "llama-server.log").open("wb")
@@ -176,18 +241,17 @@ async def measure(sizes: list[int], repeat: int, workdir: Path) -> None:
                     pass
                 await asyncio.sleep(0.1)
             print(f"llama-server {binary}, gemma 3 270M, -c 32768 -np 1 --swa-full --cache-ram 0; median of {repeat}")
+            print("time to first token of a fully cached question; text: chat body, ids: /completion [ids…, tail]")
             print(
-                f"{'prompt tokens':>14}{'cached':>9}{'cold':>9}{'direct':>10}{'proxy':>10}"
-                f"{'template':>10}{'tokenize':>10}{'tokenize/1k':>13}{'direct/1k':>11}"
+                f"{'prompt':>8}{'cached':>8}{'cold':>8}{'text':>11}{'ids':>11}{'text+px':>11}{'ids+px':>11}"
+                f"{'template':>12}{'tokenize':>12}{'removed':>9}{'proxy adds':>12}"
             )
             for size in sizes:
-                row = await measure_size(session, url, size, repeat, workdir)
-                per_k = 1000 / row["tokens"]
-                print(
-                    f"{row['prompt_tokens']:>14,}{row['cached']:>9,}{row['cold']:>8.2f}s{row['direct'] * 1000:>8.0f}ms"
-                    f"{row['proxy'] * 1000:>8.0f}ms{row['template'] * 1000:>8.1f}ms{row['tokenize'] * 1000:>8.1f}ms"
-                    f"{row['tokenize'] * 1000 * per_k:>11.2f}ms{row['direct'] * 1000 * per_k:>9.1f}ms"
-                )
+                print_row(await measure_size(session, url, size, repeat, workdir))
+            print("the text path's template and /tokenize time past the window (the token path pays neither)")
+            for size in text_only:
+                count, template, tokenize = await text_cost(session, url, size, repeat)
+                print(f"{count:>8,} tokens: template {template * 1000:>8.1f}ms, /tokenize {tokenize * 1000:>8.1f}ms")
     finally:
         server.terminate()
         server.wait(30)
@@ -196,11 +260,21 @@ async def measure(sizes: list[int], repeat: int, workdir: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.tools.floor", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokens", default="1000,4000,16000", help="prompt sizes, in tokens (default 1000,4000,16000)")
+    parser.add_argument(
+        "--tokens", default="1000,4000,16000,30000", help="prompt sizes, in tokens (default 1000,4000,16000,30000)"
+    )
+    parser.add_argument(
+        "--text-only",
+        default="55000,110000,230000",
+        help="prompt sizes past the window, for the template and tokenising cost alone (default 55000,110000,230000)",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="cached requests per size and path (default 3)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="scout-floor-") as scratch:
-        asyncio.run(measure([int(size) for size in args.tokens.split(",")], args.repeat, Path(scratch)))
+        sizes, text_only = (
+            [int(size) for size in option.split(",") if size] for option in (args.tokens, args.text_only)
+        )
+        asyncio.run(measure(sizes, text_only, args.repeat, Path(scratch)))
 
 
 if __name__ == "__main__":

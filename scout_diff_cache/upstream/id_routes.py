@@ -1,0 +1,182 @@
+"""How each kind of server takes a chat prompt as token ids: where a request rendered with a marker
+in the snapshot's place splits, how an epoch's ids are learned and checked, and the body that
+carries them.
+
+- llama.cpp renders with `/apply-template` (text: the head before the marker, the tail after it),
+  tokenises head + snapshot once, and takes `/completion` with `[ids…, "tail"]`, answered in its own
+  format (see `llama_completion.py`);
+- vLLM renders and tokenises at once (`/tokenize` with `messages`): the marker's own ids are found
+  in the request's, the ids before it are the head, those after it the tail; the epoch's ids are the
+  whole prompt's less that tail, and `/v1/chat/completions` takes them all in
+  `kv_transfer_params.prompt_token_ids` (the messages are not rendered again; its chat parsers, tools
+  included, still read the answer, which is chat's own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from array import array
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import attrs
+
+from ..encoding import Body, Chunk, encode_json, encode_text
+from ..errors import UpstreamBadResponse
+from .client import Upstream
+from .llama_completion import ChatFromCompletion, completion_body, text_reason
+
+#: Where the snapshot goes when a request is rendered for its head and tail: text no template
+#: changes and no client sends (one that does goes by text: the marker must render once).
+MARKER = "\u2063scout-diff-cache snapshot\u2063"
+
+
+@attrs.frozen
+class Split:
+    """A request rendered with the marker in the snapshot's place: what comes before the marker
+    (with the commit, the key of an epoch's ids) and after it, as text or ids."""
+
+    head: str | bytes
+    tail: str | array[int] = attrs.field(eq=False)
+
+
+@attrs.frozen
+class IdsPrompt:
+    """A request for the upstream as ids: where it goes (under the server's root, or its base URL),
+    its body, and the translation of its answer for the client, if it needs one."""
+
+    path: str
+    body: Body
+    root: bool = False
+    answers: ChatFromCompletion | None = None
+
+
+class IdsRoute(Protocol):
+    """One kind of server's way to take a chat prompt as ids."""
+
+    def text_reason(self, fields: dict[str, Any]) -> str | None:
+        """Why a request with these fields must go by text (None: it can go as ids)."""
+
+    async def split(self, upstream: Upstream, marked: Body) -> Split | None:
+        """The request (`marked`: its body with the marker for the snapshot) split at the marker;
+        None unless the marker rendered exactly once."""
+
+    async def learn(self, upstream: Upstream, split: Split, whole: Body, snapshot: Chunks) -> array[int] | None:
+        """The ids of the prompt up to the snapshot's end, checked on this request (`whole`: its real
+        body) against the server's tokens of the whole prompt; None when they differ."""
+
+    def prompt(self, encoded: tuple[bytes, ...], split: Split, fields: dict[str, Any], marked: Body) -> IdsPrompt:
+        """The request with the epoch's ids (`encoded`) and its own tail."""
+
+
+Chunks = tuple[Chunk, ...]
+
+
+def split_at_marker(rendered: str) -> tuple[str, str] | None:
+    """The rendered prompt's head and tail around the marker; None unless it appears exactly once."""
+    head, found, tail = rendered.partition(MARKER)
+    return (head, tail) if found and MARKER not in tail else None
+
+
+def split_ids(tokens: array[int], marker: array[int]) -> tuple[array[int], array[int]] | None:
+    """The ids before and after the marker's own ids; None unless they occur exactly once."""
+    data, needle = tokens.tobytes(), marker.tobytes()
+    found = [at for at in _occurrences(data, needle) if at % tokens.itemsize == 0]
+    if len(found) != 1 or not needle:
+        return None
+    start = found[0] // tokens.itemsize
+    return tokens[:start], tokens[start + len(marker) :]
+
+
+def _occurrences(data: bytes, needle: bytes) -> list[int]:
+    found, at = [], data.find(needle)
+    while at >= 0 and needle:
+        found.append(at)
+        at = data.find(needle, at + 1)
+    return found
+
+
+def parity(whole: Sequence[int], ids: Sequence[int], tail: Sequence[int]) -> bool:
+    """Whether the ids, then the tail's, are exactly the whole prompt's tokens (and there are ids)."""
+    return bool(ids) and list(whole) == [*ids, *tail]
+
+
+class LlamaCompletion:
+    """llama.cpp: rendered by `/apply-template`, sent to `/completion` (under the server's root)."""
+
+    def text_reason(self, fields: dict[str, Any]) -> str | None:
+        return text_reason(fields)
+
+    async def split(self, upstream: Upstream, marked: Body) -> Split | None:
+        found = split_at_marker(await _rendered(upstream, marked))
+        return Split(*found) if found else None
+
+    async def learn(self, upstream: Upstream, split: Split, whole: Body, snapshot: Chunks) -> array[int] | None:
+        assert isinstance(split.head, str) and isinstance(split.tail, str)
+        opening, closing = b'{"content":"', b'","add_special":true,"parse_special":true}'
+        ids = await _tokens(upstream, Body((opening, encode_text(split.head), *snapshot, closing)))
+        rendered = await _rendered(upstream, whole)
+        everything = await _tokens(upstream, await asyncio.to_thread(_tokenize_text, rendered, True))
+        own = await _tokens(upstream, _tokenize_text(split.tail, False))
+        return ids if await asyncio.to_thread(parity, everything, ids, own) else None
+
+    def prompt(self, encoded: tuple[bytes, ...], split: Split, fields: dict[str, Any], marked: Body) -> IdsPrompt:
+        assert isinstance(split.tail, str)
+        answers = ChatFromCompletion(str(fields.get("model", "")))
+        return IdsPrompt("/completion", completion_body(encoded, split.tail, fields), True, answers)
+
+
+class VllmChat:
+    """vLLM: rendered and tokenised by `/tokenize` with `messages`, sent to `/v1/chat/completions`
+    with the ids in `kv_transfer_params.prompt_token_ids`."""
+
+    def __init__(self) -> None:
+        self._marker: array[int] | None = None
+
+    def text_reason(self, fields: dict[str, Any]) -> str | None:
+        return "unmapped field" if "kv_transfer_params" in fields else None
+
+    async def split(self, upstream: Upstream, marked: Body) -> Split | None:
+        if self._marker is None:
+            alone = {"model": upstream.config.model, "prompt": MARKER, "add_special_tokens": False}
+            self._marker = await _tokens(upstream, Body((encode_json(alone),)))
+        found = split_ids(await _tokens(upstream, marked), self._marker)
+        return Split(found[0].tobytes(), found[1]) if found else None
+
+    async def learn(self, upstream: Upstream, split: Split, whole: Body, snapshot: Chunks) -> array[int] | None:
+        assert isinstance(split.head, bytes) and isinstance(split.tail, array)
+        everything = await _tokens(upstream, whole)
+        ids, tail = everything[: len(everything) - len(split.tail)], split.tail
+        fits = ids.tobytes().startswith(split.head) and len(ids) * ids.itemsize > len(split.head)
+        return ids if fits and await asyncio.to_thread(parity, everything, ids, tail) else None
+
+    def prompt(self, encoded: tuple[bytes, ...], split: Split, fields: dict[str, Any], marked: Body) -> IdsPrompt:
+        assert isinstance(split.tail, array)
+        tail = b"".join(b"," + str(token).encode() for token in split.tail)
+        ids = (b',"kv_transfer_params":{"prompt_token_ids":[', *encoded, tail, b"]}}")
+        return IdsPrompt("/chat/completions", Body((*marked.chunks[:-1], *ids)))
+
+
+def _tokenize_text(text: str, add_special: bool) -> Body:
+    return Body((encode_json({"content": text, "add_special": add_special, "parse_special": True}),))
+
+
+async def _rendered(upstream: Upstream, body: Body) -> str:
+    """The prompt llama.cpp's template renders from a chat body."""
+    _, payload = await upstream.read_json_answer(body, "/apply-template", root=True)
+    prompt = payload.get("prompt") if isinstance(payload, dict) else None
+    if not isinstance(prompt, str):
+        raise UpstreamBadResponse("the upstream's /apply-template answer holds no prompt")
+    return prompt
+
+
+async def _tokens(upstream: Upstream, body: Body) -> array[int]:
+    """The server's tokens for a `/tokenize` body (text, or a chat body on vLLM), as compact ids."""
+    _, payload = await upstream.read_json_answer(body, "/tokenize", root=True)
+    tokens = payload.get("tokens") if isinstance(payload, dict) else None
+    if not isinstance(tokens, list):
+        raise UpstreamBadResponse("the upstream's /tokenize answer holds no tokens")
+    try:
+        return await asyncio.to_thread(array, "i", tokens)
+    except TypeError:
+        raise UpstreamBadResponse("the upstream's /tokenize answer holds tokens that are not ids") from None
