@@ -339,11 +339,7 @@ def _assemble(
     text_bytes += len(text.encode("utf-8"))
     pieces.append((None, encode_text(text)))
     chunks, views = _chunks(pieces, earlier)
-    rendered = Rendered(
-        rules,
-        {entry: attrs.evolve(item, encoded=views[entry]) if entry in views else item for entry, item in kept.items()},
-        chunks,
-    )
+    rendered = Rendered(rules, {entry: _viewed(item, views.get(entry)) for entry, item in kept.items()}, chunks)
     return Snapshot(
         commit,
         tuple(inlined),
@@ -356,6 +352,11 @@ def _assemble(
         rendered,
         key,
     )
+
+
+def _viewed(item: Section, view: memoryview | None) -> Section:
+    """A kept section, its text a view into the chunk that holds it (if one does)."""
+    return attrs.evolve(item, encoded=view) if view is not None else item
 
 
 def _tail(left_out: list[LeftOut], commit: str) -> str:
