@@ -25,6 +25,7 @@ from scout_diff_cache.git.priority import ranks
 from scout_diff_cache.git.repository import ContentRules
 from scout_diff_cache.git.snapshot import build_snapshot
 from scout_diff_cache.patterns import compile_patterns
+from scout_diff_cache.upstream.counting import tokens_in
 
 from reconstruction import check, parse_snapshot
 from support import (
@@ -491,3 +492,19 @@ async def test_a_restart_keeps_the_choice_the_epochs_before_it_made(
     fresh = await make_proxy(context={"state_dir": str(tmp_path / "elsewhere")})
     await snapshot_ready(fresh)
     assert "over the window" not in (await injected(fresh, upstream))[0]  # what a first choice makes
+
+
+@pytest.mark.parametrize(
+    ("answer", "count"),
+    [
+        (b'{"tokens":[2,105,2364]}', 3),  # llama.cpp
+        (b'{"tokens": [ ]}', 0),
+        (b'{"tokens":[' + b",".join([b"7"] * 100_000) + b"]}", 100_000),  # counted by its commas
+        (b'{"count":3,"max_model_len":8192,"tokens":[2,105,2364],"token_strs":null}', 3),  # vLLM
+        (b'{"tokens":[{"id":2,"piece":"a"},{"id":3,"piece":"b"}]}', 2),  # with pieces: parsed
+        (b'{"error":"no"}', None),
+        (b"not json", None),
+    ],
+)
+def test_a_tokenize_answer_is_counted_without_parsing_its_ids(answer: bytes, count: int | None) -> None:
+    assert tokens_in(answer) == count

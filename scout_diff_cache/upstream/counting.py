@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -43,8 +44,6 @@ CONCURRENCY = 4
 CAUTIOUS_BYTES_PER_TOKEN = 3.0
 #: Counts kept per upstream (about 40 bytes each): a very large repository and a few rebases.
 KEPT = 1 << 20
-#: Answers larger than this are parsed in a thread, off the event loop.
-PARSE_INLINE = 64 * 1024
 
 
 @attrs.frozen
@@ -115,7 +114,7 @@ class TokenCounter:
                 status, data = await self._tokenize(DIALECTS[number](text))
             except ProxyError:
                 return None  # unreachable: estimated this time, asked again next build
-            tokens = await _tokens_in(data) if status < 300 else None
+            tokens = tokens_in(data) if status < 300 else None
             if tokens is not None:
                 known.dialect = number
                 return tokens
@@ -125,10 +124,23 @@ class TokenCounter:
         return None
 
 
-async def _tokens_in(data: bytes) -> int | None:
-    """The count in a `/tokenize` answer: `count` (vLLM, SGLang) or the length of `tokens`."""
+#: llama.cpp's answer without pieces: a list of ids and nothing else, countable by its commas.
+IDS_ONLY = re.compile(rb'\s*\{\s*"tokens"\s*:\s*\[([\d,\s]*)\]\s*\}\s*')
+
+#: vLLM's and SGLang's answer says its count before or after the list of ids.
+COUNT = re.compile(rb'"count"\s*:\s*(\d+)')
+
+
+def tokens_in(data: bytes) -> int | None:
+    """The count in a `/tokenize` answer: `count` (vLLM, SGLang) or the length of `tokens`. A
+    large file's answer lists a million ids; parsing them (even in a thread, which holds the GIL
+    all the while) would stall every request, so a plain list is counted by its commas instead."""
+    if (listed := IDS_ONLY.fullmatch(data)) is not None:
+        return listed[1].count(b",") + 1 if listed[1].strip() else 0
+    if (counted := COUNT.search(data)) is not None:
+        return int(counted[1])
     try:
-        answer = json.loads(data) if len(data) <= PARSE_INLINE else await asyncio.to_thread(json.loads, data)
+        answer = json.loads(data)
     except ValueError:
         return None
     if not isinstance(answer, dict):
