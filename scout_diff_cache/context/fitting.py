@@ -11,7 +11,6 @@ say so, and the window is asked for again.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from functools import partial
@@ -32,12 +31,12 @@ class Counter(Protocol):
     """The upstream's token counts, by digest of the encoded text (see `upstream/counting.py`)."""
 
     async def unknown(self, keys: Sequence[bytes]) -> set[bytes]:
-        """The keys not counted yet: only their texts need decoding."""
+        """The keys not counted yet: only their texts are sent."""
 
     async def count(
-        self, keys: Sequence[bytes], texts: Mapping[bytes, str], sizes: Sequence[int]
+        self, keys: Sequence[bytes], texts: Mapping[bytes, bytes | memoryview], sizes: Sequence[int]
     ) -> tuple[Sequence[int], bool]:
-        """The tokens of each key (`texts` those not counted yet, `sizes` their bytes), and
+        """The tokens of each key (`texts` those not counted yet, JSON-encoded; `sizes` their bytes), and
         whether every count is exact."""
 
 
@@ -92,7 +91,7 @@ class Fitting:
         encoded = [encode_text(header), *(section.encoded for section in sections)]
         keys = [digest(piece) for piece in encoded]
         unknown = self._on_loop(self._counter.unknown(keys))
-        texts = {key: _text(piece) for key, piece in zip(keys, encoded, strict=True) if key in unknown}
+        texts = {key: piece for key, piece in zip(keys, encoded, strict=True) if key in unknown}
         sizes = [len(header.encode("utf-8")), *(section.cost for section in sections)]
         counted, exact = self._on_loop(self._counter.count(keys, texts, sizes))
         fixed, tokens = counted[0] + TAIL, list(counted[1:])
@@ -115,11 +114,6 @@ class Fitting:
     def _on_loop(self, work: Coroutine[Any, Any, T]) -> T:
         """Run `work` on the event loop and wait for it here, in the build's thread."""
         return asyncio.run_coroutine_threadsafe(work, self._loop).result()
-
-
-def _text(encoded: bytes | memoryview) -> str:
-    """A text as the snapshot holds it (it is kept JSON-encoded)."""
-    return str(json.loads(b'"' + bytes(encoded) + b'"'))
 
 
 def _listing(section: Section, rate: float) -> int:

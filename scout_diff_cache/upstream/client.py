@@ -30,6 +30,8 @@ from .overflow import context_too_long
 from .routing import Routing
 from .window import root_of
 
+#: The content type of a body encoded here.
+JSON = {"Content-Type": "application/json"}
 #: An error body longer than this is cut before it is read whole.
 MAX_ERROR_BODY = 64 * 1024
 #: An answer about the server (its /props, /info) longer than this is not read.
@@ -242,9 +244,10 @@ class Upstream:
         status, data = await self._brief(method, url, body)
         return _json_or_none(data) if status < 300 and len(data) <= MAX_ABOUT else None
 
-    async def tokenize(self, body: dict[str, Any]) -> tuple[int, bytes]:
-        """The server's own tokenizer on one text (`POST /tokenize` at its root): the status and the
-        answer, within the idle timeout (a file of a few hundred KiB takes a fraction of a second)."""
+    async def tokenize(self, body: bytes) -> tuple[int, bytes]:
+        """The server's own tokenizer on one text (`POST /tokenize` at its root, the JSON `body`
+        encoded already): the status and the answer, within the idle timeout (a file of a few
+        hundred KiB takes a fraction of a second)."""
         config = self.config
         return await self._brief("POST", f"{root_of(config.url)}/tokenize", body, config.idle_timeout, MAX_ANSWER)
 
@@ -252,7 +255,7 @@ class Upstream:
         self,
         method: str,
         url: str,
-        body: dict[str, Any] | None = None,
+        body: dict[str, Any] | bytes | None = None,
         within: float | None = None,
         limit: int = MAX_ABOUT,
     ) -> tuple[int, bytes]:
@@ -262,7 +265,8 @@ class Upstream:
         within = within or config.connect_timeout
         try:
             timeout = aiohttp.ClientTimeout(total=within)
-            async with self.session.request(method, url, json=body, timeout=timeout) as response:
+            sent: dict[str, Any] = {"data": body, "headers": JSON} if isinstance(body, bytes) else {"json": body}
+            async with self.session.request(method, url, timeout=timeout, **sent) as response:
                 return response.status, await read_all(response, within, limit + 1)
         except asyncio.TimeoutError:
             raise UpstreamTimeout(f"the upstream at {config.url} did not answer within {within:g}s") from None

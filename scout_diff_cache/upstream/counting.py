@@ -20,7 +20,6 @@ import json
 import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
 
 import attrs
 
@@ -28,14 +27,18 @@ from ..errors import ProxyError
 
 log = logging.getLogger("scout_diff_cache")
 
-#: Asks the upstream's `/tokenize` with a JSON body: its status and answer.
-Tokenize = Callable[[dict[str, Any]], Awaitable[tuple[int, bytes]]]
+#: A text JSON-encoded without its quotes, as the snapshot keeps it.
+Encoded = bytes | memoryview
 
-#: The bodies servers take, tried in this order on the first count (vLLM refuses llama.cpp's, not
-#: the other way round: llama.cpp counts a missing `content` as empty).
-DIALECTS: tuple[Callable[[str], dict[str, Any]], ...] = (
-    lambda text: {"content": text, "add_special": False},
-    lambda text: {"prompt": text, "add_special_tokens": False},
+#: Asks the upstream's `/tokenize` with a JSON body (encoded): its status and answer.
+Tokenize = Callable[[bytes], Awaitable[tuple[int, bytes]]]
+
+#: The bodies servers take, around the text as the snapshot holds it (JSON-encoded already: a large
+#: file is never encoded on the event loop), tried in this order on the first count (vLLM refuses
+#: llama.cpp's, not the other way round: llama.cpp counts a missing `content` as empty).
+DIALECTS = (
+    (b'{"add_special":false,"content":"', b'"}'),
+    (b'{"add_special_tokens":false,"prompt":"', b'"}'),
 )
 
 #: Texts counted at once: enough to keep the server busy, few enough to leave room for requests.
@@ -85,7 +88,7 @@ class TokenCounter:
         self,
         known: UpstreamCounts,
         keys: Sequence[bytes],
-        texts: Mapping[bytes, str],
+        texts: Mapping[bytes, Encoded],
         sizes: Sequence[int],
         rate: float | None,
     ) -> Counted:
@@ -105,13 +108,14 @@ class TokenCounter:
         tokens = tuple(known.counts.get(key, round(size * per_byte)) for key, size in zip(keys, sizes, strict=True))
         return Counted(tokens, all(key in known.counts for key in keys))
 
-    async def _one(self, known: UpstreamCounts, text: str) -> int | None:
+    async def _one(self, known: UpstreamCounts, text: Encoded) -> int | None:
         """One text's tokens, or None if the upstream cannot count it."""
         if known.dialect == -1:
             return None
         for number in [known.dialect] if known.dialect is not None else range(len(DIALECTS)):
             try:
-                status, data = await self._tokenize(DIALECTS[number](text))
+                opening, closing = DIALECTS[number]
+                status, data = await self._tokenize(b"".join((opening, text, closing)))
             except ProxyError:
                 return None  # unreachable: estimated this time, asked again next build
             tokens = tokens_in(data) if status < 300 else None
@@ -164,7 +168,7 @@ class Bound:
         return {key for key in keys if key not in self.known.counts}
 
     async def count(
-        self, keys: Sequence[bytes], texts: Mapping[bytes, str], sizes: Sequence[int]
+        self, keys: Sequence[bytes], texts: Mapping[bytes, Encoded], sizes: Sequence[int]
     ) -> tuple[Sequence[int], bool]:
         counted = await self.counter.count(self.known, keys, texts, sizes, self.rate)
         return counted.tokens, counted.exact
