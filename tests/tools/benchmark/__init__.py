@@ -518,8 +518,9 @@ async def counting_costs(repository: Path, config: Config, port: int) -> None:
     reader = RepositoryReader(repository, rules, config.repository.max_snapshot_bytes, Workers())
     async with aiohttp.ClientSession() as session:
 
-        async def ask(body: dict[str, Any]) -> tuple[int, bytes]:
-            async with session.post(f"http://127.0.0.1:{port}/tokenize", json=body) as answer:
+        async def ask(body: bytes) -> tuple[int, bytes]:
+            headers = {"Content-Type": "application/json"}
+            async with session.post(f"http://127.0.0.1:{port}/tokenize", data=body, headers=headers) as answer:
                 return answer.status, await answer.read()
 
         counter = TokenCounter(ask).bound("bench", "bench", None)
