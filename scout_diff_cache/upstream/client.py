@@ -116,6 +116,11 @@ def _json_or_none(data: bytes) -> Any:
         return None
 
 
+def _sent(body: dict[str, Any] | bytes | None) -> dict[str, Any]:
+    """How a body goes: encoded already, or to be encoded by the session."""
+    return {"data": body, "headers": JSON} if isinstance(body, bytes) else {"json": body}
+
+
 def _connect_only(config: UpstreamConfig) -> aiohttp.ClientTimeout:
     """Per request, so a reloaded connect_timeout applies at once; reads have their own limits."""
     return aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout)
@@ -265,8 +270,7 @@ class Upstream:
         within = within or config.connect_timeout
         try:
             timeout = aiohttp.ClientTimeout(total=within)
-            sent: dict[str, Any] = {"data": body, "headers": JSON} if isinstance(body, bytes) else {"json": body}
-            async with self.session.request(method, url, timeout=timeout, **sent) as response:
+            async with self.session.request(method, url, timeout=timeout, **_sent(body)) as response:
                 return response.status, await read_all(response, within, limit + 1)
         except asyncio.TimeoutError:
             raise UpstreamTimeout(f"the upstream at {config.url} did not answer within {within:g}s") from None
