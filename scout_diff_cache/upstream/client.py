@@ -31,6 +31,10 @@ from .progress import PROGRESS_FIELDS, ProgressReader, Report
 from .routing import Routing
 from .window import root_of
 
+#: Seconds an idle connection is kept for reuse: less than the 5 s llama.cpp's and uvicorn's (vLLM,
+#: SGLang) servers keep theirs, so a request never goes out on one the server is closing (it
+#: would fail with "Server disconnected").
+KEEPALIVE = 4.0
 #: The content type of a body encoded here.
 JSON = {"Content-Type": "application/json"}
 #: An error body longer than this is cut before it is read whole.
@@ -137,7 +141,7 @@ class Upstream:
         self._routing = routing
         self.session = aiohttp.ClientSession(
             timeout=_connect_only(config()),
-            connector=aiohttp.TCPConnector(limit=config().max_connections),
+            connector=aiohttp.TCPConnector(limit=config().max_connections, keepalive_timeout=KEEPALIVE),
             auto_decompress=False,
             middlewares=(self._every_request,),
         )
