@@ -202,13 +202,14 @@ async def test_a_warm_up_shows_the_progress_llama_cpp_reports(
                 b"data: " + json.dumps({"choices": [], "prompt_progress": progress}).encode() + b"\n\n"
             )
         await fake.release.wait()
+        await asyncio.sleep(1.5)  # a batch longer than idle_timeout: a prefill's gaps have first_byte_timeout
         usage = {"prompt_tokens": 3500, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 500}}
         await response.write(b"data: " + json.dumps({"choices": [], "usage": usage}).encode() + b"\n\ndata: [DONE]\n\n")
         return response
 
     upstream.behaviour = reporting_warm_ups
     upstream.about["GET /props"] = {"default_generation_settings": {"n_ctx": 65536}, "total_slots": 1}
-    client = await make_proxy(context={"rebase": "manual"})
+    client = await make_proxy(context={"rebase": "manual"}, upstream={"idle_timeout": "1s"})
     await snapshot_ready(client)
     git_repo.write("src/new.py", "def new():\n    return 1\n")
     git_repo.commit("a new module")

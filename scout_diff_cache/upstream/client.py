@@ -290,7 +290,9 @@ async def tokenize(upstream: Upstream, body: bytes) -> tuple[int, bytes]:
 
 
 async def streamed(upstream: Upstream, body: Body, report: Report) -> Usage | None:
-    """A streamed warm-up read to its end (see `progress.py`): its usage."""
+    """A streamed warm-up read to its end (see `progress.py`): its usage. Until its one token, all
+    of it is prefill, so the gaps between its events have the first byte's limit, not the idle one
+    (a batch of a large model on a slow machine can take minutes)."""
     config = upstream.config
     try:
         response = await asyncio.wait_for(upstream.send("/chat/completions", body), config.first_byte_timeout)
@@ -301,7 +303,7 @@ async def streamed(upstream: Upstream, body: Body, report: Report) -> Usage | No
         await check_status(response, config.idle_timeout)
         if response.content_type != "text/event-stream":  # it answered in one piece after all
             return CHAT.read_usage(_json_or_none(await read_all(response, config.idle_timeout, MAX_ANSWER)))
-        while chunk := await next_chunk(response, config.idle_timeout):
+        while chunk := await next_chunk(response, max(config.idle_timeout, config.first_byte_timeout)):
             reader.feed(chunk)
     finally:
         response.close()
