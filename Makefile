@@ -83,7 +83,7 @@ routers: $(VENV)/.installed-routers
 	$(BIN)/python -m pytest -q -s -m routers tests/test_routers.py
 
 # The status page in a real headless Chromium, Debian's package (installed when missing: CI runs as
-# root), driven over its DevTools protocol. `make browser SCREENSHOT=.readme/status.png` renews the
+# root), driven over its DevTools protocol. `make browser SCREENSHOT=tests/screenshots/status.png` renews the
 # README's picture of the page; by default it goes to a temporary file, whose path is printed.
 SCREENSHOT ?=
 browser: $(VENV)/.installed-test
