@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 from aiohttp import ClientHandlerType
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.payload import Payload
 from yarl import URL  # aiohttp's own URL type, installed with it
 
 from ..apis.assembly import assemble, system_message
@@ -30,6 +33,8 @@ from .overflow import context_too_long
 from .progress import PROGRESS_FIELDS, ProgressReader, Report
 from .routing import Routing
 from .window import root_of
+
+log = logging.getLogger(__name__)
 
 #: Seconds an idle connection is kept for reuse: less than the 5 s llama.cpp's and uvicorn's (vLLM,
 #: SGLang) servers keep theirs, so a request never goes out on one the server is closing (it
@@ -126,6 +131,37 @@ def _sent(body: dict[str, Any] | bytes | None) -> dict[str, Any]:
     return {"data": body, "headers": JSON} if isinstance(body, bytes) else {"json": body}
 
 
+class BodyPayload(Payload):
+    """A spliced body as the session sends it: chunk by chunk, with its length, and as often as
+    asked (its chunks never change), so a request can go again on another connection."""
+
+    _autoclose = True  # bytes in memory: nothing to close
+
+    def __init__(self, body: Body) -> None:
+        super().__init__(body, content_type="application/json")
+        self._size = body.length
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return b"".join(self._value.chunks).decode(encoding, errors)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        for chunk in self._value.chunks:
+            await writer.write(chunk)
+
+
+async def answered(request: aiohttp.ClientRequest, handler: ClientHandlerType) -> aiohttp.ClientResponse:
+    """The upstream's answer to the request, which goes again (once) if the connection it took from
+    the pool was closed without a word: llama-server closes its connection after every streamed
+    answer while its headers say keep-alive, and a request that takes it at once is never read."""
+    try:
+        return await handler(request)
+    except aiohttp.ServerDisconnectedError:
+        if isinstance(request.body, Payload) and request.body.consumed:
+            raise
+        log.debug("the upstream had closed a kept connection; the request goes again on another")
+        return await handler(request)
+
+
 def _connect_only(config: UpstreamConfig) -> aiohttp.ClientTimeout:
     """Per request, so a reloaded connect_timeout applies at once; reads have their own limits."""
     return aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout)
@@ -167,19 +203,13 @@ class Upstream:
         request.headers.update({"Accept-Encoding": "identity", **routing.headers(config)})
         if config.api_key:
             request.headers["Authorization"] = f"Bearer {config.api_key}"
-        response = await handler(request)
+        response = await answered(request, handler)
         routing.remember(response.headers)
         return response
 
     async def send(self, path: str, body: Body, root: bool = False) -> aiohttp.ClientResponse:
         """POST the body to `path` (written chunk by chunk, with its length); return once headers arrive."""
-
-        async def chunks() -> AsyncIterator[bytes | memoryview]:
-            for chunk in body.chunks:
-                yield chunk
-
-        headers = {"Content-Type": "application/json", "Content-Length": str(body.length)}
-        return await self._request("POST", url_of(self.config, path, root), chunks(), headers)
+        return await self._request("POST", url_of(self.config, path, root), BodyPayload(body), {})
 
     async def request_any(self, method: str, url: URL, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
         """Send a client's request on to the upstream's `url` as it came."""
