@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from .server import serve
 from .shared import SharedTasks
 from .status import render_text
 from .systemd import Notifier, inherited_sockets, render_socket, render_template, render_unit
-from .upstream.client import Upstream
+from .upstream.client import Upstream, tokenize
 from .upstream.counting import TokenCounter
 from .upstream.layout import Layout, Layouts
 from .upstream.routing import Routing
@@ -130,7 +131,7 @@ async def preview_upstream(config: Config, *, layout: bool) -> tuple[Injection, 
     target = (config.upstream.url, config.upstream.model)
     async with Upstream(lambda: config.upstream, lambda: routing) as upstream:
         windows = Windows(config.upstream.context_window, upstream.about, lambda: target, tasks)
-        counter = TokenCounter(upstream.tokenize).bound(*target, None)
+        counter = TokenCounter(partial(tokenize, upstream)).bound(*target, None)
 
         async def prepare(commit: str, previous: frozenset[str] | None) -> Fitting | None:
             window = (await windows.current()).tokens

@@ -55,7 +55,7 @@ from .state import (
     warmups_key,
     wiring_key,
 )
-from .upstream.client import Upstream
+from .upstream.client import Upstream, tokenize
 from .upstream.counting import TokenCounter
 from .upstream.prompt_ids import PromptIds
 from .upstream.tokens import InjectedTokens
@@ -184,7 +184,7 @@ def make_app(config: Config, after_build: AfterBuild | None = None) -> web.Appli
     app[recent_key] = Recent()
     app[warmups_key] = WarmUps()
     app[probes_key] = probes = SharedTasks()
-    app[counter_key] = TokenCounter(lambda body: app[upstream_key].tokenize(body))
+    app[counter_key] = TokenCounter(lambda body: tokenize(app[upstream_key], body))
     app[wiring_key] = wiring = Wiring(
         metrics,
         partial(_warm, app),
@@ -220,7 +220,8 @@ async def _warm(app: web.Application, snapshot: Snapshot, diff: WorkingDiff) -> 
     warmups, usage = app[warmups_key], None
     started = warmups.begin(warmed_prompt(snapshot, diff), tokens)
     try:
-        usage = await upstream.warm_up(*chat_context(snapshot.json_text, diff.json_text, strict))
+        report = partial(warmups.report, started) if live.windows.known.streams_progress else None
+        usage = await upstream.warm_up(*chat_context(snapshot.json_text, diff.json_text, strict), report=report)
     finally:
         warmups.end(started, usage)
     if usage is not None and usage.prompt_tokens:

@@ -69,6 +69,7 @@ def _warmup(warmups: WarmUps) -> dict[str, Any]:
         "elapsed": progress.elapsed,
         "done": progress.done,
         "left": progress.left,
+        "measured": progress.source,
     }
 
 
@@ -179,4 +180,5 @@ def warmup_line(warmup: dict[str, Any]) -> str:
         return f"warm-up     idle; {rate}"
     if warmup["done"] is None:
         return f"warm-up     running {warmup['elapsed']:.0f}s, ~{warmup['tokens']:,} tokens; {rate}"
-    return f"warm-up     {bar(warmup['done'])} ~{warmup['left']:.0f}s left of ~{warmup['tokens']:,} tokens at {rate}"
+    left = f"~{warmup['left']:.0f}s left of ~{warmup['tokens']:,} tokens"
+    return f"warm-up     {bar(warmup['done'])} {left} ({warmup['measured']}; {rate})"

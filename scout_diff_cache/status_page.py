@@ -121,7 +121,8 @@ def _warmup(warmup: dict[str, Any]) -> str:
     if warmup["state"] == "running":
         rows.append(("prefilling", "warmup.tokens", f"~{warmup['tokens']:,} tokens, {warmup['elapsed']:.0f}s so far"))
         if warmup["done"] is not None:
-            left = f"{warmup['done']:.0%}, ~{warmup['left']:.0f}s left" + _meter(warmup["done"])
+            left = f"{warmup['done']:.0%}, ~{warmup['left']:.0f}s left ({escape(warmup['measured'])})"
+            left += _meter(warmup["done"])
             rows.append(("progress", "warmup.done", left))
     return _rows(rows)
 

@@ -21,6 +21,7 @@ from test_diagnosis import BILLING, SYSTEM
 from scout_diff_cache.__main__ import main
 from scout_diff_cache.app import make_app
 from scout_diff_cache.status import render_text, warmup_line
+from scout_diff_cache.upstream.progress import Prefill
 from scout_diff_cache.usage import Usage
 from scout_diff_cache.warming import WarmUps
 
@@ -30,6 +31,7 @@ from support import (
     PrefixCache,
     ProxyFactory,
     answer_json,
+    event_stream,
     free_port,
     is_warmup,
     proxy_config,
@@ -169,10 +171,57 @@ def test_a_warm_up_shows_its_progress_from_the_rate_of_earlier_ones(monkeypatch:
     assert progress is not None and progress.rate == 400 and progress.done == 0.25 and progress.left == 15
     warmups.end(started, Usage(8000, 8000, 1))  # all cached: says nothing of the rate
     assert list(warmups.rates) == [400] and warmups.progress() is None
+    measured = progress.source
     running = {"state": "running", "rate": 400, "tokens": 8000, "elapsed": 5, "done": 0.25, "left": 15}
-    assert warmup_line(running) == (
-        "warm-up     [########----------------------] 25% ~15s left of ~8,000 tokens at 400 tokens/s"
+    assert warmup_line({**running, "measured": measured}) == (
+        "warm-up     [########----------------------] 25% ~15s left of ~8,000 tokens "
+        "(at earlier warm-ups' rate; 400 tokens/s)"
     )
+    started = warmups.begin(Prompt(()), 3000)
+    warmups.report(started, Prefill(total=3000, cache=1000, processed=1500, seconds=2.0))  # llama.cpp's own
+    reported = warmups.progress()
+    assert reported is not None and reported.tokens == 2000 and reported.done == 0.25 and reported.left == 6.0
+    assert reported.source == "as the upstream reports it"
+    warmups.report(started - 1, Prefill(3000, 0, 3000, 1.0))  # another warm-up's: not this one's
+    assert warmups.progress() == reported
+
+
+async def test_a_warm_up_shows_the_progress_llama_cpp_reports(
+    make_proxy: ProxyFactory, upstream: FakeUpstream, git_repo: GitRepo
+) -> None:
+    """llama.cpp streams a warm-up's `prompt_progress` when asked: the page shows its figures."""
+
+    async def reporting_warm_ups(request: web.Request, fake: FakeUpstream) -> web.StreamResponse:
+        body = json.loads(await request.read())
+        if not (is_warmup(body) and body.get("stream") and body.get("return_progress")):
+            return await answer_json(request, fake)
+        response = await event_stream(request)
+        for processed, milliseconds in ((0, 0), (1500, 3000)):
+            progress = {"total": 3500, "cache": 500, "processed": processed, "time_ms": milliseconds}
+            await response.write(
+                b"data: " + json.dumps({"choices": [], "prompt_progress": progress}).encode() + b"\n\n"
+            )
+        await fake.release.wait()
+        await asyncio.sleep(1.5)  # a batch longer than idle_timeout: a prefill's gaps have first_byte_timeout
+        usage = {"prompt_tokens": 3500, "completion_tokens": 1, "prompt_tokens_details": {"cached_tokens": 500}}
+        await response.write(b"data: " + json.dumps({"choices": [], "usage": usage}).encode() + b"\n\ndata: [DONE]\n\n")
+        return response
+
+    upstream.behaviour = reporting_warm_ups
+    upstream.about["GET /props"] = {"default_generation_settings": {"n_ctx": 65536}, "total_slots": 1}
+    client = await make_proxy(context={"rebase": "manual"}, upstream={"idle_timeout": "1s"})
+    await snapshot_ready(client)
+    git_repo.write("src/new.py", "def new():\n    return 1\n")
+    git_repo.commit("a new module")
+    rebase = asyncio.ensure_future(client.post("/admin/rebase"))
+    await until_async(lambda: figure(client, "warmup", "state"), "running")
+    await until_async(lambda: figure(client, "warmup", "measured"), "as the upstream reports it")
+    warmup = await figure(client, "warmup")
+    assert warmup["done"] == 1000 / 3000 and warmup["left"] == 6.0 and warmup["tokens"] == 3000  # 2,000 at 1,000 in 3 s
+    assert "33%, ~6s left (as the upstream reports it)" in await (await client.get("/status")).text()
+    upstream.release.set()
+    done = await (await rebase).json()
+    assert done["warmup"]["prompt_tokens"] == 3500 and done["warmup"]["cached_tokens"] == 500  # from the stream
 
 
 async def test_the_status_command_prints_what_the_proxy_shows(

@@ -7,6 +7,8 @@ from aiohttp import web
 from support import (
     FakeUpstream,
     ProxyFactory,
+    answer_json,
+    answer_stream,
     chat,
     free_port,
     hang,
@@ -104,3 +106,35 @@ async def test_models_come_from_the_upstream_or_fall_back_to_the_configured_mode
     client = await make_proxy(url=f"http://127.0.0.1:{free_port()}/v1", upstream={"model": "fallback-model"})
     listed = await (await client.get("/v1/models")).json()
     assert [model["id"] for model in listed["data"]] == ["fallback-model"]
+
+
+async def test_a_request_on_a_connection_the_upstream_closed_after_a_stream_goes_again(
+    make_proxy: ProxyFactory, upstream: FakeUpstream
+) -> None:
+    """llama-server closes its connection after each streamed answer while its headers say
+    keep-alive; a request that takes that connection from the pool before the close is seen gets
+    no answer ("Server disconnected"). The fake does what the real one does to such a request."""
+    streamed: set[object] = set()
+    dropped: list[str] = []
+
+    async def closes_after_streams(request: web.Request, upstream: FakeUpstream) -> web.StreamResponse:
+        assert request.transport is not None
+        if request.transport in streamed:
+            dropped.append(request.path)
+            request.transport.close()
+            return web.Response()
+        if (await request.json()).get("stream"):
+            streamed.add(request.transport)
+            return await answer_stream(request, upstream)
+        return await answer_json(request, upstream)
+
+    upstream.behaviour = closes_after_streams
+    client = await make_proxy()
+    for _ in range(3):
+        answer = await client.post("/v1/chat/completions", json=chat(stream=True))
+        assert answer.status == 200
+        assert b"[DONE]" in await answer.read()
+        answer = await client.post("/v1/chat/completions", json=chat())
+        assert answer.status == 200, await answer.text()
+        assert (await answer.json())["choices"][0]["message"]["content"] == "ok"
+    assert dropped == ["/v1/chat/completions"] * 3

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 from aiohttp import ClientHandlerType
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.payload import Payload
 from yarl import URL  # aiohttp's own URL type, installed with it
 
 from ..apis.assembly import assemble, system_message
@@ -27,9 +30,16 @@ from ..encoding import Body, Encoded, encode_json
 from ..errors import ProxyError, UpstreamBadResponse, UpstreamRejected, UpstreamTimeout, UpstreamUnavailable
 from ..usage import Usage
 from .overflow import context_too_long
+from .progress import PROGRESS_FIELDS, ProgressReader, Report
 from .routing import Routing
 from .window import root_of
 
+log = logging.getLogger(__name__)
+
+#: Seconds an idle connection is kept for reuse: less than the 5 s llama.cpp's and uvicorn's (vLLM,
+#: SGLang) servers keep theirs, so a request never goes out on one the server is closing (it
+#: would fail with "Server disconnected").
+KEEPALIVE = 4.0
 #: The content type of a body encoded here.
 JSON = {"Content-Type": "application/json"}
 #: An error body longer than this is cut before it is read whole.
@@ -121,6 +131,37 @@ def _sent(body: dict[str, Any] | bytes | None) -> dict[str, Any]:
     return {"data": body, "headers": JSON} if isinstance(body, bytes) else {"json": body}
 
 
+class BodyPayload(Payload):
+    """A spliced body as the session sends it: chunk by chunk, with its length, and as often as
+    asked (its chunks never change), so a request can go again on another connection."""
+
+    _autoclose = True  # bytes in memory: nothing to close
+
+    def __init__(self, body: Body) -> None:
+        super().__init__(body, content_type="application/json")
+        self._size = body.length
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return b"".join(self._value.chunks).decode(encoding, errors)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        for chunk in self._value.chunks:
+            await writer.write(chunk)
+
+
+async def answered(request: aiohttp.ClientRequest, handler: ClientHandlerType) -> aiohttp.ClientResponse:
+    """The upstream's answer to the request, which goes again (once) if the connection it took from
+    the pool was closed without a word: llama-server closes its connection after every streamed
+    answer while its headers say keep-alive, and a request that takes it at once is never read."""
+    try:
+        return await handler(request)
+    except aiohttp.ServerDisconnectedError:
+        if isinstance(request.body, Payload) and request.body.consumed:
+            raise
+        log.debug("the upstream had closed a kept connection; the request goes again on another")
+        return await handler(request)
+
+
 def _connect_only(config: UpstreamConfig) -> aiohttp.ClientTimeout:
     """Per request, so a reloaded connect_timeout applies at once; reads have their own limits."""
     return aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout)
@@ -136,7 +177,7 @@ class Upstream:
         self._routing = routing
         self.session = aiohttp.ClientSession(
             timeout=_connect_only(config()),
-            connector=aiohttp.TCPConnector(limit=config().max_connections),
+            connector=aiohttp.TCPConnector(limit=config().max_connections, keepalive_timeout=KEEPALIVE),
             auto_decompress=False,
             middlewares=(self._every_request,),
         )
@@ -162,19 +203,13 @@ class Upstream:
         request.headers.update({"Accept-Encoding": "identity", **routing.headers(config)})
         if config.api_key:
             request.headers["Authorization"] = f"Bearer {config.api_key}"
-        response = await handler(request)
+        response = await answered(request, handler)
         routing.remember(response.headers)
         return response
 
     async def send(self, path: str, body: Body, root: bool = False) -> aiohttp.ClientResponse:
         """POST the body to `path` (written chunk by chunk, with its length); return once headers arrive."""
-
-        async def chunks() -> AsyncIterator[bytes | memoryview]:
-            for chunk in body.chunks:
-                yield chunk
-
-        headers = {"Content-Type": "application/json", "Content-Length": str(body.length)}
-        return await self._request("POST", url_of(self.config, path, root), chunks(), headers)
+        return await self._request("POST", url_of(self.config, path, root), BodyPayload(body), {})
 
     async def request_any(self, method: str, url: URL, body: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
         """Send a client's request on to the upstream's `url` as it came."""
@@ -210,9 +245,10 @@ class Upstream:
         except ValueError:
             raise UpstreamBadResponse("the upstream answered with a body that is not JSON") from None
 
-    async def warm_up(self, *injected: Encoded) -> Usage | None:
+    async def warm_up(self, *injected: Encoded, report: Report | None = None) -> Usage | None:
         """Have the upstream process (and so cache) the `injected` messages, generating a single
-        token. Sent with none, it tells how many tokens the question alone takes."""
+        token. Sent with none, it tells how many tokens the question alone takes. With `report`,
+        streamed, each progress event the upstream sends reported as it comes."""
         config = self.config
         messages = encode_json([{"role": "user", "content": "Reply with OK."}])[1:-1]
         fields: dict[str, Any] = {"model": config.model, "max_tokens": 1, "temperature": 0}
@@ -220,6 +256,10 @@ class Upstream:
             fields["cache_salt"] = config.cache_salt
         if config.chat_template_kwargs:
             fields["chat_template_kwargs"] = config.chat_template_kwargs
+        if report is not None:
+            return await streamed(
+                self, assemble(messages, encode_json({**fields, **PROGRESS_FIELDS})[1:-1], *injected), report
+            )
         _, payload = await self.read_json_answer(assemble(messages, encode_json(fields)[1:-1], *injected))
         return CHAT.read_usage(payload)
 
@@ -234,7 +274,7 @@ class Upstream:
 
     async def fetch_models(self) -> bytes:
         """The upstream's model list, bounded by the connect timeout (a probe, not a generation)."""
-        status, data = await self._brief("GET", f"{self.config.url}/models")
+        status, data = await self.brief("GET", f"{self.config.url}/models")
         if status >= 400:
             raise error_from_answer(status, data[:MAX_ERROR_BODY])
         payload = _json_or_none(data if len(data) <= MAX_ABOUT else b"")
@@ -246,17 +286,10 @@ class Upstream:
         """The parsed JSON a server's own route answers with (`/props`, `/info`), bounded by the
         connect timeout; None if it answered otherwise (a 404, not JSON, too long). Raises only
         when the upstream cannot be reached or does not answer in time."""
-        status, data = await self._brief(method, url, body)
+        status, data = await self.brief(method, url, body)
         return _json_or_none(data) if status < 300 and len(data) <= MAX_ABOUT else None
 
-    async def tokenize(self, body: bytes) -> tuple[int, bytes]:
-        """The server's own tokenizer on one text (`POST /tokenize` at its root, the JSON `body`
-        encoded already): the status and the answer, within the idle timeout (a file of a few
-        hundred KiB takes a fraction of a second)."""
-        config = self.config
-        return await self._brief("POST", f"{root_of(config.url)}/tokenize", body, config.idle_timeout, MAX_ANSWER)
-
-    async def _brief(
+    async def brief(
         self,
         method: str,
         url: str,
@@ -276,3 +309,32 @@ class Upstream:
             raise UpstreamTimeout(f"the upstream at {config.url} did not answer within {within:g}s") from None
         except aiohttp.ClientError as error:
             raise UpstreamUnavailable(f"cannot reach the upstream at {config.url}: {error}") from None
+
+
+async def tokenize(upstream: Upstream, body: bytes) -> tuple[int, bytes]:
+    """The server's own tokenizer on one text (`POST /tokenize` at its root, the JSON `body`
+    encoded already): the status and the answer, within the idle timeout (a file of a few
+    hundred KiB takes a fraction of a second)."""
+    config = upstream.config
+    return await upstream.brief("POST", f"{root_of(config.url)}/tokenize", body, config.idle_timeout, MAX_ANSWER)
+
+
+async def streamed(upstream: Upstream, body: Body, report: Report) -> Usage | None:
+    """A streamed warm-up read to its end (see `progress.py`): its usage. Until its one token, all
+    of it is prefill, so the gaps between its events have the first byte's limit, not the idle one
+    (a batch of a large model on a slow machine can take minutes)."""
+    config = upstream.config
+    try:
+        response = await asyncio.wait_for(upstream.send("/chat/completions", body), config.first_byte_timeout)
+    except asyncio.TimeoutError:
+        raise no_first_byte(config) from None
+    reader = ProgressReader(report)
+    try:
+        await check_status(response, config.idle_timeout)
+        if response.content_type != "text/event-stream":  # it answered in one piece after all
+            return CHAT.read_usage(_json_or_none(await read_all(response, config.idle_timeout, MAX_ANSWER)))
+        while chunk := await next_chunk(response, max(config.idle_timeout, config.first_byte_timeout)):
+            reader.feed(chunk)
+    finally:
+        response.close()
+    return reader.usage

@@ -29,8 +29,18 @@ class Window:
     #: Where the figure comes from: the setting, or which route of the upstream said what.
     source: str
 
+    @property
+    def streams_progress(self) -> bool:
+        """Whether the upstream reports a prefill's progress as it goes: llama.cpp does (on a
+        streamed request with `return_progress`), and is the server `/props` answered for."""
+        return self.source.startswith(LLAMA_PROPS)
+
     def describe(self) -> str:
         return f"{self.tokens:,} tokens ({self.source})" if self.tokens else f"unknown ({self.source})"
+
+
+#: Where a window llama.cpp reported comes from.
+LLAMA_PROPS = "llama.cpp /props"
 
 
 #: Until the upstream has answered (it is down, say).
@@ -75,7 +85,7 @@ def from_llama_props(payload: object) -> Window | None:
         return None
     slots = _count(_dict(payload).get("total_slots"))
     per_slot = f" per slot ({slots} slot{'s' if slots != 1 else ''})" if slots else ""
-    return Window(tokens, f"llama.cpp /props: n_ctx {tokens}{per_slot}")
+    return Window(tokens, f"{LLAMA_PROPS}: n_ctx {tokens}{per_slot}")
 
 
 def from_models(payload: object, model: str) -> Window | None:
