@@ -69,6 +69,11 @@ class IdsRoute(Protocol):
         """The request with the epoch's ids (`encoded`) and its own tail."""
 
 
+class NoIdsRoute(Exception):
+    """What a route finds out about its server only once it asks: that it cannot take ids after
+    all (the message says why). Its requests then go by text, counted as the server's."""
+
+
 Chunks = tuple[Chunk, ...]
 
 
@@ -130,11 +135,14 @@ class VllmChat:
     """vLLM: rendered and tokenised by `/tokenize` with `messages`, sent to `/v1/chat/completions`
     with the ids in `kv_transfer_params.prompt_token_ids`."""
 
+    #: The client's field the ids would replace, and the JSON that opens and closes them in the body.
+    FIELD, OPENING, CLOSING = "kv_transfer_params", b',"kv_transfer_params":{"prompt_token_ids":[', b"]}}"
+
     def __init__(self) -> None:
         self._marker: array[int] | None = None
 
     def text_reason(self, fields: dict[str, Any]) -> str | None:
-        return "unmapped field" if "kv_transfer_params" in fields else None
+        return "unmapped field" if self.FIELD in fields else None
 
     async def split(self, upstream: Upstream, marked: Body) -> Split | None:
         if self._marker is None:
@@ -153,7 +161,7 @@ class VllmChat:
     def prompt(self, encoded: tuple[bytes, ...], split: Split, fields: dict[str, Any], marked: Body) -> IdsPrompt:
         assert isinstance(split.tail, array)
         tail = b"".join(b"," + str(token).encode() for token in split.tail)
-        ids = (b',"kv_transfer_params":{"prompt_token_ids":[', *encoded, tail, b"]}}")
+        ids = (self.OPENING, *encoded, tail, self.CLOSING)
         return IdsPrompt("/chat/completions", Body((*marked.chunks[:-1], *ids)))
 
 

@@ -36,7 +36,7 @@ from ..git.snapshot import CHUNK_BYTES, Snapshot
 from ..metrics import Metrics
 from ..shared import SharedTasks
 from .client import Upstream, url_of
-from .id_routes import MARKER, IdsPrompt, IdsRoute, LlamaCompletion, Split, VllmChat
+from .id_routes import MARKER, IdsPrompt, IdsRoute, LlamaCompletion, NoIdsRoute, Split, VllmChat
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,11 @@ class PromptIds:
             config = upstream.config
             key = (config.url, config.model, snapshot.commit or "", split.head)
             found = await self._tasks.join(key, lambda: self._learn(upstream, route, key, split, body_with, snapshot))
+        except NoIdsRoute as refusal:
+            self._routes[upstream.config.url] = None
+            _tell(upstream, f"prompt by text: the upstream cannot take token ids: {refusal}")
+            self.count("text", "server")
+            return None
         except ProxyError as error:
             log.warning("prompt by text: the upstream failed while it was asked for token ids: %s", error.message)
             self.count("text", "upstream error")
