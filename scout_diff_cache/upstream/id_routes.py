@@ -9,7 +9,8 @@ carries them.
   in the request's, the ids before it are the head, those after it the tail; the epoch's ids are the
   whole prompt's less that tail, and `/v1/chat/completions` takes them all in
   `kv_transfer_params.prompt_token_ids` (the messages are not rendered again; its chat parsers, tools
-  included, still read the answer, which is chat's own).
+  included, still read the answer, which is chat's own);
+- SGLang as vLLM, with the ids in `input_ids` (see `sglang_ids.py`).
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ async def _rendered(upstream: Upstream, body: Body) -> str:
 
 
 async def _tokens(upstream: Upstream, body: Body) -> array[int]:
-    """The server's tokens for a `/tokenize` body (text, or a chat body on vLLM), as compact ids."""
+    """The server's tokens for a `/tokenize` body (text, or a chat body on vLLM and SGLang), as compact ids."""
     _, payload = await upstream.read_json_answer(body, "/tokenize", root=True)
     tokens = payload.get("tokens") if isinstance(payload, dict) else None
     if not isinstance(tokens, list):
