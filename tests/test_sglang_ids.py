@@ -136,7 +136,7 @@ class FakeSglang:
             raise BadRequest("Invalid prompt type. Expected str or List[str].")
         return web.json_response({"tokens": tokens, "count": len(tokens), "max_model_len": 4096})
 
-    async def chat(self, request: web.Request) -> web.Response:
+    async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.seen.append(("/v1/chat/completions", body))
         prompt = self.prompt_of(body)
@@ -147,9 +147,27 @@ class FakeSglang:
             call = {"id": "call_1", "index": 0, "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
             message, finish = {**message, "content": "", "tool_calls": [call]}, "tool_calls"
         usage = {"prompt_tokens": len(prompt), "completion_tokens": 1, "total_tokens": len(prompt) + 1}
+        if body.get("stream"):
+            return await self.stream(request, body, usage)
         choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish, "matched_stop": None}
         answer = {"id": "x", "object": "chat.completion", "created": 1, "model": body.get("model", "default")}
         return web.json_response({**answer, "choices": [choice], "usage": usage})
+
+    async def stream(self, request: web.Request, body: dict[str, Any], usage: dict[str, Any]) -> web.StreamResponse:
+        """Its chunks: the role, the text, the finish, the usage if asked for, then `[DONE]`."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        chunk = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": body.get("model", "default")}
+        deltas: tuple[dict[str, str], ...] = ({"role": "assistant", "content": ""}, {"content": "fine"}, {})
+        events = [{**chunk, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]} for delta in deltas]
+        events[-1]["choices"][0]["finish_reason"] = "stop"
+        if (body.get("stream_options") or {}).get("include_usage"):
+            events.append({**chunk, "choices": [], "usage": usage})
+        for event in events:
+            await response.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
 
 
 @pytest.fixture
@@ -238,6 +256,20 @@ def real_messages(sglang: FakeSglang, last: str) -> list[dict[str, Any]]:
         if "messages" in body and "input_ids" not in body and MARKER not in json.dumps(body, ensure_ascii=False)
     ]
     return [*whole["messages"][:-1], {"role": "user", "content": last}]
+
+
+async def test_a_streamed_answer_comes_as_sglang_streams_it(
+    tmp_path: Path, git_repo: GitRepo, sglang: FakeSglang, aiohttp_client: Any
+) -> None:
+    client = await proxy(tmp_path, git_repo, sglang, aiohttp_client, "tokens")
+    response = await client.post("/v1/chat/completions", json=question(stream=True))
+    assert response.headers["X-Scout-Prompt"] == "tokens"
+    events = (await response.read()).split(b"\n\n")
+    assert events[-2:] == [b"data: [DONE]", b""]
+    deltas = [json.loads(event[6:])["choices"][0]["delta"] for event in events[:-2]]
+    assert deltas == [{"role": "assistant", "content": ""}, {"content": "fine"}, {}]  # no usage: not asked for
+    sent = sglang.asked("/v1/chat/completions")[-1]
+    assert sent["stream"] is True and sent["input_ids"] == sglang.prompts[-1]
 
 
 async def test_ids_that_differ_from_the_whole_prompts_send_the_epoch_by_text(
