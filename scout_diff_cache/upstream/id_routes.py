@@ -9,7 +9,8 @@ carries them.
   in the request's, the ids before it are the head, those after it the tail; the epoch's ids are the
   whole prompt's less that tail, and `/v1/chat/completions` takes them all in
   `kv_transfer_params.prompt_token_ids` (the messages are not rendered again; its chat parsers, tools
-  included, still read the answer, which is chat's own).
+  included, still read the answer, which is chat's own);
+- SGLang as vLLM, with the ids in `input_ids` (see `sglang_ids.py`).
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ class IdsRoute(Protocol):
 
     def prompt(self, encoded: tuple[bytes, ...], split: Split, fields: dict[str, Any], marked: Body) -> IdsPrompt:
         """The request with the epoch's ids (`encoded`) and its own tail."""
+
+
+class NoIdsRoute(Exception):
+    """What a route finds out about its server only once it asks: that it cannot take ids after
+    all (the message says why). Its requests then go by text, counted as the server's."""
 
 
 Chunks = tuple[Chunk, ...]
@@ -130,11 +136,14 @@ class VllmChat:
     """vLLM: rendered and tokenised by `/tokenize` with `messages`, sent to `/v1/chat/completions`
     with the ids in `kv_transfer_params.prompt_token_ids`."""
 
+    #: The client's field the ids would replace, and the JSON that opens and closes them in the body.
+    FIELD, OPENING, CLOSING = "kv_transfer_params", b',"kv_transfer_params":{"prompt_token_ids":[', b"]}}"
+
     def __init__(self) -> None:
         self._marker: array[int] | None = None
 
     def text_reason(self, fields: dict[str, Any]) -> str | None:
-        return "unmapped field" if "kv_transfer_params" in fields else None
+        return "unmapped field" if self.FIELD in fields else None
 
     async def split(self, upstream: Upstream, marked: Body) -> Split | None:
         if self._marker is None:
@@ -153,7 +162,7 @@ class VllmChat:
     def prompt(self, encoded: tuple[bytes, ...], split: Split, fields: dict[str, Any], marked: Body) -> IdsPrompt:
         assert isinstance(split.tail, array)
         tail = b"".join(b"," + str(token).encode() for token in split.tail)
-        ids = (b',"kv_transfer_params":{"prompt_token_ids":[', *encoded, tail, b"]}}")
+        ids = (self.OPENING, *encoded, tail, self.CLOSING)
         return IdsPrompt("/chat/completions", Body((*marked.chunks[:-1], *ids)))
 
 
@@ -171,7 +180,7 @@ async def _rendered(upstream: Upstream, body: Body) -> str:
 
 
 async def _tokens(upstream: Upstream, body: Body) -> array[int]:
-    """The server's tokens for a `/tokenize` body (text, or a chat body on vLLM), as compact ids."""
+    """The server's tokens for a `/tokenize` body (text, or a chat body on vLLM and SGLang), as compact ids."""
     _, payload = await upstream.read_json_answer(body, "/tokenize", root=True)
     tokens = payload.get("tokens") if isinstance(payload, dict) else None
     if not isinstance(tokens, list):

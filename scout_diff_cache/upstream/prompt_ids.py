@@ -36,7 +36,8 @@ from ..git.snapshot import CHUNK_BYTES, Snapshot
 from ..metrics import Metrics
 from ..shared import SharedTasks
 from .client import Upstream, url_of
-from .id_routes import MARKER, IdsPrompt, IdsRoute, LlamaCompletion, Split, VllmChat
+from .id_routes import MARKER, IdsPrompt, IdsRoute, LlamaCompletion, NoIdsRoute, Split, VllmChat
+from .sglang_ids import SglangChat
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +59,16 @@ def encoded_ids(ids: Sequence[int]) -> tuple[bytes, ...]:
 
 def route_for(props: Any, models: Any) -> IdsRoute | None:
     """The way the upstream takes ids: llama.cpp's `/props` names its default generation settings,
-    vLLM's `/v1/models` says its models are owned by vllm; None for any other server."""
+    vLLM's and SGLang's `/v1/models` say their models are owned by vllm or sglang; None for any
+    other server."""
     if isinstance(props, dict) and isinstance(props.get("default_generation_settings"), dict):
         return LlamaCompletion()
     entries = models.get("data") if isinstance(models, dict) else None
-    if isinstance(entries, list) and any(isinstance(e, dict) and e.get("owned_by") == "vllm" for e in entries):
+    owners = {e.get("owned_by") for e in entries if isinstance(e, dict)} if isinstance(entries, list) else set()
+    if "vllm" in owners:
         return VllmChat()
+    if "sglang" in owners:
+        return SglangChat()
     return None
 
 
@@ -102,6 +107,11 @@ class PromptIds:
             config = upstream.config
             key = (config.url, config.model, snapshot.commit or "", split.head)
             found = await self._tasks.join(key, lambda: self._learn(upstream, route, key, split, body_with, snapshot))
+        except NoIdsRoute as refusal:
+            self._routes[upstream.config.url] = None
+            _tell(upstream, f"prompt by text: the upstream cannot take token ids: {refusal}")
+            self.count("text", "server")
+            return None
         except ProxyError as error:
             log.warning("prompt by text: the upstream failed while it was asked for token ids: %s", error.message)
             self.count("text", "upstream error")
@@ -120,7 +130,7 @@ class PromptIds:
             models = None if props else await upstream.about("GET", url_of(upstream.config, "/models"))
             self._routes[url] = route_for(props, models)
             if self._routes[url] is None:
-                _tell(upstream, "prompt by text: the upstream is neither llama.cpp nor vLLM")
+                _tell(upstream, "prompt by text: the upstream is neither llama.cpp, vLLM nor SGLang")
         return self._routes[url]
 
     async def _learn(
