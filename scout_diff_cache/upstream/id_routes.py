@@ -22,9 +22,9 @@ from typing import Any, Protocol
 import attrs
 
 from ..encoding import Body, Chunk, encode_json, encode_text
-from ..errors import UpstreamBadResponse
 from .client import Upstream
 from .llama_completion import ChatFromCompletion, completion_body, text_reason
+from .tokenizer import rendered, text_body, tokens
 
 #: Where the snapshot goes when a request is rendered for its head and tail: text no template
 #: changes and no client sends (one that does goes by text: the marker must render once).
@@ -108,16 +108,16 @@ class LlamaCompletion:
         return text_reason(fields)
 
     async def split(self, upstream: Upstream, marked: Body) -> Split | None:
-        found = split_at_marker(await _rendered(upstream, marked))
+        found = split_at_marker(await rendered(upstream, marked))
         return Split(*found) if found else None
 
     async def learn(self, upstream: Upstream, split: Split, whole: Body, snapshot: Chunks) -> array[int] | None:
         assert isinstance(split.head, str) and isinstance(split.tail, str)
         opening, closing = b'{"content":"', b'","add_special":true,"parse_special":true}'
-        ids = await _tokens(upstream, Body((opening, encode_text(split.head), *snapshot, closing)))
-        rendered = await _rendered(upstream, whole)
-        everything = await _tokens(upstream, await asyncio.to_thread(_tokenize_text, rendered, True))
-        own = await _tokens(upstream, _tokenize_text(split.tail, False))
+        ids = await tokens(upstream, Body((opening, encode_text(split.head), *snapshot, closing)))
+        prompt = await rendered(upstream, whole)
+        everything = await tokens(upstream, await asyncio.to_thread(text_body, prompt, True))
+        own = await tokens(upstream, text_body(split.tail, False))
         return ids if await asyncio.to_thread(parity, everything, ids, own) else None
 
     def prompt(self, encoded: tuple[bytes, ...], split: Split, fields: dict[str, Any], marked: Body) -> IdsPrompt:
@@ -139,13 +139,13 @@ class VllmChat:
     async def split(self, upstream: Upstream, marked: Body) -> Split | None:
         if self._marker is None:
             alone = {"model": upstream.config.model, "prompt": MARKER, "add_special_tokens": False}
-            self._marker = await _tokens(upstream, Body((encode_json(alone),)))
-        found = split_ids(await _tokens(upstream, marked), self._marker)
+            self._marker = await tokens(upstream, Body((encode_json(alone),)))
+        found = split_ids(await tokens(upstream, marked), self._marker)
         return Split(found[0].tobytes(), found[1]) if found else None
 
     async def learn(self, upstream: Upstream, split: Split, whole: Body, snapshot: Chunks) -> array[int] | None:
         assert isinstance(split.head, bytes) and isinstance(split.tail, array)
-        everything = await _tokens(upstream, whole)
+        everything = await tokens(upstream, whole)
         ids, tail = everything[: len(everything) - len(split.tail)], split.tail
         fits = ids.tobytes().startswith(split.head) and len(ids) * ids.itemsize > len(split.head)
         return ids if fits and await asyncio.to_thread(parity, everything, ids, tail) else None
@@ -155,28 +155,3 @@ class VllmChat:
         tail = b"".join(b"," + str(token).encode() for token in split.tail)
         ids = (b',"kv_transfer_params":{"prompt_token_ids":[', *encoded, tail, b"]}}")
         return IdsPrompt("/chat/completions", Body((*marked.chunks[:-1], *ids)))
-
-
-def _tokenize_text(text: str, add_special: bool) -> Body:
-    return Body((encode_json({"content": text, "add_special": add_special, "parse_special": True}),))
-
-
-async def _rendered(upstream: Upstream, body: Body) -> str:
-    """The prompt llama.cpp's template renders from a chat body."""
-    _, payload = await upstream.read_json_answer(body, "/apply-template", root=True)
-    prompt = payload.get("prompt") if isinstance(payload, dict) else None
-    if not isinstance(prompt, str):
-        raise UpstreamBadResponse("the upstream's /apply-template answer holds no prompt")
-    return prompt
-
-
-async def _tokens(upstream: Upstream, body: Body) -> array[int]:
-    """The server's tokens for a `/tokenize` body (text, or a chat body on vLLM), as compact ids."""
-    _, payload = await upstream.read_json_answer(body, "/tokenize", root=True)
-    tokens = payload.get("tokens") if isinstance(payload, dict) else None
-    if not isinstance(tokens, list):
-        raise UpstreamBadResponse("the upstream's /tokenize answer holds no tokens")
-    try:
-        return await asyncio.to_thread(array, "i", tokens)
-    except TypeError:
-        raise UpstreamBadResponse("the upstream's /tokenize answer holds tokens that are not ids") from None

@@ -37,6 +37,7 @@ from ..metrics import Metrics
 from ..shared import SharedTasks
 from .client import Upstream, url_of
 from .id_routes import MARKER, IdsPrompt, IdsRoute, LlamaCompletion, Split, VllmChat
+from .tokenizer import ids_json
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,7 @@ BodyWith = Callable[[tuple[Chunk, ...]], Body]
 def encoded_ids(ids: Sequence[int]) -> tuple[bytes, ...]:
     """The ids as JSON without brackets, in chunks of about CHUNK_BYTES that join as they are."""
     step = max(1, CHUNK_BYTES // 8)
-    return tuple(
-        (b"," if start else b"") + ",".join(map(str, ids[start : start + step])).encode()
-        for start in range(0, len(ids), step)
-    )
+    return tuple((b"," if start else b"") + ids_json(ids[start : start + step]) for start in range(0, len(ids), step))
 
 
 def route_for(props: Any, models: Any) -> IdsRoute | None:
