@@ -417,3 +417,27 @@ def test_the_longest_kept_prefix_is_the_one_grown() -> None:
 def test_special_tokens_are_those_only_parsing_them_makes() -> None:
     parsed = [(1000, "<turn>"), (2117, "u"), (1001, "<eot>"), (3001, "ser")]
     assert special_candidates(parsed, [2060, 2117, 2115, 2101, 2114]) == {"<turn>": 1000, "<eot>": 1001, "ser": 3001}
+
+
+async def test_a_conversation_keeps_one_tail_and_the_least_recently_used_is_let_go(
+    tmp_path: Path, git_repo: GitRepo, llama: FakeLlama, aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("scout_diff_cache.upstream.tail_ids.KEPT_TAILS", 2)
+    client = await proxy(tmp_path, git_repo, llama, aiohttp_client, "tokens", conversations="on")
+    histories: dict[str, list[dict[str, str]]] = {"A": [], "B": [], "C": []}
+
+    async def tokenised_for(name: str) -> str:
+        """One more turn of conversation `name`: the text tokenised for its tail."""
+        history = histories[name]
+        history.append({"role": "user", "content": f"{name} question {len(history) // 2}?"})
+        before = len(llama.tokenised())
+        response = await client.post("/v1/chat/completions", json={"model": "m", "messages": history})
+        history.append({"role": "assistant", "content": (await response.json())["choices"][0]["message"]["content"]})
+        return "".join(body["content"] for body in llama.tokenised()[before:])
+
+    await tokenised_for("B")
+    for _ in range(3):
+        await tokenised_for("A")
+    assert "B question 0?" not in await tokenised_for("B")  # A's turns took one place, not three
+    await tokenised_for("C")  # a third conversation: A's, the least recently used, is let go
+    assert "A question 0?" in await tokenised_for("A")

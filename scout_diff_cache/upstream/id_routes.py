@@ -33,6 +33,9 @@ from .tokenizer import rendered, text_body, tokens
 #: Where the snapshot goes when a request is rendered for its head and tail: text no template
 #: changes and no client sends (one that does goes by text: the marker must render once).
 MARKER = "\u2063scout-diff-cache snapshot\u2063"
+#: Characters of a request's rendered tail (its end: the template's last turns) that llama.cpp's
+#: special tokens are learned from, with its head.
+SAMPLE = 4096
 
 
 @attrs.frozen
@@ -151,11 +154,6 @@ class LlamaCompletion:
         grown = split.grown
         ids, rest = (encoded, split.tail) if grown is None else ((*encoded, b",", grown.ids), grown.rest)
         return IdsPrompt("/completion", completion_body(ids, rest, fields), True, answers)
-
-
-#: Characters of a request's rendered tail (its end: the template's last turns) that the special
-#: tokens are learned from, with its head.
-SAMPLE = 4096
 
 
 async def _same_tokens(upstream: Upstream, tail: str, grown: Grown) -> bool:

@@ -26,8 +26,9 @@ import attrs
 from .client import Upstream
 from .tokenizer import ids_json, pieces, text_body, tokens
 
-#: Tails whose ids are kept (per upstream and model), the latest used last: a few dozen
-#: conversations going on at once.
+#: Tails whose ids are kept (per upstream and model), the latest used last: a conversation's
+#: longest, so a few dozen conversations going on at once (one forked before its kept tail is
+#: tokenised again from the longest tail still kept that it starts with).
 KEPT_TAILS = 32
 
 
@@ -85,14 +86,15 @@ class TailIds:
         if self._specials is None:
             self._specials = await special_texts(upstream, sample)
         known = longest_prefix(self._kept, tail)
-        ids = self._kept.pop(known, b"")
-        if known:
-            self._kept[known] = ids
+        ids = self._kept.get(known, b"")
         cut = stable_cut(tail, self._specials, len(known))
         if cut > len(known):
             new = ids_json(await tokens(upstream, text_body(tail[len(known) : cut], False)))
-            ids = ids + b"," + new if ids else new
-            self._kept[tail[:cut]] = ids
+            self._kept.pop(known, None)  # the longer tail takes its place: a conversation, one entry
+            known, ids = tail[:cut], (ids + b"," + new if ids else new)
+        if known:
+            self._kept.pop(known, None)
+            self._kept[known] = ids
             while len(self._kept) > KEPT_TAILS:
                 del self._kept[next(iter(self._kept))]
         return Grown(ids, tail[cut:]) if ids else None
