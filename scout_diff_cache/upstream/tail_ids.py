@@ -8,9 +8,10 @@ text after it is new.
 Tokenisation is stable only right after a special token: llama.cpp splits text on special tokens
 before anything else (`tokenizer_st_partition`), and the text after one is tokenised on its own
 either way (SentencePiece's space prefix, where a model has it, goes after every special token
-alike). Plain text is not: Gemma's tokenizer merges across a seam in text. So the new text is
-tokenised up to the end of its last special token and kept; what follows it goes to `/completion`
-as text, which tokenises it as the whole prompt would.
+alike; a special token that takes in the spaces beside it, as a few models' do, would break
+this, and the check finds it). Plain text is not: Gemma's tokenizer merges across a seam in text.
+So the new text is tokenised up to the end of its last special token and kept; what follows it
+goes to `/completion` as text, which tokenises it as the whole prompt would.
 
 Which texts are special is learned once per upstream and model from a rendered prompt: its tokens
 that appear with special tokens parsed and not without, each confirmed alone (one token when
