@@ -64,7 +64,8 @@ class Metrics:
     unreadable: Counter = attrs.Factory(Counter)
     #: Chat prompts sent upstream by path (tokens, text) and why (with `[upstream] prompt` not text).
     prompts: Counter = attrs.Factory(Counter)
-    #: Checks of an epoch's token ids against the server's tokenisation of the whole prompt, by outcome.
+    #: Checks of an epoch's token ids against the server's tokenisation of the whole prompt, and of
+    #: its conversations' grown ids against the tail's, by outcome.
     prompt_checks: Counter = attrs.Factory(Counter)
     #: Requests whose cached prefix broke before their new turn, by the region it broke in.
     prefix_breaks: Counter = attrs.Factory(Counter)
@@ -166,7 +167,8 @@ def _proxy_lines(metrics: Metrics) -> list[str]:
         ),
         *_counter(
             "scout_prompt_checks_total",
-            "Checks of an epoch's token ids against the server's tokens of the whole prompt, by outcome.",
+            "Checks of an epoch's token ids against the server's tokens of the whole prompt (match, mismatch), "
+            "and of its conversations' grown ids against the tail's (conversation match, conversation mismatch).",
             metrics.prompt_checks,
         ),
         *_counter(

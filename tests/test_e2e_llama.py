@@ -34,7 +34,7 @@ from e2e import (
     strict_template_turns,
     wait_until_healthy,
 )
-from support import free_port, headed_paths, proxy_config
+from support import Tap, free_port, headed_paths, proxy_config
 
 pytestmark = pytest.mark.e2e
 
@@ -342,27 +342,33 @@ async def said(client: TestClient, messages: list[dict[str, str]], stream: bool)
 
 
 async def test_token_ids_answer_as_text_does_and_share_its_cache_across_edits(
-    gemma_server: str, tmp_path: Path, aiohttp_client: Any
+    gemma_server: str, tmp_path: Path, aiohttp_client: Any, aiohttp_server: Any
 ) -> None:
-    """prompt = tokens and prompt = text side by side on one conversation with an edit and a commit
-    between turns: the same greedy answers, the same tokens (each text request right after its
-    token twin is served whole from the cache), and each turn >= 95% cached from the one before."""
+    """prompt = tokens and prompt = text side by side on one conversation of four turns with an edit
+    between each and a commit: the same greedy answers, the same tokens (each text request right
+    after its token twin is served whole from the cache), each turn >= 95% cached from the one
+    before, and the conversation's ids grown (seen by a tap): after the first turn only its new text
+    is tokenised, and only the text after the last special token goes to `/completion` as text."""
     repo = make_repository(tmp_path / "repo")
+    tap = Tap(gemma_server)
+    tapped = str((await aiohttp_server(tap.app(), host="127.0.0.1")).make_url(""))
     clients = {}
-    for mode in ("tokens", "text"):
+    for mode, url in (("tokens", tapped), ("text", gemma_server)):
         (tmp_path / mode).mkdir()
         upstream = {"first_byte_timeout": "10m", "prompt": mode}
         config = proxy_config(
             tmp_path / mode,
             repo,
-            f"{gemma_server}/v1",
+            f"{url.rstrip('/')}/v1",
             upstream=upstream,
             context={"layout": "strict"},  # no probe between two requests: the server has one slot
         )
         clients[mode] = await aiohttp_client(make_app(config))
-    history = [{"role": "system", "content": AGENT_PROMPT}, {"role": "user", "content": "Where are errors built?"}]
+    first = "Where are errors built?"
+    history = [{"role": "system", "content": AGENT_PROMPT}, {"role": "user", "content": first}]
     previous = None
-    for turn, stream in enumerate((False, True, False)):
+    for turn, stream in enumerate((False, True, False, True)):
+        seen = len(tap.seen)
         ids = await said(clients["tokens"], history, stream)
         text = await said(clients["text"], history, stream)
         REPORT.append(
@@ -375,14 +381,26 @@ async def test_token_ids_answer_as_text_does_and_share_its_cache_across_edits(
         if previous is not None:
             assert ids["cached"] >= 0.95 * previous, (ids, previous)
         previous = text["prompt"]
+        [sent] = [item.json for item in tap.seen[seen:] if item.path == "/completion"]
+        asked = [item.json for item in tap.seen[seen:] if item.path == "/tokenize"]
+        tokenised = [body["content"] for body in asked if "parse_special" in body]  # not the proxy's counting
+        assert sent["prompt"][-1] == "model\n"  # after Gemma's last <start_of_turn>: the rest went as ids
+        REPORT.append(
+            f"7.{turn} grown ids: {len(sent['prompt']) - 1} ids, text {sent['prompt'][-1]!r}, "
+            f"{sum(map(len, tokenised)):,} characters tokenised"
+        )
+        if turn:  # the history is not tokenised again: only the last answer, the edits, the question
+            assert tokenised and not any(first in content for content in tokenised), tokenised
+            assert all(content.startswith("model\n") for content in tokenised)
         edited = repo.path / "proxy/errors.py"
         edited.write_text(edited.read_text() + f"\n# an edit after turn {turn + 1}\n")
         if turn == 1:
             repo.commit("commit the edits")
         history += [{"role": "assistant", "content": ids["text"]}, {"role": "user", "content": f"And now ({turn})?"}]
     metrics = await (await clients["tokens"].get("/metrics")).text()
-    assert 'scout_prompt_requests_total{path="tokens",reason="ok"} 3' in metrics
+    assert 'scout_prompt_requests_total{path="tokens",reason="ok"} 4' in metrics
     assert 'scout_prompt_checks_total{outcome="match"} 1' in metrics
+    assert 'scout_prompt_checks_total{outcome="conversation match"} 1' in metrics
 
 
 async def test_a_repository_larger_than_the_window_is_fitted_and_keeps_its_cache(

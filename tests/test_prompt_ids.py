@@ -16,6 +16,7 @@ from scout_diff_cache.app import make_app
 from scout_diff_cache.upstream.id_routes import MARKER, parity, split_at_marker, split_ids
 from scout_diff_cache.upstream.llama_completion import ChatFromCompletion, completion_body, text_reason
 from scout_diff_cache.upstream.prompt_ids import encoded_ids
+from scout_diff_cache.upstream.tail_ids import longest_prefix, special_candidates, stable_cut
 
 from support import GitRepo, proxy_config
 
@@ -26,7 +27,8 @@ SPECIAL = {"<turn>": TURN, "<eot>": EOT}
 class FakeLlama:
     """llama.cpp's routes as far as the token path uses them: `/props`, `/apply-template` (a
     ChatML-like template whose turn markers are special tokens), `/tokenize` (a token a character,
-    `merged` text, if set, one token), `/completion` and `/v1/chat/completions`; every request kept."""
+    `merged` text, if set, one token; with its pieces if asked), `/completion` and
+    `/v1/chat/completions`; every request kept."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, Any]] = []
@@ -58,7 +60,7 @@ class FakeLlama:
     async def props(self, request: web.Request) -> web.Response:
         if not self.llama:
             raise web.HTTPNotFound()
-        return web.json_response({"default_generation_settings": {"n_ctx": 4096}})
+        return web.json_response({"default_generation_settings": {"n_ctx": 32768}})
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"data": [{"id": "m", "owned_by": "vllm" if self.vllm else "someone"}]})
@@ -72,18 +74,27 @@ class FakeLlama:
         self.seen.append(("/apply-template", body))
         return web.json_response({"prompt": self.render(body)})
 
-    def ids(self, text: str, add_special: bool) -> list[int]:
-        out = [BOS] if add_special else []
+    def pieces(self, text: str, add_special: bool, parse_special: bool = True) -> list[tuple[int, str]]:
+        out = [(BOS, "<bos>")] if add_special else []
+        whole = (self.merged, *SPECIAL) if parse_special else (self.merged,)
         position = 0
         while position < len(text):
-            special = next((s for s in (*SPECIAL, self.merged or "\0") if text.startswith(s, position)), None)
+            special = next((s for s in whole if s and text.startswith(s, position)), None)
             if special is not None:
-                out.append(SPECIAL.get(special, 7))
+                out.append((SPECIAL.get(special, 7), special))
                 position += len(special)
             else:
-                out.append(2000 + ord(text[position]))
+                out.append((2000 + ord(text[position]), text[position]))
                 position += 1
         return out
+
+    def ids(self, text: str, add_special: bool) -> list[int]:
+        return [token for token, _ in self.pieces(text, add_special)]
+
+    def text(self, ids: list[int]) -> str:
+        """The text of ids this tokenizer made (<bos> left out)."""
+        names = {TURN: "<turn>", EOT: "<eot>", BOS: "", 7: self.merged or ""}
+        return "".join(names[token] if token in names else chr(token - 2000) for token in ids)
 
     async def tokenize(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -91,7 +102,10 @@ class FakeLlama:
         if "messages" in body:  # vLLM: a chat body, rendered and tokenised at once
             return web.json_response({"tokens": self.ids(self.render(body), True)})
         text = body["content"] if "content" in body else body["prompt"]
-        return web.json_response({"tokens": self.ids(text, body.get("add_special", False))})
+        found = self.pieces(text, body.get("add_special", False), body.get("parse_special", True))
+        if body.get("with_pieces"):
+            return web.json_response({"tokens": [{"id": token, "piece": piece} for token, piece in found]})
+        return web.json_response({"tokens": [token for token, _ in found]})
 
     async def completion(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -130,8 +144,11 @@ async def llama(aiohttp_server: Any) -> FakeLlama:
     return fake
 
 
-async def proxy(tmp_path: Path, repo: GitRepo, llama: FakeLlama, aiohttp_client: Any, prompt: str) -> TestClient:
-    config = proxy_config(tmp_path, repo, llama.url, upstream={"prompt": prompt}, context={"conversations": "off"})
+async def proxy(
+    tmp_path: Path, repo: GitRepo, llama: FakeLlama, aiohttp_client: Any, prompt: str, conversations: str = "off"
+) -> TestClient:
+    context = {"conversations": conversations}
+    config = proxy_config(tmp_path, repo, llama.url, upstream={"prompt": prompt}, context=context)
     return await aiohttp_client(make_app(config))
 
 
@@ -158,12 +175,13 @@ async def test_a_chat_question_goes_as_the_snapshots_ids_and_its_tail_as_text(
         "prompt_tokens_details": {"cached_tokens": 100},
     }
     [sent] = llama.asked("/completion")
-    *ids, tail = sent["prompt"]
-    assert ids[:2] == [BOS, TURN] and ids[-1] == 2000 + ord("\n")  # up to the snapshot's last line
-    assert "".join(chr(i - 2000) for i in ids[3:]).startswith("ystem\n# Repository snapshot")
-    assert tail.startswith("<eot>\n<turn>system\n# Working diff") and tail.endswith(
-        "Where is main?<eot>\n<turn>assistant\n"
-    )
+    *ids, rest = sent["prompt"]
+    prompt = llama.text(ids) + rest
+    assert ids[:2] == [BOS, TURN] and prompt.startswith("<turn>system\n# Repository snapshot")
+    assert "def add(a, b)" in prompt and "<eot>\n<turn>system\n# Working diff" in prompt
+    assert prompt.endswith("Where is main?<eot>\n<turn>assistant\n")
+    assert rest == "assistant\n"  # the text after the last special token: the rest went as ids
+    assert [*ids, *llama.ids(rest, False)] == llama.ids(prompt, True)  # the server's tokens of it all
     assert sent["n_predict"] == 5 and sent["temperature"] == 0 and sent["stop"] == ["END"]
     assert sent["cache_prompt"] is True and "prompt" not in sent["response_fields"]
     assert not llama.asked("/v1/chat/completions")
@@ -175,8 +193,8 @@ async def test_the_snapshot_is_tokenised_once_per_epoch(
     client = await proxy(tmp_path, git_repo, llama, aiohttp_client, "tokens")
     for text in ("One?", "Two?", "Three?"):
         assert (await client.post("/v1/chat/completions", json=question(text))).status == 200
-    # the snapshot's ids, the whole prompt's and the first tail's, once; then one render a request
-    assert len(llama.tokenised()) == 3
+    # the snapshot's ids and the whole prompt's, once; then one render a request
+    assert len([body for body in llama.tokenised() if "def add(a, b)" in body["content"]]) == 2
     assert len(llama.asked("/apply-template")) == 4
     assert len(llama.asked("/completion")) == 3
     metrics = await (await client.get("/metrics")).text()
@@ -329,3 +347,97 @@ async def test_vllm_gets_every_id_in_kv_transfer_params_and_serves_tools(
     assert sent["kv_transfer_params"] == {"prompt_token_ids": llama.ids(rendered, True)}
     assert MARKER in sent["messages"][0]["content"] and sent["tools"] == tools  # small messages, for its parsers
     assert not llama.asked("/completion") and not llama.asked("/apply-template")
+
+
+async def test_a_conversations_history_is_tokenised_once_and_its_ids_grow_by_its_new_turns(
+    tmp_path: Path, git_repo: GitRepo, llama: FakeLlama, aiohttp_client: Any
+) -> None:
+    client = await proxy(tmp_path, git_repo, llama, aiohttp_client, "tokens", conversations="on")
+    history: list[dict[str, str]] = []
+    for turn in range(4):
+        history.append({"role": "user", "content": f"Question {turn}?"})
+        before = len(llama.tokenised())
+        response = await client.post("/v1/chat/completions", json={"model": "m", "messages": history, "max_tokens": 5})
+        assert response.status == 200 and response.headers["X-Scout-Prompt"] == "tokens"
+        history.append({"role": "assistant", "content": (await response.json())["choices"][0]["message"]["content"]})
+        *ids, rest = llama.asked("/completion")[-1]["prompt"]
+        prompt = llama.text(ids) + rest
+        assert rest == "assistant\n"  # only the text after the last special token goes as text
+        assert [*ids, *llama.ids(rest, False)] == llama.ids(prompt, True)  # the server's tokens of it all
+        assert all(f"Question {earlier}?<eot>" in prompt for earlier in range(turn + 1))
+        if turn:  # only the new text was tokenised: the last answer, the edit, the new question
+            [new] = llama.tokenised()[before:]
+            assert new["content"].startswith("assistant\nfine<eot>\n<turn>system\n# Work tree changes")
+            assert new["content"].endswith(f"<turn>user\nQuestion {turn}?<eot>\n<turn>")
+            assert f"Question {turn - 1}?" not in new["content"]
+        git_repo.write("src/app.py", f"def main():\n    return {turn}\n")  # an edit between turns
+    assert "return 2" in prompt  # the edits reached the model
+    metrics = await (await client.get("/metrics")).text()
+    assert 'scout_prompt_checks_total{outcome="conversation match"} 1' in metrics
+
+
+async def test_grown_ids_that_differ_from_the_tails_send_the_epochs_tails_by_text(
+    tmp_path: Path, git_repo: GitRepo, llama: FakeLlama, aiohttp_client: Any
+) -> None:
+    llama.merged = "<turn>assistant"  # a tokenizer that merges across the special token the cut follows
+    client = await proxy(tmp_path, git_repo, llama, aiohttp_client, "tokens")
+    for text in ("One?", "Two?"):
+        before = len(llama.tokenised())
+        response = await client.post("/v1/chat/completions", json=question(text))
+        assert response.status == 200 and response.headers["X-Scout-Prompt"] == "tokens"
+        *ids, rest = llama.asked("/completion")[-1]["prompt"]
+        assert rest.startswith("<eot>\n<turn>system\n# Working diff") and rest.endswith(
+            f"{text}<eot>\n<turn>assistant\n"
+        )
+        assert [*ids, *llama.ids(rest, False)] == llama.ids(llama.text(ids) + rest, True)
+    assert len(llama.tokenised()) == before  # the second request asked nothing of the tokenizer
+    metrics = await (await client.get("/metrics")).text()
+    assert 'scout_prompt_checks_total{outcome="match"} 1' in metrics
+    assert 'scout_prompt_checks_total{outcome="conversation mismatch"} 1' in metrics
+
+
+def test_the_stable_cut_is_the_end_of_the_last_special_token() -> None:
+    specials = ("<turn>", "<eot>")
+    assert stable_cut("a<eot>\n<turn>user\nhi<eot>\n<turn>model\n", specials) == len(
+        "a<eot>\n<turn>user\nhi<eot>\n<turn>"
+    )
+    assert stable_cut("plain text", specials) == 0
+    assert stable_cut("<turn>a<eot>b", specials, start=6) == len("<turn>a<eot>")
+    assert stable_cut("<turn>abc", specials, start=6) == 6  # none after the start
+    assert stable_cut("<turn>", (), 0) == 0
+
+
+def test_the_longest_kept_prefix_is_the_one_grown() -> None:
+    kept = ["<eot>a<turn>", "<eot>a<turn>b<eot><turn>", "<eot>x<turn>"]
+    assert longest_prefix(kept, "<eot>a<turn>b<eot><turn>c") == "<eot>a<turn>b<eot><turn>"
+    assert longest_prefix(kept, "<eot>a<turn>b") == "<eot>a<turn>"
+    assert longest_prefix(kept, "<eot>b") == ""
+
+
+def test_special_tokens_are_those_only_parsing_them_makes() -> None:
+    parsed = [(1000, "<turn>"), (2117, "u"), (1001, "<eot>"), (3001, "ser")]
+    assert special_candidates(parsed, [2060, 2117, 2115, 2101, 2114]) == {"<turn>": 1000, "<eot>": 1001, "ser": 3001}
+
+
+async def test_a_conversation_keeps_one_tail_and_the_least_recently_used_is_let_go(
+    tmp_path: Path, git_repo: GitRepo, llama: FakeLlama, aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("scout_diff_cache.upstream.tail_ids.KEPT_TAILS", 2)
+    client = await proxy(tmp_path, git_repo, llama, aiohttp_client, "tokens", conversations="on")
+    histories: dict[str, list[dict[str, str]]] = {"A": [], "B": [], "C": []}
+
+    async def tokenised_for(name: str) -> str:
+        """One more turn of conversation `name`: the text tokenised for its tail."""
+        history = histories[name]
+        history.append({"role": "user", "content": f"{name} question {len(history) // 2}?"})
+        before = len(llama.tokenised())
+        response = await client.post("/v1/chat/completions", json={"model": "m", "messages": history})
+        history.append({"role": "assistant", "content": (await response.json())["choices"][0]["message"]["content"]})
+        return "".join(body["content"] for body in llama.tokenised()[before:])
+
+    await tokenised_for("B")
+    for _ in range(3):
+        await tokenised_for("A")
+    assert "B question 0?" not in await tokenised_for("B")  # A's turns took one place, not three
+    await tokenised_for("C")  # a third conversation: A's, the least recently used, is let go
+    assert "A question 0?" in await tokenised_for("A")

@@ -3,19 +3,22 @@ in the snapshot's place splits, how an epoch's ids are learned and checked, and 
 carries them.
 
 - llama.cpp renders with `/apply-template` (text: the head before the marker, the tail after it),
-  tokenises head + snapshot once, and takes `/completion` with `[ids…, "tail"]`, answered in its own
-  format (see `llama_completion.py`);
+  tokenises head + snapshot once, grows the tail's ids up to its last special token from the
+  earlier requests' (see `tail_ids.py`), and takes `/completion` with `[ids…, tail ids…, "rest"]`,
+  answered in its own format (see `llama_completion.py`);
 - vLLM renders and tokenises at once (`/tokenize` with `messages`): the marker's own ids are found
   in the request's, the ids before it are the head, those after it the tail; the epoch's ids are the
   whole prompt's less that tail, and `/v1/chat/completions` takes them all in
   `kv_transfer_params.prompt_token_ids` (the messages are not rendered again; its chat parsers, tools
-  included, still read the answer, which is chat's own);
+  included, still read the answer, which is chat's own). vLLM renders a chat body only by
+  tokenising it, so its tail is tokenised whole on every request;
 - SGLang as vLLM, with the ids in `input_ids` (see `sglang_ids.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from array import array
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -23,22 +26,28 @@ from typing import Any, Protocol
 import attrs
 
 from ..encoding import Body, Chunk, encode_json, encode_text
-from ..errors import UpstreamBadResponse
 from .client import Upstream
 from .llama_completion import ChatFromCompletion, completion_body, text_reason
+from .tail_ids import Grown, TailIds
+from .tokenizer import rendered, text_body, tokens
 
 #: Where the snapshot goes when a request is rendered for its head and tail: text no template
 #: changes and no client sends (one that does goes by text: the marker must render once).
 MARKER = "\u2063scout-diff-cache snapshot\u2063"
+#: Characters of a request's rendered tail (its end: the template's last turns) that llama.cpp's
+#: special tokens are learned from, with its head.
+SAMPLE = 4096
 
 
 @attrs.frozen
 class Split:
     """A request rendered with the marker in the snapshot's place: what comes before the marker
-    (with the commit, the key of an epoch's ids) and after it, as text or ids."""
+    (with the commit, the key of an epoch's ids) and after it, as text or ids, and as much of the
+    text as ids as earlier requests' let grow."""
 
     head: str | bytes
     tail: str | array[int] = attrs.field(eq=False)
+    grown: Grown | None = attrs.field(default=None, eq=False)
 
 
 @attrs.frozen
@@ -65,6 +74,10 @@ class IdsRoute(Protocol):
     async def learn(self, upstream: Upstream, split: Split, whole: Body, snapshot: Chunks) -> array[int] | None:
         """The ids of the prompt up to the snapshot's end, checked on this request (`whole`: its real
         body) against the server's tokens of the whole prompt; None when they differ."""
+
+    async def grown(self, upstream: Upstream, split: Split, check: bool) -> Split | None:
+        """The split with its tail's ids grown from earlier requests' where the route can; with
+        `check`, None when they differ from the server's tokens of the whole tail."""
 
     def prompt(self, encoded: tuple[bytes, ...], split: Split, fields: dict[str, Any], marked: Body) -> IdsPrompt:
         """The request with the epoch's ids (`encoded`) and its own tail."""
@@ -108,28 +121,53 @@ def parity(whole: Sequence[int], ids: Sequence[int], tail: Sequence[int]) -> boo
 
 
 class LlamaCompletion:
-    """llama.cpp: rendered by `/apply-template`, sent to `/completion` (under the server's root)."""
+    """llama.cpp: rendered by `/apply-template`, sent to `/completion` (under the server's root),
+    each model's tails' ids kept."""
+
+    def __init__(self) -> None:
+        self._tails: dict[str, TailIds] = {}
 
     def text_reason(self, fields: dict[str, Any]) -> str | None:
         return text_reason(fields)
 
     async def split(self, upstream: Upstream, marked: Body) -> Split | None:
-        found = split_at_marker(await _rendered(upstream, marked))
+        found = split_at_marker(await rendered(upstream, marked))
         return Split(*found) if found else None
 
     async def learn(self, upstream: Upstream, split: Split, whole: Body, snapshot: Chunks) -> array[int] | None:
         assert isinstance(split.head, str) and isinstance(split.tail, str)
         opening, closing = b'{"content":"', b'","add_special":true,"parse_special":true}'
-        ids = await _tokens(upstream, Body((opening, encode_text(split.head), *snapshot, closing)))
-        rendered = await _rendered(upstream, whole)
-        everything = await _tokens(upstream, await asyncio.to_thread(_tokenize_text, rendered, True))
-        own = await _tokens(upstream, _tokenize_text(split.tail, False))
+        ids = await tokens(upstream, Body((opening, encode_text(split.head), *snapshot, closing)))
+        prompt = await rendered(upstream, whole)
+        everything = await tokens(upstream, await asyncio.to_thread(text_body, prompt, True))
+        own = await tokens(upstream, text_body(split.tail, False))
         return ids if await asyncio.to_thread(parity, everything, ids, own) else None
+
+    async def grown(self, upstream: Upstream, split: Split, check: bool) -> Split | None:
+        assert isinstance(split.head, str) and isinstance(split.tail, str)
+        tails = self._tails.setdefault(upstream.config.model, TailIds())
+        grown = await tails.grow(upstream, split.head + split.tail[-SAMPLE:], split.tail)
+        if grown is None:
+            return split
+        if check and not await _same_tokens(upstream, split.tail, grown):
+            tails.forget()
+            return None
+        return attrs.evolve(split, grown=grown)
 
     def prompt(self, encoded: tuple[bytes, ...], split: Split, fields: dict[str, Any], marked: Body) -> IdsPrompt:
         assert isinstance(split.tail, str)
         answers = ChatFromCompletion(str(fields.get("model", "")))
-        return IdsPrompt("/completion", completion_body(encoded, split.tail, fields), True, answers)
+        grown = split.grown
+        ids, rest = (encoded, split.tail) if grown is None else ((*encoded, b",", grown.ids), grown.rest)
+        return IdsPrompt("/completion", completion_body(ids, rest, fields), True, answers)
+
+
+async def _same_tokens(upstream: Upstream, tail: str, grown: Grown) -> bool:
+    """Whether a tail's grown ids, then its rest's own, are the server's tokens of the whole tail."""
+    whole = await tokens(upstream, text_body(tail, False))
+    rest = await tokens(upstream, text_body(grown.rest, False))
+    ids = await asyncio.to_thread(json.loads, b"[" + grown.ids + b"]")
+    return await asyncio.to_thread(parity, whole, ids, rest)
 
 
 class VllmChat:
@@ -148,44 +186,22 @@ class VllmChat:
     async def split(self, upstream: Upstream, marked: Body) -> Split | None:
         if self._marker is None:
             alone = {"model": upstream.config.model, "prompt": MARKER, "add_special_tokens": False}
-            self._marker = await _tokens(upstream, Body((encode_json(alone),)))
-        found = split_ids(await _tokens(upstream, marked), self._marker)
+            self._marker = await tokens(upstream, Body((encode_json(alone),)))
+        found = split_ids(await tokens(upstream, marked), self._marker)
         return Split(found[0].tobytes(), found[1]) if found else None
 
     async def learn(self, upstream: Upstream, split: Split, whole: Body, snapshot: Chunks) -> array[int] | None:
         assert isinstance(split.head, bytes) and isinstance(split.tail, array)
-        everything = await _tokens(upstream, whole)
+        everything = await tokens(upstream, whole)
         ids, tail = everything[: len(everything) - len(split.tail)], split.tail
         fits = ids.tobytes().startswith(split.head) and len(ids) * ids.itemsize > len(split.head)
         return ids if fits and await asyncio.to_thread(parity, everything, ids, tail) else None
+
+    async def grown(self, upstream: Upstream, split: Split, check: bool) -> Split | None:
+        return split  # its tail came tokenised whole with the split: vLLM renders only by tokenising
 
     def prompt(self, encoded: tuple[bytes, ...], split: Split, fields: dict[str, Any], marked: Body) -> IdsPrompt:
         assert isinstance(split.tail, array)
         tail = b"".join(b"," + str(token).encode() for token in split.tail)
         ids = (self.OPENING, *encoded, tail, self.CLOSING)
         return IdsPrompt("/chat/completions", Body((*marked.chunks[:-1], *ids)))
-
-
-def _tokenize_text(text: str, add_special: bool) -> Body:
-    return Body((encode_json({"content": text, "add_special": add_special, "parse_special": True}),))
-
-
-async def _rendered(upstream: Upstream, body: Body) -> str:
-    """The prompt llama.cpp's template renders from a chat body."""
-    _, payload = await upstream.read_json_answer(body, "/apply-template", root=True)
-    prompt = payload.get("prompt") if isinstance(payload, dict) else None
-    if not isinstance(prompt, str):
-        raise UpstreamBadResponse("the upstream's /apply-template answer holds no prompt")
-    return prompt
-
-
-async def _tokens(upstream: Upstream, body: Body) -> array[int]:
-    """The server's tokens for a `/tokenize` body (text, or a chat body on vLLM and SGLang), as compact ids."""
-    _, payload = await upstream.read_json_answer(body, "/tokenize", root=True)
-    tokens = payload.get("tokens") if isinstance(payload, dict) else None
-    if not isinstance(tokens, list):
-        raise UpstreamBadResponse("the upstream's /tokenize answer holds no tokens")
-    try:
-        return await asyncio.to_thread(array, "i", tokens)
-    except TypeError:
-        raise UpstreamBadResponse("the upstream's /tokenize answer holds tokens that are not ids") from None

@@ -13,7 +13,11 @@ snapshot included, before it even looks at its cache. With `[upstream] prompt = 
   server's tokens of the whole prompt as it renders it with the real snapshot. The cut sits right
   after the snapshot's last line: before a special token in most templates (stable by
   construction), in plain text in Gemma's (where this check is what proves it). A mismatch sends
-  the epoch by text (the same tokens, so the same cache), logged and counted.
+  the epoch by text (the same tokens, so the same cache), logged and counted;
+- on llama.cpp a conversation's ids grow turn by turn (see `tail_ids.py`): only its new text is
+  tokenised. The first request of an epoch whose tail goes partly as ids checks them against the
+  server's tokens of the whole tail (the ids before it are checked as above); a mismatch sends the
+  tails of that epoch as text, logged and counted.
 
 What goes by text anyway, counted by why: the Responses and Messages APIs (`api`), fields a route
 cannot carry (`tools` on llama.cpp, whose `/completion` has no chat parser; `unmapped field`), a
@@ -38,6 +42,7 @@ from ..shared import SharedTasks
 from .client import Upstream, url_of
 from .id_routes import MARKER, IdsPrompt, IdsRoute, LlamaCompletion, NoIdsRoute, Split, VllmChat
 from .sglang_ids import SglangChat
+from .tokenizer import ids_json
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +56,7 @@ BodyWith = Callable[[tuple[Chunk, ...]], Body]
 def encoded_ids(ids: Sequence[int]) -> tuple[bytes, ...]:
     """The ids as JSON without brackets, in chunks of about CHUNK_BYTES that join as they are."""
     step = max(1, CHUNK_BYTES // 8)
-    return tuple(
-        (b"," if start else b"") + ",".join(map(str, ids[start : start + step])).encode()
-        for start in range(0, len(ids), step)
-    )
+    return tuple((b"," if start else b"") + ids_json(ids[start : start + step]) for start in range(0, len(ids), step))
 
 
 def route_for(props: Any, models: Any) -> IdsRoute | None:
@@ -74,12 +76,14 @@ def route_for(props: Any, models: Any) -> IdsRoute | None:
 
 class PromptIds:
     """The ids of each epoch (and head) on each upstream, learned by the first request that needs
-    them while the others wait for the same round; and the count of each path a request took."""
+    them while the others wait for the same round, whether their tails' grown ids passed the
+    check (absent: not checked yet); and the count of each path a request took."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
         self._tasks = SharedTasks()
         self._kept: dict[tuple[object, ...], tuple[bytes, ...] | None] = {}
+        self._grows: dict[tuple[object, ...], bool] = {}
         self._routes: dict[str, IdsRoute | None] = {}
 
     async def close(self) -> None:
@@ -107,6 +111,7 @@ class PromptIds:
             config = upstream.config
             key = (config.url, config.model, snapshot.commit or "", split.head)
             found = await self._tasks.join(key, lambda: self._learn(upstream, route, key, split, body_with, snapshot))
+            grown = split if found is None else await self._grown(upstream, route, key, split, _named(snapshot))
         except NoIdsRoute as refusal:
             self._routes[upstream.config.url] = None
             _tell(upstream, f"prompt by text: the upstream cannot take token ids: {refusal}")
@@ -120,7 +125,28 @@ class PromptIds:
             self.count("text", "parity")
             return None
         self.count("tokens", "ok")
-        return route.prompt(found, split, fields, marked)
+        return route.prompt(found, grown, fields, marked)
+
+    async def _grown(
+        self, upstream: Upstream, route: IdsRoute, key: tuple[object, ...], split: Split, epoch: str
+    ) -> Split:
+        """The split with its tail's ids grown, unless they failed this epoch's check (the first
+        request that has them checks them)."""
+        grows = self._grows.get(key)
+        if grows is False:
+            return split
+        grown = await route.grown(upstream, split, check=grows is None)
+        if grown is not None and (grows or grown.grown is None):
+            return grown
+        outcome = "conversation mismatch" if grown is None else "conversation match"
+        self._metrics.prompt_checks.inc((("outcome", outcome),))
+        if key in self._kept:  # not yet let go for a newer epoch
+            self._grows[key] = grown is not None
+        if grown is None:
+            _tell(upstream, f"conversations by text for epoch {epoch}: their grown token ids differ from the tail's")
+            return split
+        log.info("conversations' token ids grown for epoch %s, checked", epoch)
+        return grown
 
     async def _route(self, upstream: Upstream) -> IdsRoute | None:
         """How the upstream takes ids (asked once per URL; again if it could not be reached)."""
@@ -148,15 +174,22 @@ class PromptIds:
             return self._kept[key]
         ids = await route.learn(upstream, split, body_with(snapshot.json_text), snapshot.json_text)
         self._metrics.prompt_checks.inc((("outcome", "mismatch" if ids is None else "match"),))
-        commit = (snapshot.commit or "none")[:12]
+        commit = _named(snapshot)
         if ids is None:
             _tell(upstream, f"prompt by text for epoch {commit}: its token ids differ from the whole prompt's")
         else:
             log.info("prompt by token ids for epoch %s: %d tokens, checked", commit, len(ids))
         self._kept[key] = None if ids is None else await asyncio.to_thread(encoded_ids, ids)
         while len(self._kept) > KEPT:
-            del self._kept[next(iter(self._kept))]
+            oldest = next(iter(self._kept))
+            del self._kept[oldest]
+            self._grows.pop(oldest, None)
         return self._kept[key]
+
+
+def _named(snapshot: Snapshot) -> str:
+    """An epoch as the log names it."""
+    return (snapshot.commit or "none")[:12]
 
 
 def _tell(upstream: Upstream, message: str) -> None:

@@ -17,7 +17,8 @@ from array import array
 
 from ..encoding import Body, encode_json
 from .client import Upstream, url_of
-from .id_routes import MARKER, NoIdsRoute, Split, VllmChat, _tokens
+from .id_routes import MARKER, NoIdsRoute, Split, VllmChat
+from .tokenizer import tokens
 
 
 class SglangChat(VllmChat):
@@ -47,7 +48,7 @@ async def _check(upstream: Upstream, marker: array[int]) -> None:
     """
     config = upstream.config
     probe = {"model": config.model, "messages": [{"role": "user", "content": MARKER}], "input_ids": list(marker)}
-    if await _tokens(upstream, Body((encode_json(probe),))) != marker:
+    if await tokens(upstream, Body((encode_json(probe),))) != marker:
         raise NoIdsRoute("its chat completions ignore input_ids (an SGLang from before they were added)")
     info = await upstream.about("GET", url_of(config, "/model_info", root=True))
     if not isinstance(info, dict):

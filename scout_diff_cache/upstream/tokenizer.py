@@ -1,0 +1,65 @@
+"""The upstream's own renderer and tokenizer, asked over HTTP: the token-id path trusts no other.
+
+llama.cpp renders a chat body with `/apply-template` and tokenises text with `/tokenize`; vLLM's
+`/tokenize` takes a chat body and does both at once. Ids travel as JSON without brackets, encoded
+once, so they splice into a body as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from array import array
+from collections.abc import Sequence
+from typing import Any
+
+from ..encoding import Body, encode_json
+from ..errors import UpstreamBadResponse
+from .client import Upstream
+
+
+def ids_json(ids: Sequence[int]) -> bytes:
+    """The ids as JSON without brackets."""
+    return ",".join(map(str, ids)).encode()
+
+
+def text_body(text: str, add_special: bool, parse_special: bool = True, **extra: Any) -> Body:
+    """llama.cpp's `/tokenize` body for text (special tokens parsed, as its prompts are)."""
+    fields = {"content": text, "add_special": add_special, "parse_special": parse_special, **extra}
+    return Body((encode_json(fields),))
+
+
+async def rendered(upstream: Upstream, body: Body) -> str:
+    """The prompt llama.cpp's template renders from a chat body."""
+    _, payload = await upstream.read_json_answer(body, "/apply-template", root=True)
+    prompt = payload.get("prompt") if isinstance(payload, dict) else None
+    if not isinstance(prompt, str):
+        raise UpstreamBadResponse("the upstream's /apply-template answer holds no prompt")
+    return prompt
+
+
+async def tokens(upstream: Upstream, body: Body) -> array[int]:
+    """The server's tokens for a `/tokenize` body (text, or a chat body on vLLM), as compact ids."""
+    found = await _tokenized(upstream, body)
+    try:
+        return await asyncio.to_thread(array, "i", found)
+    except TypeError:
+        raise UpstreamBadResponse("the upstream's /tokenize answer holds tokens that are not ids") from None
+
+
+async def pieces(upstream: Upstream, text: str, parse_special: bool) -> list[tuple[int, str]]:
+    """llama.cpp's tokens for a short text with their pieces (a piece that is not whole UTF-8,
+    which llama.cpp gives as bytes, is left out)."""
+    found = await _tokenized(upstream, text_body(text, False, parse_special, with_pieces=True))
+    return [
+        (token["id"], token["piece"])
+        for token in found
+        if isinstance(token, dict) and isinstance(token.get("id"), int) and isinstance(token.get("piece"), str)
+    ]
+
+
+async def _tokenized(upstream: Upstream, body: Body) -> list[Any]:
+    _, payload = await upstream.read_json_answer(body, "/tokenize", root=True)
+    found = payload.get("tokens") if isinstance(payload, dict) else None
+    if not isinstance(found, list):
+        raise UpstreamBadResponse("the upstream's /tokenize answer holds no tokens")
+    return found
