@@ -24,6 +24,10 @@ BOS, TURN, EOT = 1, 1000, 1001
 SPECIAL = {"<turn>": TURN, "<eot>": EOT}
 
 
+#: Past the 32 MiB any other answer may have, as a 10M-token snapshot's ids are.
+PADDING = 32 * 1024 * 1024
+
+
 class FakeLlama:
     """llama.cpp's routes as far as the token path uses them: `/props`, `/apply-template` (a
     ChatML-like template whose turn markers are special tokens), `/tokenize` (a token a character,
@@ -38,9 +42,14 @@ class FakeLlama:
         self.vllm = False
         #: Its base URL, /v1 included, once it serves.
         self.url = ""
+        #: Blanks added inside the JSON of its answers to the token path's `/tokenize` of text longer
+        #: than this many characters (a large snapshot's answer, without the large snapshot).
+        self.padded_over: int | None = None
+        #: The context its one slot has.
+        self.window = 32768
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(client_max_size=64 * 1024 * 1024)  # a large snapshot's ids
         app.router.add_get("/props", self.props)
         app.router.add_post("/apply-template", self.apply_template)
         app.router.add_post("/tokenize", self.tokenize)
@@ -60,7 +69,7 @@ class FakeLlama:
     async def props(self, request: web.Request) -> web.Response:
         if not self.llama:
             raise web.HTTPNotFound()
-        return web.json_response({"default_generation_settings": {"n_ctx": 32768}})
+        return web.json_response({"default_generation_settings": {"n_ctx": self.window}})
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"data": [{"id": "m", "owned_by": "vllm" if self.vllm else "someone"}]})
@@ -105,7 +114,10 @@ class FakeLlama:
         found = self.pieces(text, body.get("add_special", False), body.get("parse_special", True))
         if body.get("with_pieces"):
             return web.json_response({"tokens": [{"id": token, "piece": piece} for token, piece in found]})
-        return web.json_response({"tokens": [token for token, _ in found]})
+        answer = json.dumps({"tokens": [token for token, _ in found]}).encode()
+        if self.padded_over is not None and "parse_special" in body and len(text) > self.padded_over:
+            answer = answer[:-1] + b" " * PADDING + b"}"
+        return web.Response(body=answer, content_type="application/json")
 
     async def completion(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -441,3 +453,20 @@ async def test_a_conversation_keeps_one_tail_and_the_least_recently_used_is_let_
     assert "B question 0?" not in await tokenised_for("B")  # A's turns took one place, not three
     await tokenised_for("C")  # a third conversation: A's, the least recently used, is let go
     assert "A question 0?" in await tokenised_for("A")
+
+
+async def test_a_snapshots_ids_are_read_however_large_their_answer(
+    tmp_path: Path, git_repo: GitRepo, llama: FakeLlama, aiohttp_client: Any
+) -> None:
+    """Ids take at most 8 bytes of JSON a byte of text: an answer that large is read (off the loop),
+    not refused as any other answer over 32 MiB is."""
+    git_repo.write("src/big.py", "".join(f"value_{n} = {n}\n" for n in range(12_000)))  # ~190 KB
+    git_repo.commit("a large file")
+    llama.padded_over, llama.window = 150_000, 1_000_000
+    client = await proxy(tmp_path, git_repo, llama, aiohttp_client, "tokens")
+    response = await client.post("/v1/chat/completions", json=question())
+    assert response.status == 200, await response.text()
+    assert response.headers["X-Scout-Prompt"] == "tokens"
+    [sent] = llama.asked("/completion")
+    *ids, _ = sent["prompt"]
+    assert "value_11999 = 11999\n" in llama.text(ids)

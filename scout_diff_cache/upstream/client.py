@@ -119,6 +119,14 @@ def no_first_byte(config: UpstreamConfig) -> UpstreamTimeout:
     return UpstreamTimeout(f"the upstream sent no answer within first_byte_timeout ({config.first_byte_timeout:g}s)")
 
 
+def json_of(data: bytes) -> Any:
+    """An answer's JSON, or the error that it is not JSON."""
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise UpstreamBadResponse("the upstream answered with a body that is not JSON") from None
+
+
 def _json_or_none(data: bytes) -> Any:
     try:
         return json.loads(data) if data else None
@@ -228,6 +236,11 @@ class Upstream:
         self, body: Body, path: str = "/chat/completions", root: bool = False
     ) -> tuple[bytes, Any]:
         """A non-streaming exchange: the answer's bytes, untouched, and their parsed JSON."""
+        data = await self.read_answer(body, path, root)
+        return data, json_of(data)
+
+    async def read_answer(self, body: Body, path: str, root: bool = False, limit: int = MAX_ANSWER) -> bytes:
+        """A non-streaming exchange: the answer's bytes, at most `limit` of them."""
         config = self.config
         try:
             response = await asyncio.wait_for(self.send(path, body, root), config.first_byte_timeout)
@@ -235,15 +248,12 @@ class Upstream:
             raise no_first_byte(config) from None
         try:
             await check_status(response, config.idle_timeout)
-            data = await read_all(response, config.idle_timeout, MAX_ANSWER + 1)
+            data = await read_all(response, config.idle_timeout, limit + 1)
         finally:
             response.close()
-        if len(data) > MAX_ANSWER:
-            raise UpstreamBadResponse(f"the upstream's answer is larger than {MAX_ANSWER} bytes; not relayed")
-        try:
-            return data, json.loads(data)
-        except ValueError:
-            raise UpstreamBadResponse("the upstream answered with a body that is not JSON") from None
+        if len(data) > limit:
+            raise UpstreamBadResponse(f"the upstream's answer is larger than {limit} bytes; not relayed")
+        return data
 
     async def warm_up(self, *injected: Encoded, report: Report | None = None) -> Usage | None:
         """Have the upstream process (and so cache) the `injected` messages, generating a single

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..encoding import Body, encode_json
 from ..errors import UpstreamBadResponse
-from .client import Upstream
+from .client import MAX_ANSWER, Upstream, json_of
 
 
 def ids_json(ids: Sequence[int]) -> bytes:
@@ -58,7 +58,11 @@ async def pieces(upstream: Upstream, text: str, parse_special: bool) -> list[tup
 
 
 async def _tokenized(upstream: Upstream, body: Body) -> list[Any]:
-    _, payload = await upstream.read_json_answer(body, "/tokenize", root=True)
+    """The tokens of a `/tokenize` answer, read and parsed off the loop. Its ids take at most
+    about 7 bytes each (6 digits and a comma), and a token at least a byte of the text, so the
+    answer is bounded by the body's own size: a 10M-token snapshot's is read too."""
+    data = await upstream.read_answer(body, "/tokenize", root=True, limit=MAX_ANSWER + 8 * body.length)
+    payload = await asyncio.to_thread(json_of, data)
     found = payload.get("tokens") if isinstance(payload, dict) else None
     if not isinstance(found, list):
         raise UpstreamBadResponse("the upstream's /tokenize answer holds no tokens")
