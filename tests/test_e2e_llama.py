@@ -7,6 +7,8 @@ package; `make test` does not run this module.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import subprocess
 import sys
@@ -133,6 +135,15 @@ async def converse(client: TestClient, messages: list[dict[str, str]]) -> dict[s
     return {"prompt": usage["prompt_tokens"], "cached": timings["cache_n"], "processed": timings["prompt_n"]}
 
 
+async def watch_warmup(client: TestClient, seen: list[dict[str, Any]]) -> None:
+    """Every running warm-up /status.json shows, until cancelled."""
+    while True:
+        warmup = (await (await client.get("/status.json")).json())["warmup"]
+        if warmup["state"] == "running":
+            seen.append(warmup)
+        await asyncio.sleep(0.1)
+
+
 def line(step: str, figures: dict[str, int], reference: int, label: str) -> str:
     return (
         f"{step:58} prompt {figures['prompt']:5}  cached {figures['cached']:5}  processed {figures['processed']:5}"
@@ -173,7 +184,16 @@ async def test_the_upstream_serves_the_snapshot_from_its_cache(
     late = order[-1]
     repo.write(late, (repo.path / late).read_text() + "# a change to the last file in the order\n")
     repo.commit("change the last file")
+    seen: list[dict[str, Any]] = []  # the warm-up as /status.json tells it while the rebase's runs
+    watching = asyncio.create_task(watch_warmup(client, seen))
     rebase = await (await client.post("/admin/rebase")).json()
+    watching.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watching
+    reported = [w for w in seen if w.get("measured") == "as the upstream reports it"]
+    shares = sorted({round(w["done"], 2) for w in reported})
+    REPORT.append(f"4a. the rebase's warm-up, as llama.cpp reported it (share done): {shares}")
+    assert reported and max(w["done"] for w in reported) > 0 and all(w["done"] < 1 for w in reported)
     # what a rebase keeps: everything before the first file that changed since the base (a header
     # counts its file's lines, so an edited file is re-read from its header on)
     first_changed = min(order.index(path) for path in ("proxy/errors.py", late))
