@@ -95,10 +95,13 @@ bench: $(VENV)/.installed-test
 
 # The upstream's own floor: time to first token of a fully cached prompt of 1k to 30k tokens on the
 # real llama-server of `make e2e`, as text and as token ids, directly and through the proxy, beside
-# the server's template and /tokenize time (also at 55k, 110k and 230k tokens, past its window).
+# the server's template and /tokenize time (also at 55k, 110k and 230k tokens, past its window);
+# then the same on the real vLLM of `make e2e-vllm` (run with a 32k window).
 FLOOR_ARGS ?=
-bench-floor: $(VENV)/.installed-e2e
+FLOOR_VLLM_ARGS ?=
+bench-floor: $(VENV)/.installed-e2e $(VLLM_VENV)/.installed
 	$(BIN)/python -m tests.tools.floor $(FLOOR_ARGS)
+	$(BIN)/python -m tests.tools.floor_vllm $(FLOOR_VLLM_ARGS)
 
 # This project's own history, then 30 releases of three PyPI packages (up to 4 MB of source), then a
 # working day of branch work on a generated 4.5 MB repository, with the default budget and a small one.

@@ -8,10 +8,7 @@ of room. `make e2e-vllm` installs vLLM in a venv of its own and converts the mod
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -23,13 +20,19 @@ import pytest
 
 from scout_diff_cache.app import make_app
 
-from e2e import learned_window, make_repository, overflow_errors, stop, strict_template_turns, wait_until_healthy
+from e2e import (
+    learned_window,
+    make_repository,
+    overflow_errors,
+    start_vllm,
+    stop,
+    strict_template_turns,
+    wait_until_healthy,
+)
 from support import free_port, proxy_config
 
 pytestmark = pytest.mark.vllm
 
-#: Where `make e2e-vllm` installs vLLM and puts the converted model: beside the project's venv.
-VLLM = Path(sys.prefix) / "vllm"
 REPORT: list[str] = []
 
 
@@ -37,30 +40,7 @@ REPORT: list[str] = []
 def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     log = tmp_path_factory.mktemp("vllm") / "vllm.log"
-    # its internal messaging on loopback, no hub, no usage report; 2 GiB of KV cache
-    environment = {
-        **os.environ,
-        "VLLM_HOST_IP": "127.0.0.1",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "VLLM_NO_USAGE_STATS": "1",
-        "DO_NOT_TRACK": "1",
-        "VLLM_CPU_KVCACHE_SPACE": "2",
-    }
-    command = [
-        str(VLLM / "bin" / "python"),
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        *("--model", str(VLLM / "model"), "--served-model-name", "gemma"),
-        *("--host", "127.0.0.1", "--port", str(port)),
-        # float32: without AVX-512 this CPU runs bf16 about five times slower
-        *("--dtype", "float32", "--max-model-len", "8192", "--enforce-eager"),
-        *("--enable-prefix-caching", "--enable-prompt-tokens-details"),
-    ]
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=environment
-        )
+    server = start_vllm(port, log)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_healthy(url, server, log, 300)

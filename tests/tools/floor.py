@@ -95,13 +95,16 @@ async def timed_post(session: aiohttp.ClientSession, url: str, payload: dict[str
     return time.perf_counter() - started, answer
 
 
-def proxy_config(workdir: Path, repository: Path, server: str, prompt: str) -> Path:
-    """A proxy's config for the repository, with `[upstream] prompt` as given, on a port of its own."""
+def proxy_config(
+    workdir: Path, repository: Path, server: str, prompt: str, model: str = "floor", layout: str = "separate"
+) -> Path:
+    """A proxy's config for the repository, with `[upstream] prompt` as given, on a port of its own;
+    the layout set, so no probe evicts the prompt."""
     config_path = workdir / f"floor-{repository.name}-{prompt}.ini"
     config_path.write_text(
-        f"[server]\nport = {free_port()}\nlog_level = warning\n[upstream]\nurl = {server}/v1\nmodel = floor\n"
+        f"[server]\nport = {free_port()}\nlog_level = warning\n[upstream]\nurl = {server}/v1\nmodel = {model}\n"
         f"prompt = {prompt}\n[repository]\npath = {repository}\n[context]\nstate_dir = {workdir / 'state'}\n"
-        "conversations = off\nrebase = manual\nusage = upstream\nlayout = separate\n"  # no probe to evict the prompt
+        f"conversations = off\nrebase = manual\nusage = upstream\nlayout = {layout}\n"
         # the whole repository in the window, as it is sent directly (not fitted to a snapshot's share)
         "answer_tokens = 256\nconversation_tokens = 1024\ndiff_tokens = 1024\n"
     )
@@ -204,6 +207,13 @@ async def text_cost(session: aiohttp.ClientSession, server: str, tokens: int, re
     return count, statistics.median(template), statistics.median(tokenize)
 
 
+def print_header() -> None:
+    print(
+        f"{'prompt':>8}{'cached':>8}{'cold':>8}{'text':>11}{'ids':>11}{'text+px':>11}{'ids+px':>11}"
+        f"{'template':>12}{'tokenize':>12}{'removed':>9}{'proxy adds':>12}"
+    )
+
+
 def print_row(row: dict[str, float]) -> None:
     """One size: its figures, what the token path removed of the text path's extra cost (the goal:
     at least 90% of the server's template and tokenising time) and what the proxy adds to it."""
@@ -242,10 +252,7 @@ async def measure(sizes: list[int], text_only: list[int], repeat: int, workdir: 
                 await asyncio.sleep(0.1)
             print(f"llama-server {binary}, gemma 3 270M, -c 32768 -np 1 --swa-full --cache-ram 0; median of {repeat}")
             print("time to first token of a fully cached question; text: chat body, ids: /completion [ids…, tail]")
-            print(
-                f"{'prompt':>8}{'cached':>8}{'cold':>8}{'text':>11}{'ids':>11}{'text+px':>11}{'ids+px':>11}"
-                f"{'template':>12}{'tokenize':>12}{'removed':>9}{'proxy adds':>12}"
-            )
+            print_header()
             for size in sizes:
                 print_row(await measure_size(session, url, size, repeat, workdir))
             print("the text path's template and /tokenize time past the window (the token path pays neither)")

