@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -111,14 +112,14 @@ def proxy_config(
     return config_path
 
 
-async def first_completion_token(session: aiohttp.ClientSession, url: str, body: bytes) -> float:
+async def first_completion_token(session: aiohttp.ClientSession, url: str, body: bytes) -> tuple[float, None]:
     """Seconds to the first token streamed by llama.cpp's `/completion`."""
     started = time.perf_counter()
     async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
         assert response.status == 200, await response.text()
         async for line in response.content:
             if line.startswith(b"data: {"):
-                return time.perf_counter() - started
+                return time.perf_counter() - started, None
     raise AssertionError("no token came")
 
 
@@ -158,35 +159,55 @@ async def measure_size(
     _, templated = await timed_post(session, f"{server}/apply-template", {"messages": messages})
     prompt = templated["prompt"]
     by_ids = await ids_body(session, server, prompt, snapshot.text())
-    times: dict[str, list[float]] = {
-        name: [] for name in ("direct", "proxy", "ids", "ids_proxy", "template", "tokenize")
+    timed = {
+        "ids": lambda: first_completion_token(session, f"{server}/completion", by_ids),
+        "template": lambda: timed_post(session, f"{server}/apply-template", {"messages": messages}),
+        "tokenize": lambda: timed_post(session, f"{server}/tokenize", {"content": prompt}),
     }
+    row = await side_by_side(session, direct_url, body, configs, workdir / f"proxy-{tokens}", repeat, timed)
+    return {**row, "cold": cold}
+
+
+#: A timed request: its seconds first.
+Timed = Callable[[], Awaitable[tuple[float, Any]]]
+
+
+async def side_by_side(
+    session: aiohttp.ClientSession,
+    direct_url: str,
+    body: bytes,
+    configs: dict[str, Path],
+    logs: Path,
+    repeat: int,
+    timed: Mapping[str, Timed],
+) -> dict[str, float]:
+    """`repeat` rounds, interleaved so drift in the machine hits all alike, of: the text request
+    directly, its question through a proxy with `prompt = text` and one with `prompt = tokens` (each
+    its own process, from `configs`), and each of `timed`; their medians, with the prompt and
+    cached tokens of the last direct request."""
+    times: dict[str, list[float]] = {name: [] for name in ("direct", "proxy", "ids_proxy", *timed)}
     usage: dict[str, Any] = {}
-    small = json.dumps({"messages": QUESTION, **fields}).encode()
+    small = json.dumps({**json.loads(body), "messages": QUESTION}).encode()
     env = {"PYTHONPATH": str(ROOT)}
     async with (
-        ProxyProcess(configs["text"], workdir / f"proxy-{tokens}-text.log", env=env, ready_timeout=300) as text,
-        ProxyProcess(configs["tokens"], workdir / f"proxy-{tokens}-tokens.log", env=env, ready_timeout=300) as ids,
+        ProxyProcess(configs["text"], logs.with_name(f"{logs.name}-text.log"), env=env, ready_timeout=300) as text,
+        ProxyProcess(configs["tokens"], logs.with_name(f"{logs.name}-tokens.log"), env=env, ready_timeout=300) as ids,
     ):
-        for proxy in (text, ids):  # warms the path: the template's probes, the epoch's ids and their check
+        for proxy in (text, ids):  # warms the path: the layout, the epoch's ids and their check
             await first_token(session, f"{proxy.url}/v1/chat/completions", small)
-        for _ in range(repeat):  # interleaved, so drift in the machine hits all alike
+        for _ in range(repeat):
             seconds, usage = await first_token(session, direct_url, body)
             times["direct"].append(seconds)
             times["proxy"].append((await first_token(session, f"{text.url}/v1/chat/completions", small))[0])
-            times["ids"].append(await first_completion_token(session, f"{server}/completion", by_ids))
             times["ids_proxy"].append((await first_token(session, f"{ids.url}/v1/chat/completions", small))[0])
-            times["template"].append((await timed_post(session, f"{server}/apply-template", {"messages": messages}))[0])
-            seconds, tokenized = await timed_post(session, f"{server}/tokenize", {"content": prompt})
-            times["tokenize"].append(seconds)
+            for name, request in timed.items():
+                times[name].append((await request())[0])
         answered = await (await session.get(f"{ids.url}/metrics")).text()
     assert 'scout_prompt_requests_total{path="tokens",reason="ok"}' in answered, "the token path was not taken"
     details = usage.get("prompt_tokens_details") or {}
     return {
-        "tokens": len(tokenized["tokens"]),
         "prompt_tokens": usage.get("prompt_tokens", 0),
         "cached": details.get("cached_tokens", 0),
-        "cold": cold,
         **{name: statistics.median(values) for name, values in times.items()},
     }
 

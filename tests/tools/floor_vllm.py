@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 
@@ -32,17 +30,17 @@ from scout_diff_cache.git.repository import ContentRules, head_commit, open_repo
 from scout_diff_cache.git.snapshot import build_snapshot
 from tools.floor import (
     QUESTION,
-    ROOT,
     first_token,
     print_header,
     print_row,
     proxy_config,
+    side_by_side,
     source_repository,
     timed_post,
 )
 
 from e2e import start_vllm, stop, wait_until_healthy
-from support import ProxyProcess, free_port
+from support import free_port
 
 #: The name the e2e vLLM serves its model under.
 MODEL = "gemma"
@@ -76,33 +74,12 @@ async def measure_size(
     rendering = {"model": MODEL, "messages": chat["messages"]}
     _, tokenized = await timed_post(session, f"{server}/tokenize", rendering)
     by_ids = json.dumps({**chat, "kv_transfer_params": {"prompt_token_ids": tokenized["tokens"]}}).encode()
-    times: dict[str, list[float]] = {name: [] for name in ("direct", "proxy", "ids", "ids_proxy", "tokenize")}
-    usage: dict[str, Any] = {}
-    small = json.dumps({"messages": QUESTION, **fields}).encode()
-    env = {"PYTHONPATH": str(ROOT)}
-    async with (
-        ProxyProcess(configs["text"], workdir / f"proxy-{tokens}-text.log", env=env, ready_timeout=300) as text,
-        ProxyProcess(configs["tokens"], workdir / f"proxy-{tokens}-tokens.log", env=env, ready_timeout=300) as ids,
-    ):
-        for proxy in (text, ids):  # warms the path: the epoch's ids and their check
-            await first_token(session, f"{proxy.url}/v1/chat/completions", small)
-        for _ in range(repeat):  # interleaved, so drift in the machine hits all alike
-            seconds, usage = await first_token(session, direct_url, body)
-            times["direct"].append(seconds)
-            times["proxy"].append((await first_token(session, f"{text.url}/v1/chat/completions", small))[0])
-            times["ids"].append((await first_token(session, direct_url, by_ids))[0])
-            times["ids_proxy"].append((await first_token(session, f"{ids.url}/v1/chat/completions", small))[0])
-            times["tokenize"].append((await timed_post(session, f"{server}/tokenize", rendering))[0])
-        answered = await (await session.get(f"{ids.url}/metrics")).text()
-    assert 'scout_prompt_requests_total{path="tokens",reason="ok"}' in answered, "the token path was not taken"
-    details = usage.get("prompt_tokens_details") or {}
-    return {
-        "prompt_tokens": usage.get("prompt_tokens", 0),
-        "cached": details.get("cached_tokens", 0),
-        "cold": cold,
-        "template": 0.0,  # rendered by /tokenize itself, in its time
-        **{name: statistics.median(values) for name, values in times.items()},
+    timed = {
+        "ids": lambda: first_token(session, direct_url, by_ids),
+        "tokenize": lambda: timed_post(session, f"{server}/tokenize", rendering),
     }
+    row = await side_by_side(session, direct_url, body, configs, workdir / f"proxy-{tokens}", repeat, timed)
+    return {**row, "cold": cold, "template": 0.0}  # vLLM renders in its /tokenize, in its time
 
 
 async def measure(sizes: list[int], repeat: int, workdir: Path) -> None:
