@@ -131,12 +131,15 @@ async def ids_body(session: aiohttp.ClientSession, server: str, prompt: str, sna
     return json.dumps({"prompt": [*ids["tokens"], prompt[cut:]], **fields}).encode()
 
 
-async def measure_size(
-    session: aiohttp.ClientSession, server: str, tokens: int, repeat: int, workdir: Path
-) -> dict[str, float]:
+def prepared(workdir: Path, server: str, tokens: int, model: str, layout: str) -> tuple[dict[str, Path], bytes, str]:
+    """A repository of about `tokens` tokens, a proxy's config for each path, the streamed chat body
+    the text path sends for the question (the one a proxy in `layout` sends), and the snapshot's text."""
     repository = workdir / f"repo-{tokens}"
     source_repository(repository, tokens)
-    configs = {prompt: proxy_config(workdir, repository, server, prompt) for prompt in ("text", "tokens")}
+    configs = {
+        prompt: proxy_config(workdir, repository, server, prompt, model=model, layout=layout)
+        for prompt in ("text", "tokens")
+    }
     config = load_config(configs["text"])
     rules = ContentRules.from_config(config)
     repo = open_repository(repository)
@@ -144,21 +147,23 @@ async def measure_size(
     assert head is not None
     snapshot = build_snapshot(repository, str(head.id), rules, config.repository.max_snapshot_bytes, None)
     diff = working_diff(repo, head, head, rules, [])
-    fields = {"model": "floor", "max_tokens": 1, "temperature": 0, "stream": True}
+    fields = {"model": model, "max_tokens": 1, "temperature": 0, "stream": True}
     fields["stream_options"] = {"include_usage": True}
-    body = b"".join(
-        assemble(
-            encode_json(QUESTION)[1:-1],
-            encode_json(fields)[1:-1],
-            *chat_context(snapshot.json_text, diff.json_text, False),
-        ).chunks
-    )
+    context = chat_context(snapshot.json_text, diff.json_text, layout == "strict")
+    body = b"".join(assemble(encode_json(QUESTION)[1:-1], encode_json(fields)[1:-1], *context).chunks)
+    return configs, body, snapshot.text()
+
+
+async def measure_size(
+    session: aiohttp.ClientSession, server: str, tokens: int, repeat: int, workdir: Path
+) -> dict[str, float]:
+    configs, body, snapshot_text = prepared(workdir, server, tokens, "floor", "separate")
     direct_url = f"{server}/v1/chat/completions"
     cold, _ = await first_token(session, direct_url, body)  # the server caches the whole prompt
     messages = json.loads(body)["messages"]
     _, templated = await timed_post(session, f"{server}/apply-template", {"messages": messages})
     prompt = templated["prompt"]
-    by_ids = await ids_body(session, server, prompt, snapshot.text())
+    by_ids = await ids_body(session, server, prompt, snapshot_text)
     timed = {
         "ids": lambda: first_completion_token(session, f"{server}/completion", by_ids),
         "template": lambda: timed_post(session, f"{server}/apply-template", {"messages": messages}),

@@ -22,20 +22,12 @@ from pathlib import Path
 
 import aiohttp
 
-from scout_diff_cache.apis.assembly import assemble, chat_context
-from scout_diff_cache.config import load_config
-from scout_diff_cache.encoding import encode_json
-from scout_diff_cache.git.diff import working_diff
-from scout_diff_cache.git.repository import ContentRules, head_commit, open_repository
-from scout_diff_cache.git.snapshot import build_snapshot
 from tools.floor import (
-    QUESTION,
     first_token,
+    prepared,
     print_header,
     print_row,
-    proxy_config,
     side_by_side,
-    source_repository,
     timed_post,
 )
 
@@ -51,23 +43,7 @@ WINDOW = 32768
 async def measure_size(
     session: aiohttp.ClientSession, server: str, tokens: int, repeat: int, workdir: Path
 ) -> dict[str, float]:
-    repository = workdir / f"repo-{tokens}"
-    source_repository(repository, tokens)
-    configs = {
-        prompt: proxy_config(workdir, repository, server, prompt, model=MODEL, layout="strict")
-        for prompt in ("text", "tokens")
-    }
-    config = load_config(configs["text"])
-    rules = ContentRules.from_config(config)
-    repo = open_repository(repository)
-    head = head_commit(repo)
-    assert head is not None
-    snapshot = build_snapshot(repository, str(head.id), rules, config.repository.max_snapshot_bytes, None)
-    diff = working_diff(repo, head, head, rules, [])
-    fields = {"model": MODEL, "max_tokens": 1, "temperature": 0, "stream": True}
-    fields["stream_options"] = {"include_usage": True}
-    context = chat_context(snapshot.json_text, diff.json_text, True)
-    body = b"".join(assemble(encode_json(QUESTION)[1:-1], encode_json(fields)[1:-1], *context).chunks)
+    configs, body, _ = prepared(workdir, server, tokens, MODEL, "strict")
     chat = json.loads(body)
     direct_url = f"{server}/v1/chat/completions"
     cold, _ = await first_token(session, direct_url, body)  # the server caches the whole prompt
