@@ -8,8 +8,11 @@ both paths side by side: as text (the chat body the proxy sends with `prompt = t
 ids (`/completion` with the ids of everything up to the snapshot's end and the rest as text, what
 `prompt = tokens` sends), each directly and through the real proxy (its own process), and the
 server's `/apply-template` and `/tokenize` of the same prompt: what the text path makes the server
-do again for every request, cached or not, and the token path does not. Then the same template and
-tokenising cost at sizes past the server's window (`--text-only`), where no question can be asked.
+do again for every request, cached or not, and the token path does not. Beside them, the floor of
+any request: `/completion` with every id of the prompt, which tokenises nothing; the text path's
+cost over it is what its template and tokenising cost in the path itself (the two routes also
+encode every id back as JSON, and overstate it). Then the same template and tokenising cost at sizes
+past the server's window (`--text-only`), where no question can be asked.
 """
 
 from __future__ import annotations
@@ -123,12 +126,19 @@ async def first_completion_token(session: aiohttp.ClientSession, url: str, body:
     raise AssertionError("no token came")
 
 
-async def ids_body(session: aiohttp.ClientSession, server: str, prompt: str, snapshot_text: str) -> bytes:
-    """What `prompt = tokens` sends for `prompt`: the ids up to the snapshot's end, the rest as text."""
+async def ids_bodies(
+    session: aiohttp.ClientSession, server: str, prompt: str, snapshot_text: str
+) -> tuple[bytes, bytes]:
+    """What `prompt = tokens` sends for `prompt` (the ids up to the snapshot's end, the rest as text),
+    and the floor of any request: every id of the prompt, nothing left to tokenise."""
     cut = prompt.index(snapshot_text) + len(snapshot_text)
     _, ids = await timed_post(session, f"{server}/tokenize", {"content": prompt[:cut], "add_special": True})
+    _, every = await timed_post(session, f"{server}/tokenize", {"content": prompt, "add_special": True})
     fields = {"n_predict": 1, "temperature": 0, "stream": True, "cache_prompt": True, "response_fields": ["content"]}
-    return json.dumps({"prompt": [*ids["tokens"], prompt[cut:]], **fields}).encode()
+    return (
+        json.dumps({"prompt": [*ids["tokens"], prompt[cut:]], **fields}).encode(),
+        json.dumps({"prompt": every["tokens"], **fields}).encode(),
+    )
 
 
 def prepared(workdir: Path, server: str, tokens: int, model: str, layout: str) -> tuple[dict[str, Path], bytes, str]:
@@ -163,9 +173,10 @@ async def measure_size(
     messages = json.loads(body)["messages"]
     _, templated = await timed_post(session, f"{server}/apply-template", {"messages": messages})
     prompt = templated["prompt"]
-    by_ids = await ids_body(session, server, prompt, snapshot_text)
+    by_ids, by_every_id = await ids_bodies(session, server, prompt, snapshot_text)
     timed = {
         "ids": lambda: first_completion_token(session, f"{server}/completion", by_ids),
+        "floor": lambda: first_completion_token(session, f"{server}/completion", by_every_id),
         "template": lambda: timed_post(session, f"{server}/apply-template", {"messages": messages}),
         "tokenize": lambda: timed_post(session, f"{server}/tokenize", {"content": prompt}),
     }
@@ -235,20 +246,23 @@ async def text_cost(session: aiohttp.ClientSession, server: str, tokens: int, re
 
 def print_header() -> None:
     print(
-        f"{'prompt':>8}{'cached':>8}{'cold':>8}{'text':>11}{'ids':>11}{'text+px':>11}{'ids+px':>11}"
-        f"{'template':>12}{'tokenize':>12}{'removed':>9}{'proxy adds':>12}"
+        f"{'prompt':>8}{'cached':>8}{'cold':>8}{'text':>11}{'ids':>11}{'all ids':>11}{'text+px':>11}{'ids+px':>11}"
+        f"{'template':>12}{'tokenize':>12}{'removed':>9}{'in path':>9}{'proxy adds':>12}"
     )
 
 
 def print_row(row: dict[str, float]) -> None:
     """One size: its figures, what the token path removed of the text path's extra cost (the goal:
-    at least 90% of the server's template and tokenising time) and what the proxy adds to it."""
+    at least 90% of the server's template and tokenising time; and in path: of what the text
+    request costs over one with every id, which tokenises nothing) and what the proxy adds to it."""
     extra = row["template"] + row["tokenize"]
     removed = (row["direct"] - row["ids"]) / extra if extra else 0.0
+    over_floor = row["direct"] - row["floor"]
+    in_path = (row["direct"] - row["ids"]) / over_floor if over_floor > 0 else 0.0
     print(
         f"{row['prompt_tokens']:>8,}{row['cached']:>8,}{row['cold']:>7.1f}s"
-        + "".join(f"{row[name] * 1000:>9.0f}ms" for name in ("direct", "ids", "proxy", "ids_proxy"))
-        + f"{row['template'] * 1000:>10.1f}ms{row['tokenize'] * 1000:>10.1f}ms{removed:>9.0%}"
+        + "".join(f"{row[name] * 1000:>9.0f}ms" for name in ("direct", "ids", "floor", "proxy", "ids_proxy"))
+        + f"{row['template'] * 1000:>10.1f}ms{row['tokenize'] * 1000:>10.1f}ms{removed:>9.0%}{in_path:>9.0%}"
         + f"{(row['ids_proxy'] - row['ids']) * 1000:>+10.0f}ms"
     )
 
