@@ -116,8 +116,11 @@ def _occurrences(data: bytes, needle: bytes) -> list[int]:
 
 
 def parity(whole: Sequence[int], ids: Sequence[int], tail: Sequence[int]) -> bool:
-    """Whether the ids, then the tail's, are exactly the whole prompt's tokens (and there are ids)."""
-    return bool(ids) and list(whole) == [*ids, *tail]
+    """Whether the ids, then the tail's, are exactly the whole prompt's tokens (and there are ids).
+    Compared as packed ids, never as lists of Python ints (10M tokens' would take most of a GB)."""
+    whole, ids, tail = (found if isinstance(found, array) else array("i", found) for found in (whole, ids, tail))
+    cut = len(ids)
+    return cut > 0 and len(whole) == cut + len(tail) and whole[:cut] == ids and whole[cut:] == tail
 
 
 class LlamaCompletion:
