@@ -17,6 +17,7 @@ from scout_diff_cache.upstream.id_routes import MARKER, parity, split_at_marker,
 from scout_diff_cache.upstream.llama_completion import ChatFromCompletion, completion_body, text_reason
 from scout_diff_cache.upstream.prompt_ids import encoded_ids
 from scout_diff_cache.upstream.tail_ids import longest_prefix, special_candidates, stable_cut
+from scout_diff_cache.upstream.tokenizer import packed_ids
 
 from support import GitRepo, proxy_config
 
@@ -470,3 +471,39 @@ async def test_a_snapshots_ids_are_read_however_large_their_answer(
     [sent] = llama.asked("/completion")
     *ids, _ = sent["prompt"]
     assert "value_11999 = 11999\n" in llama.text(ids)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b'{"tokens":[2,105,9259,0,-1]}',
+        b'{"count":3,"max_model_len":8192,"tokens":[1,2,3],"token_strs":null}',
+        b'{"tokens":[]}',
+    ],
+)
+def test_compact_ids_are_packed_as_json_would_read_them(answer: bytes) -> None:
+    packed = packed_ids(answer)
+    assert packed is not None and list(packed) == json.loads(answer)["tokens"]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b'{"tokens":[{"id":2,"piece":"<bos>"}]}',  # with its pieces: parsed as JSON
+        b'{"tokens":[1.5]}',
+        b'{"tokens":[99999999999]}',  # past what an id can be
+        b'{"count":0}',
+        b'{"tokens":[1,2',
+        b'{"tokens": [7, 8]}',  # not compact
+    ],
+)
+def test_any_other_answer_is_left_to_json(answer: bytes) -> None:
+    assert packed_ids(answer) is None
+
+
+def test_ids_read_a_slice_at_a_time_are_every_id_in_order() -> None:
+    ids = [(n * 7919) % 262144 for n in range(5000)]
+    answer = json.dumps({"tokens": ids}, separators=(",", ":")).encode()
+    for step in (8, 9, 64, 1000, len(answer)):  # a slice longer than an id (7 bytes with its comma)
+        packed = packed_ids(answer, step)
+        assert packed is not None and list(packed) == ids, step

@@ -39,17 +39,21 @@ async def rendered(upstream: Upstream, body: Body) -> str:
 
 async def tokens(upstream: Upstream, body: Body) -> array[int]:
     """The server's tokens for a `/tokenize` body (text, or a chat body on vLLM), as compact ids."""
-    found = await _tokenized(upstream, body)
+    data = await _answer(upstream, body)
+    packed = await asyncio.to_thread(packed_ids, data)
+    if packed is not None:
+        return packed
+    found = await _parsed(data)
     try:
         return await asyncio.to_thread(array, "i", found)
-    except TypeError:
+    except (TypeError, OverflowError):
         raise UpstreamBadResponse("the upstream's /tokenize answer holds tokens that are not ids") from None
 
 
 async def pieces(upstream: Upstream, text: str, parse_special: bool) -> list[tuple[int, str]]:
     """llama.cpp's tokens for a short text with their pieces (a piece that is not whole UTF-8,
     which llama.cpp gives as bytes, is left out)."""
-    found = await _tokenized(upstream, text_body(text, False, parse_special, with_pieces=True))
+    found = await _parsed(await _answer(upstream, text_body(text, False, parse_special, with_pieces=True)))
     return [
         (token["id"], token["piece"])
         for token in found
@@ -57,11 +61,42 @@ async def pieces(upstream: Upstream, text: str, parse_special: bool) -> list[tup
     ]
 
 
-async def _tokenized(upstream: Upstream, body: Body) -> list[Any]:
-    """The tokens of a `/tokenize` answer, read and parsed off the loop. Its ids take at most
-    about 7 bytes each (6 digits and a comma), and a token at least a byte of the text, so the
-    answer is bounded by the body's own size: a 10M-token snapshot's is read too."""
-    data = await upstream.read_answer(body, "/tokenize", root=True, limit=MAX_ANSWER + 8 * body.length)
+#: The bytes of ids read into packed ids at a time (far longer than an id).
+SLICE = 1 << 20
+#: Where a compact answer's ids begin.
+TOKENS = b'"tokens":['
+
+
+def packed_ids(data: bytes, step: int = SLICE) -> array[int] | None:
+    """The ids of a compact `/tokenize` answer (`"tokens":[1,2,…]`, as llama.cpp, vLLM and SGLang
+    write it), read a slice at a time straight into packed ids: parsed as JSON, 10M tokens would
+    first be a list of Python ints of about 450 MB. None for any other shape (then parsed as JSON)."""
+    start = data.find(TOKENS)
+    end = data.find(b"]", start)
+    if start < 0 or end < 0:
+        return None
+    ids, start = array("i"), start + len(TOKENS)
+    try:
+        while start < end:
+            stop = end if end - start <= step else data.rfind(b",", start, start + step)
+            if stop <= start:
+                return None
+            ids.extend(map(int, data[start:stop].split(b",")))
+            start = stop + 1
+    except (ValueError, OverflowError):
+        return None
+    return ids
+
+
+async def _answer(upstream: Upstream, body: Body) -> bytes:
+    """A `/tokenize` answer. Its ids take at most about 7 bytes each (6 digits and a comma), and a
+    token at least a byte of the text, so it is bounded by the body's own size: a 10M-token
+    snapshot's is read too."""
+    return await upstream.read_answer(body, "/tokenize", root=True, limit=MAX_ANSWER + 8 * body.length)
+
+
+async def _parsed(data: bytes) -> list[Any]:
+    """The tokens of a `/tokenize` answer, parsed off the loop."""
     payload = await asyncio.to_thread(json_of, data)
     found = payload.get("tokens") if isinstance(payload, dict) else None
     if not isinstance(found, list):
