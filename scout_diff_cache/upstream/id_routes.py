@@ -29,7 +29,7 @@ from ..encoding import Body, Chunk, encode_json, encode_text
 from .client import Upstream
 from .llama_completion import ChatFromCompletion, completion_body, text_reason
 from .tail_ids import Grown, TailIds
-from .tokenizer import rendered, text_body, tokens
+from .tokenizer import ids_json, rendered, text_body, tokens
 
 #: Where the snapshot goes when a request is rendered for its head and tail: text no template
 #: changes and no client sends (one that does goes by text: the marker must render once).
@@ -205,6 +205,6 @@ class VllmChat:
 
     def prompt(self, encoded: tuple[bytes, ...], split: Split, fields: dict[str, Any], marked: Body) -> IdsPrompt:
         assert isinstance(split.tail, array)
-        tail = b"".join(b"," + str(token).encode() for token in split.tail)
+        tail = b"," + ids_json(split.tail) if split.tail else b""
         ids = (self.OPENING, *encoded, tail, self.CLOSING)
         return IdsPrompt("/chat/completions", Body((*marked.chunks[:-1], *ids)))
