@@ -54,6 +54,7 @@ class FakeSglang:
         app.router.add_get("/model_info", self.model_info)
         for path in ("/tokenize", "/v1/tokenize"):
             app.router.add_post(path, self.tokenize)
+        app.router.add_post("/detokenize", self.detokenize)
         app.router.add_post("/v1/chat/completions", self.chat)
         return app
 
@@ -135,6 +136,13 @@ class FakeSglang:
         else:
             raise BadRequest("Invalid prompt type. Expected str or List[str].")
         return web.json_response({"tokens": tokens, "count": len(tokens), "max_model_len": 4096})
+
+    async def detokenize(self, request: web.Request) -> web.Response:
+        """SGLang's `/detokenize`: the text of ids, as `text`."""
+        body = await request.json()
+        self.seen.append(("/detokenize", body))
+        names = {token: text for text, token in (*SPECIAL.items(), (self.merged or "", MERGED))}
+        return web.json_response({"text": "".join(names.get(token) or chr(token - 2000) for token in body["tokens"])})
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -248,14 +256,33 @@ async def test_tools_go_as_ids_and_sglang_still_parses_the_call(
     assert sent["input_ids"] == sglang.ids(sglang.render({**sent, "messages": real_messages(sglang, "Two?")}))
 
 
-def real_messages(sglang: FakeSglang, last: str) -> list[dict[str, Any]]:
-    """The messages of the request that learned the epoch's ids, with its question replaced."""
+async def test_a_conversations_history_is_not_tokenised_again(
+    tmp_path: Path, git_repo: GitRepo, sglang: FakeSglang, aiohttp_client: Any
+) -> None:
+    client = await proxy(tmp_path, git_repo, sglang, aiohttp_client, "tokens")
+    history: list[dict[str, str]] = []
+    for turn in range(4):
+        history.append({"role": "user", "content": f"Question {turn}: " + "y" * 300})
+        before = len(sglang.asked("/tokenize"))
+        assert (await client.post("/v1/chat/completions", json=question(messages=history))).status == 200
+        sent = sglang.asked("/v1/chat/completions")[-1]
+        assert sent["input_ids"] == sglang.ids(sglang.render({**sent, "messages": real_messages(sglang, history)}))
+        history.append({"role": "assistant", "content": f"Answer {turn}: " + "y" * 300})
+    asked = json.dumps(sglang.asked("/tokenize")[before:])  # the last turn's, past the epoch's check
+    assert "Question 3: " + "y" * 300 in asked and "Answer 2: " + "y" * 300 in asked  # its new messages
+    assert all(f"Question {turn}: " + "y" * 300 not in asked for turn in range(3))
+    assert 'scout_prompt_checks_total{outcome="conversation match"} 1' in await metrics(client)
+
+
+def real_messages(sglang: FakeSglang, last: str | list[dict[str, str]]) -> list[dict[str, Any]]:
+    """The messages of the request that learned the epoch's ids (one question), with its question
+    replaced by another, or by a client's messages."""
     [whole] = [
         body
         for body in sglang.asked("/tokenize")
         if "messages" in body and "input_ids" not in body and MARKER not in json.dumps(body, ensure_ascii=False)
     ]
-    return [*whole["messages"][:-1], {"role": "user", "content": last}]
+    return [*whole["messages"][:-1], *([{"role": "user", "content": last}] if isinstance(last, str) else last)]
 
 
 async def test_a_streamed_answer_comes_as_sglang_streams_it(

@@ -11,7 +11,8 @@ carries them.
   whole prompt's less that tail, and `/v1/chat/completions` takes them all in
   `kv_transfer_params.prompt_token_ids` (the messages are not rendered again; its chat parsers, tools
   included, still read the answer, which is chat's own). vLLM renders a chat body only by
-  tokenising it, so its tail is tokenised whole on every request;
+  tokenising it, so a conversation's tail grows from short bodies with its history stood in for
+  (see `chat_tails.py`);
 - SGLang as vLLM, with the ids in `input_ids` (see `sglang_ids.py`).
 """
 
@@ -26,6 +27,8 @@ from typing import Any, Protocol
 import attrs
 
 from ..encoding import Body, Chunk, encode_json, encode_text
+from ..errors import UpstreamBadResponse
+from .chat_tails import ChatTails
 from .client import Upstream
 from .llama_completion import ChatFromCompletion, completion_body, text_reason
 from .tail_ids import Grown, TailIds
@@ -48,6 +51,13 @@ class Split:
     head: str | bytes
     tail: str | array[int] = attrs.field(eq=False)
     grown: Grown | None = attrs.field(default=None, eq=False)
+    #: The request's body when its tail's ids were grown (on vLLM and SGLang): not yet tokenised whole.
+    unseen: Body | None = attrs.field(default=None, eq=False)
+
+    @property
+    def grew(self) -> bool:
+        """Whether any of the tail's ids came from earlier requests'."""
+        return self.grown is not None or self.unseen is not None
 
 
 @attrs.frozen
@@ -78,6 +88,9 @@ class IdsRoute(Protocol):
     async def grown(self, upstream: Upstream, split: Split, check: bool) -> Split | None:
         """The split with its tail's ids grown from earlier requests' where the route can; with
         `check`, None when they differ from the server's tokens of the whole tail."""
+
+    async def whole(self, upstream: Upstream, split: Split) -> Split:
+        """The split with none of its tail's ids grown (they failed a check)."""
 
     def prompt(self, encoded: tuple[bytes, ...], split: Split, fields: dict[str, Any], marked: Body) -> IdsPrompt:
         """The request with the epoch's ids (`encoded`) and its own tail."""
@@ -157,6 +170,9 @@ class LlamaCompletion:
             return None
         return attrs.evolve(split, grown=grown)
 
+    async def whole(self, upstream: Upstream, split: Split) -> Split:
+        return attrs.evolve(split, grown=None)
+
     def prompt(self, encoded: tuple[bytes, ...], split: Split, fields: dict[str, Any], marked: Body) -> IdsPrompt:
         assert isinstance(split.tail, str)
         answers = ChatFromCompletion(str(fields.get("model", "")))
@@ -175,25 +191,37 @@ async def _same_tokens(upstream: Upstream, tail: str, grown: Grown) -> bool:
 
 class VllmChat:
     """vLLM: rendered and tokenised by `/tokenize` with `messages`, sent to `/v1/chat/completions`
-    with the ids in `kv_transfer_params.prompt_token_ids`."""
+    with the ids in `kv_transfer_params.prompt_token_ids`; each model's conversations' tails kept."""
 
     #: The client's field the ids would replace, and the JSON that opens and closes them in the body.
     FIELD, OPENING, CLOSING = "kv_transfer_params", b',"kv_transfer_params":{"prompt_token_ids":[', b"]}}"
 
     def __init__(self) -> None:
         self._marker: array[int] | None = None
+        self._tails: dict[str, ChatTails] = {}
+        #: The last body tokenised whole for a check, and its split (the epoch's first request's).
+        self._whole: tuple[Body, Split] | None = None
 
     def text_reason(self, fields: dict[str, Any]) -> str | None:
         return "unmapped field" if self.FIELD in fields else None
 
-    async def split(self, upstream: Upstream, marked: Body) -> Split | None:
+    async def _split_ids(self, upstream: Upstream, body: Body) -> tuple[array[int], array[int]] | None:
+        """The ids of a chat body's prompt before and after the marker."""
         if self._marker is None:
             alone = {"model": upstream.config.model, "prompt": MARKER, "add_special_tokens": False}
             self._marker = await tokens(upstream, Body((encode_json(alone),)))
-        found = split_ids(await tokens(upstream, marked), self._marker)
-        return Split(found[0].tobytes(), found[1]) if found else None
+        return split_ids(await tokens(upstream, body), self._marker)
+
+    async def split(self, upstream: Upstream, marked: Body) -> Split | None:
+        tails = self._tails.setdefault(upstream.config.model, ChatTails())
+        found = await tails.split(upstream, marked, MARKER, lambda body: self._split_ids(upstream, body))
+        if found is None:
+            return None
+        kept, grew = found
+        return Split(kept.head, kept.tail, unseen=marked if grew else None)
 
     async def learn(self, upstream: Upstream, split: Split, whole: Body, snapshot: Chunks) -> array[int] | None:
+        split = await self.whole(upstream, split)
         assert isinstance(split.head, bytes) and isinstance(split.tail, array)
         everything = await tokens(upstream, whole)
         ids, tail = everything[: len(everything) - len(split.tail)], split.tail
@@ -201,7 +229,22 @@ class VllmChat:
         return ids if fits and await asyncio.to_thread(parity, everything, ids, tail) else None
 
     async def grown(self, upstream: Upstream, split: Split, check: bool) -> Split | None:
-        return split  # its tail came tokenised whole with the split: vLLM renders only by tokenising
+        if split.unseen is None or not check:
+            return split  # grown (or not) by the split itself
+        if (await self.whole(upstream, split)).tail != split.tail:
+            self._tails[upstream.config.model].forget()
+            return None
+        return split
+
+    async def whole(self, upstream: Upstream, split: Split) -> Split:
+        if split.unseen is None:
+            return split
+        if self._whole is None or self._whole[0] is not split.unseen:
+            found = await self._split_ids(upstream, split.unseen)
+            if found is None:
+                raise UpstreamBadResponse("the snapshot's marker rendered otherwise in the whole request")
+            self._whole = split.unseen, Split(found[0].tobytes(), found[1])
+        return self._whole[1]
 
     def prompt(self, encoded: tuple[bytes, ...], split: Split, fields: dict[str, Any], marked: Body) -> IdsPrompt:
         assert isinstance(split.tail, array)

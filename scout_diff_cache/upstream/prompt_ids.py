@@ -14,8 +14,8 @@ snapshot included, before it even looks at its cache. With `[upstream] prompt = 
   after the snapshot's last line: before a special token in most templates (stable by
   construction), in plain text in Gemma's (where this check is what proves it). A mismatch sends
   the epoch by text (the same tokens, so the same cache), logged and counted;
-- on llama.cpp a conversation's ids grow turn by turn (see `tail_ids.py`): only its new text is
-  tokenised. The first request of an epoch whose tail goes partly as ids checks them against the
+- a conversation's ids grow turn by turn (see `tail_ids.py` for llama.cpp, `chat_tails.py` for
+  vLLM and SGLang): its history is not tokenised again. The first request of an epoch whose tail goes partly as ids checks them against the
   server's tokens of the whole tail (the ids before it are checked as above); a mismatch sends the
   tails of that epoch as text, logged and counted.
 
@@ -134,9 +134,9 @@ class PromptIds:
         request that has them checks them)."""
         grows = self._grows.get(key)
         if grows is False:
-            return split
+            return await route.whole(upstream, split)
         grown = await route.grown(upstream, split, check=grows is None)
-        if grown is not None and (grows or grown.grown is None):
+        if grown is not None and (grows or not grown.grew):
             return grown
         outcome = "conversation mismatch" if grown is None else "conversation match"
         self._metrics.prompt_checks.inc((("outcome", outcome),))
@@ -144,7 +144,7 @@ class PromptIds:
             self._grows[key] = grown is not None
         if grown is None:
             _tell(upstream, f"conversations by text for epoch {epoch}: their grown token ids differ from the tail's")
-            return split
+            return await route.whole(upstream, split)
         log.info("conversations' token ids grown for epoch %s, checked", epoch)
         return grown
 
