@@ -19,17 +19,19 @@ from typing import Any
 import pytest
 
 from scout_diff_cache.app import make_app
+from scout_diff_cache.upstream.id_routes import MARKER
 
 from e2e import (
     learned_window,
     make_repository,
     overflow_errors,
+    post_json,
     start_vllm,
     stop,
     strict_template_turns,
     wait_until_healthy,
 )
-from support import free_port, proxy_config
+from support import Tap, free_port, is_warmup, proxy_config
 
 pytestmark = pytest.mark.vllm
 
@@ -161,3 +163,49 @@ async def test_token_ids_answer_as_text_does_with_and_without_tools(
         f"{'the last turn again, cached, through the proxy (median of 3)':58} "
         + ", ".join(f"{mode} {statistics.median(seconds) * 1000:.0f} ms" for mode, seconds in times.items())
     )
+
+
+async def test_a_conversations_ids_grow_and_are_vllms_own_tokens_of_the_whole_prompt(
+    vllm_server: str, tmp_path: Path, aiohttp_client: Any, aiohttp_server: Any
+) -> None:
+    """Five turns of long messages with an edit between turns, prompt = tokens, through a recording
+    tap: the ids each request sent are exactly vLLM's own tokens of its whole prompt (the snapshot in
+    place of the marker), and past the epoch's one check no earlier message is tokenised again."""
+    tap = Tap(vllm_server)
+    tapped = await aiohttp_server(tap.app(), host="127.0.0.1")
+    repo = make_repository(tmp_path / "repo")
+    upstream = {"first_byte_timeout": "10m", "prompt": "tokens", "model": "gemma"}
+    config = proxy_config(tmp_path, repo, str(tapped.make_url("/v1")), upstream=upstream, context={"layout": "strict"})
+    client = await aiohttp_client(make_app(config))
+    history: list[dict[str, Any]] = []
+    lines = []
+    for turn in range(5):
+        history.append({"role": "user", "content": f"Question {turn}: " + " ".join(["where is it built?"] * 12)})
+        before = len(tap.seen)
+        answer = await greedy(client, history)
+        assert answer["path"] == "tokens"
+        sent = [seen.json for seen in tap.seen[before:] if seen.path == "/v1/chat/completions"]
+        assert not is_warmup(sent[-1])
+        tokenised = [seen.json for seen in tap.seen[before:] if seen.path == "/tokenize" and "messages" in seen.json]
+        whole = [
+            seen.json
+            for seen in tap.seen
+            if seen.path == "/tokenize"
+            and "messages" in seen.json
+            and MARKER not in json.dumps(seen.json, ensure_ascii=False)
+        ]
+        fields = {name: value for name, value in sent[-1].items() if name != "kv_transfer_params"}
+        real = {**fields, "messages": [whole[0]["messages"][0], *sent[-1]["messages"][1:]]}
+        own = post_json(f"{vllm_server}/tokenize", real)["tokens"]
+        assert sent[-1]["kv_transfer_params"]["prompt_token_ids"] == own, turn
+        asked = json.dumps(tokenised)
+        if turn >= 2:  # past the epoch's one check (the second turn's), only new messages are tokenised whole
+            assert all(json.dumps(message["content"])[1:-1] not in asked for message in history[:-2]), turn
+        lines.append(f"{len(asked):,} of {len(json.dumps(sent[-1]['messages'])):,}")
+        padding = " ".join(["it is there."] * 12)
+        history.append({"role": "assistant", "content": f"Answer {turn}: {answer['text']} {padding}"})
+        edited = repo.path / "proxy/errors.py"
+        edited.write_text(edited.read_text() + f"\n# an edit after turn {turn + 1}\n")
+    metrics = await (await client.get("/metrics")).text()
+    assert 'scout_prompt_checks_total{outcome="conversation match"} 1' in metrics
+    REPORT.append(f"{'grown ids: bytes of chat bodies tokenised a turn, of the messages':58} " + ", ".join(lines))
