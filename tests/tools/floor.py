@@ -8,11 +8,15 @@ both paths side by side: as text (the chat body the proxy sends with `prompt = t
 ids (`/completion` with the ids of everything up to the snapshot's end and the rest as text, what
 `prompt = tokens` sends), each directly and through the real proxy (its own process), and the
 server's `/apply-template` and `/tokenize` of the same prompt: what the text path makes the server
-do again for every request, cached or not, and the token path does not. Beside them, the floor of
-any request: `/completion` with every id of the prompt, which tokenises nothing; the text path's
-cost over it is what its template and tokenising cost in the path itself (the two routes also
-encode every id back as JSON, and overstate it). Then the same template and tokenising cost at sizes
-past the server's window (`--text-only`), where no question can be asked.
+do again for every request, cached or not, and the token path does not. Those two routes are timed
+net of what the text path never does: each less the same route's answer to a body that makes it do
+no work of its own (`/tokenize` of the prompt's ids, which it echoes through the same handler and
+the same JSON answer; `/apply-template` of a one-line question), the answers read as bytes, not
+parsed, each difference taken within one round; as the routes answer, whole, beside them (`raw`).
+Beside them, the floor of any request: `/completion` with every id of the prompt, which tokenises
+nothing; the text path's cost over it is what its template and tokenising cost in the path itself.
+Then the same template and tokenising cost at sizes past the server's window (`--text-only`), where
+no question can be asked.
 """
 
 from __future__ import annotations
@@ -99,6 +103,20 @@ async def timed_post(session: aiohttp.ClientSession, url: str, payload: dict[str
     return time.perf_counter() - started, answer
 
 
+async def net(
+    session: aiohttp.ClientSession, url: str, payload: dict[str, Any], baseline: dict[str, Any]
+) -> tuple[float, None]:
+    """A route's seconds for `payload` less its seconds for `baseline` (the same route doing no work
+    of its own), both answers read as bytes, not parsed."""
+    seconds = []
+    for body in (json.dumps(payload).encode(), json.dumps(baseline).encode()):
+        started = time.perf_counter()
+        async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as response:
+            await response.read()
+        seconds.append(time.perf_counter() - started)
+    return seconds[0] - seconds[1], None
+
+
 def proxy_config(
     workdir: Path, repository: Path, server: str, prompt: str, model: str = "floor", layout: str = "separate"
 ) -> Path:
@@ -128,9 +146,9 @@ async def first_completion_token(session: aiohttp.ClientSession, url: str, body:
 
 async def ids_bodies(
     session: aiohttp.ClientSession, server: str, prompt: str, snapshot_text: str
-) -> tuple[bytes, bytes]:
+) -> tuple[bytes, bytes, list[int]]:
     """What `prompt = tokens` sends for `prompt` (the ids up to the snapshot's end, the rest as text),
-    and the floor of any request: every id of the prompt, nothing left to tokenise."""
+    the floor of any request (every id of the prompt, nothing left to tokenise), and those ids."""
     cut = prompt.index(snapshot_text) + len(snapshot_text)
     _, ids = await timed_post(session, f"{server}/tokenize", {"content": prompt[:cut], "add_special": True})
     _, every = await timed_post(session, f"{server}/tokenize", {"content": prompt, "add_special": True})
@@ -138,6 +156,7 @@ async def ids_bodies(
     return (
         json.dumps({"prompt": [*ids["tokens"], prompt[cut:]], **fields}).encode(),
         json.dumps({"prompt": every["tokens"], **fields}).encode(),
+        every["tokens"],
     )
 
 
@@ -173,12 +192,15 @@ async def measure_size(
     messages = json.loads(body)["messages"]
     _, templated = await timed_post(session, f"{server}/apply-template", {"messages": messages})
     prompt = templated["prompt"]
-    by_ids, by_every_id = await ids_bodies(session, server, prompt, snapshot_text)
+    by_ids, by_every_id, every = await ids_bodies(session, server, prompt, snapshot_text)
+    template, tokenize = f"{server}/apply-template", f"{server}/tokenize"
     timed = {
         "ids": lambda: first_completion_token(session, f"{server}/completion", by_ids),
         "floor": lambda: first_completion_token(session, f"{server}/completion", by_every_id),
-        "template": lambda: timed_post(session, f"{server}/apply-template", {"messages": messages}),
-        "tokenize": lambda: timed_post(session, f"{server}/tokenize", {"content": prompt}),
+        "template": lambda: net(session, template, {"messages": messages}, {"messages": QUESTION}),
+        "tokenize": lambda: net(session, tokenize, {"content": prompt}, {"content": every}),
+        "template_raw": lambda: timed_post(session, template, {"messages": messages}),
+        "tokenize_raw": lambda: timed_post(session, tokenize, {"content": prompt}),
     }
     row = await side_by_side(session, direct_url, body, configs, workdir / f"proxy-{tokens}", repeat, timed)
     return {**row, "cold": cold}
@@ -230,40 +252,46 @@ async def side_by_side(
 
 async def text_cost(session: aiohttp.ClientSession, server: str, tokens: int, repeat: int) -> tuple[int, float, float]:
     """The template and tokenising time of a prompt of about `tokens` tokens (this project's source
-    as the system message, a question after it), past any window: the tokens, and both medians."""
+    as the system message, a question after it), past any window, net as above: the tokens, and
+    both medians."""
     text = "".join(source.read_text() for source in sorted((ROOT / "scout_diff_cache").glob("*.py")))
     wanted = int(tokens * BYTES_PER_TOKEN)
     messages = [{"role": "system", "content": (text * (wanted // len(text) + 1))[:wanted]}, *QUESTION]
-    template, tokenize, count = [], [], 0
+    _, rendered = await timed_post(session, f"{server}/apply-template", {"messages": messages})
+    _, tokenized = await timed_post(session, f"{server}/tokenize", {"content": rendered["prompt"]})
+    template, tokenize = [], []
     for _ in range(repeat):
-        seconds, rendered = await timed_post(session, f"{server}/apply-template", {"messages": messages})
+        seconds, _ = await net(session, f"{server}/apply-template", {"messages": messages}, {"messages": QUESTION})
         template.append(seconds)
-        seconds, tokenized = await timed_post(session, f"{server}/tokenize", {"content": rendered["prompt"]})
+        seconds, _ = await net(
+            session, f"{server}/tokenize", {"content": rendered["prompt"]}, {"content": tokenized["tokens"]}
+        )
         tokenize.append(seconds)
-        count = len(tokenized["tokens"])
-    return count, statistics.median(template), statistics.median(tokenize)
+    return len(tokenized["tokens"]), statistics.median(template), statistics.median(tokenize)
 
 
 def print_header() -> None:
     print(
         f"{'prompt':>8}{'cached':>8}{'cold':>8}{'text':>11}{'ids':>11}{'all ids':>11}{'text+px':>11}{'ids+px':>11}"
-        f"{'template':>12}{'tokenize':>12}{'removed':>9}{'in path':>9}{'proxy adds':>12}"
+        f"{'template':>12}{'tokenize':>12}{'removed':>9}{'raw':>7}{'in path':>9}{'proxy adds':>12}"
     )
 
 
 def print_row(row: dict[str, float]) -> None:
     """One size: its figures, what the token path removed of the text path's extra cost (the goal:
-    at least 90% of the server's template and tokenising time; and in path: of what the text
-    request costs over one with every id, which tokenises nothing) and what the proxy adds to it."""
-    extra = row["template"] + row["tokenize"]
-    removed = (row["direct"] - row["ids"]) / extra if extra else 0.0
+    at least 90% of the server's template and tokenising time, net; `raw`: of the two routes'
+    whole answers; and in path: of what the text request costs over one with every id, which
+    tokenises nothing) and what the proxy adds to it."""
+    saved = row["direct"] - row["ids"]
+    extra, raw = row["template"] + row["tokenize"], row["template_raw"] + row["tokenize_raw"]
     over_floor = row["direct"] - row["floor"]
-    in_path = (row["direct"] - row["ids"]) / over_floor if over_floor > 0 else 0.0
+    ratios = (saved / extra if extra > 0 else 0.0, saved / raw if raw > 0 else 0.0)
+    in_path = saved / over_floor if over_floor > 0 else 0.0
     print(
         f"{row['prompt_tokens']:>8,}{row['cached']:>8,}{row['cold']:>7.1f}s"
         + "".join(f"{row[name] * 1000:>9.0f}ms" for name in ("direct", "ids", "floor", "proxy", "ids_proxy"))
-        + f"{row['template'] * 1000:>10.1f}ms{row['tokenize'] * 1000:>10.1f}ms{removed:>9.0%}{in_path:>9.0%}"
-        + f"{(row['ids_proxy'] - row['ids']) * 1000:>+10.0f}ms"
+        + f"{row['template'] * 1000:>10.1f}ms{row['tokenize'] * 1000:>10.1f}ms{ratios[0]:>9.0%}{ratios[1]:>7.0%}"
+        + f"{in_path:>9.0%}{(row['ids_proxy'] - row['ids']) * 1000:>+10.0f}ms"
     )
 
 
@@ -295,7 +323,7 @@ async def measure(sizes: list[int], text_only: list[int], repeat: int, workdir: 
             print_header()
             for size in sizes:
                 print_row(await measure_size(session, url, size, repeat, workdir))
-            print("the text path's template and /tokenize time past the window (the token path pays neither)")
+            print("the text path's template and /tokenize time past the window, net (the token path pays neither)")
             for size in text_only:
                 count, template, tokenize = await text_cost(session, url, size, repeat)
                 print(f"{count:>8,} tokens: template {template * 1000:>8.1f}ms, /tokenize {tokenize * 1000:>8.1f}ms")

