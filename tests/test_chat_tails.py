@@ -15,7 +15,16 @@ from aiohttp.test_utils import TestClient
 from test_prompt_ids import FakeLlama
 
 from scout_diff_cache.app import make_app
-from scout_diff_cache.upstream.chat_tails import EDGE, SHORT, parting, prefix_keys, spliced, stand_in, stood_in
+from scout_diff_cache.upstream.chat_tails import (
+    EDGE,
+    SHORT,
+    after_marker,
+    parting,
+    prefix_keys,
+    spliced,
+    stand_in,
+    stood_in,
+)
 from scout_diff_cache.upstream.id_routes import MARKER
 
 from support import GitRepo, proxy_config
@@ -160,6 +169,14 @@ def test_a_stand_in_keeps_short_texts_and_the_ends_of_long_ones() -> None:
     assert stood["content"] == [{"type": "text", "text": stand_in(LONG)}] and stood["reasoning"] == stand_in(LONG)
     assert stood["tool_calls"] == [{**call, "function": {"name": "write", "arguments": "{}"}}]
     assert stood_in({"role": "user", "content": None}) == {"role": "user", "content": None}
+
+
+def test_only_the_text_after_the_snapshots_marker_is_stood_in_for() -> None:
+    system = {"role": "system", "content": f"# Snapshot\n{MARKER}\n# Working diff\n{LONG}"}
+    assert after_marker(system, MARKER)["content"] == f"# Snapshot\n{MARKER}" + stand_in(f"\n# Working diff\n{LONG}")
+    assert after_marker({"role": "system", "content": [{"type": "text", "text": MARKER}]}, MARKER)["content"] == [
+        {"type": "text", "text": MARKER}
+    ]
 
 
 def test_a_key_names_the_fields_and_every_message_before_it() -> None:

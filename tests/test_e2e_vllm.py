@@ -177,6 +177,8 @@ async def test_a_conversations_ids_grow_and_are_vllms_own_tokens_of_the_whole_pr
     upstream = {"first_byte_timeout": "10m", "prompt": "tokens", "model": "gemma"}
     config = proxy_config(tmp_path, repo, str(tapped.make_url("/v1")), upstream=upstream, context={"layout": "strict"})
     client = await aiohttp_client(make_app(config))
+    edited = repo.path / "proxy/errors.py"
+    edited.write_text(edited.read_text() + "\n# an edit before the first turn, for a working diff\n" * 8)
     history: list[dict[str, Any]] = []
     lines = []
     for turn in range(5):
@@ -201,10 +203,11 @@ async def test_a_conversations_ids_grow_and_are_vllms_own_tokens_of_the_whole_pr
         asked = json.dumps(tokenised)
         if turn >= 2:  # past the epoch's one check (the second turn's), only new messages are tokenised whole
             assert all(json.dumps(message["content"])[1:-1] not in asked for message in history[:-2]), turn
+            diff = sent[-1]["messages"][0]["content"].split(MARKER, 1)[1]  # the working diff, in the strict layout
+            assert len(diff) > 400 and json.dumps(diff)[1:-1] not in asked, turn
         lines.append(f"{len(asked):,} of {len(json.dumps(sent[-1]['messages'])):,}")
         padding = " ".join(["it is there."] * 12)
         history.append({"role": "assistant", "content": f"Answer {turn}: {answer['text']} {padding}"})
-        edited = repo.path / "proxy/errors.py"
         edited.write_text(edited.read_text() + f"\n# an edit after turn {turn + 1}\n")
     metrics = await (await client.get("/metrics")).text()
     assert 'scout_prompt_checks_total{outcome="conversation match"} 1' in metrics

@@ -3,9 +3,9 @@ it (vLLM, SGLang), so its history is not tokenised again.
 
 These servers give no rendered text, only ids, so the new part of a request cannot be cut from its
 text as on llama.cpp (`tail_ids.py`). Instead, the messages a request shares with one seen before
-are *stood in for*: each long text among them (a content, a reasoning, a call's arguments) is
-replaced by its first and last characters around an ellipsis, and everything else (roles, names,
-calls, tools, fields) is kept. Two short bodies are tokenised at once: the earlier request with its
+are *stood in for*: each long text among them (a content, a reasoning, a call's arguments, the
+text after the snapshot's marker) is replaced by its first and last characters around an ellipsis,
+and everything else (roles, names, calls, tools, fields) is kept. Two short bodies are tokenised at once: the earlier request with its
 messages stood in for, and this one with the same stand-ins and its new messages in full. Where their
 ids first differ, the new text begins. The request's ids are then the earlier request's own up to
 the last special token before that point, and this request's after it.
@@ -94,6 +94,16 @@ def _call(call: Any) -> Any:
     if not isinstance(function, dict) or not isinstance(function.get("arguments"), str):
         return call
     return call if len(function["arguments"]) <= SHORT else {**call, "function": {**function, "arguments": "{}"}}
+
+
+def after_marker(message: Any, marker: str) -> Any:
+    """The message that holds the marker with its text after the marker stood in for (the working
+    diff, in the strict layout); what precedes the marker is the head, kept whole."""
+    content = message.get("content")
+    if not isinstance(content, str) or marker not in content:
+        return message
+    end = content.index(marker) + len(marker)
+    return {**message, "content": content[:end] + stand_in(content[end:])}
 
 
 def prefix_keys(fields: dict[str, Any], messages: Sequence[Any]) -> list[bytes]:
@@ -188,7 +198,7 @@ class ChatTails:
         kept = self._kept[keys[shared]]
         if shared == len(messages):
             return kept
-        standing = [*messages[: at + 1], *map(stood_in, messages[at + 1 : shared])]
+        standing = [*messages[:at], after_marker(messages[at], marker), *map(stood_in, messages[at + 1 : shared])]
         earlier, later = await asyncio.gather(
             split_ids(Body((encode_json({**fields, "messages": standing}),))),
             split_ids(Body((encode_json({**fields, "messages": [*standing, *messages[shared:]]}),))),
