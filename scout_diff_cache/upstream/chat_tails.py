@@ -149,7 +149,7 @@ def spliced(own: array[int], stood: array[int], later: array[int], cut: int) -> 
 
 @attrs.frozen
 class Kept:
-    """A request's ids before the marker (as bytes) and after it, and how many messages it had."""
+    """A request's ids before the marker (as bytes) and after it."""
 
     head: bytes
     tail: array[int] = attrs.field(eq=False, repr=False)
@@ -224,9 +224,8 @@ class ChatTails:
     def _keep(self, keys: list[bytes], found: Kept) -> None:
         """Keep a request's ids in place of the earlier request's it grew from: one entry a
         conversation, the latest used last."""
-        for key in keys[:-1]:
+        for key in keys:
             self._kept.pop(key, None)
-        self._kept.pop(keys[-1], None)
         self._kept[keys[-1]] = found
         while len(self._kept) > KEPT_TAILS:
             del self._kept[next(iter(self._kept))]
