@@ -15,9 +15,9 @@ snapshot included, before it even looks at its cache. With `[upstream] prompt = 
   construction), in plain text in Gemma's (where this check is what proves it). A mismatch sends
   the epoch by text (the same tokens, so the same cache), logged and counted;
 - a conversation's ids grow turn by turn (see `tail_ids.py` for llama.cpp, `chat_tails.py` for
-  vLLM and SGLang): its history is not tokenised again. The first request of an epoch whose tail goes partly as ids checks them against the
-  server's tokens of the whole tail (the ids before it are checked as above); a mismatch sends the
-  tails of that epoch as text, logged and counted.
+  vLLM and SGLang): its history is not tokenised again. The first request of an epoch whose tail
+  goes partly as ids checks them against the server's tokens of the whole tail (the ids before it
+  are checked as above); a mismatch sends the tails of that epoch whole, logged and counted.
 
 What goes by text anyway, counted by why: the Responses and Messages APIs (`api`), fields a route
 cannot carry (`tools` on llama.cpp, whose `/completion` has no chat parser; `unmapped field`), a
